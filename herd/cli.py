@@ -1,0 +1,190 @@
+"""The `herd` command: `run`, `up`, `status` (wiring; blocking code lives only in `up`/`status`,
+which run no reactor)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from herd.config import ConfigError, HerdConfig, default_config_path, load_config
+
+STATUS_TIMEOUT = 1.0
+STOP_GRACE_SECONDS = 10.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="herd", description="Renga herd servers")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run one server in the foreground")
+    run.add_argument("name")
+    up = commands.add_parser("up", help="run the whole herd of a config")
+    status = commands.add_parser("status", help="show each server and its peer links")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    for command in (run, up, status):
+        command.add_argument("--config", type=Path, default=None, help="config file (TOML)")
+    return parser
+
+
+def _load(path: Path | None) -> HerdConfig:
+    return load_config(path if path is not None else default_config_path(), os.environ)
+
+
+def main(argv: list[str]) -> int:
+    arguments = _parser().parse_args(argv)
+    try:
+        config = _load(arguments.config)
+        if arguments.command == "run":
+            config.server(arguments.name)
+            return run(config, arguments.name)
+        if arguments.command == "up":
+            return up(config, arguments.config)
+        return status(config, as_json=arguments.json)
+    except ConfigError as error:
+        print(f"herd: bad config: {error}", file=sys.stderr)
+        return 2
+
+
+# --- herd run ------------------------------------------------------------------------------
+
+
+def run(config: HerdConfig, name: str) -> int:
+    """One server until SIGTERM/SIGINT; the asyncio reactor is already installed."""
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner
+
+    from herd.service import HerdService
+
+    service = HerdService(config, name, reactor, sys.stderr.buffer)
+    globalLogBeginner.beginLoggingTo([service.log.observer()], redirectStandardIO=False)
+    outcome: dict[str, Any] = {"code": 0}
+
+    def failed_to_start(failure: Any) -> None:
+        print(f"herd: {name} could not start: {failure.getErrorMessage()}", file=sys.stderr)
+        outcome["code"] = 1
+        reactor.stop()
+
+    service.started.addErrback(failed_to_start)
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return int(outcome["code"])
+
+
+# --- herd up -------------------------------------------------------------------------------
+
+
+def up(config: HerdConfig, config_path: Path | None) -> int:
+    """Every server of the config as its own process; all stopped on Ctrl-C or SIGTERM."""
+    path = str(config_path if config_path is not None else config.path)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for name in config.servers:
+        children[name] = subprocess.Popen(
+            [sys.executable, "-m", "herd", "run", name, "--config", path],
+            start_new_session=True,
+        )
+    print(_up_banner(config), file=sys.stderr, flush=True)
+    code = 0
+    while not stopping:
+        for name, child in list(children.items()):
+            if child.poll() is not None:
+                print(f"herd: {name} exited with {child.returncode}", file=sys.stderr)
+                del children[name]
+                code = 1
+        if not children:
+            break
+        time.sleep(0.2)
+    _stop_all(children)
+    return code
+
+
+def _up_banner(config: HerdConfig) -> str:
+    lines = [f"herd: {len(config.servers)} servers from {config.path}:"]
+    for server in config.servers.values():
+        lines.append(
+            f"  {server.name:10} {server.host}:{server.port}  peers {', '.join(server.peers)}"
+        )
+    lines.append(f"  data and logs in {config.data_dir}; Ctrl-C stops them all")
+    return "\n".join(lines)
+
+
+def _stop_all(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for name, child in children.items():
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"herd: {name} did not stop in time: killed", file=sys.stderr)
+            child.kill()
+            child.wait()
+
+
+# --- herd status ---------------------------------------------------------------------------
+
+
+def ask_status(host: str, port: int, timeout: float = STATUS_TIMEOUT) -> dict[str, str] | None:
+    """A server's peer links by its STATUS command, or None if it does not answer."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            connection.sendall(b"STATUS\n")
+            connection.shutdown(socket.SHUT_WR)
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:
+        return None
+    if not reply.startswith(b"STATUS "):
+        return None
+    try:
+        peers = json.loads(reply[len(b"STATUS ") :])["peers"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return {str(peer): str(state) for peer, state in peers.items()}
+
+
+def status(config: HerdConfig, as_json: bool) -> int:
+    servers = list(config.servers.values())
+    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+        answers = list(
+            pool.map(
+                lambda s: ask_status("127.0.0.1" if s.host == "0.0.0.0" else s.host, s.port),
+                servers,
+            )
+        )
+    report: dict[str, dict[str, Any]] = {}
+    for server, peers in zip(servers, answers, strict=True):
+        entry: dict[str, Any] = {"port": server.port, "up": peers is not None}
+        if peers is not None:
+            entry["peers"] = peers
+        report[server.name] = entry
+    if as_json:
+        print(json.dumps({"servers": report}))
+    else:
+        for name, entry in report.items():
+            state = "up" if entry["up"] else "down"
+            links = ", ".join(f"{peer} {link}" for peer, link in entry.get("peers", {}).items())
+            print(f"{name:10} {entry['port']:>5}  {state:4}  {links}")
+    return 0

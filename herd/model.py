@@ -1,0 +1,107 @@
+"""The herd's replicated state, pure: locations and the per-server replication log.
+
+Merge rule for locations: an update replaces the stored one only if it is newer by
+(client time as a number, AT text as bytes), compared in that order.  That order is total, so
+any servers that have seen the same set of updates hold the same table, whatever the order of
+arrival, and equal times still converge.
+
+Every accepted change gets this server's next sequence number.  The log keeps only the current
+entry per key, ordered by sequence number, so a peer that has seen everything up to `seq`
+catches up with exactly `since(seq)`: the changes it lacks, oldest first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+from herd.wire import At, time_key
+
+
+class Outcome(Enum):
+    """What became of an offered update."""
+
+    STORED = "stored"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """The newest report of one client, with the AT line it produced and its log position."""
+
+    at: At
+    key: tuple[int, bytes, bytes]
+    seq: int
+
+
+def location_key(at: At) -> tuple[int, bytes, bytes]:
+    """Newer-wins order: (time as a number, AT text)."""
+    whole, fraction = time_key(at.time)
+    return whole, fraction, at.line
+
+
+class LocationTable:
+    """The newest location per client, and the replication log over them.
+
+    `_by_client` is kept in sequence order (an update is removed and re-inserted), which makes
+    `since()` a walk from the end that stops at the first entry the peer already has.
+    """
+
+    def __init__(self) -> None:
+        self._by_client: dict[bytes, Location] = {}
+        self.last_seq = 0
+
+    def __len__(self) -> int:
+        return len(self._by_client)
+
+    def get(self, client: bytes) -> Location | None:
+        return self._by_client.get(client)
+
+    def offer(self, at: At) -> tuple[Outcome, Location]:
+        """Store `at` if it is newer than what is stored for its client.
+
+        Returns the outcome and the location now stored for that client.
+        """
+        key = location_key(at)
+        current = self._by_client.get(at.client)
+        if current is not None and key <= current.key:
+            return Outcome.STALE, current
+        self.last_seq += 1
+        location = Location(at, key, self.last_seq)
+        if current is not None:
+            del self._by_client[at.client]
+        self._by_client[at.client] = location
+        return Outcome.STORED, location
+
+    def is_newer_report(self, client: bytes, time: bytes) -> bool:
+        """Whether a client's own report is newer than the stored one (by time alone: a report
+        with an equal time is stale for the client that sent it)."""
+        current = self._by_client.get(client)
+        return current is None or time_key(time) > current.key[:2]
+
+    def restore(self, location: Location) -> None:
+        """Put back a location loaded from the store (any order; keeps the log ordered)."""
+        current = self._by_client.get(location.at.client)
+        if current is not None and current.key >= location.key:
+            return
+        self._by_client[location.at.client] = location
+        self.last_seq = max(self.last_seq, location.seq)
+
+    def reorder(self) -> None:
+        """Sort the log by sequence number after a bulk `restore`."""
+        ordered = sorted(self._by_client.values(), key=lambda location: location.seq)
+        self._by_client = {location.at.client: location for location in ordered}
+
+    def since(self, seq: int) -> list[Location]:
+        """Every current location with a sequence number above `seq`, oldest first."""
+        newer: list[Location] = []
+        for location in reversed(self._by_client.values()):
+            if location.seq <= seq:
+                break
+            newer.append(location)
+        newer.reverse()
+        return newer
+
+    def __iter__(self) -> Iterator[Location]:
+        return iter(self._by_client.values())

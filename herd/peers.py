@@ -1,0 +1,243 @@
+"""Peer links: the authenticated handshake, flooding, catch-up and keepalive (Twisted, thin).
+
+A connection becomes a peer link by a challenge-response over the herd secret; the secret
+never crosses the wire:
+
+    dialer   -> HERD-HELLO <dialer> <acceptor> <nonce_d>
+    acceptor -> HERD-CHALLENGE <nonce_a> <mac("acceptor")>
+    dialer   -> HERD-AUTH <mac("dialer")>
+    both     -> SYNC <instance> <known instance of the other> <seq seen>
+    both     -> U <seq> AT ...   (what the other lacks, oldest first, then live updates)
+
+where mac(role) = HMAC-SHA256(secret, "renga-peer-v1|role|dialer|acceptor|nonce_d|nonce_a").
+Until `HERD-AUTH` checks out, the acceptor treats the connection as an ordinary client, so a
+stranger cannot inject updates.  Of each linked pair, the server with the smaller name dials
+(`ClientService`, with capped backoff and jitter); the other only accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from herd.protocol import LineConnection
+from herd.wire import (
+    Auth,
+    Challenge,
+    Hello,
+    Ping,
+    Pong,
+    Sync,
+    Update,
+    WireError,
+    parse_peer_line,
+)
+
+if TYPE_CHECKING:
+    from herd.server import HerdServer
+
+PROTOCOL_TAG = b"renga-peer-v1"
+KEEPALIVE_SECONDS = 5.0
+MISSED_KEEPALIVES = 3
+MAX_PEER_BACKLOG = 64 * 1024 * 1024
+RETRY_INITIAL = 0.1
+RETRY_MAX = 1.0
+RETRY_JITTER = 0.25
+AUTH_FAILURE_HOLD_OFF = 5.0
+
+_log = Logger()
+
+
+def peer_mac(
+    secret: bytes, role: bytes, dialer: bytes, acceptor: bytes, nd: bytes, na: bytes
+) -> bytes:
+    message = b"|".join((PROTOCOL_TAG, role, dialer, acceptor, nd, na))
+    return hmac.new(secret, message, hashlib.sha256).hexdigest().encode()
+
+
+def new_nonce() -> bytes:
+    return secrets.token_hex(16).encode()
+
+
+class PeerSession:
+    """An authenticated link to one peer, whichever side dialed.  Lines from the peer are
+    never answered, except `PING`."""
+
+    def __init__(
+        self,
+        name: str,
+        connection: LineConnection,
+        server: HerdServer,
+        clock: IReactorTime,
+    ) -> None:
+        self.name = name
+        self.connection = connection
+        self.server = server
+        self.instance: bytes | None = None
+        self.ready = False
+        self.closed = False
+        self._heard = True
+        self._missed = 0
+        self._keepalive = LoopingCall(self._tick)
+        self._keepalive.clock = clock
+
+    def start(self) -> None:
+        self.connection.handler = self
+        self.server.link_up(self)
+        self._keepalive.start(KEEPALIVE_SECONDS, now=False)
+
+    def send(self, data: bytes) -> None:
+        """Write to the peer; a peer that stops reading for too long is dropped (it will catch
+        up when the link is back, so dropping loses nothing)."""
+        if self.closed:
+            return
+        self.connection.send(data)
+        self.server.log.sent(self.name, data)
+        if self.connection.backlog > MAX_PEER_BACKLOG:
+            _log.warn("peer {peer} is not reading: dropping the link", peer=self.name)
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.connection.close()
+
+    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+        self._heard = True
+        self.server.log.received(self.name, line)
+        try:
+            message = parse_peer_line(line)
+        except WireError as error:
+            _log.warn("peer {peer} sent a bad line ({error}): ignored", peer=self.name, error=error)
+            return
+        if isinstance(message, Update):
+            self.server.peer_update(self, message)
+        elif isinstance(message, Sync):
+            self.server.peer_sync(self, message)
+        elif isinstance(message, Ping):
+            self.send(Pong().to_line())
+        elif isinstance(message, Pong | None):
+            return
+        else:
+            _log.warn("peer {peer} sent an unexpected {kind}", peer=self.name, kind=type(message))
+
+    def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
+        self.closed = True
+        if self._keepalive.running:
+            self._keepalive.stop()
+        self.server.link_down(self, reason)
+
+    def _tick(self) -> None:
+        if self._heard:
+            self._heard = False
+            self._missed = 0
+        else:
+            self._missed += 1
+            if self._missed >= MISSED_KEEPALIVES:
+                _log.warn("peer {peer} silent too long: dropping the link", peer=self.name)
+                self.connection.transport.abortConnection()  # type: ignore[union-attr]
+                return
+        self.send(Ping().to_line())
+
+
+class Dialer:
+    """The dialing side's handshake on a fresh connection; becomes a `PeerSession`."""
+
+    def __init__(self, server: HerdServer, peer: str, clock: IReactorTime) -> None:
+        self.server = server
+        self.peer = peer
+        self.clock = clock
+        self.nonce = new_nonce()
+        self._challenged = False
+
+    def connection_made(self, connection: LineConnection) -> None:
+        hello = Hello(self.server.name.encode(), self.peer.encode(), self.nonce)
+        data = hello.to_line()
+        connection.send(data)
+        self.server.log.sent(self.peer, data)
+
+    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+        self.server.log.received(self.peer, line)
+        try:
+            message = parse_peer_line(line)
+        except WireError:
+            message = None
+        if self._challenged or not isinstance(message, Challenge):
+            self._fail(connection, f"unexpected answer to the handshake: {line[:80]!r}")
+            return
+        self._challenged = True
+        secret = self.server.secret
+        me, them = self.server.name.encode(), self.peer.encode()
+        expected = peer_mac(secret, b"acceptor", me, them, self.nonce, message.nonce)
+        if not hmac.compare_digest(expected, message.mac):
+            self._fail(connection, "the peer does not know the herd secret")
+            return
+        auth = Auth(peer_mac(secret, b"dialer", me, them, self.nonce, message.nonce)).to_line()
+        connection.send(auth)
+        self.server.log.sent(self.peer, auth)
+        session = PeerSession(self.peer, connection, self.server, self.clock)
+        session.start()
+
+    def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
+        _log.info("link to {peer} lost during the handshake", peer=self.peer)
+
+    def _fail(self, connection: LineConnection, why: str) -> None:
+        _log.error("link to {peer} refused: {why}", peer=self.peer, why=why)
+        connection.handler = _HoldOff(connection, self.clock)
+
+
+class _HoldOff:
+    """A dialed connection whose handshake failed: kept open, silent, for a while before it is
+    closed, so that a misconfigured peer is retried every few seconds, not in a tight loop
+    (`ClientService` counts any TCP connection as a success)."""
+
+    def __init__(self, connection: LineConnection, clock: IReactorTime) -> None:
+        self._close = clock.callLater(AUTH_FAILURE_HOLD_OFF, connection.close)
+
+    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+        return
+
+    def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
+        if self._close.active():
+            self._close.cancel()
+
+
+class _DialConnection(LineConnection):
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        dialer = self.handler
+        assert isinstance(dialer, Dialer)
+        dialer.connection_made(self)
+
+
+class DialFactory(Factory):
+    """Builds the dialing side of one link (a fresh handshake per connection)."""
+
+    def __init__(self, server: HerdServer, peer: str, clock: IReactorTime) -> None:
+        self.server = server
+        self.peer = peer
+        self.clock = clock
+
+    def buildProtocol(self, addr: object) -> _DialConnection:
+        dialer = Dialer(self.server, self.peer, self.clock)
+        return _DialConnection(dialer, self.server.max_line, log_label=self.peer)
+
+
+def retry_policy(jitter: Callable[[], float]) -> Callable[[int], float]:
+    """Backoff for dialing a peer: 0.1 s doubling to 1 s, plus up to 0.25 s of jitter, so a
+    returning peer is found within about a second and a half."""
+
+    def policy(failed_attempts: int) -> float:
+        doublings = min(max(failed_attempts - 1, 0), 16)
+        return min(RETRY_INITIAL * (1 << doublings), RETRY_MAX) + jitter() * RETRY_JITTER
+
+    return policy

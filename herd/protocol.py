@@ -1,0 +1,177 @@
+"""Twisted adapters for the line protocol: framing, reply ordering, backpressure (thin).
+
+`LineConnection` does what every connection on the client port shares: split lines (`\\n`, with
+an optional `\\r`), refuse an over-long line by closing, answer a last line that had no newline
+when the client half-closes, keep replies in request order even when some are answered later,
+and stop reading from a client that does not read its replies.  What a line *means* is decided
+elsewhere (`herd.server`), through the small `LineHandler` interface.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+
+class LineHandler(TypingProtocol):
+    """What a connection's lines are handed to; replaced when a connection becomes a peer link."""
+
+    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+        """`line` is without its terminator; `terminated` is False for a last line that had no
+        newline before the client half-closed."""
+
+    def connection_lost(self, connection: LineConnection, reason: Failure) -> None: ...
+
+
+class Slot:
+    """A place in a connection's reply order, filled when the reply is ready."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+
+
+@implementer(IHalfCloseableProtocol, IPushProducer)
+class LineConnection(Protocol):
+    """One TCP connection on the client port (or a dialed peer link)."""
+
+    def __init__(self, handler: LineHandler, max_line: int, log_label: str = "") -> None:
+        self.handler = handler
+        self.max_line = max_line
+        self.label = log_label
+        self._buffer = b""
+        self._slots: deque[Slot] = deque()
+        self._closing = False
+        self._read_closed = False
+        self.disconnected = False
+        self.backlog = 0
+
+    # --- framing ---------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        if not self.label:
+            peer = self.transport.getPeer()  # type: ignore[union-attr]
+            self.label = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        lines = (self._buffer + data if self._buffer else data).split(b"\n")
+        self._buffer = lines.pop()
+        for line in lines:
+            if len(line) > self.max_line + 1 or (
+                len(line) == self.max_line + 1 and not line.endswith(b"\r")
+            ):
+                self._overflow(len(line))
+                return
+            self.handler.line_received(self, line[:-1] if line.endswith(b"\r") else line, True)
+            if self._closing:
+                return
+        if len(self._buffer) > self.max_line + 1:
+            self._overflow(len(self._buffer))
+
+    def readConnectionLost(self) -> None:
+        """The client half-closed: answer its last line, then close once every reply is out."""
+        self._read_closed = True
+        if self._buffer and not self._closing:
+            line, self._buffer = self._buffer, b""
+            self.handler.line_received(self, line, False)
+        self._close_when_drained()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self.disconnected = True
+        self._slots.clear()
+        self.handler.connection_lost(self, reason)
+
+    def _overflow(self, length: int) -> None:
+        self._closing = True
+        self._buffer = b""
+        self.handler.connection_lost(self, Failure(LineTooLong(length, self.max_line)))
+        self.handler = _Closed()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # --- replies in request order ----------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Write now, after any reply still being prepared."""
+        if self._slots:
+            slot = Slot()
+            slot.data = data
+            self._slots.append(slot)
+        else:
+            self._write(data)
+
+    def reserve(self) -> Slot:
+        """Hold this reply's place; later replies wait behind it."""
+        slot = Slot()
+        self._slots.append(slot)
+        return slot
+
+    def fill(self, slot: Slot, data: bytes) -> None:
+        slot.data = data
+        slots = self._slots
+        if not slots or slots[0] is not slot:
+            return
+        while slots and slots[0].data is not None:
+            ready = slots.popleft().data
+            if ready:
+                self._write(ready)
+        if self._read_closed:
+            self._close_when_drained()
+
+    def _write(self, data: bytes) -> None:
+        if self.disconnected:
+            return
+        if self.backlog:
+            self.backlog += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def _close_when_drained(self) -> None:
+        if not self._slots and not self.disconnected:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self._closing = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # --- backpressure: the transport tells us when its write buffer is full ----------------
+
+    def pauseProducing(self) -> None:
+        """The peer is not reading: stop reading its requests until it catches up."""
+        self.backlog = 1
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        self.backlog = 0
+        if not self._closing and not self._read_closed:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def stopProducing(self) -> None:
+        self._closing = True
+
+
+class LineTooLong(Exception):
+    """A line longer than `max_line`: the connection is closed without a reply."""
+
+    def __init__(self, length: int, max_line: int) -> None:
+        super().__init__(f"line of {length}+ bytes exceeds max_line {max_line}")
+
+
+class _Closed:
+    """The handler of a connection being closed: lines still buffered are ignored."""
+
+    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+        return
+
+    def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
+        return

@@ -1,0 +1,206 @@
+"""One herd server wired together: store, log, places, listening port, peer dialers.
+
+Start order matters: the store is read back before the port opens, so the first client already
+sees every report the server acknowledged before it last stopped (or was killed).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from twisted.application.internet import ClientService
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from herd.config import HerdConfig
+from herd.model import LocationTable
+from herd.peers import DialFactory, retry_policy
+from herd.places import PlacesProvider, make_provider
+from herd.protocol import LineConnection
+from herd.server import HerdServer
+from herd.store import GroupCommitter, Store
+from herd.traffic import TrafficLog
+
+T = TypeVar("T")
+_log = Logger()
+
+
+class ClientFactory(Factory):
+    """Accepts connections on the client port; remembers them so a stop can close them."""
+
+    def __init__(self, server: HerdServer) -> None:
+        self.server = server
+        self.connections: set[LineConnection] = set()
+
+    def buildProtocol(self, addr: object) -> LineConnection:
+        connection = _TrackedConnection(self.server.client_handler(), self.server.max_line)
+        connection.factory_ref = self
+        return connection
+
+
+class _TrackedConnection(LineConnection):
+    factory_ref: ClientFactory
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory_ref.connections.add(self)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self.factory_ref.connections.discard(self)
+        super().connectionLost(reason)
+
+
+def _thread_pool(name: str) -> ThreadPool:
+    pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
+    pool.start()
+    return pool
+
+
+class HerdService(Service):
+    """`herd run NAME`: one server, started and stopped cleanly."""
+
+    def __init__(
+        self,
+        config: HerdConfig,
+        name: str,
+        reactor: Any,
+        stream: BinaryIO | None,
+        now_ns: Callable[[], int] = time.time_ns,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.server_name = name
+        self.server_config = config.server(name)
+        self.reactor = reactor
+        self.now_ns = now_ns
+        self.jitter = jitter
+        self.data_dir = config.data_dir
+        self._store_pool = _thread_pool(f"{name}-store")
+        self._log_pool = _thread_pool(f"{name}-log")
+        self.log = TrafficLog(
+            self.data_dir / f"{name}.log",
+            stream,
+            reactor,
+            self._on_thread(self._log_pool),
+        )
+        self.store = Store(self.data_dir / f"{name}.sqlite")
+        self.server: HerdServer | None = None
+        self.places: PlacesProvider | None = None
+        self.port: IListeningPort | None = None
+        self.factory: ClientFactory | None = None
+        self.dialers: list[ClientService] = []
+        self.started: Deferred[None] = Deferred()
+
+    def _on_thread(self, pool: ThreadPool) -> Callable[[Callable[[], T]], Deferred[T]]:
+        def run(work: Callable[[], T]) -> Deferred[T]:
+            return deferToThreadPool(self.reactor, pool, work)
+
+        return run
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.log.start()
+        ensureDeferred(self._start()).chainDeferred(self.started)
+
+    async def _start(self) -> None:
+        if self.config.secret_warning:
+            _log.warn("{warning}", warning=self.config.secret_warning)
+        snapshot = await self._on_thread(self._store_pool)(self.store.open)
+        table = LocationTable()
+        for location in snapshot.locations:
+            table.restore(location)
+        table.reorder()
+        committer = GroupCommitter(
+            self.store, self._on_thread(self._store_pool), self.reactor, self._store_failed
+        )
+        self.places = make_provider(self.config.places, self.data_dir, self.reactor)
+        server = HerdServer(
+            name=self.server_name,
+            peers=self.server_config.peers,
+            secret=self.config.secret,
+            max_line=self.config.max_line,
+            table=table,
+            committer=committer,
+            places=self.places,
+            log=self.log,
+            clock=self.reactor,
+            now_ns=self.now_ns,
+            instance=snapshot.instance,
+            marks=snapshot.marks,
+        )
+        self.server = server
+        self.factory = ClientFactory(server)
+        endpoint = TCP4ServerEndpoint(
+            self.reactor,
+            self.server_config.port,
+            interface=self.server_config.host,
+        )
+        self.port = await endpoint.listen(self.factory)
+        _log.info(
+            "{name} listening on {host}:{port} with {count} stored locations",
+            name=self.server_name,
+            host=self.server_config.host,
+            port=self.server_config.port,
+            count=len(table),
+        )
+        for peer in self.server_config.peers:
+            if self.server_name < peer:
+                self._dial(server, peer)
+
+    def _dial(self, server: HerdServer, peer: str) -> None:
+        target = self.config.servers[peer]
+        host = "127.0.0.1" if target.host in ("0.0.0.0", "") else target.host
+        factory = DialFactory(server, peer, self.reactor)
+        dialer = ClientService(
+            TCP4ClientEndpoint(self.reactor, host, target.port, timeout=5),
+            factory,
+            retryPolicy=retry_policy(self.jitter),
+            clock=self.reactor,
+        )
+        dialer.startService()
+        self.dialers.append(dialer)
+
+    def _store_failed(self, failure: Failure) -> None:
+        _log.critical("the store cannot write: stopping {name}", name=self.server_name)
+        self.reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if not self.started.called:
+            _log.warn("stopping before the start finished")
+        await DeferredList([dialer.stopService() for dialer in self.dialers])
+        if self.port is not None:
+            await maybeDeferred(self.port.stopListening)
+        if self.server is not None:
+            for session in list(self.server.links.values()):
+                session.close()
+            await self.server.idle()
+        if self.factory is not None:
+            for connection in list(self.factory.connections):
+                connection.close()
+        if self.places is not None:
+            await self.places.close()
+        await self._on_thread(self._store_pool)(self.store.close)
+        _log.info("{name} stopped", name=self.server_name)
+        await self.log.stop()
+        self._store_pool.stop()
+        self._log_pool.stop()
+
+
+def data_path(config: HerdConfig, name: str, suffix: str) -> Path:
+    """Where a server keeps its files under the herd's data_dir."""
+    return config.data_dir / f"{name}{suffix}"

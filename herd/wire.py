@@ -1,0 +1,386 @@
+"""The line protocol, sans I/O: bytes in, commands out; values in, bytes out.
+
+Every command type documents its exact wire format.  Parsing never raises anything but
+`WireError`; formatting goes through functions that validate their fields, so nothing the
+server writes can be malformed by construction.  Client fields (client id, position, time) are
+kept as the exact bytes the client sent, because replies must echo them verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "At",
+    "Auth",
+    "Challenge",
+    "Hello",
+    "IAmAt",
+    "Ping",
+    "Pong",
+    "Status",
+    "Sync",
+    "Update",
+    "WhatsAt",
+    "WireError",
+    "diff_field",
+    "error_reply",
+    "format_at",
+    "format_whatsat_reply",
+    "parse_at",
+    "parse_client_line",
+    "parse_peer_line",
+    "time_key",
+    "time_ns",
+]
+
+
+class WireError(ValueError):
+    """A line that is not a valid command; the server answers it with `? <line>`."""
+
+
+_POSITION: Final = re.compile(rb"([+-][0-9]+\.[0-9]+)([+-][0-9]+\.[0-9]+)\Z")
+_TIME: Final = re.compile(rb"[0-9]+(?:\.[0-9]+)?\Z")
+_RADIUS: Final = _TIME
+_COUNT: Final = re.compile(rb"[0-9]+\Z")
+_DIFF: Final = re.compile(rb"[+-][0-9]+\.[0-9]{9}\Z")
+_TOKEN: Final = re.compile(rb"[!-~]+\Z")
+_HEX: Final = re.compile(rb"[0-9a-f]{16,128}\Z")
+
+MAX_RADIUS_KM: Final = 50.0
+MAX_ITEMS: Final = 20
+
+
+def _position(field: bytes) -> tuple[float, float]:
+    match = _POSITION.match(field)
+    if match is None:
+        raise WireError("position must be ISO 6709 +DD.DDD-DDD.DDD")
+    latitude, longitude = float(match[1]), float(match[2])
+    if abs(latitude) > 90.0 or abs(longitude) > 180.0:
+        raise WireError("position out of range")
+    return latitude, longitude
+
+
+def _time(field: bytes) -> bytes:
+    if _TIME.match(field) is None:
+        raise WireError("time must be POSIX seconds: digits with an optional fraction")
+    return field
+
+
+def time_key(time: bytes) -> tuple[int, bytes]:
+    """An exact, cheap sort key for a validated POSIX time: (whole seconds, fraction digits).
+
+    With trailing zeros stripped, comparing fraction digit strings is comparing the numbers,
+    so `1.5`, `1.50` and `01.5` are equal and `1.49` < `1.5`, without float rounding.
+    """
+    whole, _, fraction = time.partition(b".")
+    return int(whole), fraction.rstrip(b"0")
+
+
+def time_ns(time: bytes) -> int:
+    """A validated POSIX time in integer nanoseconds, rounded half up at the 10th digit."""
+    whole, _, fraction = time.partition(b".")
+    nanos = int(whole) * 1_000_000_000 + int((fraction + b"000000000")[:9])
+    if fraction[9:10] >= b"5":
+        nanos += 1
+    return nanos
+
+
+def diff_field(received_ns: int, client_time: bytes) -> bytes:
+    """`<diff>` of an AT line: receive time minus client time, sign always shown, 9 decimals."""
+    delta = received_ns - time_ns(client_time)
+    sign = b"-" if delta < 0 else b"+"
+    seconds, nanos = divmod(abs(delta), 1_000_000_000)
+    return b"%s%d.%09d" % (sign, seconds, nanos)
+
+
+# --- client commands -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IAmAt:
+    """`IAMAT <client> <position> <time>`: a client reports where it is.
+
+    `position` is ISO 6709 latitude then longitude, each signed with a decimal point
+    (`+34.068930-118.445127`, |lat| <= 90, |lon| <= 180); `time` is POSIX seconds, plain digits
+    with an optional fraction (`1621464827.959498503`).  Fields are kept verbatim.
+    """
+
+    client: bytes
+    position: bytes
+    time: bytes
+    latitude: float
+    longitude: float
+
+    @classmethod
+    def from_fields(cls, fields: list[bytes]) -> IAmAt:
+        if len(fields) != 4:
+            raise WireError("IAMAT takes 3 fields")
+        latitude, longitude = _position(fields[2])
+        return cls(fields[1], fields[2], _time(fields[3]), latitude, longitude)
+
+
+@dataclass(frozen=True, slots=True)
+class WhatsAt:
+    """`WHATSAT <client> <radius_km> <max_items>`: places near a known client.
+
+    radius: digits with an optional fraction, 0 < r <= 50; max_items: digits, 0 <= n <= 20.
+    """
+
+    client: bytes
+    radius_km: float
+    max_items: int
+
+    @classmethod
+    def from_fields(cls, fields: list[bytes]) -> WhatsAt:
+        if len(fields) != 4:
+            raise WireError("WHATSAT takes 3 fields")
+        if _RADIUS.match(fields[2]) is None or _COUNT.match(fields[3]) is None:
+            raise WireError("WHATSAT radius and count must be plain numbers")
+        radius, count = float(fields[2]), int(fields[3])
+        if not 0.0 < radius <= MAX_RADIUS_KM or count > MAX_ITEMS:
+            raise WireError("WHATSAT radius or count out of range")
+        return cls(fields[1], radius, count)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """`STATUS`: the server's name and its peer links, answered with one line
+    `STATUS <json>` where json is `{"server": NAME, "peers": {PEER: "up"|"down"}}`."""
+
+    @classmethod
+    def from_fields(cls, fields: list[bytes]) -> Status:
+        if len(fields) != 1:
+            raise WireError("STATUS takes no fields")
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """`HERD-HELLO <from> <to> <nonce>`: a server dialing a peer asks to turn the connection
+    into a peer link.  `nonce` is the dialer's random challenge, lowercase hex."""
+
+    sender: bytes
+    receiver: bytes
+    nonce: bytes
+
+    @classmethod
+    def from_fields(cls, fields: list[bytes]) -> Hello:
+        if len(fields) != 4 or _HEX.match(fields[3]) is None:
+            raise WireError("HERD-HELLO takes <from> <to> <hex nonce>")
+        return cls(fields[1], fields[2], fields[3])
+
+    def to_line(self) -> bytes:
+        return b"HERD-HELLO %s %s %s\n" % (
+            _token(self.sender),
+            _token(self.receiver),
+            _hex(self.nonce),
+        )
+
+
+ClientCommand = IAmAt | WhatsAt | Status | Hello
+
+_CLIENT_COMMANDS: Final[dict[bytes, type[IAmAt] | type[WhatsAt] | type[Status] | type[Hello]]] = {
+    b"IAMAT": IAmAt,
+    b"WHATSAT": WhatsAt,
+    b"STATUS": Status,
+    b"HERD-HELLO": Hello,
+}
+
+
+def parse_client_line(line: bytes) -> ClientCommand | None:
+    """One line from a client (without its terminator) to a command; None for a blank line."""
+    fields = line.split()
+    if not fields:
+        return None
+    command = _CLIENT_COMMANDS.get(fields[0])
+    if command is None:
+        raise WireError("unknown command")
+    return command.from_fields(fields)
+
+
+def error_reply(line: bytes) -> bytes:
+    """`? <line>`: the answer to anything invalid, echoing the line as received."""
+    return b"? " + line + b"\n"
+
+
+# --- AT lines --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class At:
+    """`AT <server> <diff> <client> <position> <time>`: a stored location report.
+
+    `server` received it; `diff` is its receive time minus `time` (signed, 9 decimals); the last
+    three fields are the IAMAT's, verbatim.  `line` is the whole AT line without its newline,
+    kept because replies must repeat it byte for byte.
+    """
+
+    server: bytes
+    diff: bytes
+    client: bytes
+    position: bytes
+    time: bytes
+    latitude: float
+    longitude: float
+    line: bytes
+
+
+def format_at(server: bytes, received_ns: int, report: IAmAt) -> At:
+    """The AT record for a report received at `received_ns` by `server`."""
+    diff = diff_field(received_ns, report.time)
+    line = b"AT %s %s %s %s %s" % (
+        _token(server),
+        diff,
+        report.client,
+        report.position,
+        report.time,
+    )
+    return At(
+        server,
+        diff,
+        report.client,
+        report.position,
+        report.time,
+        report.latitude,
+        report.longitude,
+        line,
+    )
+
+
+def parse_at(fields: list[bytes]) -> At:
+    """An AT line split into fields (from a peer, or from the store); validates every field."""
+    if len(fields) != 6 or fields[0] != b"AT":
+        raise WireError("AT takes 5 fields")
+    if _DIFF.match(fields[2]) is None:
+        raise WireError("AT diff must be signed with 9 decimals")
+    latitude, longitude = _position(fields[4])
+    _time(fields[5])
+    return At(
+        fields[1],
+        fields[2],
+        fields[3],
+        fields[4],
+        fields[5],
+        latitude,
+        longitude,
+        b" ".join(fields),
+    )
+
+
+def format_whatsat_reply(at_line: bytes, answer: object) -> bytes:
+    """The whole WHATSAT reply: the stored AT line, then the places JSON with runs of newlines
+    squeezed to one, then an empty line."""
+    body = json.dumps(answer, indent=3, ensure_ascii=False).encode()
+    body = re.sub(rb"\n+", b"\n", body).strip(b"\n")
+    return at_line + b"\n" + body + b"\n\n"
+
+
+# --- peer lines ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """`HERD-CHALLENGE <nonce> <mac>`: the answering server's own challenge, and its proof of
+    the herd secret over both nonces."""
+
+    nonce: bytes
+    mac: bytes
+
+    def to_line(self) -> bytes:
+        return b"HERD-CHALLENGE %s %s\n" % (_hex(self.nonce), _hex(self.mac))
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """`HERD-AUTH <mac>`: the dialer's proof of the herd secret over both nonces."""
+
+    mac: bytes
+
+    def to_line(self) -> bytes:
+        return b"HERD-AUTH %s\n" % _hex(self.mac)
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """`SYNC <instance> <known> <seq>`: sent by both sides once a link is up.
+
+    "I am store `instance`; I have everything of your store `known` up to your sequence number
+    `seq`: send me what is newer."  The answer is the missing updates, then live ones.
+    """
+
+    instance: bytes
+    known: bytes
+    seq: int
+
+    def to_line(self) -> bytes:
+        return b"SYNC %s %s %d\n" % (_token(self.instance), _token(self.known), self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """`U <seq> AT <server> <diff> <client> <position> <time>`: a location update flooded between
+    peers, tagged with the sender's sequence number (for catch-up)."""
+
+    seq: int
+    at: At
+
+    def to_line(self) -> bytes:
+        return b"U %d %s\n" % (self.seq, self.at.line)
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """`PING`: keepalive on a peer link; answered with `PONG`."""
+
+    def to_line(self) -> bytes:
+        return b"PING\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """`PONG`: the answer to `PING`."""
+
+    def to_line(self) -> bytes:
+        return b"PONG\n"
+
+
+PeerMessage = Challenge | Auth | Sync | Update | Ping | Pong
+
+
+def parse_peer_line(line: bytes) -> PeerMessage | None:
+    """One line on a peer link; None for a blank line."""
+    fields = line.split()
+    if not fields:
+        return None
+    kind = fields[0]
+    if kind == b"U":
+        if len(fields) < 2 or _COUNT.match(fields[1]) is None:
+            raise WireError("U takes <seq> AT ...")
+        return Update(int(fields[1]), parse_at(fields[2:]))
+    if kind == b"SYNC" and len(fields) == 4 and _COUNT.match(fields[3]) is not None:
+        return Sync(fields[1], fields[2], int(fields[3]))
+    if kind == b"HERD-CHALLENGE" and len(fields) == 3:
+        return Challenge(_hex(fields[1]), _hex(fields[2]))
+    if kind == b"HERD-AUTH" and len(fields) == 2:
+        return Auth(_hex(fields[1]))
+    if kind == b"PING" and len(fields) == 1:
+        return Ping()
+    if kind == b"PONG" and len(fields) == 1:
+        return Pong()
+    raise WireError("not a peer message")
+
+
+def _token(value: bytes) -> bytes:
+    if _TOKEN.match(value) is None:
+        raise WireError(f"not a single printable ASCII field: {value!r}")
+    return value
+
+
+def _hex(value: bytes) -> bytes:
+    if _HEX.match(value) is None:
+        raise WireError(f"not lowercase hex of 16-128 digits: {value!r}")
+    return value
