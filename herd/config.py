@@ -1,0 +1,432 @@
+"""Load and validate a herd config (DESIGN.md §3).
+
+The config is a contract that users and outside programs write against, so every key name is
+exact and anything unexpected is refused at start with the file, the key and what is wrong:
+a typo must never pass silently and leave a server running with a default the operator did not
+choose. The loader reads the config file, the XMPP password file and the environment it is
+given, and nothing else, so tests can pass their own environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from email.utils import parseaddr
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+__all__ = [
+    "ConfigError",
+    "HerdConfig",
+    "PlacesConfig",
+    "ServerConfig",
+    "SmtpConfig",
+    "XmppConfig",
+    "default_config_path",
+    "load_config",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_DATA_DIR = "var"
+DEFAULT_MAX_LINE = 65536
+MIN_MAX_LINE = 1024
+PLACES_PROVIDERS = ("offline", "google")
+TLS_MODES = ("starttls", "direct", "none")
+XMPP_PORTS = {"starttls": 5222, "direct": 5223, "none": 5222}
+SMTP_PORTS = {"starttls": 587, "direct": 465, "none": 25}
+
+_T = TypeVar("_T")
+
+SECRET_REQUIRED = "a herd with non-loopback hosts needs a secret: set [herd] secret or HERD_SECRET"
+SECRET_WARNING = (
+    "no herd secret: any local user can open a peer link; allowed only because every server "
+    "is on loopback (set [herd] secret or HERD_SECRET)"
+)
+
+
+class ConfigError(Exception):
+    """A config that cannot be used: names the file, the key and the problem."""
+
+    def __init__(self, path: Path, key: str, problem: str) -> None:
+        super().__init__(path, key, problem)  # all three in args, so it pickles
+        self.path = path
+        self.key = key
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.key}: {self.problem}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """One server: where it listens for clients and peers, and whom it links to."""
+
+    name: str
+    host: str
+    port: int
+    peers: tuple[str, ...]  # every neighbour, whichever side listed the link; sorted
+
+
+@dataclass(frozen=True, slots=True)
+class PlacesConfig:
+    """Where WHATSAT and venue suggestions get places.
+
+    "google" with no key is accepted, so a herd can start before it has a key: every lookup
+    then answers REQUEST_DENIED, as Google itself would.
+    """
+
+    provider: str = "offline"
+    files: tuple[Path, ...] = ()
+    url: str = "https://maps.googleapis.com/maps/api/place/nearbysearch/json"
+    key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class XmppConfig:
+    """The bot's account; each server logs in with resource = its own name."""
+
+    jid: str
+    password: str
+    host: str | None  # None: find the server from the JID's domain (SRV/A records)
+    port: int
+    tls: str  # "starttls", "direct" or "none" (loopback host only)
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    """The mail server that email notifications are handed to."""
+
+    host: str
+    port: int
+    sender: str
+    username: str  # "" means no AUTH
+    password: str
+    tls: str  # "starttls", "direct" or "none"
+
+
+@dataclass(frozen=True, slots=True)
+class HerdConfig:
+    """A whole herd: every server of it loads the same file and picks itself by name."""
+
+    path: Path
+    data_dir: Path
+    secret: bytes
+    secret_warning: str | None
+    max_line: int
+    servers: dict[str, ServerConfig]
+    places: PlacesConfig
+    xmpp: XmppConfig | None
+    smtp: SmtpConfig | None
+
+    def server(self, name: str) -> ServerConfig:
+        """The server called `name`; a ConfigError (not KeyError) so `herd run` can report it."""
+        try:
+            return self.servers[name]
+        except KeyError:
+            known = ", ".join(self.servers)
+            raise ConfigError(
+                self.path, "servers", f"no server named {name!r}; known: {known}"
+            ) from None
+
+    @property
+    def links(self) -> frozenset[frozenset[str]]:
+        """Every undirected link, once."""
+        return frozenset(
+            frozenset((server.name, peer))
+            for server in self.servers.values()
+            for peer in server.peers
+        )
+
+
+def default_config_path() -> Path:
+    """The repository's config/herd.toml, the five-server development herd."""
+    return Path(__file__).resolve().parent.parent / "config" / "herd.toml"
+
+
+def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
+    """Read, validate and resolve the config at `path`, with secrets taken from `env`.
+
+    Environment variables override the file only when set and non-empty, so an exported but
+    empty variable does not silently blank a value the file gives.
+    """
+    path = Path(path).resolve()
+    root = _Table(path, "", _read_toml(path))
+    root.only("herd", "servers", "places", "xmpp", "smtp", what="table")
+
+    herd = root.table("herd") or _Table(path, "herd", {})
+    herd.only("data_dir", "secret", "max_line")
+    data_dir = (path.parent / herd.string("data_dir", DEFAULT_DATA_DIR)).resolve()
+    max_line = herd.integer("max_line", DEFAULT_MAX_LINE)
+    if max_line < MIN_MAX_LINE:
+        raise herd.error("max_line", f"must be at least {MIN_MAX_LINE}, got {max_line}")
+
+    file_secret = herd.string("secret", "")
+    servers = _servers(root)
+    secret = (env.get("HERD_SECRET") or file_secret).encode()
+    secret_warning = None
+    if not secret:
+        if not all(_is_loopback(server.host) for server in servers.values()):
+            raise herd.error("secret", SECRET_REQUIRED)
+        secret_warning = SECRET_WARNING
+
+    places_table = root.table("places")
+    xmpp_table = root.table("xmpp")
+    smtp_table = root.table("smtp")
+    return HerdConfig(
+        path=path,
+        data_dir=data_dir,
+        secret=secret,
+        secret_warning=secret_warning,
+        max_line=max_line,
+        servers=servers,
+        places=_places(places_table, env) if places_table else PlacesConfig(),
+        xmpp=_xmpp(xmpp_table, env) if xmpp_table else None,
+        smtp=_smtp(smtp_table, env) if smtp_table else None,
+    )
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    """The parsed file, or a ConfigError with key "" for anything that is not readable TOML."""
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "no such file") from None
+    except OSError as error:
+        raise ConfigError(path, "", f"cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(path, "", f"not UTF-8 (byte {error.start})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(path, "", f"not valid TOML: {error}") from None
+
+
+def _servers(root: _Table) -> dict[str, ServerConfig]:
+    """The servers in file order, with each link recorded on both of its ends."""
+    table = root.table("servers")
+    if table is None or not table.data:
+        raise ConfigError(root.path, "servers", "at least one server is needed")
+    listed: dict[str, tuple[str, int, tuple[str, ...]]] = {}
+    used: dict[tuple[str, int], str] = {}
+    for name in table.data:
+        if not name or not all("!" <= char <= "~" for char in name):
+            raise ConfigError(
+                root.path,
+                "servers",
+                f"server name {name!r} must be non-empty printable ASCII without whitespace",
+            )
+        server = table.table(name)
+        assert server is not None  # name is one of table's keys
+        server.only("host", "port", "peers")
+        host = _host(server, server.string("host", DEFAULT_HOST))
+        port = server.port("port", None)
+        other = used.setdefault((_host_identity(host), port), name)
+        if other != name:
+            raise server.error("port", f"port {port} on {host} is already used by {other}")
+        listed[name] = (host, port, server.strings("peers"))
+
+    neighbours: dict[str, set[str]] = {name: set() for name in listed}
+    for name, (_, _, peers) in listed.items():
+        for peer in peers:
+            key = f"servers.{name}.peers"
+            if peer == name:
+                raise ConfigError(root.path, key, f"{name} cannot peer with itself")
+            if peer not in listed:
+                known = ", ".join(listed)
+                raise ConfigError(root.path, key, f"unknown server {peer!r}; known: {known}")
+            neighbours[name].add(peer)
+            neighbours[peer].add(name)
+    return {
+        name: ServerConfig(name, host, port, tuple(sorted(neighbours[name])))
+        for name, (host, port, _) in listed.items()
+    }
+
+
+def _places(table: _Table, env: Mapping[str, str]) -> PlacesConfig:
+    table.only("provider", "files", "url", "key")
+    defaults = PlacesConfig()
+    provider = table.string("provider", defaults.provider)
+    if provider not in PLACES_PROVIDERS:
+        raise table.error("provider", f"must be one of {_choices(PLACES_PROVIDERS)}")
+    url = table.string("url", defaults.url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise table.error("url", f"must be an http or https URL, got {url!r}")
+    files = tuple((table.path.parent / file).resolve() for file in table.strings("files"))
+    key = table.string("key", defaults.key)
+    return PlacesConfig(provider, files, url, env.get("PLACES_API_KEY") or key)
+
+
+def _xmpp(table: _Table, env: Mapping[str, str]) -> XmppConfig:
+    table.only("jid", "password_file", "host", "port", "tls")
+    jid = table.string("jid", None)
+    local, at, domain = jid.partition("@")
+    if not (local and at and domain) or "/" in jid or any(char.isspace() for char in jid):
+        raise table.error("jid", f"must be a bare JID like 'renga@example.org', got {jid!r}")
+    host = table.optional_string("host")
+    if host is not None:
+        _host(table, host)
+    tls = _tls(table)
+    if tls == "none" and (host is None or not _is_loopback(host)):
+        raise table.error("tls", "'none' is allowed only with a loopback host")
+    password_file = table.optional_string("password_file")
+    return XmppConfig(
+        jid=jid,
+        password=env.get("RENGA_XMPP_PASSWORD") or _read_password(table, password_file),
+        host=host,
+        port=table.port("port", XMPP_PORTS[tls]),
+        tls=tls,
+    )
+
+
+def _read_password(table: _Table, name: str | None) -> str:
+    """The bot's password from `password_file`, read only when the environment gives none."""
+    if name is None:
+        raise table.error("password_file", "no password: set password_file or RENGA_XMPP_PASSWORD")
+    file = table.path.parent / name
+    try:
+        password = file.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        problem = f"cannot read {file}: {error.strerror or error}"
+        raise table.error("password_file", problem) from None
+    except UnicodeDecodeError:
+        raise table.error("password_file", f"{file} is not UTF-8") from None
+    if not password:
+        raise table.error("password_file", f"{file} is empty")
+    return password
+
+
+def _smtp(table: _Table, env: Mapping[str, str]) -> SmtpConfig:
+    table.only("host", "port", "sender", "username", "tls")
+    host = _host(table, table.string("host", None))
+    sender = table.string("sender", None)
+    if "@" not in parseaddr(sender)[1]:
+        raise table.error("sender", "must be an address like 'Renga <renga@example.org>'")
+    username = table.string("username", "")
+    tls = _tls(table)
+    if tls == "none" and username and not _is_loopback(host):
+        raise table.error("tls", "'none' with a username would send the password in clear")
+    return SmtpConfig(
+        host=host,
+        port=table.port("port", SMTP_PORTS[tls]),
+        sender=sender,
+        username=username,
+        password=env.get("RENGA_SMTP_PASSWORD", ""),
+        tls=tls,
+    )
+
+
+def _host(table: _Table, host: str) -> str:
+    """`host` as given, once it is at least plausible as a name or address."""
+    if not host or any(char.isspace() for char in host):
+        raise table.error("host", f"must be a host name or address, got {host!r}")
+    return host
+
+
+def _tls(table: _Table) -> str:
+    tls = table.string("tls", "starttls")
+    if tls not in TLS_MODES:
+        raise table.error("tls", f"must be one of {_choices(TLS_MODES)}, got {tls!r}")
+    return tls
+
+
+def _choices(values: tuple[str, ...]) -> str:
+    return ", ".join(repr(value) for value in values)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_identity(host: str) -> str:
+    """One spelling per host, so '::1' and '0:0::1' clash on the same port."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower()
+
+
+def _type_name(value: object) -> str:
+    """What TOML calls the type of `value`, for error messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (datetime, date, time)):
+        return "a date/time"
+    names = {str: "a string", int: "an integer", float: "a float", list: "an array"}
+    return names.get(type(value), "a table")
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """One TOML table being read; it knows its dotted name so every error can name its key."""
+
+    path: Path
+    name: str
+    data: Mapping[str, object]
+
+    def key(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, self.key(key), problem)
+
+    def only(self, *known: str, what: str = "key") -> None:
+        """Refuse any key not in `known`: a misspelt key must not leave a silent default."""
+        for key in self.data:
+            if key not in known:
+                raise self.error(key, f"unknown {what} {key!r} (known: {', '.join(known)})")
+
+    def _get(self, key: str, kind: type[_T], kind_name: str) -> _T | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        # bool is a subclass of int, but `port = true` is a mistake, not port 1.
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise self.error(key, f"must be {kind_name}, got {_type_name(value)}")
+        return value
+
+    def table(self, key: str) -> _Table | None:
+        value = self._get(key, dict, "a table")
+        return None if value is None else _Table(self.path, self.key(key), value)
+
+    def string(self, key: str, default: str | None) -> str:
+        """A string; `default` None means the key is required."""
+        return self._required(key, self._get(key, str, "a string"), default)
+
+    def optional_string(self, key: str) -> str | None:
+        return self._get(key, str, "a string")
+
+    def integer(self, key: str, default: int | None) -> int:
+        """An integer; `default` None means the key is required."""
+        return self._required(key, self._get(key, int, "an integer"), default)
+
+    def port(self, key: str, default: int | None) -> int:
+        port = self.integer(key, default)
+        if not 1 <= port <= 65535:
+            raise self.error(key, f"must be between 1 and 65535, got {port}")
+        return port
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        """An array of strings, duplicates dropped (order kept); absent means empty."""
+        value = self._get(key, list, "an array of strings")
+        if value is None:
+            return ()
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.error(f"{key}[{index}]", f"must be a string, got {_type_name(item)}")
+        return tuple(dict.fromkeys(value))
+
+    def _required(self, key: str, value: _T | None, default: _T | None) -> _T:
+        if value is not None:
+            return value
+        if default is None:
+            raise self.error(key, "is required")
+        return default
