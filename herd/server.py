@@ -224,12 +224,11 @@ class HerdServer:
 
     def _release_floods(self) -> None:
         floods, self._floods = self._floods, []
+        lines = [(Update(loc.seq, loc.at).to_line(), source) for loc, source in floods]
         for session in list(self.links.values()):
             if not session.ready:
                 continue
-            data = b"".join(
-                Update(loc.seq, loc.at).to_line() for loc, source in floods if source is not session
-            )
+            data = b"".join(line for line, source in lines if source is not session)
             if data:
                 session.send(data)
 
