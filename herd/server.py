@@ -103,8 +103,15 @@ class HerdServer:
         except WireError:
             self.reply(connection, error_reply(line))
             return
-        if command is not None:
+        if command is None:
+            return
+        try:
             self._handlers[type(command)](connection, command, line)
+        except Exception:
+            # A bug must not cost the client its connection or the others their server: the
+            # line gets the defined answer and the traceback goes to the log.
+            _log.failure("internal error handling {line!r}", line=line)
+            self.reply(connection, error_reply(line))
 
     def reply(self, connection: LineConnection, data: bytes) -> None:
         """Answer in request order, once every change made so far is durable."""
@@ -149,7 +156,7 @@ class HerdServer:
             )
             connection.fill(slot, data)
 
-        answer.addCallbacks(answered, failed)
+        answer.addCallback(answered).addErrback(failed)
 
     def _status(self, connection: LineConnection, command: Status, line: bytes) -> None:
         peers = {peer: ("up" if peer in self.links else "down") for peer in self.peers}
@@ -269,6 +276,9 @@ class _AwaitingAuth:
             message = parse_peer_line(line)
         except WireError:
             message = None
+        else:
+            if message is None:
+                return
         if isinstance(message, Auth):
             expected = peer_mac(
                 server.secret,

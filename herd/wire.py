@@ -42,31 +42,47 @@ class WireError(ValueError):
     """A line that is not a valid command; the server answers it with `? <line>`."""
 
 
-_POSITION: Final = re.compile(rb"([+-][0-9]+\.[0-9]+)([+-][0-9]+\.[0-9]+)\Z")
-_TIME: Final = re.compile(rb"[0-9]+(?:\.[0-9]+)?\Z")
-_RADIUS: Final = _TIME
+_POSITION: Final = re.compile(rb"([+-])([0-9]+)\.([0-9]+)([+-])([0-9]+)\.([0-9]+)\Z")
+_DECIMAL: Final = re.compile(rb"([0-9]+)(?:\.([0-9]+))?\Z")
 _COUNT: Final = re.compile(rb"[0-9]+\Z")
+_SEQ: Final = re.compile(rb"[0-9]{1,19}\Z")
 _DIFF: Final = re.compile(rb"[+-][0-9]+\.[0-9]{9}\Z")
 _TOKEN: Final = re.compile(rb"[!-~]+\Z")
 _HEX: Final = re.compile(rb"[0-9a-f]{16,128}\Z")
 
-MAX_RADIUS_KM: Final = 50.0
+MAX_RADIUS_KM: Final = 50
 MAX_ITEMS: Final = 20
+MAX_TIME_DIGITS: Final = 19
+
+
+def _at_most(whole: bytes, fraction: bytes, bound: int) -> bool:
+    """Whether the decimal `whole.fraction` is <= `bound`, exactly (no float rounding, and no
+    int() of an unbounded digit string)."""
+    whole = whole.lstrip(b"0")
+    if len(whole) > len(str(bound)):
+        return False
+    value = int(whole or b"0")
+    return value < bound or (value == bound and not fraction.strip(b"0"))
 
 
 def _position(field: bytes) -> tuple[float, float]:
     match = _POSITION.match(field)
     if match is None:
         raise WireError("position must be ISO 6709 +DD.DDD-DDD.DDD")
-    latitude, longitude = float(match[1]), float(match[2])
-    if abs(latitude) > 90.0 or abs(longitude) > 180.0:
+    lat_sign, lat_whole, lat_fraction, lon_sign, lon_whole, lon_fraction = match.groups()
+    if not (_at_most(lat_whole, lat_fraction, 90) and _at_most(lon_whole, lon_fraction, 180)):
         raise WireError("position out of range")
+    latitude = float(lat_sign + lat_whole + b"." + lat_fraction)
+    longitude = float(lon_sign + lon_whole + b"." + lon_fraction)
     return latitude, longitude
 
 
 def _time(field: bytes) -> bytes:
-    if _TIME.match(field) is None:
+    match = _DECIMAL.match(field)
+    if match is None:
         raise WireError("time must be POSIX seconds: digits with an optional fraction")
+    if len(match[1].lstrip(b"0")) > MAX_TIME_DIGITS:
+        raise WireError("time out of range")
     return field
 
 
@@ -77,13 +93,13 @@ def time_key(time: bytes) -> tuple[int, bytes]:
     so `1.5`, `1.50` and `01.5` are equal and `1.49` < `1.5`, without float rounding.
     """
     whole, _, fraction = time.partition(b".")
-    return int(whole), fraction.rstrip(b"0")
+    return int(whole.lstrip(b"0") or b"0"), fraction.rstrip(b"0")
 
 
 def time_ns(time: bytes) -> int:
     """A validated POSIX time in integer nanoseconds, rounded half up at the 10th digit."""
     whole, _, fraction = time.partition(b".")
-    nanos = int(whole) * 1_000_000_000 + int((fraction + b"000000000")[:9])
+    nanos = int(whole.lstrip(b"0") or b"0") * 1_000_000_000 + int((fraction + b"000000000")[:9])
     if fraction[9:10] >= b"5":
         nanos += 1
     return nanos
@@ -138,12 +154,16 @@ class WhatsAt:
     def from_fields(cls, fields: list[bytes]) -> WhatsAt:
         if len(fields) != 4:
             raise WireError("WHATSAT takes 3 fields")
-        if _RADIUS.match(fields[2]) is None or _COUNT.match(fields[3]) is None:
+        radius = _DECIMAL.match(fields[2])
+        if radius is None or _COUNT.match(fields[3]) is None:
             raise WireError("WHATSAT radius and count must be plain numbers")
-        radius, count = float(fields[2]), int(fields[3])
-        if not 0.0 < radius <= MAX_RADIUS_KM or count > MAX_ITEMS:
-            raise WireError("WHATSAT radius or count out of range")
-        return cls(fields[1], radius, count)
+        whole, fraction = radius[1], radius[2] or b""
+        positive = bool(whole.strip(b"0") or fraction.strip(b"0"))
+        if not positive or not _at_most(whole, fraction, MAX_RADIUS_KM):
+            raise WireError("WHATSAT radius out of range")
+        if not _at_most(fields[3], b"", MAX_ITEMS):
+            raise WireError("WHATSAT count out of range")
+        return cls(fields[1], float(fields[2]), int(fields[3].lstrip(b"0") or b"0"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +294,8 @@ def parse_at(fields: list[bytes]) -> At:
 def format_whatsat_reply(at_line: bytes, answer: object) -> bytes:
     """The whole WHATSAT reply: the stored AT line, then the places JSON with runs of newlines
     squeezed to one, then an empty line."""
-    body = json.dumps(answer, indent=3, ensure_ascii=False).encode()
+    # A lone surrogate (from a provider's "\ud800") is written back as its JSON escape.
+    body = json.dumps(answer, indent=3, ensure_ascii=False).encode("utf-8", "backslashreplace")
     body = re.sub(rb"\n+", b"\n", body).strip(b"\n")
     return at_line + b"\n" + body + b"\n\n"
 
@@ -358,10 +379,10 @@ def parse_peer_line(line: bytes) -> PeerMessage | None:
         return None
     kind = fields[0]
     if kind == b"U":
-        if len(fields) < 2 or _COUNT.match(fields[1]) is None:
+        if len(fields) < 2 or _SEQ.match(fields[1]) is None:
             raise WireError("U takes <seq> AT ...")
         return Update(int(fields[1]), parse_at(fields[2:]))
-    if kind == b"SYNC" and len(fields) == 4 and _COUNT.match(fields[3]) is not None:
+    if kind == b"SYNC" and len(fields) == 4 and _SEQ.match(fields[3]) is not None:
         return Sync(fields[1], fields[2], int(fields[3]))
     if kind == b"HERD-CHALLENGE" and len(fields) == 3:
         return Challenge(_hex(fields[1]), _hex(fields[2]))
