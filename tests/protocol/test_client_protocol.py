@@ -157,3 +157,14 @@ def test_every_line_is_logged(node: Node, tmp_path: Path) -> None:
     text = (tmp_path / "Bailey.log").read_bytes()
     assert b" recv 192.168.1.1:54321 junk\n" in text
     assert b" sent 192.168.1.1:54321 ? junk\n" in text
+
+
+def test_huge_numbers_get_an_error_and_the_connection_stays(tmp_path: Path) -> None:
+    node = make_node(tmp_path, "Bailey", (), Clock(), max_line=65536)
+    connection, transport = node.client()
+    huge = b"WHATSAT kiwi 10 " + b"0" * 5000 + b"5"
+    connection.dataReceived(huge + b"\nIAMAT k +1.0+1.0 " + b"9" * 30 + b"\n")
+    node.clock.advance(0)
+    assert transport.value() == b"? " + huge + b"\n? IAMAT k +1.0+1.0 " + b"9" * 30 + b"\n"
+    assert not transport.disconnecting
+    node.close()
