@@ -95,6 +95,7 @@ def up(config: HerdConfig, config_path: Path | None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    _prepare_places(config)
     for name in config.servers:
         children[name] = subprocess.Popen(
             [sys.executable, "-m", "herd", "run", name, "--config", path],
@@ -113,6 +114,17 @@ def up(config: HerdConfig, config_path: Path | None) -> int:
         time.sleep(0.2)
     _stop_all(children)
     return code
+
+
+def _prepare_places(config: HerdConfig) -> None:
+    """Build the shared offline places index once, before the servers start, so that none of
+    them waits for it on its first WHATSAT."""
+    if config.places.provider != "offline":
+        return
+    from herd.places import DEFAULT_MIN_POPULATION, open_index
+
+    print("herd: preparing the offline places index...", file=sys.stderr, flush=True)
+    open_index(config.data_dir, config.places.files, DEFAULT_MIN_POPULATION).close()
 
 
 def _up_banner(config: HerdConfig) -> str:

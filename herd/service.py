@@ -89,6 +89,7 @@ class HerdService(Service):
         self._store_pool = _thread_pool(f"{name}-store")
         self._log_pool = _thread_pool(f"{name}-log")
         self.log = TrafficLog(
+            name,
             self.data_dir / f"{name}.log",
             stream,
             reactor,
@@ -141,6 +142,7 @@ class HerdService(Service):
         )
         self.server = server
         self.factory = ClientFactory(server)
+        self.factory.noisy = False
         endpoint = TCP4ServerEndpoint(
             self.reactor,
             self.server_config.port,
@@ -162,6 +164,7 @@ class HerdService(Service):
         target = self.config.servers[peer]
         host = "127.0.0.1" if target.host in ("0.0.0.0", "") else target.host
         factory = DialFactory(server, peer, self.reactor)
+        factory.noisy = False
         dialer = ClientService(
             TCP4ClientEndpoint(self.reactor, host, target.port, timeout=5),
             factory,

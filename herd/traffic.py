@@ -26,8 +26,9 @@ FLUSH_SECONDS = 0.1
 MAX_PENDING = 20_000
 
 
-def format_records(records: list[_Record]) -> bytes:
-    """`<UTC time> <direction> <who> <line>` per record; a multi-line payload stays as sent."""
+def format_records(server: bytes, records: list[_Record]) -> bytes:
+    """`<UTC time> <server> <direction> <who> <line>` per record (the server's name, because
+    `herd up` merges every server's stderr); a multi-line payload stays as sent."""
     out: list[bytes] = []
     last_whole = -1
     prefix = b""
@@ -37,10 +38,11 @@ def format_records(records: list[_Record]) -> bytes:
             last_whole = whole
             prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)).encode()
         out.append(
-            b"%s.%03dZ %s %s %s\n"
+            b"%s.%03dZ %s %s %s %s\n"
             % (
                 prefix,
                 int((seconds - whole) * 1000),
+                server,
                 direction.encode(),
                 who.encode(),
                 payload.rstrip(b"\n"),
@@ -54,11 +56,13 @@ class TrafficLog:
 
     def __init__(
         self,
+        server: str,
         path: Path,
         stream: BinaryIO | None,
         clock: IReactorTime,
         run_blocking: RunBlocking,
     ) -> None:
+        self._server = server.encode()
         self._path = path
         self._stream = stream
         self._clock = clock
@@ -111,7 +115,7 @@ class TrafficLog:
         return writing
 
     def _write(self, records: list[_Record]) -> None:
-        data = format_records(records)
+        data = format_records(self._server, records)
         if self._file is not None:
             self._file.write(data)
             self._file.flush()

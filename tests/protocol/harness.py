@@ -102,7 +102,7 @@ def make_node(
     table.reorder()
     failures: list[Failure] = []
     committer = GroupCommitter(store, inline, clock, failures.append)
-    log = TrafficLog(directory / f"{name}.log", None, clock, inline)
+    log = TrafficLog(name, directory / f"{name}.log", None, clock, inline)
     log.start()
     places = FixedPlaces()
     ticks = iter(range(START_NS, START_NS * 2, 1_000_000))

@@ -155,8 +155,8 @@ def test_every_line_is_logged(node: Node, tmp_path: Path) -> None:
     node.ask(b"junk\n")
     node.server.log.stop()
     text = (tmp_path / "Bailey.log").read_bytes()
-    assert b" recv 192.168.1.1:54321 junk\n" in text
-    assert b" sent 192.168.1.1:54321 ? junk\n" in text
+    assert b"Z Bailey recv 192.168.1.1:54321 junk\n" in text
+    assert b"Z Bailey sent 192.168.1.1:54321 ? junk\n" in text
 
 
 def test_huge_numbers_get_an_error_and_the_connection_stays(tmp_path: Path) -> None:

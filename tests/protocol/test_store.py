@@ -129,12 +129,13 @@ def test_idle_fires_at_once_when_nothing_is_pending(tmp_path: Path) -> None:
 
 def test_log_records_format() -> None:
     text = format_records(
+        b"Bailey",
         [
             (1_700_000_000.25, "recv", "127.0.0.1:5", b"IAMAT x"),
             (1_700_000_000.5, "sent", "Bona", b"U 1 AT a\nU 2 AT b\n"),
-        ]
+        ],
     )
     assert text == (
-        b"2023-11-14T22:13:20.250Z recv 127.0.0.1:5 IAMAT x\n"
-        b"2023-11-14T22:13:20.500Z sent Bona U 1 AT a\nU 2 AT b\n"
+        b"2023-11-14T22:13:20.250Z Bailey recv 127.0.0.1:5 IAMAT x\n"
+        b"2023-11-14T22:13:20.500Z Bailey sent Bona U 1 AT a\nU 2 AT b\n"
     )
