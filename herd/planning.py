@@ -1,0 +1,1199 @@
+"""Planning commands on the line, pure: parse them, check them, turn them into ops, answer them.
+
+A planning line is parsed like every client line (DESIGN §4): a command word in capitals,
+whitespace-separated fields, free text last.  A line that does not have the command's shape is
+a `WireError` (answered `? <line>`); a well-formed command that breaks a rule gets one line
+`ERR <code>: <message>`.  Rules are checked here, on the state of the server that accepts the
+command, because `PlanningState.apply` must take any op in any order; each command becomes at
+most a few ops, which the server stores, applies and floods.  Replies are one line each, a word
+saying what follows and compact JSON: `USER {...}`, `EVENT {...}`, `EVENTS [...]`,
+`SUGGEST {...}`.
+
+Also here: line tokens (issue, hash, verify, the delay after failures), ISO 8601 times, time
+zones from positions, and venue ranking for `SUGGEST`.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import json
+import re
+import zoneinfo
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Final, Literal
+
+from herd.events import (
+    MAX_COMMENT,
+    MAX_INVITES,
+    MAX_NAME,
+    MAX_POSIX,
+    MAX_TITLE,
+    OPERATOR,
+    AddComment,
+    AddPlace,
+    AddTime,
+    AddUser,
+    Body,
+    Cancel,
+    CastVote,
+    Choice,
+    CreateEvent,
+    Decide,
+    Event,
+    Invite,
+    Op,
+    PlaceOption,
+    PlanningState,
+    Reopen,
+    SetDevice,
+    SetUserField,
+    Status,
+    Uninvite,
+    UserField,
+    client_bytes,
+    client_text,
+    format_utc,
+    is_client,
+    is_id,
+    is_text,
+)
+from herd.geo import distance_m, midpoint
+from herd.wire import MAX_RADIUS_KM, WireError
+
+if TYPE_CHECKING:
+    from timezonefinder import TimezoneFinder
+
+    from herd.model import LocationTable
+
+__all__ = [
+    "PLANNING_WORDS",
+    "AddDevice",
+    "CancelEvent",
+    "CommentOn",
+    "DecideEvent",
+    "InviteUsers",
+    "ListEvents",
+    "Login",
+    "PlanEvent",
+    "PlanningCommand",
+    "PlanningError",
+    "Position",
+    "PositionOf",
+    "ProposePlace",
+    "ProposeTime",
+    "RankedVenue",
+    "RemoveDevice",
+    "ReopenEvent",
+    "SetUser",
+    "ShowEvent",
+    "ShowUser",
+    "StateCommand",
+    "Suggest",
+    "SuggestionQuery",
+    "UninviteUsers",
+    "UnsetUser",
+    "Venue",
+    "VoteOn",
+    "WhoAmI",
+    "add_user",
+    "auth_delay",
+    "execute",
+    "format_reply",
+    "hash_token",
+    "new_token",
+    "parse_planning_line",
+    "parse_time",
+    "position_lookup",
+    "rank_venues",
+    "reset_token",
+    "respond",
+    "suggest_reply",
+    "suggestion_query",
+    "timezone_of",
+    "verify_token",
+    "who_is_near",
+]
+
+Position = tuple[float, float]
+"""(latitude, longitude) in degrees."""
+
+PositionOf = Callable[[str], Position | None]
+"""A user's current position, if any of their clients has reported one."""
+
+MAX_OPTIONS: Final = 50
+MAX_COMMENTS: Final = 500
+MAX_DEVICES: Final = 20
+DEFAULT_RADIUS_KM: Final = 5.0
+
+_POSITION: Final = re.compile(r"([+-][0-9]+\.[0-9]+)([+-][0-9]+\.[0-9]+)\Z")
+_RADIUS: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?\Z")
+_EMAIL: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
+_JID: Final = re.compile(r"[^@/\s]+@[^@/\s]+\Z")
+_QUIET: Final = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]\Z")
+_CHANNELS: Final = frozenset({"email", "line", "xmpp"})
+_DIGESTS: Final = frozenset({"daily", "weekly", "off"})
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanningError:
+    """A refused command: `ERR <code>: <message>`, the code stable for programs, the message
+    for people."""
+
+    code: str
+    message: str
+
+    def line(self) -> bytes:
+        return b"ERR %s: %s\n" % (self.code.encode(), client_bytes(self.message))
+
+
+# --- commands: one class per command, its wire format in its docstring -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """`AUTH <user> <token>`: authenticate this connection as `user`.  Reply: `USER <json>`."""
+
+    user: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class WhoAmI:
+    """`WHOAMI`: the authenticated user.  Reply: `USER <json>`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShowUser:
+    """`USER`: the authenticated user, with contacts and preferences.  Reply: `USER <json>`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetUser:
+    """`USER SET <field> <value…>`: field is `email`, `jid`, `quiet` (`22:00-07:00`), `digest`
+    (`daily|weekly|off`), `channels` (comma-separated of `email,line,xmpp`, or `none`) or `tz`
+    (an IANA zone).  Reply: `USER <json>`."""
+
+    field: UserField
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnsetUser:
+    """`USER UNSET <field>`: back to the default (no address; all channels; daily digest; no
+    quiet hours; time zone from the position).  Reply: `USER <json>`."""
+
+    field: UserField
+
+
+@dataclass(frozen=True, slots=True)
+class AddDevice:
+    """`DEVICE ADD <client>`: positions reported by `client` (IAMAT) are the user's.
+    Reply: `USER <json>`."""
+
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveDevice:
+    """`DEVICE REMOVE <client>`.  Reply: `USER <json>`."""
+
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlanEvent:
+    """`PLAN <title…>`: a new event organised by the user.  Reply: `EVENT <json>` (its id)."""
+
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
+class InviteUsers:
+    """`INVITE <event> <user> [<user>…]` (organiser only).  Reply: `EVENT <json>`."""
+
+    event: str
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UninviteUsers:
+    """`UNINVITE <event> <user> [<user>…]` (organiser only).  Reply: `EVENT <json>`."""
+
+    event: str
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeTime:
+    """`PROPOSE <event> TIME <iso>`: ISO 8601 with a zone (`2026-12-05T19:00+01:00`, `…Z`),
+    not in the past; kept in UTC, to the second.  Reply: `EVENT <json>`."""
+
+    event: str
+    time: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProposePlace:
+    """`PROPOSE <event> PLACE [<position>] <name…>`: position as in IAMAT
+    (`+48.8566+002.3522`).  Reply: `EVENT <json>`."""
+
+    event: str
+    position: str | None
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class VoteOn:
+    """`VOTE <event> <option> YES|MAYBE|NO` (participants only).  Reply: `EVENT <json>`."""
+
+    event: str
+    option: str
+    choice: Choice
+
+
+@dataclass(frozen=True, slots=True)
+class CommentOn:
+    """`COMMENT <event> <text…>`.  Reply: `EVENT <json>`."""
+
+    event: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecideEvent:
+    """`DECIDE <event> <time option> <place option>` (organiser only).  Reply: `EVENT <json>`."""
+
+    event: str
+    time: str
+    place: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReopenEvent:
+    """`REOPEN <event>`: a decided event back to planning (organiser only)."""
+
+    event: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelEvent:
+    """`CANCEL <event>` (organiser only); a cancelled event takes no more changes."""
+
+    event: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShowEvent:
+    """`EVENT <event>`.  Reply: `EVENT <json>`."""
+
+    event: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListEvents:
+    """`EVENTS`: the events the user organises or is invited to.  Reply: `EVENTS <json>`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Suggest:
+    """`SUGGEST <event> [<radius_km>]`: venues near the people coming, and who is near the
+    leading place; radius as in WHATSAT, default 5.  Reply: `SUGGEST <json>`."""
+
+    event: str
+    radius: str | None
+
+
+StateCommand = (
+    Login
+    | WhoAmI
+    | ShowUser
+    | SetUser
+    | UnsetUser
+    | AddDevice
+    | RemoveDevice
+    | PlanEvent
+    | InviteUsers
+    | UninviteUsers
+    | ProposeTime
+    | ProposePlace
+    | VoteOn
+    | CommentOn
+    | DecideEvent
+    | ReopenEvent
+    | CancelEvent
+    | ShowEvent
+    | ListEvents
+)
+"""The commands `execute` and `respond` take; `Suggest` needs the places provider in between."""
+
+PlanningCommand = StateCommand | Suggest
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+def _rest(line: bytes, skip: int) -> str:
+    """The free text after the first `skip` fields, inner whitespace kept."""
+    parts = line.split(None, skip)
+    return client_text(parts[skip].strip()) if len(parts) > skip else ""
+
+
+def _arity(fields: list[bytes], low: int, high: int | None = None) -> None:
+    if len(fields) < low or (high is not None and len(fields) > high):
+        raise WireError(f"{fields[0].decode()} takes other fields")
+
+
+def _parse_auth(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 3, 3)
+    return Login(client_text(fields[1]), client_text(fields[2]))
+
+
+def _parse_whoami(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 1, 1)
+    return WhoAmI()
+
+
+_SETTABLE: Final = {
+    b"email": UserField.EMAIL,
+    b"jid": UserField.JID,
+    b"quiet": UserField.QUIET,
+    b"digest": UserField.DIGEST,
+    b"channels": UserField.CHANNELS,
+    b"tz": UserField.TZ,
+}
+
+
+def _parse_user(fields: list[bytes], line: bytes) -> PlanningCommand:
+    if len(fields) == 1:
+        return ShowUser()
+    settable = _SETTABLE.get(fields[2]) if len(fields) > 2 else None
+    if settable is None:
+        raise WireError("USER takes SET <field> <value> or UNSET <field>")
+    if fields[1] == b"SET" and len(fields) >= 4:
+        return SetUser(settable, _rest(line, 3))
+    if fields[1] == b"UNSET" and len(fields) == 3:
+        return UnsetUser(settable)
+    raise WireError("USER takes SET <field> <value> or UNSET <field>")
+
+
+def _parse_device(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 3, 3)
+    if fields[1] == b"ADD":
+        return AddDevice(client_text(fields[2]))
+    if fields[1] == b"REMOVE":
+        return RemoveDevice(client_text(fields[2]))
+    raise WireError("DEVICE takes ADD or REMOVE")
+
+
+def _parse_plan(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 2)
+    return PlanEvent(_rest(line, 1))
+
+
+def _parse_invite(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 3)
+    return InviteUsers(client_text(fields[1]), tuple(client_text(field) for field in fields[2:]))
+
+
+def _parse_uninvite(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 3)
+    return UninviteUsers(client_text(fields[1]), tuple(client_text(field) for field in fields[2:]))
+
+
+def _parse_propose(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 4)
+    event = client_text(fields[1])
+    if fields[2] == b"TIME" and len(fields) == 4:
+        return ProposeTime(event, client_text(fields[3]))
+    if fields[2] == b"PLACE":
+        if _POSITION.match(client_text(fields[3])) is None:
+            return ProposePlace(event, None, _rest(line, 3))
+        if len(fields) > 4:
+            return ProposePlace(event, client_text(fields[3]), _rest(line, 4))
+    raise WireError("PROPOSE takes <event> TIME <iso> or <event> PLACE [<position>] <name>")
+
+
+_CHOICES: Final = {b"YES": Choice.YES, b"MAYBE": Choice.MAYBE, b"NO": Choice.NO}
+
+
+def _parse_vote(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 4, 4)
+    choice = _CHOICES.get(fields[3])
+    if choice is None:
+        raise WireError("VOTE takes YES, MAYBE or NO")
+    return VoteOn(client_text(fields[1]), client_text(fields[2]), choice)
+
+
+def _parse_comment(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 3)
+    return CommentOn(client_text(fields[1]), _rest(line, 2))
+
+
+def _parse_decide(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 4, 4)
+    return DecideEvent(client_text(fields[1]), client_text(fields[2]), client_text(fields[3]))
+
+
+def _parse_reopen(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 2, 2)
+    return ReopenEvent(client_text(fields[1]))
+
+
+def _parse_cancel(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 2, 2)
+    return CancelEvent(client_text(fields[1]))
+
+
+def _parse_event(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 2, 2)
+    return ShowEvent(client_text(fields[1]))
+
+
+def _parse_events(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 1, 1)
+    return ListEvents()
+
+
+def _parse_suggest(fields: list[bytes], line: bytes) -> PlanningCommand:
+    _arity(fields, 2, 3)
+    return Suggest(client_text(fields[1]), client_text(fields[2]) if len(fields) == 3 else None)
+
+
+_PARSERS: Final[dict[bytes, Callable[[list[bytes], bytes], PlanningCommand]]] = {
+    b"AUTH": _parse_auth,
+    b"WHOAMI": _parse_whoami,
+    b"USER": _parse_user,
+    b"DEVICE": _parse_device,
+    b"PLAN": _parse_plan,
+    b"INVITE": _parse_invite,
+    b"UNINVITE": _parse_uninvite,
+    b"PROPOSE": _parse_propose,
+    b"VOTE": _parse_vote,
+    b"COMMENT": _parse_comment,
+    b"DECIDE": _parse_decide,
+    b"REOPEN": _parse_reopen,
+    b"CANCEL": _parse_cancel,
+    b"EVENT": _parse_event,
+    b"EVENTS": _parse_events,
+    b"SUGGEST": _parse_suggest,
+}
+
+PLANNING_WORDS: Final = frozenset(_PARSERS)
+"""The command words of this module, for the protocol's dispatch."""
+
+
+def parse_planning_line(line: bytes) -> PlanningCommand | None:
+    """One client line (without its terminator) to a planning command; None if blank.
+    Raises `WireError` when the line does not have a planning command's shape."""
+    fields = line.split()
+    if not fields:
+        return None
+    parse = _PARSERS.get(fields[0])
+    if parse is None:
+        raise WireError("unknown command")
+    return parse(fields, line)
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+_SCRYPT_N: Final = 2**10
+_SCRYPT_R: Final = 8
+_SCRYPT_P: Final = 1
+_DUMMY: Final = (_SCRYPT_N, _SCRYPT_R, _SCRYPT_P, bytes(16), bytes(32))
+
+
+def new_token(random: bytes) -> str:
+    """A line token from fresh random bytes (the caller's `secrets.token_bytes(32)`), in URL-safe
+    base64 so that it is one field on the line."""
+    if len(random) < 16:
+        raise ValueError("a token needs at least 16 random bytes")
+    return base64.urlsafe_b64encode(random).rstrip(b"=").decode()
+
+
+def hash_token(token: str, salt: bytes) -> str:
+    """`scrypt$<n>$<r>$<p>$<salt hex>$<hash hex>`, what the user record keeps.
+
+    Tokens are 32 random bytes, so the hash only has to make a stolen database useless, not
+    slow down guessing; a small scrypt (~4 ms) keeps `AUTH` off the reactor's critical path.
+    """
+    digest = _scrypt(token, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def verify_token(stored: str | None, token: str) -> bool:
+    """Whether `token` matches `stored`, in constant time; an unknown user or a malformed hash
+    costs the same hashing as a real check, so timing does not tell which users exist."""
+    parsed = _parse_hash(stored) if stored is not None else None
+    n, r, p, salt, expected = parsed or _DUMMY
+    actual = _scrypt(token, salt, n, r, p)
+    return hmac.compare_digest(actual, expected) and parsed is not None
+
+
+def _scrypt(token: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(client_bytes(token), salt=salt, n=n, r=r, p=p, dklen=32)
+
+
+def _parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
+    """The parameters of a stored hash, bounded (it came from a peer) so that checking it
+    can never cost more than a few milliseconds of CPU and memory."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt" or not all(x.isdigit() for x in parts[1:4]):
+        return None
+    n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+    if n not in (2**10, 2**11, 2**12, 2**13, 2**14) or not (1 <= r <= 8 and 1 <= p <= 2):
+        return None
+    try:
+        salt, digest = bytes.fromhex(parts[4]), bytes.fromhex(parts[5])
+    except ValueError:
+        return None
+    return (n, r, p, salt, digest) if len(digest) == 32 else None
+
+
+def auth_delay(failures: int) -> float:
+    """Seconds to wait before answering a failed `AUTH`, after `failures` failures on this
+    connection: 0.5, 1, 2, 4, then 8 s each, so guessing is slow and a typo is not."""
+    if failures <= 0:
+        return 0.0
+    return min(0.5 * 2.0 ** (min(failures, 8) - 1), 8.0)
+
+
+# --- values --------------------------------------------------------------------------------------
+
+
+def parse_time(text: str, now_ns: int) -> int | PlanningError:
+    """An ISO 8601 time with a zone, not before `now_ns`, as POSIX seconds (UTC; fractions of
+    a second dropped)."""
+    example = "e.g. 2026-12-05T19:00+01:00 or 2026-12-05T18:00Z"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return PlanningError("bad-time", f"{text} is not an ISO 8601 time, {example}")
+    if moment.utcoffset() is None:
+        return PlanningError("bad-time", f"{text} has no time zone: add Z or an offset, {example}")
+    posix = (moment - _EPOCH) // timedelta(seconds=1)
+    if posix * 1_000_000_000 < now_ns:
+        return PlanningError("past-time", f"{text} is in the past")
+    if posix > MAX_POSIX:
+        return PlanningError("bad-time", f"{text} is after the year 9999")
+    return posix
+
+
+def _position(text: str) -> Position | PlanningError:
+    """An ISO 6709 position, range-checked exactly (like IAMAT's, so that `+90.00…01` is out)."""
+    match = _POSITION.match(text)
+    if match is not None and abs(Decimal(match[1])) <= 90 and abs(Decimal(match[2])) <= 180:
+        return float(match[1]), float(match[2])
+    return PlanningError(
+        "bad-position", f"{text} is not an ISO 6709 position like +48.8566+002.3522 in range"
+    )
+
+
+def _user_value(name: UserField, value: str) -> str | PlanningError:
+    """A USER SET value checked and in canonical form."""
+    if not is_text(value, 254):
+        return PlanningError("bad-value", f"{name} must be 1-254 characters of text")
+    match name:
+        case UserField.EMAIL if _EMAIL.match(value) is None:
+            return PlanningError("bad-value", f"{value} is not an email address")
+        case UserField.JID if _JID.match(value) is None:
+            return PlanningError("bad-value", f"{value} is not a bare JID like name@example.org")
+        case UserField.QUIET if _QUIET.match(value) is None or value[:5] == value[6:]:
+            return PlanningError("bad-value", "quiet hours are HH:MM-HH:MM, e.g. 22:00-07:00")
+        case UserField.DIGEST if value not in _DIGESTS:
+            return PlanningError("bad-value", "digest is daily, weekly or off")
+        case UserField.CHANNELS:
+            if value == "none":
+                return ""
+            channels = {channel.strip() for channel in value.split(",")}
+            if not channels <= _CHANNELS:
+                return PlanningError("bad-value", "channels are some of email,line,xmpp or none")
+            return ",".join(sorted(channels))
+        case UserField.TZ:
+            try:
+                zoneinfo.ZoneInfo(value)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                return PlanningError("bad-value", f"{value} is not a time zone like Europe/Paris")
+    return value
+
+
+# --- execution -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    state: PlanningState
+    actor: str
+    now_ns: int
+    new_op_id: Callable[[], str]
+
+    def op(self, body: Body) -> Op:
+        op_id = self.new_op_id()
+        if not is_id(op_id):
+            raise ValueError(f"op ids must be ids, not {op_id!r}")
+        return Op(op_id, self.state.next_time(self.now_ns), self.actor, body)
+
+
+def execute(
+    state: PlanningState,
+    actor: str | None,
+    command: StateCommand,
+    now_ns: int,
+    new_op_id: Callable[[], str],
+) -> list[Op] | PlanningError:
+    """The ops that carry out `command` by `actor` (None: not authenticated yet), or why not.
+
+    Nothing is changed: the caller stores, applies and floods the ops, then answers with
+    `respond`.  Read-only commands, and a successful `AUTH`, give no ops.
+    """
+    if isinstance(command, Login):
+        return _login(state, command)
+    if actor is None:
+        return PlanningError("not-authenticated", "AUTH <user> <token> first")
+    context = _Context(state, actor, now_ns, new_op_id)
+    match command:
+        case WhoAmI() | ShowUser() | ListEvents():
+            return []
+        case SetUser(field=name, value=value):
+            canonical = _user_value(name, value)
+            if isinstance(canonical, PlanningError):
+                return canonical
+            return [context.op(SetUserField(actor, name, canonical))]
+        case UnsetUser(field=name):
+            return [context.op(SetUserField(actor, name, None))]
+        case AddDevice(client=client):
+            return _add_device(context, client)
+        case RemoveDevice(client=client):
+            if state.user_of_client(client) != actor:
+                return PlanningError("no-such-device", f"{client} is not one of your devices")
+            return [context.op(SetDevice(client, None))]
+        case PlanEvent(title=title):
+            if not is_text(title, MAX_TITLE):
+                return _bad_text("titles", MAX_TITLE)
+            return [context.op(CreateEvent(title))]
+        case InviteUsers():
+            return _invite(context, command)
+        case UninviteUsers():
+            return _uninvite(context, command)
+        case ProposeTime():
+            return _propose_time(context, command)
+        case ProposePlace():
+            return _propose_place(context, command)
+        case VoteOn():
+            return _vote(context, command)
+        case CommentOn():
+            return _comment(context, command)
+        case DecideEvent():
+            return _decide(context, command)
+        case ReopenEvent(event=event_id):
+            event = _organised(state, actor, event_id, "reopen it")
+            if isinstance(event, PlanningError):
+                return event
+            if event.status is not Status.DECIDED:
+                return _refuse_status(event) or PlanningError(
+                    "not-decided", f"{event_id} is not decided"
+                )
+            return [context.op(Reopen(event_id))]
+        case CancelEvent(event=event_id):
+            event = _organised(state, actor, event_id, "cancel it")
+            if isinstance(event, PlanningError):
+                return event
+            if event.status is Status.CANCELLED:
+                return PlanningError("cancelled", f"{event_id} is already cancelled")
+            return [context.op(Cancel(event_id))]
+        case ShowEvent(event=event_id):
+            shown = _visible(state, actor, event_id, "see it")
+            return shown if isinstance(shown, PlanningError) else []
+
+
+def _login(state: PlanningState, command: Login) -> list[Op] | PlanningError:
+    user = state.user(command.user) if is_id(command.user) else None
+    if verify_token(None if user is None else user.token_hash, command.token):
+        return []
+    return PlanningError("auth-failed", "unknown user or wrong token")
+
+
+def _bad_text(what: str, limit: int) -> PlanningError:
+    return PlanningError(
+        "bad-text", f"{what} are 1-{limit} characters of UTF-8 text without control characters"
+    )
+
+
+def _visible(state: PlanningState, actor: str, event_id: str, verb: str) -> Event | PlanningError:
+    """The event if `actor` takes part in it; the same error whether or not others do."""
+    event = state.event(event_id)
+    if event is None:
+        return PlanningError("no-such-event", f"no event {event_id}")
+    if actor not in event.participants:
+        return PlanningError("not-invited", f"only invitees of {event_id} may {verb}")
+    return event
+
+
+def _organised(state: PlanningState, actor: str, event_id: str, verb: str) -> Event | PlanningError:
+    event = _visible(state, actor, event_id, verb)
+    if isinstance(event, Event) and event.organiser != actor:
+        return PlanningError("not-organiser", f"only the organiser of {event_id} may {verb}")
+    return event
+
+
+def _refuse_status(event: Event, decided_too: bool = False) -> PlanningError | None:
+    """Cancelled events take no changes; with `decided_too`, decided ones take no new options
+    or decisions until reopened."""
+    if event.status is Status.CANCELLED:
+        return PlanningError("cancelled", f"{event.id} is cancelled")
+    if decided_too and event.status is Status.DECIDED:
+        return PlanningError("decided", f"{event.id} is decided; REOPEN it first")
+    return None
+
+
+def _add_device(context: _Context, client: str) -> list[Op] | PlanningError:
+    owner = context.state.user_of_client(client)
+    if not is_client(client):
+        return PlanningError("bad-client", "client ids are at most 512 bytes")
+    if owner == context.actor:
+        return []
+    if owner is not None:
+        return PlanningError("device-taken", f"{client} reports for another user")
+    if len(context.state.clients_of(context.actor)) >= MAX_DEVICES:
+        return PlanningError("too-many", f"at most {MAX_DEVICES} devices per user")
+    return [context.op(SetDevice(client, context.actor))]
+
+
+def _invite(context: _Context, command: InviteUsers) -> list[Op] | PlanningError:
+    event = _organised(context.state, context.actor, command.event, "invite")
+    if isinstance(event, PlanningError):
+        return event
+    refused = _refuse_status(event)
+    if refused is not None:
+        return refused
+    if len(command.users) > MAX_INVITES:
+        return PlanningError("too-many", f"invite at most {MAX_INVITES} users at once")
+    for user in command.users:
+        if not is_id(user) or context.state.user(user) is None:
+            return PlanningError("no-such-user", f"no user {user}")
+    new = tuple(user for user in dict.fromkeys(command.users) if user not in event.participants)
+    if not new:
+        return PlanningError("already-invited", f"they already take part in {event.id}")
+    return [context.op(Invite(event.id, new))]
+
+
+def _uninvite(context: _Context, command: UninviteUsers) -> list[Op] | PlanningError:
+    event = _organised(context.state, context.actor, command.event, "uninvite")
+    if isinstance(event, PlanningError):
+        return event
+    refused = _refuse_status(event)
+    if refused is not None:
+        return refused
+    for user in command.users:
+        if user not in event.invitees:
+            return PlanningError("no-such-invitee", f"{user} is not an invitee of {event.id}")
+    return [context.op(Uninvite(event.id, tuple(dict.fromkeys(command.users))))]
+
+
+def _proposable(
+    context: _Context, event_id: str, kind: Literal["times", "places"]
+) -> Event | PlanningError:
+    event = _visible(context.state, context.actor, event_id, "propose")
+    if isinstance(event, PlanningError):
+        return event
+    refused = _refuse_status(event, decided_too=True)
+    if refused is not None:
+        return refused
+    if len(event.times if kind == "times" else event.places) >= MAX_OPTIONS:
+        return PlanningError("too-many", f"{event_id} has {MAX_OPTIONS} {kind} already")
+    return event
+
+
+def _propose_time(context: _Context, command: ProposeTime) -> list[Op] | PlanningError:
+    event = _proposable(context, command.event, "times")
+    if isinstance(event, PlanningError):
+        return event
+    posix = parse_time(command.time, context.now_ns)
+    if isinstance(posix, PlanningError):
+        return posix
+    for option in event.times:
+        if option.at == posix:
+            return PlanningError(
+                "duplicate-option", f"{format_utc(posix)} is already option {option.id}"
+            )
+    return [context.op(AddTime(event.id, posix))]
+
+
+def _propose_place(context: _Context, command: ProposePlace) -> list[Op] | PlanningError:
+    event = _proposable(context, command.event, "places")
+    if isinstance(event, PlanningError):
+        return event
+    position: Position | None = None
+    if command.position is not None:
+        parsed = _position(command.position)
+        if isinstance(parsed, PlanningError):
+            return parsed
+        position = parsed
+    if not is_text(command.name, MAX_NAME):
+        return _bad_text("place names", MAX_NAME)
+    for option in event.places:
+        same_position = (option.lat, option.lon) == (position or (None, None))
+        if option.name.casefold() == command.name.casefold() and same_position:
+            return PlanningError(
+                "duplicate-option", f"{command.name} is already option {option.id}"
+            )
+    lat, lon = position if position is not None else (None, None)
+    return [context.op(AddPlace(event.id, command.name, lat, lon))]
+
+
+def _vote(context: _Context, command: VoteOn) -> list[Op] | PlanningError:
+    event = _visible(context.state, context.actor, command.event, "vote")
+    if isinstance(event, PlanningError):
+        return event
+    refused = _refuse_status(event)
+    if refused is not None:
+        return refused
+    if event.time(command.option) is None and event.place(command.option) is None:
+        return PlanningError("no-such-option", f"{event.id} has no option {command.option}")
+    return [context.op(CastVote(event.id, command.option, command.choice))]
+
+
+def _comment(context: _Context, command: CommentOn) -> list[Op] | PlanningError:
+    event = _visible(context.state, context.actor, command.event, "comment")
+    if isinstance(event, PlanningError):
+        return event
+    refused = _refuse_status(event)
+    if refused is not None:
+        return refused
+    if not is_text(command.text, MAX_COMMENT):
+        return _bad_text("comments", MAX_COMMENT)
+    if len(event.comments) >= MAX_COMMENTS:
+        return PlanningError("too-many", f"{event.id} has {MAX_COMMENTS} comments already")
+    return [context.op(AddComment(event.id, command.text))]
+
+
+def _decide(context: _Context, command: DecideEvent) -> list[Op] | PlanningError:
+    event = _organised(context.state, context.actor, command.event, "decide")
+    if isinstance(event, PlanningError):
+        return event
+    refused = _refuse_status(event, decided_too=True)
+    if refused is not None:
+        return refused
+    time, place = event.time(command.time), event.place(command.place)
+    if time is None:
+        return PlanningError("no-such-option", f"{event.id} has no time option {command.time}")
+    if place is None:
+        return PlanningError("no-such-option", f"{event.id} has no place option {command.place}")
+    for option_id, label in (
+        (time.id, f"time {time.id} ({format_utc(time.at)})"),
+        (place.id, f"place {place.id} ({place.name})"),
+    ):
+        if _rejected(event, option_id):
+            return PlanningError(
+                "rejected", f"cannot decide {event.id}: every invitee voted NO on {label}"
+            )
+    return [context.op(Decide(event.id, time.id, place.id))]
+
+
+def _rejected(event: Event, option_id: str) -> bool:
+    """Every invitee (there is at least one) voted NO on the option."""
+    votes = event.votes.get(option_id, {})
+    return bool(event.invitees) and all(votes.get(u) is Choice.NO for u in event.invitees)
+
+
+# --- operator commands (`herd user …`) -----------------------------------------------------------
+
+
+def add_user(
+    state: PlanningState,
+    user: str,
+    token_hash: str,
+    now_ns: int,
+    new_op_id: Callable[[], str],
+    jid: str | None = None,
+    email: str | None = None,
+) -> list[Op] | PlanningError:
+    """The ops of `herd user add <user> [--jid J] [--email E]`, with the hash of a new token."""
+    if not is_id(user):
+        return PlanningError(
+            "bad-user", f"{user} is not a user id: 1-64 letters, digits, '.', '_', '-'"
+        )
+    if state.user(user) is not None:
+        return PlanningError("user-exists", f"user {user} exists already")
+    context = _Context(state, OPERATOR, now_ns, new_op_id)
+    ops = [context.op(AddUser(user)), context.op(SetUserField(user, UserField.TOKEN, token_hash))]
+    for name, value in ((UserField.JID, jid), (UserField.EMAIL, email)):
+        if value is not None:
+            canonical = _user_value(name, value)
+            if isinstance(canonical, PlanningError):
+                return canonical
+            ops.append(context.op(SetUserField(user, name, canonical)))
+    return ops
+
+
+def reset_token(
+    state: PlanningState, user: str, token_hash: str, now_ns: int, new_op_id: Callable[[], str]
+) -> list[Op] | PlanningError:
+    """The op of `herd user token <user>`: a new token replaces the old one everywhere."""
+    if state.user(user) is None:
+        return PlanningError("no-such-user", f"no user {user}")
+    context = _Context(state, OPERATOR, now_ns, new_op_id)
+    return [context.op(SetUserField(user, UserField.TOKEN, token_hash))]
+
+
+# --- replies -------------------------------------------------------------------------------------
+
+
+def format_reply(word: bytes, document: object) -> bytes:
+    """`<WORD> <compact json>\\n`; client ids that are not UTF-8 go back as the bytes they came
+    as."""
+    body = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    return word + b" " + client_bytes(body) + b"\n"
+
+
+def respond(
+    state: PlanningState,
+    actor: str,
+    command: StateCommand,
+    ops: Sequence[Op],
+    position_of: PositionOf,
+) -> bytes:
+    """The reply to a command `execute` accepted, once its ops are applied; `actor` is the
+    authenticated user (for `AUTH`, the user just authenticated)."""
+    match command:
+        case Login(user=user):
+            return _user_reply(state, user, position_of)
+        case WhoAmI() | ShowUser() | SetUser() | UnsetUser() | AddDevice() | RemoveDevice():
+            return _user_reply(state, actor, position_of)
+        case ListEvents():
+            summaries = [
+                {"id": e.id, "title": e.title, "organiser": e.organiser, "status": e.status.value}
+                for e in state.events_of(actor)
+            ]
+            return format_reply(b"EVENTS", summaries)
+        case PlanEvent():
+            return _event_reply(state, ops[0].op_id)
+        case (
+            InviteUsers(event=event_id)
+            | UninviteUsers(event=event_id)
+            | ProposeTime(event=event_id)
+            | ProposePlace(event=event_id)
+            | VoteOn(event=event_id)
+            | CommentOn(event=event_id)
+            | DecideEvent(event=event_id)
+            | ReopenEvent(event=event_id)
+            | CancelEvent(event=event_id)
+            | ShowEvent(event=event_id)
+        ):
+            return _event_reply(state, event_id)
+
+
+def _user_reply(state: PlanningState, user_id: str, position_of: PositionOf) -> bytes:
+    user = state.user(user_id)
+    if user is None:
+        return PlanningError("no-such-user", f"no user {user_id}").line()
+    return format_reply(b"USER", user.to_json(timezone_of(user.tz, position_of(user_id))))
+
+
+def _event_reply(state: PlanningState, event_id: str) -> bytes:
+    event = state.event(event_id)
+    if event is None:
+        return PlanningError("no-such-event", f"no event {event_id}").line()
+    return format_reply(b"EVENT", event.to_json())
+
+
+# --- positions and time zones ------------------------------------------------------------------
+
+
+def position_lookup(state: PlanningState, table: LocationTable) -> PositionOf:
+    """Where each user is now: the newest report among their clients."""
+
+    def position_of(user_id: str) -> Position | None:
+        newest = None
+        for client in state.clients_of(user_id):
+            location = table.get(client_bytes(client))
+            if location is not None and (newest is None or location.key > newest.key):
+                newest = location
+        return None if newest is None else (newest.at.latitude, newest.at.longitude)
+
+    return position_of
+
+
+@functools.cache
+def _finder() -> TimezoneFinder:
+    """One lookup for the process, made on first use: importing and loading it costs ~0.15 s
+    and ~30 MB, which servers that never need a time zone should not pay."""
+    from timezonefinder import TimezoneFinder
+
+    return TimezoneFinder()
+
+
+def timezone_of(explicit: str | None, position: Position | None) -> str:
+    """A user's time zone: the one they set, else the zone at their position, else UTC."""
+    if explicit is not None:
+        return explicit
+    if position is not None:
+        found = _finder().timezone_at(lat=position[0], lng=position[1])
+        if found is not None:
+            return found
+    return "UTC"
+
+
+# --- where to meet -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Venue:
+    """A candidate place from the places provider."""
+
+    name: str
+    lat: float
+    lon: float
+
+
+@dataclass(frozen=True, slots=True)
+class RankedVenue:
+    """A venue with the great-circle distances (metres) the people would travel to it, and
+    its rank by the longest of those trips (1: the fairest)."""
+
+    venue: Venue
+    total_m: float
+    max_m: float
+    rank_max: int
+
+
+def rank_venues(venues: Iterable[Venue], people: Sequence[Position]) -> list[RankedVenue]:
+    """Venues by total trip of `people`, shortest first, each with its rank by longest trip.
+    Ties fall to the other measure, then name and position, so the order is deterministic."""
+    if not people:
+        raise ValueError("ranking venues needs at least one position")
+    measured = []
+    for venue in venues:
+        trips = [distance_m(lat, lon, venue.lat, venue.lon) for lat, lon in people]
+        measured.append((sum(trips), max(trips), venue.name, venue.lat, venue.lon, venue))
+    measured.sort(key=lambda m: m[:5])
+    by_max = sorted(range(len(measured)), key=lambda i: (measured[i][1], i))
+    rank_max = {index: rank for rank, index in enumerate(by_max, start=1)}
+    return [
+        RankedVenue(venue, total, longest, rank_max[index])
+        for index, (total, longest, _, _, _, venue) in enumerate(measured)
+    ]
+
+
+def who_is_near(place: Position, positions: Mapping[str, Position], radius_km: float) -> list[str]:
+    """The users within `radius_km` of a place, sorted."""
+    limit = radius_km * 1000.0
+    return sorted(
+        user
+        for user, (lat, lon) in positions.items()
+        if distance_m(lat, lon, place[0], place[1]) <= limit
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SuggestionQuery:
+    """What `SUGGEST` asks the places provider (venues within `radius_km` of `center`) and
+    what the answer is ranked with.  `people` are the users the trips are measured from: those
+    who said YES to the decided or leading time, else every participant; `positions` holds the
+    current position of every participant who has one."""
+
+    event_id: str
+    people: tuple[str, ...]
+    positions: Mapping[str, Position]
+    center: Position
+    radius_km: float
+    leading: PlaceOption | None
+
+
+def suggestion_query(
+    state: PlanningState, actor: str | None, command: Suggest, position_of: PositionOf
+) -> SuggestionQuery | PlanningError:
+    """Check a `SUGGEST` and work out where to look; the server then asks the places provider
+    and answers with `suggest_reply`."""
+    if actor is None:
+        return PlanningError("not-authenticated", "AUTH <user> <token> first")
+    event = _visible(state, actor, command.event, "ask for suggestions")
+    if isinstance(event, PlanningError):
+        return event
+    radius = DEFAULT_RADIUS_KM
+    if command.radius is not None:
+        exact = Decimal(command.radius) if _RADIUS.match(command.radius) else Decimal(-1)
+        radius = float(exact)
+        if not (0 < exact <= MAX_RADIUS_KM and radius > 0):
+            return PlanningError("bad-radius", f"radius is in km, 0 < r <= {MAX_RADIUS_KM}")
+    positions = {
+        user: position
+        for user in sorted(event.participants)
+        if (position := position_of(user)) is not None
+    }
+    people = tuple(user for user in _coming(event) if user in positions) or tuple(positions)
+    if not people:
+        return PlanningError(
+            "no-positions", f"nobody taking part in {event.id} has reported a position"
+        )
+    try:
+        center = midpoint(positions[user] for user in people)
+    except ValueError:
+        return PlanningError("no-positions", f"the people of {event.id} have no middle on Earth")
+    return SuggestionQuery(event.id, people, positions, center, radius, _leading_place(event))
+
+
+def _coming(event: Event) -> tuple[str, ...]:
+    """Who said YES to the decided time, or to the time most said YES to."""
+    if event.decision is not None:
+        return event.tally(event.decision[0])[Choice.YES]
+    best: tuple[str, ...] = ()
+    for option in event.times:  # stamp order: the first of equals wins
+        yes = event.tally(option.id)[Choice.YES]
+        if len(yes) > len(best):
+            best = yes
+    return best
+
+
+def _leading_place(event: Event) -> PlaceOption | None:
+    """The decided place, else the one with most YES, then most MAYBE, then fewest NO, then
+    proposed first."""
+    if event.decision is not None:
+        return event.place(event.decision[1])
+    best, best_key = None, (0, 0, 0)
+    for option in event.places:
+        tally = event.tally(option.id)
+        key = (len(tally[Choice.YES]), len(tally[Choice.MAYBE]), -len(tally[Choice.NO]))
+        if best is None or key > best_key:
+            best, best_key = option, key
+    return best
+
+
+def suggest_reply(query: SuggestionQuery, venues: Iterable[Venue]) -> bytes:
+    """`SUGGEST <json>`: venues by total trip with their `rank_max` (rank by longest trip), and
+    who is near the leading place now."""
+    ranked = rank_venues(venues, [query.positions[user] for user in query.people])
+    leading = query.leading
+    document = {
+        "event": query.event_id,
+        "center": {"lat": round(query.center[0], 6), "lon": round(query.center[1], 6)},
+        "radius_km": query.radius_km,
+        "people": list(query.people),
+        "venues": [
+            {
+                "name": r.venue.name,
+                "lat": r.venue.lat,
+                "lon": r.venue.lon,
+                "total_km": round(r.total_m / 1000.0, 3),
+                "max_km": round(r.max_m / 1000.0, 3),
+                "rank_max": r.rank_max,
+            }
+            for r in ranked
+        ],
+        "leading": None
+        if leading is None
+        else {
+            "id": leading.id,
+            "name": leading.name,
+            "near": None
+            if leading.lat is None or leading.lon is None
+            else who_is_near((leading.lat, leading.lon), query.positions, query.radius_km),
+        },
+    }
+    return format_reply(b"SUGGEST", document)
