@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,7 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run the whole herd of a config")
     status = commands.add_parser("status", help="show each server and its peer links")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    for command in (run, up, status):
+    user = commands.add_parser("user", help="create users and issue their tokens")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    user_add = user_commands.add_parser("add", help="create a user and print their token")
+    user_add.add_argument("user")
+    user_add.add_argument("--email", default=None)
+    user_add.add_argument("--jid", default=None)
+    user_token = user_commands.add_parser("token", help="issue a new token (the old one stops)")
+    user_token.add_argument("user")
+    for command in (user_add, user_token):
+        command.add_argument("--server", default=None, help="ask this server (default: any)")
+    for command in (run, up, status, user_add, user_token):
         command.add_argument("--config", type=Path, default=None, help="config file (TOML)")
     return parser
 
@@ -48,6 +59,8 @@ def main(argv: list[str]) -> int:
             return run(config, arguments.name)
         if arguments.command == "up":
             return up(config, arguments.config)
+        if arguments.command == "user":
+            return user(config, arguments)
         return status(config, as_json=arguments.json)
     except ConfigError as error:
         print(f"herd: bad config: {error}", file=sys.stderr)
@@ -199,4 +212,38 @@ def status(config: HerdConfig, as_json: bool) -> int:
             state = "up" if entry["up"] else "down"
             links = ", ".join(f"{peer} {link}" for peer, link in entry.get("peers", {}).items())
             print(f"{name:10} {entry['port']:>5}  {state:4}  {links}")
+    return 0
+
+
+# --- herd user -----------------------------------------------------------------------------
+
+
+def user(config: HerdConfig, arguments: argparse.Namespace) -> int:
+    """Create a user or issue a new token, through any running server; prints the token once
+    (only its hash is sent and stored)."""
+    from herd.operator import OperatorError, operator_command
+    from herd.planning import hash_token, new_token
+
+    token = new_token(secrets.token_bytes(32))
+    digest = hash_token(token, os.urandom(16))
+    if arguments.user_command == "add":
+        words = ["USER-ADD", arguments.user, digest]
+        words += [
+            f"{key}={value}"
+            for key, value in (("email", arguments.email), ("jid", arguments.jid))
+            if value
+        ]
+    else:
+        words = ["USER-TOKEN", arguments.user, digest]
+    names = [arguments.server] if arguments.server else list(config.servers)
+    try:
+        reply = operator_command(config, names, " ".join(words))
+    except OperatorError as error:
+        print(f"herd: {error}", file=sys.stderr)
+        return 1
+    if not reply.startswith("OK "):
+        print(f"herd: {reply}", file=sys.stderr)
+        return 1
+    print(f"user {arguments.user}: token {token}")
+    print("(shown once: give it to the user; they send `AUTH <user> <token>` on the line port)")
     return 0

@@ -930,6 +930,10 @@ class PlanningState:
             comments=tuple(sorted(record.comments.values(), key=lambda c: c.stamp)),
         )
 
+    def places(self) -> list[PlaceOption]:
+        """Every place proposed in any event (for the places provider's venues)."""
+        return [place for record in self._events.values() for place in record.places.values()]
+
     def event_view(self, event_id: str) -> dict[str, object] | None:
         event = self.event(event_id)
         return None if event is None else event.to_json()

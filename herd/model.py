@@ -12,6 +12,7 @@ catches up with exactly `since(seq)`: the changes it lacks, oldest first.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -41,6 +42,20 @@ def location_key(at: At) -> tuple[int, bytes, bytes]:
     return whole, fraction, at.line
 
 
+class Sequencer:
+    """This server's sequence numbers, shared by every kind of change it stores."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def next(self) -> int:
+        self.last += 1
+        return self.last
+
+    def saw(self, seq: int) -> None:
+        self.last = max(self.last, seq)
+
+
 class LocationTable:
     """The newest location per client, and the replication log over them.
 
@@ -48,9 +63,13 @@ class LocationTable:
     `since()` a walk from the end that stops at the first entry the peer already has.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sequencer: Sequencer | None = None) -> None:
         self._by_client: dict[bytes, Location] = {}
-        self.last_seq = 0
+        self.sequencer = sequencer if sequencer is not None else Sequencer()
+
+    @property
+    def last_seq(self) -> int:
+        return self.sequencer.last
 
     def __len__(self) -> int:
         return len(self._by_client)
@@ -67,8 +86,7 @@ class LocationTable:
         current = self._by_client.get(at.client)
         if current is not None and key <= current.key:
             return Outcome.STALE, current
-        self.last_seq += 1
-        location = Location(at, key, self.last_seq)
+        location = Location(at, key, self.sequencer.next())
         if current is not None:
             del self._by_client[at.client]
         self._by_client[at.client] = location
@@ -86,7 +104,7 @@ class LocationTable:
         if current is not None and current.key >= location.key:
             return
         self._by_client[location.at.client] = location
-        self.last_seq = max(self.last_seq, location.seq)
+        self.sequencer.saw(location.seq)
 
     def reorder(self) -> None:
         """Sort the log by sequence number after a bulk `restore`."""
@@ -105,3 +123,60 @@ class LocationTable:
 
     def __iter__(self) -> Iterator[Location]:
         return iter(self._by_client.values())
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedOp:
+    """A planning operation as replicated: its id, this server's sequence number for it, and
+    its one-line JSON (what is flooded and stored)."""
+
+    op_id: str
+    seq: int
+    line: bytes
+
+
+class OpLog:
+    """Every planning operation this server holds, in sequence order (operations are never
+    replaced, so the order is the order of arrival)."""
+
+    def __init__(self, sequencer: Sequencer) -> None:
+        self._ops: dict[str, LoggedOp] = {}
+        self.sequencer = sequencer
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def __contains__(self, op_id: str) -> bool:
+        return op_id in self._ops
+
+    def ids(self) -> Iterator[str]:
+        return iter(self._ops)
+
+    def add(self, op_id: str, line: bytes) -> LoggedOp:
+        logged = LoggedOp(op_id, self.sequencer.next(), line)
+        self._ops[op_id] = logged
+        return logged
+
+    def restore(self, logged: LoggedOp) -> None:
+        """Put back an operation loaded from the store (in sequence order)."""
+        self._ops[logged.op_id] = logged
+        self.sequencer.saw(logged.seq)
+
+    def since(self, seq: int) -> list[LoggedOp]:
+        newer: list[LoggedOp] = []
+        for logged in reversed(self._ops.values()):
+            if logged.seq <= seq:
+                break
+            newer.append(logged)
+        newer.reverse()
+        return newer
+
+
+def changes_since(table: LocationTable, ops: OpLog, seq: int) -> list[Location | LoggedOp]:
+    """What a peer that has everything up to `seq` lacks: locations and operations, oldest
+    first (a peer applies them in this order, so an operation never arrives before one it was
+    made after on this server)."""
+    merged: Iterator[Location | LoggedOp] = heapq.merge(
+        table.since(seq), ops.since(seq), key=lambda entry: entry.seq
+    )
+    return list(merged)

@@ -34,6 +34,7 @@ from herd.wire import (
     Auth,
     Challenge,
     Hello,
+    OpUpdate,
     Ping,
     Pong,
     Sync,
@@ -121,6 +122,8 @@ class PeerSession:
             return
         if isinstance(message, Update):
             self.server.peer_update(self, message)
+        elif isinstance(message, OpUpdate):
+            self.server.peer_op(self, message)
         elif isinstance(message, Sync):
             self.server.peer_sync(self, message)
         elif isinstance(message, Ping):

@@ -15,23 +15,51 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.model import Location, LocationTable, Outcome
+from herd.events import OPERATOR, AddPlace, Change, ChangeFeed, Op, PlanningState
+from herd.model import (
+    Location,
+    LocationTable,
+    LoggedOp,
+    OpLog,
+    Outcome,
+    Sequencer,
+    changes_since,
+)
 from herd.peers import PeerSession, new_nonce, peer_mac
-from herd.protocol import LineConnection, LineTooLong
-from herd.store import GroupCommitter
+from herd.planning import (
+    PLANNING_WORDS,
+    Login,
+    PlanningError,
+    Suggest,
+    Venue,
+    add_user,
+    auth_delay,
+    execute,
+    parse_planning_line,
+    position_lookup,
+    reset_token,
+    respond,
+    suggest_reply,
+    suggestion_query,
+    verify_token,
+)
+from herd.protocol import LineConnection, LineTooLong, Slot
+from herd.store import GroupCommitter, Snapshot
 from herd.wire import (
     Auth,
     Challenge,
     ClientCommand,
     Hello,
     IAmAt,
+    OpUpdate,
     Status,
     Sync,
     Update,
@@ -45,10 +73,45 @@ from herd.wire import (
 )
 
 if TYPE_CHECKING:
-    from herd.places import PlacesAnswer, PlacesProvider
+    from herd.places import OfflinePlaces, PlacesAnswer, PlacesProvider
     from herd.traffic import TrafficLog
 
 _log = Logger()
+T = TypeVar("T")
+RunBlocking = Callable[[Callable[[], T]], Deferred[T]]
+SUGGEST_LIMIT = 20
+
+
+@dataclass(slots=True)
+class Replica:
+    """Everything a server has to agree on with the others, and what it has seen of them."""
+
+    instance: bytes
+    sequencer: Sequencer
+    table: LocationTable
+    ops: OpLog
+    planning: PlanningState
+    marks: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+
+    @classmethod
+    def restore(cls, snapshot: Snapshot) -> Replica:
+        """Rebuild the state from the store (blocking work: run it off the reactor)."""
+        sequencer = Sequencer()
+        table = LocationTable(sequencer)
+        for location in snapshot.locations:
+            table.restore(location)
+        table.reorder()
+        ops = OpLog(sequencer)
+        planning = PlanningState()
+        for logged in snapshot.ops:
+            try:
+                op = Op.from_json(logged.line)
+            except WireError:
+                _log.warn("store: skipping a corrupt operation {op_id}", op_id=logged.op_id)
+                continue
+            ops.restore(logged)
+            planning.apply(op)
+        return cls(snapshot.instance, sequencer, table, ops, planning, snapshot.marks)
 
 
 class HerdServer:
@@ -60,30 +123,44 @@ class HerdServer:
         peers: tuple[str, ...],
         secret: bytes,
         max_line: int,
-        table: LocationTable,
+        replica: Replica,
         committer: GroupCommitter,
         places: PlacesProvider,
         log: TrafficLog,
         clock: IReactorTime,
         now_ns: Callable[[], int],
-        instance: bytes,
-        marks: dict[str, tuple[bytes, int]],
+        run_cpu: RunBlocking[bool],
     ) -> None:
         self.name = name
         self.name_bytes = name.encode()
         self.peers = peers
         self.secret = secret
         self.max_line = max_line
-        self.table = table
+        self.replica = replica
+        self.table = replica.table
+        self.planning = replica.planning
+        self.instance = replica.instance
+        self.marks = replica.marks
         self.committer = committer
         self.places = places
         self.log = log
         self.clock = clock
         self.now_ns = now_ns
-        self.instance = instance
-        self.marks = marks
+        self.run_cpu = run_cpu
+        self.feed = ChangeFeed()
         self.links: dict[str, PeerSession] = {}
-        self._floods: list[tuple[Location, PeerSession | None]] = []
+        self.position_of = position_lookup(self.planning, self.table)
+        self._op_prefix = f"{name}.{replica.instance[:4].decode()}."
+        self._op_counter = max(
+            (
+                int(op_id[len(self._op_prefix) :])
+                for op_id in replica.ops.ids()
+                if op_id.startswith(self._op_prefix)
+            ),
+            default=0,
+        )
+        self._flood_batch: object = None
+        self._floods: list[tuple[bytes, PeerSession | None]] = []
         self._handlers: dict[type, Callable[[LineConnection, ClientCommand, bytes], None]] = {
             IAmAt: self._iamat,  # type: ignore[dict-item]
             WhatsAt: self._whatsat,  # type: ignore[dict-item]
@@ -96,7 +173,16 @@ class HerdServer:
 
     # --- client commands -------------------------------------------------------------------
 
-    def client_line(self, connection: LineConnection, line: bytes) -> None:
+    def client_line(self, connection: LineConnection, session: ClientHandler, line: bytes) -> None:
+        word = line.split(None, 1)[:1]
+        if word and word[0] in PLANNING_WORDS:
+            self.log.received(connection.label, _redacted(line))
+            try:
+                self._planning_line(connection, session, line)
+            except Exception:
+                _log.failure("internal error handling a {word!r} line", word=word[0])
+                self.reply(connection, error_reply(line))
+            return
         self.log.received(connection.label, line)
         try:
             command = parse_client_line(line)
@@ -122,6 +208,11 @@ class HerdServer:
         slot = connection.reserve()
         self.committer.after_commit(lambda: connection.fill(slot, data))
 
+    def reply_later(self, connection: LineConnection, slot: Slot, data: bytes) -> None:
+        """Fill a reserved reply once every change made so far is durable."""
+        self.log.sent(connection.label, data)
+        self.committer.after_commit(lambda: connection.fill(slot, data))
+
     def _iamat(self, connection: LineConnection, report: IAmAt, line: bytes) -> None:
         if not self.table.is_newer_report(report.client, report.time):
             stored = self.table.get(report.client)
@@ -130,7 +221,8 @@ class HerdServer:
             return
         at = format_at(self.name_bytes, self.now_ns(), report)
         _, location = self.table.offer(at)
-        self._store_and_flood(location, None)
+        self.committer.add_location(location)
+        self._flood(Update(location.seq, at).to_line(), None)
         self.reply(connection, at.line + b"\n")
 
     def _whatsat(self, connection: LineConnection, query: WhatsAt, line: bytes) -> None:
@@ -144,9 +236,7 @@ class HerdServer:
         )
 
         def answered(places: PlacesAnswer) -> None:
-            data = format_whatsat_reply(stored.at.line, places)
-            self.log.sent(connection.label, data)
-            self.committer.after_commit(lambda: connection.fill(slot, data))
+            self.reply_later(connection, slot, format_whatsat_reply(stored.at.line, places))
 
         def failed(failure: Failure) -> None:
             _log.failure("places lookup failed for {line!r}", failure, line=line)
@@ -164,15 +254,150 @@ class HerdServer:
         self.reply(connection, b"STATUS " + body.encode() + b"\n")
 
     def _hello(self, connection: LineConnection, hello: Hello, line: bytes) -> None:
-        """A server asks to become a peer link: challenge it, stay a client until it answers."""
+        """A server (or the operator's `herd user` command) asks to become a peer link:
+        challenge it; it stays an ordinary client until it proves it knows the secret."""
         dialer = hello.sender.decode("utf-8", "replace")
-        if hello.receiver != self.name_bytes or dialer not in self.peers:
+        if hello.receiver != self.name_bytes or (dialer not in self.peers and dialer != OPERATOR):
             self.reply(connection, error_reply(line))
             return
         nonce = new_nonce()
         mac = peer_mac(self.secret, b"acceptor", hello.sender, self.name_bytes, hello.nonce, nonce)
         connection.handler = _AwaitingAuth(self, dialer, hello, nonce)
         self.reply(connection, Challenge(nonce, mac).to_line())
+
+    # --- planning --------------------------------------------------------------------------
+
+    def _planning_line(
+        self, connection: LineConnection, session: ClientHandler, line: bytes
+    ) -> None:
+        try:
+            command = parse_planning_line(line)
+        except WireError:
+            self.reply(connection, error_reply(line))
+            return
+        if command is None:
+            return
+        if isinstance(command, Login):
+            self._login(connection, session, command)
+            return
+        if isinstance(command, Suggest):
+            self._suggest(connection, session, command)
+            return
+        result = execute(self.planning, session.user, command, self.now_ns(), self.new_op_id)
+        if isinstance(result, PlanningError):
+            self.reply(connection, result.line())
+            return
+        for op in result:
+            self.accept_op(op)
+        assert session.user is not None
+        self.reply(
+            connection, respond(self.planning, session.user, command, result, self.position_of)
+        )
+
+    def new_op_id(self) -> str:
+        """`<server>.<store instance>.<n>`: unique without coordination, short enough to type."""
+        self._op_counter += 1
+        return f"{self._op_prefix}{self._op_counter}"
+
+    def accept_op(self, op: Op, source: PeerSession | None = None) -> None:
+        """Apply, store and flood a new operation, and tell the change feed's listeners (they
+        may add durable writes, such as notifications, to the same transaction)."""
+        payload = op.to_json()
+        logged = self.replica.ops.add(op.op_id, payload)
+        self.committer.add_op(logged)
+        changes = self.planning.apply(op)
+        self._flood(OpUpdate(logged.seq, payload).to_line(), source)
+        self.feed.publish(changes)
+
+    def _login(self, connection: LineConnection, session: ClientHandler, command: Login) -> None:
+        """Check the token off the reactor (scrypt costs milliseconds); a wrong one is answered
+        after a delay that grows with each failure on this connection."""
+        user = self.planning.user(command.user)
+        stored = None if user is None else user.token_hash
+        slot = connection.reserve()
+
+        def checked(valid: bool) -> None:
+            if valid:
+                session.user = command.user
+                session.auth_failures = 0
+                reply = respond(self.planning, command.user, command, [], self.position_of)
+                self.reply_later(connection, slot, reply)
+                return
+            session.auth_failures += 1
+            refusal = PlanningError("auth-failed", "unknown user or wrong token").line()
+            self.clock.callLater(
+                auth_delay(session.auth_failures),
+                self.reply_later,
+                connection,
+                slot,
+                refusal,
+            )
+
+        def failed(failure: Failure) -> None:
+            _log.failure("token check failed", failure)
+            connection.fill(slot, PlanningError("auth-failed", "try again later").line())
+
+        self.run_cpu(lambda: verify_token(stored, command.token)).addCallback(checked).addErrback(
+            failed
+        )
+
+    def _suggest(
+        self, connection: LineConnection, session: ClientHandler, command: Suggest
+    ) -> None:
+        query = suggestion_query(self.planning, session.user, command, self.position_of)
+        if isinstance(query, PlanningError):
+            self.reply(connection, query.line())
+            return
+        slot = connection.reserve()
+        latitude, longitude = query.center
+
+        def answered(places: PlacesAnswer) -> None:
+            results = places.get("results")
+            venues = []
+            for result in results if isinstance(results, list) else []:
+                if isinstance(result, dict) and (position := _lat_lng(result)) is not None:
+                    venues.append(Venue(str(result.get("name", "")), *position))
+            self.reply_later(connection, slot, suggest_reply(query, venues))
+
+        def failed(failure: Failure) -> None:
+            _log.failure("places lookup failed for SUGGEST", failure)
+            self.reply_later(connection, slot, suggest_reply(query, []))
+
+        self.places.nearby(latitude, longitude, query.radius_km, SUGGEST_LIMIT).addCallback(
+            answered
+        ).addErrback(failed)
+
+    def operator_line(self, connection: LineConnection, line: bytes) -> None:
+        """`USER-ADD <user> <token hash> [email=E] [jid=J]` / `USER-TOKEN <user> <token hash>`
+        from an authenticated operator connection (`herd user`): answered `OK <user>` or
+        `ERR <code>: <message>`."""
+        self.log.received(connection.label, _redacted(line))
+        fields = line.decode("utf-8", "replace").split()
+        if not fields:
+            return
+        result: list[Op] | PlanningError
+        if fields[0] == "USER-ADD" and len(fields) >= 3:
+            extra = dict(field.split("=", 1) for field in fields[3:] if "=" in field)
+            result = add_user(
+                self.planning,
+                fields[1],
+                fields[2],
+                self.now_ns(),
+                self.new_op_id,
+                jid=extra.get("jid"),
+                email=extra.get("email"),
+            )
+        elif fields[0] == "USER-TOKEN" and len(fields) == 3:
+            result = reset_token(self.planning, fields[1], fields[2], self.now_ns(), self.new_op_id)
+        else:
+            self.reply(connection, error_reply(line))
+            return
+        if isinstance(result, PlanningError):
+            self.reply(connection, result.line())
+            return
+        for op in result:
+            self.accept_op(op)
+        self.reply(connection, b"OK " + fields[1].encode() + b"\n")
 
     # --- peers -----------------------------------------------------------------------------
 
@@ -199,9 +424,9 @@ class HerdServer:
         """The peer says what it has of ours: send the rest, then flood to it live."""
         session.instance = sync.instance
         since = sync.seq if sync.known == self.instance else 0
-        missing = self.table.since(since)
+        missing = changes_since(self.table, self.replica.ops, since)
         if missing:
-            session.send(b"".join(Update(loc.seq, loc.at).to_line() for loc in missing))
+            session.send(b"".join(_update_line(entry) for entry in missing))
         _log.info(
             "link to {peer}: sent {count} updates to catch up",
             peer=session.name,
@@ -214,28 +439,50 @@ class HerdServer:
             _log.warn("peer {peer} sent an update before SYNC: ignored", peer=session.name)
             return
         outcome, location = self.table.offer(update.at)
-        known, seq = self.marks.get(session.name, (b"", 0))
-        if known != session.instance or update.seq > seq:
-            self.marks[session.name] = (session.instance, update.seq)
-            self.committer.set_mark(session.name, session.instance, update.seq)
+        self._mark(session, update.seq)
         if outcome is Outcome.STORED:
-            self._store_and_flood(location, session)
+            self.committer.add_location(location)
+            self._flood(Update(location.seq, location.at).to_line(), session)
+
+    def peer_op(self, session: PeerSession, update: OpUpdate) -> None:
+        if session.instance is None:
+            _log.warn("peer {peer} sent an operation before SYNC: ignored", peer=session.name)
+            return
+        try:
+            op = Op.from_json(update.payload)
+        except WireError as error:
+            _log.warn("peer {peer} sent a bad operation: {error}", peer=session.name, error=error)
+            return
+        self._mark(session, update.seq)
+        if op.op_id not in self.replica.ops:
+            self.accept_op(op, session)
+
+    def _mark(self, session: PeerSession, seq: int) -> None:
+        """Remember (durably, with the update) how far we have read the peer's log."""
+        assert session.instance is not None
+        known, last = self.marks.get(session.name, (b"", 0))
+        if known != session.instance or seq > last:
+            self.marks[session.name] = (session.instance, seq)
+            self.committer.set_mark(session.name, session.instance, seq)
 
     # --- durability and flooding -----------------------------------------------------------
 
-    def _store_and_flood(self, location: Location, source: PeerSession | None) -> None:
-        self.committer.add_location(location)
-        if not self._floods:
-            self.committer.after_commit(self._release_floods)
-        self._floods.append((location, source))
+    def _flood(self, line: bytes, source: PeerSession | None) -> None:
+        """Send `line` to every ready peer but `source`, once the batch holding it commits
+        (and before that batch's replies)."""
+        batch = self.committer.open_batch
+        if batch is not self._flood_batch:
+            self._flood_batch = batch
+            floods: list[tuple[bytes, PeerSession | None]] = []
+            self._floods = floods
+            self.committer.after_commit(lambda: self._release(floods))
+        self._floods.append((line, source))
 
-    def _release_floods(self) -> None:
-        floods, self._floods = self._floods, []
-        lines = [(Update(loc.seq, loc.at).to_line(), source) for loc, source in floods]
+    def _release(self, floods: list[tuple[bytes, PeerSession | None]]) -> None:
         for session in list(self.links.values()):
             if not session.ready:
                 continue
-            data = b"".join(line for line, source in lines if source is not session)
+            data = b"".join(line for line, source in floods if source is not session)
             if data:
                 session.send(data)
 
@@ -244,14 +491,42 @@ class HerdServer:
         return self.committer.idle()
 
 
+def _update_line(entry: Location | LoggedOp) -> bytes:
+    if isinstance(entry, Location):
+        return Update(entry.seq, entry.at).to_line()
+    return OpUpdate(entry.seq, entry.line).to_line()
+
+
+def _redacted(line: bytes) -> bytes:
+    """A line as logged: the secret of `AUTH <user> <token>` (and an operator's token hash)
+    never reaches the log."""
+    fields = line.split()
+    if fields and fields[0] in (b"AUTH", b"USER-ADD", b"USER-TOKEN") and len(fields) >= 3:
+        return b" ".join([*fields[:2], b"<redacted>", *fields[3:]])
+    return line
+
+
+def _lat_lng(result: dict[str, object]) -> tuple[float, float] | None:
+    geometry = result.get("geometry")
+    location = geometry.get("location") if isinstance(geometry, dict) else None
+    if not isinstance(location, dict):
+        return None
+    lat, lng = location.get("lat"), location.get("lng")
+    if isinstance(lat, int | float) and isinstance(lng, int | float):
+        return float(lat), float(lng)
+    return None
+
+
 class ClientHandler:
-    """Lines from an ordinary client connection."""
+    """Lines from an ordinary client connection, and who it has authenticated as."""
 
     def __init__(self, server: HerdServer) -> None:
         self.server = server
+        self.user: str | None = None
+        self.auth_failures = 0
 
     def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
-        self.server.client_line(connection, line)
+        self.server.client_line(connection, self, line)
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
         if reason.check(LineTooLong):
@@ -290,12 +565,47 @@ class _AwaitingAuth:
             )
             if hmac.compare_digest(expected, message.mac):
                 server.log.received(connection.label, line)
+                if self.dialer == OPERATOR:
+                    connection.handler = OperatorHandler(server)
+                    return
                 connection.label = self.dialer
                 PeerSession(self.dialer, connection, server, server.clock).start()
                 return
             _log.warn("failed peer authentication from {client}", client=connection.label)
-        connection.handler = server.client_handler()
-        server.client_line(connection, line)
+        handler = server.client_handler()
+        connection.handler = handler
+        server.client_line(connection, handler, line)
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
         return
+
+
+class OperatorHandler:
+    """A connection that proved it knows the herd secret as the operator (`herd user`)."""
+
+    def __init__(self, server: HerdServer) -> None:
+        self.server = server
+
+    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+        self.server.operator_line(connection, line)
+
+    def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
+        return
+
+
+class ProposedVenues:
+    """Places proposed in events (with a position) become venues of the offline provider, so
+    WHATSAT and SUGGEST know the herd's own places."""
+
+    def __init__(self, places: OfflinePlaces) -> None:
+        self._places = places
+
+    def add_all(self, planning: PlanningState) -> None:
+        for place in planning.places():
+            if place.lat is not None and place.lon is not None:
+                self._places.add_venue(place.id, place.name, place.lat, place.lon)
+
+    def changed(self, change: Change) -> None:
+        body = change.op.body
+        if isinstance(body, AddPlace) and body.lat is not None and body.lon is not None:
+            self._places.add_venue(change.op.op_id, body.name, body.lat, body.lon)

@@ -24,11 +24,10 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from herd.config import HerdConfig
-from herd.model import LocationTable
 from herd.peers import DialFactory, retry_policy
-from herd.places import PlacesProvider, make_provider
+from herd.places import OfflinePlaces, PlacesProvider, make_provider
 from herd.protocol import LineConnection
-from herd.server import HerdServer
+from herd.server import HerdServer, ProposedVenues, Replica
 from herd.store import GroupCommitter, Store
 from herd.traffic import TrafficLog
 
@@ -88,6 +87,7 @@ class HerdService(Service):
         self.data_dir = config.data_dir
         self._store_pool = _thread_pool(f"{name}-store")
         self._log_pool = _thread_pool(f"{name}-log")
+        self._cpu_pool = _thread_pool(f"{name}-cpu")
         self.log = TrafficLog(
             name,
             self.data_dir / f"{name}.log",
@@ -109,6 +109,10 @@ class HerdService(Service):
 
         return run
 
+    def _load(self) -> Replica:
+        """Read the store back and rebuild the state (on the store thread)."""
+        return Replica.restore(self.store.open())
+
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self.log.start()
@@ -117,11 +121,7 @@ class HerdService(Service):
     async def _start(self) -> None:
         if self.config.secret_warning:
             _log.warn("{warning}", warning=self.config.secret_warning)
-        snapshot = await self._on_thread(self._store_pool)(self.store.open)
-        table = LocationTable()
-        for location in snapshot.locations:
-            table.restore(location)
-        table.reorder()
+        replica = await self._on_thread(self._store_pool)(self._load)
         committer = GroupCommitter(
             self.store, self._on_thread(self._store_pool), self.reactor, self._store_failed
         )
@@ -131,15 +131,18 @@ class HerdService(Service):
             peers=self.server_config.peers,
             secret=self.config.secret,
             max_line=self.config.max_line,
-            table=table,
+            replica=replica,
             committer=committer,
             places=self.places,
             log=self.log,
             clock=self.reactor,
             now_ns=self.now_ns,
-            instance=snapshot.instance,
-            marks=snapshot.marks,
+            run_cpu=self._on_thread(self._cpu_pool),
         )
+        if isinstance(self.places, OfflinePlaces):
+            venues = ProposedVenues(self.places)
+            venues.add_all(replica.planning)
+            server.feed.subscribe(venues)
         self.server = server
         self.factory = ClientFactory(server)
         self.factory.noisy = False
@@ -154,7 +157,7 @@ class HerdService(Service):
             name=self.server_name,
             host=self.server_config.host,
             port=self.server_config.port,
-            count=len(table),
+            count=len(replica.table),
         )
         for peer in self.server_config.peers:
             if self.server_name < peer:
@@ -202,6 +205,7 @@ class HerdService(Service):
         await self.log.stop()
         self._store_pool.stop()
         self._log_pool.stop()
+        self._cpu_pool.stop()
 
 
 def data_path(config: HerdConfig, name: str, suffix: str) -> Path:

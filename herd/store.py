@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.model import Location, location_key
+from herd.model import Location, LoggedOp, location_key
 from herd.wire import WireError, parse_at
 
 _SCHEMA = """
@@ -28,6 +28,11 @@ CREATE TABLE IF NOT EXISTS locations (
     client BLOB PRIMARY KEY,
     seq INTEGER NOT NULL,
     at_line BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ops (
+    op_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    line BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS peer_marks (
     peer TEXT PRIMARY KEY,
@@ -39,22 +44,30 @@ CREATE TABLE IF NOT EXISTS peer_marks (
 
 @dataclass(slots=True)
 class Snapshot:
-    """What a server knows at start: its store's identity, its locations, its peers' marks."""
+    """What a server knows at start: its store's identity, its locations, its planning
+    operations (in sequence order) and its peers' marks."""
 
     instance: bytes
     locations: list[Location]
+    ops: list[LoggedOp]
     marks: dict[str, tuple[bytes, int]]
+
+
+DurableWrite = Callable[[sqlite3.Connection], None]
 
 
 @dataclass(slots=True)
 class Batch:
-    """Changes committed together in one transaction."""
+    """Changes committed together in one transaction.  `writes` are other layers' rows that must
+    be durable exactly when these changes are (the notifications a change causes)."""
 
     locations: list[Location] = field(default_factory=list)
+    ops: list[LoggedOp] = field(default_factory=list)
     marks: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    writes: list[DurableWrite] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.locations or self.marks)
+        return bool(self.locations or self.ops or self.marks or self.writes)
 
 
 class Store:
@@ -86,11 +99,15 @@ class Store:
                 Logger().warn("store {path}: skipping a corrupt row {seq}", path=self.path, seq=seq)
                 continue
             locations.append(Location(at, location_key(at), seq))
+        ops = [
+            LoggedOp(op_id, seq, bytes(line))
+            for op_id, seq, line in db.execute("SELECT op_id, seq, line FROM ops ORDER BY seq")
+        ]
         marks = {
             peer: (inst.encode(), seq)
             for peer, inst, seq in db.execute("SELECT peer, instance, seq FROM peer_marks")
         }
-        return Snapshot(instance.encode(), locations, marks)
+        return Snapshot(instance.encode(), locations, ops, marks)
 
     def write(self, batch: Batch) -> None:
         """Commit one batch in one transaction."""
@@ -102,9 +119,15 @@ class Store:
                 [(loc.at.client, loc.seq, loc.at.line) for loc in batch.locations],
             )
             db.executemany(
+                "INSERT OR IGNORE INTO ops (op_id, seq, line) VALUES (?, ?, ?)",
+                [(op.op_id, op.seq, op.line) for op in batch.ops],
+            )
+            db.executemany(
                 "INSERT OR REPLACE INTO peer_marks (peer, instance, seq) VALUES (?, ?, ?)",
                 [(peer, inst.decode(), seq) for peer, (inst, seq) in batch.marks.items()],
             )
+            for write in batch.writes:
+                write(db)
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -157,6 +180,20 @@ class GroupCommitter:
     def add_location(self, location: Location) -> None:
         self._open.locations.append(location)
         self._kick()
+
+    def add_op(self, logged: LoggedOp) -> None:
+        self._open.ops.append(logged)
+        self._kick()
+
+    def add_write(self, write: DurableWrite) -> None:
+        """Commit `write` in the same transaction as the changes added so far this turn."""
+        self._open.writes.append(write)
+        self._kick()
+
+    @property
+    def open_batch(self) -> Batch:
+        """The batch that changes added now will be committed in."""
+        return self._open
 
     def set_mark(self, peer: str, instance: bytes, seq: int) -> None:
         self._open.marks[peer] = (instance, seq)

@@ -19,6 +19,7 @@ __all__ = [
     "Challenge",
     "Hello",
     "IAmAt",
+    "OpUpdate",
     "Ping",
     "Pong",
     "Status",
@@ -354,6 +355,18 @@ class Update:
 
 
 @dataclass(frozen=True, slots=True)
+class OpUpdate:
+    """`U <seq> OP <json>`: a planning operation flooded between peers, tagged with the sender's
+    sequence number; `json` is one field (the operation's JSON has no whitespace)."""
+
+    seq: int
+    payload: bytes
+
+    def to_line(self) -> bytes:
+        return b"U %d OP %s\n" % (self.seq, _token(self.payload))
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     """`PING`: keepalive on a peer link; answered with `PONG`."""
 
@@ -369,7 +382,7 @@ class Pong:
         return b"PONG\n"
 
 
-PeerMessage = Challenge | Auth | Sync | Update | Ping | Pong
+PeerMessage = Challenge | Auth | Sync | Update | OpUpdate | Ping | Pong
 
 
 def parse_peer_line(line: bytes) -> PeerMessage | None:
@@ -379,8 +392,12 @@ def parse_peer_line(line: bytes) -> PeerMessage | None:
         return None
     kind = fields[0]
     if kind == b"U":
-        if len(fields) < 2 or _SEQ.match(fields[1]) is None:
-            raise WireError("U takes <seq> AT ...")
+        if len(fields) < 3 or _SEQ.match(fields[1]) is None:
+            raise WireError("U takes <seq> AT ... or <seq> OP <json>")
+        if fields[2] == b"OP":
+            if len(fields) != 4:
+                raise WireError("U <seq> OP takes one JSON field")
+            return OpUpdate(int(fields[1]), fields[3])
         return Update(int(fields[1]), parse_at(fields[2:]))
     if kind == b"SYNC" and len(fields) == 4 and _SEQ.match(fields[3]) is not None:
         return Sync(fields[1], fields[2], int(fields[3]))

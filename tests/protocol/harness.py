@@ -17,10 +17,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
-from herd.model import LocationTable
 from herd.peers import DialFactory
 from herd.protocol import LineConnection
-from herd.server import HerdServer
+from herd.server import HerdServer, Replica
 from herd.store import GroupCommitter, Store
 from herd.traffic import TrafficLog
 
@@ -95,11 +94,7 @@ def make_node(
 ) -> Node:
     """A server reading back whatever its store under `directory` already holds."""
     store = Store(directory / f"{name}.sqlite")
-    snapshot = store.open()
-    table = LocationTable()
-    for location in snapshot.locations:
-        table.restore(location)
-    table.reorder()
+    replica = Replica.restore(store.open())
     failures: list[Failure] = []
     committer = GroupCommitter(store, inline, clock, failures.append)
     log = TrafficLog(name, directory / f"{name}.log", None, clock, inline)
@@ -111,14 +106,13 @@ def make_node(
         peers=peers,
         secret=secret,
         max_line=max_line,
-        table=table,
+        replica=replica,
         committer=committer,
         places=places,
         log=log,
         clock=clock,
         now_ns=lambda: next(ticks),
-        instance=snapshot.instance,
-        marks=snapshot.marks,
+        run_cpu=inline,
     )
     return Node(name, server, store, clock, places, failures)
 

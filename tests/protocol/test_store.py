@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from herd.model import Location, location_key
+from herd.model import Location, LoggedOp, location_key
 from herd.store import Batch, GroupCommitter, Store
 from herd.traffic import format_records
 from herd.wire import IAmAt, format_at
@@ -26,8 +26,8 @@ def location(client: bytes, seq: int, time: bytes = b"1700000000") -> Location:
 def test_reopen_gives_back_locations_marks_and_instance(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite")
     first = store.open()
-    store.write(Batch([location(b"a", 1), location(b"\xff", 2)], {"Bona": (b"abc", 7)}))
-    store.write(Batch([location(b"a", 3, b"1700000001")], {}))
+    store.write(Batch([location(b"a", 1), location(b"\xff", 2)], marks={"Bona": (b"abc", 7)}))
+    store.write(Batch([location(b"a", 3, b"1700000001")], [LoggedOp("x.1", 4, b"{}")]))
     store.close()
     again = Store(tmp_path / "s.sqlite")
     snapshot = again.open()
@@ -38,12 +38,13 @@ def test_reopen_gives_back_locations_marks_and_instance(tmp_path: Path) -> None:
         b"\xff": (2, b"1700000000"),
     }
     assert snapshot.marks == {"Bona": (b"abc", 7)}
+    assert snapshot.ops == [LoggedOp("x.1", 4, b"{}")]
 
 
 def test_a_corrupt_row_is_skipped_not_fatal(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite")
     store.open()
-    store.write(Batch([location(b"good", 1)], {}))
+    store.write(Batch([location(b"good", 1)]))
     store.close()
     with sqlite3.connect(tmp_path / "s.sqlite") as db:
         db.execute("INSERT INTO locations VALUES (?, ?, ?)", (b"bad", 2, b"AT nonsense"))
