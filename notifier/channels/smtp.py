@@ -1,0 +1,409 @@
+"""Email over SMTP with aiosmtplib (the only module that imports it), on the shared loop.
+
+Messages go out over a small pool of reused connections; one that the server dropped while idle
+is noticed on use and replaced once, at once, and any other failure is mapped for the outbox:
+
+- the server refused this message (a 5xx to MAIL, RCPT or DATA, an address that cannot be sent,
+  SMTPUTF8 needed but not offered) → `PermanentDeliveryError`;
+- everything else → `TransientDeliveryError`: 4xx, refused or dropped connections, timeouts, and
+  also failures to set up a session (greeting, EHLO, STARTTLS, AUTH) whatever their code, since
+  those are about the relay or our configuration, not this message, and dead-lettering the whole
+  queue for a wrong password would be worse than retrying until the outbox gives up.
+
+Each message is an `EmailMessage` built with the SMTP policy, so non-ASCII subjects and names
+are RFC 2047-encoded; CR and LF in header values are turned into spaces first, so a subject can
+never start a header of its own.  The Message-ID is derived from the idempotency key, so a retry
+sends the same Message-ID; `In-Reply-To` and `References` name a per-thread root id, so mail
+clients thread all the mails about one event together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.errors
+import email.policy
+import hashlib
+import re
+import secrets
+import ssl
+from collections.abc import Callable
+from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.message import EmailMessage
+from email.policy import Policy
+from email.utils import formatdate, parseaddr
+from typing import Literal, TypeAlias
+
+import aiosmtplib
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from notifier.aio import as_deferred
+from notifier.channels import Attachment, Outgoing, PermanentDeliveryError, TransientDeliveryError
+
+TlsMode = Literal["starttls", "direct", "none"]
+
+_log = Logger()
+
+# Header names the channel sets itself; `Outgoing.headers` may not repeat them.
+_OWN_HEADERS = frozenset(
+    {
+        "from",
+        "sender",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "date",
+        "message-id",
+        "in-reply-to",
+        "references",
+        "auto-submitted",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "content-disposition",
+    }
+)
+_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322: printable ASCII except colon
+_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+")
+_ID_PART = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*")
+_LINE_BREAKS = re.compile(r"[\r\n\x00-\x08\x0b-\x1f\x7f]+")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # not allowed in 7bit text
+
+
+class _CachedRegistry(HeaderRegistry):
+    """The standard registry builds a new header class on every lookup (a sixth of a naive
+    build); the classes never change, so build each once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._built: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        built = self._built.get(key)
+        if built is None:
+            built = self._built[key] = super().__getitem__(name)
+        return built
+
+
+_Policy: TypeAlias = "email.policy.EmailPolicy[EmailMessage]"
+
+
+class _Verbatim(UnstructuredHeader, BaseHeader):
+    """An ASCII header value that is folded only after its commas and never encoded: message
+    ids and RFC 2369 `List-*` URLs must reach the mail client exactly as written (the standard
+    folding turns a long URL into encoded words, which clients do not decode there)."""
+
+    def fold(self, *, policy: Policy) -> str:
+        value = str(self)
+        if not value.isascii():
+            return super().fold(policy=policy)
+        items = value.split(", ")
+        lines = [f"{self.name}: {items[0]}"]
+        for item in items[1:]:
+            if len(lines[-1]) + 2 + len(item) <= 78:
+                lines[-1] += f", {item}"
+            else:
+                lines[-1] += ","
+                lines.append(f" {item}")
+        if max(map(len, lines)) > 998:
+            raise ValueError(f"header {self.name} has a line longer than 998 characters")
+        return policy.linesep.join(lines) + policy.linesep
+
+
+def _policies() -> tuple[_Policy, _Policy]:
+    """Headers RFC 2047-encoded (7-bit, fine for any relay); raw UTF-8 headers only when an
+    address needs them, which needs SMTPUTF8 anyway."""
+    registry = _CachedRegistry()
+    ascii_policy = email.policy.SMTP.clone(cte_type="7bit", header_factory=registry)
+    return ascii_policy, ascii_policy.clone(utf8=True)
+
+
+_ASCII, _UTF8 = _policies()
+
+# Constant headers, parsed once.
+_AUTO = _ASCII.header_factory("Auto-Submitted", "auto-generated")
+_MIME_VERSION = _ASCII.header_factory("MIME-Version", "1.0")
+_PLAIN = _ASCII.header_factory("Content-Type", 'text/plain; charset="utf-8"')
+_HTML = _ASCII.header_factory("Content-Type", 'text/html; charset="utf-8"')
+_SEVEN_BIT = _ASCII.header_factory("Content-Transfer-Encoding", "7bit")
+_BASE64 = _ASCII.header_factory("Content-Transfer-Encoding", "base64")
+
+
+def _one_line(value: str) -> str:
+    """A header value on one line: CR, LF and other controls become one space."""
+    return _LINE_BREAKS.sub(" ", value)
+
+
+def _id_part(value: str) -> str:
+    """`value` if it can stand left of the @ in a message id, else a digest of it."""
+    if len(value) <= 40 and _ID_PART.fullmatch(value):
+        return value
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class MessageBuilder:
+    """Builds the bytes of one email for one `Outgoing`.  Pure apart from the `now` it is given."""
+
+    def __init__(self, sender: str) -> None:
+        _, address = parseaddr(sender)
+        if not _ADDRESS.fullmatch(address) or not address.isascii():
+            raise ValueError(f"not a usable sender address: {sender!r}")
+        self.envelope_sender = address
+        self.domain = address.rpartition("@")[2]
+        self._from = _ASCII.header_factory("From", _one_line(sender))
+
+    def message_id(self, key: str) -> str:
+        return f"<renga.{_id_part(key)}@{self.domain}>"
+
+    def thread_id(self, thread: str) -> str:
+        return f"<renga.event.{_id_part(thread)}@{self.domain}>"
+
+    def build(self, message: Outgoing, now: float) -> tuple[bytes, bool]:
+        """The message's bytes, and whether sending them needs SMTPUTF8.  A message that cannot
+        be built never will be: `PermanentDeliveryError`."""
+        try:
+            return self._build(message, now)
+        except (ValueError, TypeError, email.errors.MessageError) as error:
+            raise PermanentDeliveryError(f"cannot build the message: {error}") from error
+
+    def _build(self, message: Outgoing, now: float) -> tuple[bytes, bool]:
+        recipient = message.recipient
+        if not _ADDRESS.fullmatch(recipient):
+            raise PermanentDeliveryError(f"not an email address: {recipient!r}")
+        utf8 = not recipient.isascii()
+        policy = _UTF8 if utf8 else _ASCII
+        body = _text_part(policy, _PLAIN, message.text)
+        if message.html is not None:
+            body = _multipart(
+                policy, "alternative", [body, _text_part(policy, _HTML, message.html)]
+            )
+        if message.attachments:
+            parts = [body, *(_attachment(policy, a) for a in message.attachments)]
+            body = _multipart(policy, "mixed", parts)
+        mail = EmailMessage(policy=policy)
+        mail["From"] = self._from
+        mail["To"] = recipient
+        mail["Subject"] = _one_line(message.subject)
+        mail["Date"] = formatdate(now)
+        mail["Message-ID"] = _Verbatim("Message-ID", self.message_id(message.key))
+        if message.thread is not None:
+            root = self.thread_id(message.thread)
+            mail["In-Reply-To"] = _Verbatim("In-Reply-To", root)
+            mail["References"] = _Verbatim("References", root)
+        mail["Auto-Submitted"] = _AUTO
+        for name, value in message.headers:
+            if not _FIELD_NAME.fullmatch(name) or name.lower() in _OWN_HEADERS:
+                raise PermanentDeliveryError(f"header {name!r} may not be set")
+            mail[name] = _Verbatim(name, _one_line(value))
+        mail["MIME-Version"] = _MIME_VERSION
+        for name, value in body.items():
+            mail[name] = value
+        mail.set_payload(body.get_payload())
+        return mail.as_bytes(), utf8
+
+
+def _text_part(policy: _Policy, content_type: BaseHeader, text: str) -> EmailMessage:
+    """A UTF-8 text part: as is when it is short-lined ASCII, else base64 (C-fast, unlike
+    quoted-printable, and safe through any relay)."""
+    part = EmailMessage(policy=policy)
+    part["Content-Type"] = content_type
+    data = text.encode("utf-8")
+    if (
+        data.isascii()
+        and not _CONTROLS.search(text)
+        and max(map(len, data.splitlines()), default=0) <= 998
+    ):
+        part["Content-Transfer-Encoding"] = _SEVEN_BIT
+        part.set_payload(text)
+    else:
+        part["Content-Transfer-Encoding"] = _BASE64
+        canonical = b"\r\n".join(data.splitlines()) + b"\r\n"  # RFC 2046: CRLF line breaks
+        part.set_payload(base64.encodebytes(canonical).decode("ascii"))
+    return part
+
+
+def _multipart(policy: _Policy, subtype: str, parts: list[EmailMessage]) -> EmailMessage:
+    """A multipart with a random boundary: unguessable, so no part can contain it, and the
+    generator need not search the parts for it."""
+    mail = EmailMessage(policy=policy)
+    mail["Content-Type"] = f'multipart/{subtype}; boundary="=_{secrets.token_hex(12)}"'
+    for part in parts:
+        mail.attach(part)
+    return mail
+
+
+def _attachment(policy: _Policy, attachment: Attachment) -> EmailMessage:
+    """Base64 with the full content type, parameters included (`text/calendar;
+    method=REQUEST` is what makes calendars offer to add an invitation)."""
+    content_type = _one_line(attachment.content_type)
+    kind = content_type.partition(";")[0].strip()
+    maintype, slash, subtype = kind.partition("/")
+    if not (slash and _FIELD_NAME.fullmatch(maintype) and _FIELD_NAME.fullmatch(subtype)):
+        raise PermanentDeliveryError(f"not a content type: {attachment.content_type!r}")
+    part = EmailMessage(policy=policy)
+    part["Content-Type"] = content_type
+    part["Content-Disposition"] = "attachment"
+    part.set_param("filename", _one_line(attachment.filename), header="Content-Disposition")
+    part["Content-Transfer-Encoding"] = _BASE64
+    part.set_payload(base64.encodebytes(attachment.data).decode("ascii"))
+    return part
+
+
+class SmtpChannel:
+    """The `email` channel: mail through one relay over a pool of reused connections."""
+
+    name = "email"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        username: str = "",
+        password: str = "",
+        tls: TlsMode = "starttls",
+        pool_size: int = 4,
+        timeout: float = 30.0,
+        *,
+        now: Callable[[], float],
+        local_hostname: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if tls not in ("starttls", "direct", "none"):
+            raise ValueError(f"tls must be starttls, direct or none, not {tls!r}")
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self.builder = MessageBuilder(sender)
+        self.host = host
+        self.port = port
+        self._username = username
+        self._password = password
+        self._tls = tls
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._now = now
+        self._local_hostname = local_hostname
+        self._tls_context = tls_context
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(pool_size)
+        self._closing = False
+
+    def deliver(self, message: Outgoing) -> Deferred[None]:
+        return as_deferred(self._deliver(message))
+
+    def close(self) -> Deferred[None]:
+        """Wait for sends in progress, then say QUIT on every pooled connection."""
+        return as_deferred(self._close())
+
+    async def _deliver(self, message: Outgoing) -> None:
+        if self._closing:
+            raise TransientDeliveryError("the email channel is closed")
+        data, utf8 = self.builder.build(message, self._now())
+        options = ["SMTPUTF8"] if utf8 else []
+        async with self._slots:
+            if self._closing:
+                raise TransientDeliveryError("the email channel is closed")
+            client = self._idle.pop() if self._idle else self._client()
+            try:
+                await self._send(client, message.recipient, data, options)
+            except asyncio.CancelledError:
+                client.close()  # mid-command: the next answer on it would be this one's
+                raise
+            finally:
+                self._idle.append(client)
+
+    def _client(self) -> aiosmtplib.SMTP:
+        return aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            username=self._username or None,
+            password=self._password or None,
+            local_hostname=self._local_hostname,
+            timeout=self._timeout,
+            use_tls=self._tls == "direct",
+            start_tls=self._tls == "starttls",
+            tls_context=self._tls_context,
+        )
+
+    async def _send(
+        self, client: aiosmtplib.SMTP, recipient: str, data: bytes, options: list[str]
+    ) -> None:
+        reused = client.is_connected
+        if not reused:
+            await self._connect(client)
+        try:
+            await self._transaction(client, recipient, data, options)
+        except aiosmtplib.SMTPServerDisconnected as error:
+            if not reused:
+                raise TransientDeliveryError(f"disconnected: {error}") from error
+            _log.info(
+                "SMTP: a pooled connection to {host} was dropped; reconnecting", host=self.host
+            )
+            await self._connect(client)
+            try:
+                await self._transaction(client, recipient, data, options)
+            except aiosmtplib.SMTPServerDisconnected as again:
+                raise TransientDeliveryError(f"disconnected: {again}") from again
+
+    async def _connect(self, client: aiosmtplib.SMTP) -> None:
+        """Open a session: connect, EHLO, STARTTLS, AUTH.  Any failure here is transient."""
+        try:
+            await client.connect()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            raise TransientDeliveryError(
+                f"no SMTP session with {self.host}:{self.port}: {_explain(error)}"
+            ) from error
+
+    async def _transaction(
+        self, client: aiosmtplib.SMTP, recipient: str, data: bytes, options: list[str]
+    ) -> None:
+        """MAIL, RCPT, DATA, with the server's refusals mapped by their code."""
+        try:
+            await client.sendmail(
+                self.builder.envelope_sender, [recipient], data, mail_options=options
+            )
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            refusal = error.recipients[0]
+            raise _by_code(refusal.code, f"{recipient} refused: {refusal.message}") from error
+        except aiosmtplib.SMTPResponseException as error:
+            raise _by_code(error.code, _explain(error)) from error
+        except (aiosmtplib.SMTPNotSupported, ValueError) as error:
+            raise PermanentDeliveryError(str(error)) from error
+        except aiosmtplib.SMTPServerDisconnected:
+            raise
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            raise TransientDeliveryError(_explain(error)) from error
+
+    async def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        for _ in range(self._pool_size):
+            await self._slots.acquire()
+        clients, self._idle = self._idle, []
+        await asyncio.gather(*(self._quit(client) for client in clients))
+
+    async def _quit(self, client: aiosmtplib.SMTP) -> None:
+        if not client.is_connected:
+            return
+        try:
+            await client.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            _log.info("SMTP: QUIT to {host} failed: {error}", host=self.host, error=error)
+        finally:
+            client.close()
+
+
+def _by_code(code: int, text: str) -> TransientDeliveryError | PermanentDeliveryError:
+    if code >= 500:
+        return PermanentDeliveryError(f"SMTP {code}: {text}")
+    return TransientDeliveryError(f"SMTP {code}: {text}")
+
+
+def _explain(error: BaseException) -> str:
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        return f"{error.code} {error.message}"
+    return str(error) or type(error).__name__
