@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
@@ -41,7 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     user_token.add_argument("user")
     for command in (user_add, user_token):
         command.add_argument("--server", default=None, help="ask this server (default: any)")
-    for command in (run, up, status, user_add, user_token):
+    box = commands.add_parser("outbox", help="see and replay undelivered notifications")
+    box.add_argument("what", choices=("list", "dead", "retry"))
+    box.add_argument("keys", nargs="*", help="retry: these dead letters (default: all)")
+    box.add_argument("--server", default=None, help="this server's outbox (default: all)")
+    mail_command = commands.add_parser("mail", help="the mails `herd up`'s mail sink kept")
+    mail_command.add_argument("id", nargs="?", default=None, help="show this one")
+    for command in (run, up, status, user_add, user_token, box, mail_command):
         command.add_argument("--config", type=Path, default=None, help="config file (TOML)")
     return parser
 
@@ -58,7 +65,11 @@ def main(argv: list[str]) -> int:
             config.server(arguments.name)
             return run(config, arguments.name)
         if arguments.command == "up":
-            return up(config, arguments.config)
+            return up(config)
+        if arguments.command == "outbox":
+            return outbox(config, arguments)
+        if arguments.command == "mail":
+            return mail(config, arguments.id)
         if arguments.command == "user":
             return user(config, arguments)
         return status(config, as_json=arguments.json)
@@ -96,9 +107,11 @@ def run(config: HerdConfig, name: str) -> int:
 # --- herd up -------------------------------------------------------------------------------
 
 
-def up(config: HerdConfig, config_path: Path | None) -> int:
-    """Every server of the config as its own process; all stopped on Ctrl-C or SIGTERM."""
-    path = str(config_path if config_path is not None else config.path)
+def up(config: HerdConfig) -> int:
+    """Every server of the config as its own process, plus the local services it lacks (a mail
+    sink, a Prosody with demo users); all stopped on Ctrl-C or SIGTERM."""
+    from herd.localdev import create_demo_users, start_local_services
+
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -109,24 +122,45 @@ def up(config: HerdConfig, config_path: Path | None) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     _prepare_places(config)
-    for name in config.servers:
-        children[name] = subprocess.Popen(
-            [sys.executable, "-m", "herd", "run", name, "--config", path],
-            start_new_session=True,
-        )
-    print(_up_banner(config), file=sys.stderr, flush=True)
-    code = 0
-    while not stopping:
-        for name, child in list(children.items()):
-            if child.poll() is not None:
-                print(f"herd: {name} exited with {child.returncode}", file=sys.stderr)
-                del children[name]
-                code = 1
-        if not children:
-            break
-        time.sleep(0.2)
-    _stop_all(children)
-    return code
+    services = start_local_services(config)
+    try:
+        for name in config.servers:
+            children[name] = subprocess.Popen(
+                [sys.executable, "-m", "herd", "run", name, "--config", str(services.config_path)],
+                start_new_session=True,
+            )
+        notes = services.notes
+        if services.prosody is not None and _wait_answering(config, lambda: stopping):
+            notes = [*notes, *create_demo_users(config)]
+        print(_up_banner(config, notes), file=sys.stderr, flush=True)
+        code = 0
+        while not stopping:
+            for name, child in list(children.items()):
+                if child.poll() is not None:
+                    print(f"herd: {name} exited with {child.returncode}", file=sys.stderr)
+                    del children[name]
+                    code = 1
+            if not children:
+                break
+            time.sleep(0.2)
+        return code
+    finally:
+        _stop_all(children)
+        services.stop()
+
+
+def _wait_answering(config: HerdConfig, stopping: Callable[[], bool]) -> bool:
+    """Wait until some server answers (they start in well under a second)."""
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and not stopping():
+        if any(ask_status(_dial_host(s.host), s.port, 0.2) for s in config.servers.values()):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _dial_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
 def _prepare_places(config: HerdConfig) -> None:
@@ -140,13 +174,14 @@ def _prepare_places(config: HerdConfig) -> None:
     open_index(config.data_dir, config.places.files, DEFAULT_MIN_POPULATION).close()
 
 
-def _up_banner(config: HerdConfig) -> str:
+def _up_banner(config: HerdConfig, notes: list[str]) -> str:
     lines = [f"herd: {len(config.servers)} servers from {config.path}:"]
     for server in config.servers.values():
         lines.append(
             f"  {server.name:10} {server.host}:{server.port}  peers {', '.join(server.peers)}"
         )
     lines.append(f"  data and logs in {config.data_dir}; Ctrl-C stops them all")
+    lines.extend(notes)
     return "\n".join(lines)
 
 
@@ -195,7 +230,7 @@ def status(config: HerdConfig, as_json: bool) -> int:
     with ThreadPoolExecutor(max_workers=len(servers)) as pool:
         answers = list(
             pool.map(
-                lambda s: ask_status("127.0.0.1" if s.host == "0.0.0.0" else s.host, s.port),
+                lambda s: ask_status(_dial_host(s.host), s.port),
                 servers,
             )
         )
@@ -246,4 +281,44 @@ def user(config: HerdConfig, arguments: argparse.Namespace) -> int:
         return 1
     print(f"user {arguments.user}: token {token}")
     print("(shown once: give it to the user; they send `AUTH <user> <token>` on the line port)")
+    return 0
+
+
+# --- herd outbox / herd mail ---------------------------------------------------------------
+
+
+def outbox(config: HerdConfig, arguments: argparse.Namespace) -> int:
+    """Pending and dead notifications of each server (read from its database file; works
+    whether the server runs or not), and replaying dead letters."""
+    from notifier.outbox import format_entries, list_dead, list_pending, retry_dead
+
+    names = [arguments.server] if arguments.server else list(config.servers)
+    for name in names:
+        config.server(name)
+        path = config.data_dir / f"{name}.sqlite"
+        if not path.exists():
+            continue
+        if arguments.what == "retry":
+            replayed = retry_dead(path, arguments.keys or None, time.time())
+            print(f"{name}: {len(replayed)} dead letters queued again")
+            continue
+        entries = list_pending(path) if arguments.what == "list" else list_dead(path)
+        print(f"{name}: {len(entries)} {'pending' if arguments.what == 'list' else 'dead'}")
+        for line in format_entries(entries):
+            print(f"  {line}")
+    return 0
+
+
+def mail(config: HerdConfig, mail_id: str | None) -> int:
+    from notifier.mailsink import format_mail_list, list_mail, show_mail
+
+    if mail_id is None:
+        for line in format_mail_list(list_mail(config.data_dir)):
+            print(line)
+        return 0
+    try:
+        print(show_mail(config.data_dir, mail_id))
+    except KeyError:
+        print(f"herd: no mail {mail_id!r}", file=sys.stderr)
+        return 1
     return 0
