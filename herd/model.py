@@ -32,14 +32,13 @@ class Location:
     """The newest report of one client, with the AT line it produced and its log position."""
 
     at: At
-    key: tuple[int, bytes, bytes]
+    key: tuple[int, bytes, bytes, bytes]
     seq: int
 
 
-def location_key(at: At) -> tuple[int, bytes, bytes]:
+def location_key(at: At) -> tuple[int, bytes, bytes, bytes]:
     """Newer-wins order: (time as a number, AT text)."""
-    whole, fraction = time_key(at.time)
-    return whole, fraction, at.line
+    return (*time_key(at.time), at.line)
 
 
 class Sequencer:
@@ -96,7 +95,7 @@ class LocationTable:
         """Whether a client's own report is newer than the stored one (by time alone: a report
         with an equal time is stale for the client that sent it)."""
         current = self._by_client.get(client)
-        return current is None or time_key(time) > current.key[:2]
+        return current is None or time_key(time) > current.key[:3]
 
     def restore(self, location: Location) -> None:
         """Put back a location loaded from the store (any order; keeps the log ordered)."""

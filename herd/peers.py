@@ -105,7 +105,8 @@ class PeerSession:
         self.server.log.sent(self.name, data)
         if self.connection.backlog > MAX_PEER_BACKLOG:
             _log.warn("peer {peer} is not reading: dropping the link", peer=self.name)
-            self.close()
+            self.closed = True
+            self.connection.transport.abortConnection()  # type: ignore[union-attr]
 
     def close(self) -> None:
         if not self.closed:

@@ -50,6 +50,7 @@ class LineConnection(Protocol):
         self._closing = False
         self._read_closed = False
         self.disconnected = False
+        self._unregistered = False
         self.backlog = 0
 
     # --- framing ---------------------------------------------------------------------------
@@ -98,7 +99,7 @@ class LineConnection(Protocol):
         self._buffer = b""
         self.handler.connection_lost(self, Failure(LineTooLong(length, self.max_line)))
         self.handler = _Closed()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._lose()
 
     # --- replies in request order ----------------------------------------------------------
 
@@ -138,10 +139,19 @@ class LineConnection(Protocol):
 
     def _close_when_drained(self) -> None:
         if not self._slots and not self.disconnected:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._lose()
 
     def close(self) -> None:
         self._closing = True
+        self._lose()
+
+    def _lose(self) -> None:
+        """Close once the write buffer is flushed.  We stop being the transport's producer
+        first: a paused producer would be resumed when the buffer drains, instead of the
+        connection being closed (see `ITransport.loseConnection`)."""
+        if not self._unregistered:
+            self._unregistered = True
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     # --- backpressure: the transport tells us when its write buffer is full ----------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Final
 
 __all__ = [
@@ -53,7 +54,8 @@ _HEX: Final = re.compile(rb"[0-9a-f]{16,128}\Z")
 
 MAX_RADIUS_KM: Final = 50
 MAX_ITEMS: Final = 20
-MAX_TIME_DIGITS: Final = 19
+INT_TIME_DIGITS: Final = 18
+_NANO: Final = Decimal("1e-9")
 
 
 def _at_most(whole: bytes, fraction: bytes, bound: int) -> bool:
@@ -79,26 +81,27 @@ def _position(field: bytes) -> tuple[float, float]:
 
 
 def _time(field: bytes) -> bytes:
-    match = _DECIMAL.match(field)
-    if match is None:
+    if _DECIMAL.match(field) is None:
         raise WireError("time must be POSIX seconds: digits with an optional fraction")
-    if len(match[1].lstrip(b"0")) > MAX_TIME_DIGITS:
-        raise WireError("time out of range")
     return field
 
 
-def time_key(time: bytes) -> tuple[int, bytes]:
-    """An exact, cheap sort key for a validated POSIX time: (whole seconds, fraction digits).
+def time_key(time: bytes) -> tuple[int, bytes, bytes]:
+    """An exact, cheap sort key for a validated POSIX time of any length: (number of whole
+    digits, whole digits, fraction digits), leading and trailing zeros stripped.
 
-    With trailing zeros stripped, comparing fraction digit strings is comparing the numbers,
-    so `1.5`, `1.50` and `01.5` are equal and `1.49` < `1.5`, without float rounding.
+    Comparing equal-length digit strings is comparing the numbers, and so is comparing fraction
+    digit strings once trailing zeros are gone: `1.5`, `1.50` and `01.5` are equal, `1.49` <
+    `1.5`, with no float rounding and no int() of an unbounded string.
     """
     whole, _, fraction = time.partition(b".")
-    return int(whole.lstrip(b"0") or b"0"), fraction.rstrip(b"0")
+    whole = whole.lstrip(b"0")
+    return len(whole), whole, fraction.rstrip(b"0")
 
 
 def time_ns(time: bytes) -> int:
-    """A validated POSIX time in integer nanoseconds, rounded half up at the 10th digit."""
+    """A validated POSIX time of at most 18 whole digits in integer nanoseconds, rounded half
+    up at the 10th digit."""
     whole, _, fraction = time.partition(b".")
     nanos = int(whole.lstrip(b"0") or b"0") * 1_000_000_000 + int((fraction + b"000000000")[:9])
     if fraction[9:10] >= b"5":
@@ -107,11 +110,26 @@ def time_ns(time: bytes) -> int:
 
 
 def diff_field(received_ns: int, client_time: bytes) -> bytes:
-    """`<diff>` of an AT line: receive time minus client time, sign always shown, 9 decimals."""
+    """`<diff>` of an AT line: receive time minus client time, sign always shown, 9 decimals.
+
+    Integer nanoseconds for any time a clock can show; exact decimal arithmetic (linear in the
+    length, which `max_line` bounds) for the absurdly large times the grammar also allows.
+    """
+    if len(client_time.partition(b".")[0].lstrip(b"0")) > INT_TIME_DIGITS:
+        return _long_diff(received_ns, client_time)
     delta = received_ns - time_ns(client_time)
     sign = b"-" if delta < 0 else b"+"
     seconds, nanos = divmod(abs(delta), 1_000_000_000)
     return b"%s%d.%09d" % (sign, seconds, nanos)
+
+
+def _long_diff(received_ns: int, client_time: bytes) -> bytes:
+    with localcontext() as context:
+        context.prec = len(client_time) + 40
+        client = Decimal(client_time.decode()).quantize(_NANO, rounding=ROUND_HALF_UP)
+        delta = Decimal(received_ns).scaleb(-9) - client
+        sign = b"-" if delta < 0 else b"+"
+        return sign + format(abs(delta).quantize(_NANO), "f").encode()
 
 
 # --- client commands -----------------------------------------------------------------------

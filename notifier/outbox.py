@@ -12,7 +12,9 @@ registry, using its own connection on its own single thread:
 - a transient failure retries with exponential backoff and jitter until `max_attempts` attempts
   or `max_age` seconds, then becomes a dead letter; a permanent one is a dead letter at once;
 - delivered rows are kept `retention` seconds so a repeated `enqueue` of the same key (the
-  idempotency key) is ignored, then pruned.
+  idempotency key) is ignored, then pruned;
+- a row may be due later than its enqueue (quiet hours), and a row still pending under a
+  coalesce key takes the content of newer items enqueued under it (bursts become one message).
 
 Rows for a channel that is not in the registry are never claimed and stay pending, marked with
 the reason at start: the message is fine and the fix is configuration, after which they go out
@@ -72,16 +74,25 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,    -- attempts started in this round
     possible_duplicate INTEGER NOT NULL DEFAULT 0,  -- an earlier attempt may have got through
     last_error TEXT NOT NULL DEFAULT '',
-    finished REAL                           -- delivered or dead-lettered at
+    finished REAL,                          -- delivered or dead-lettered at
+    coalesce_key TEXT                       -- while pending, newer renderings replace this one
 );
 CREATE INDEX IF NOT EXISTS outbox_queue ON outbox (state, channel, due);
+CREATE INDEX IF NOT EXISTS outbox_coalesce ON outbox (coalesce_key, channel)
+    WHERE coalesce_key IS NOT NULL AND state = 'pending';
 """
 
 _INSERT = """
 INSERT OR IGNORE INTO outbox
     (key, channel, recipient, subject, text, html, thread, headers, attachments,
-     created, since, due)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+     created, since, due, coalesce_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+_REPLACE_PENDING = """
+UPDATE outbox SET recipient = ?, subject = ?, text = ?, html = ?, thread = ?, headers = ?,
+    attachments = ?
+WHERE coalesce_key = ? AND channel = ? AND state = 'pending'
 """
 
 _CLAIM = """
@@ -148,18 +159,40 @@ def backoff_delay(attempts: int, jitter: float, settings: OutboxSettings) -> flo
     return nominal * (0.5 + 0.5 * jitter)
 
 
-def enqueue(db: sqlite3.Connection, items: Sequence[Outgoing], now: float) -> None:
-    """Insert `items` as pending rows due `now`, ignoring keys already in the outbox.
+def enqueue(
+    db: sqlite3.Connection,
+    items: Sequence[Outgoing],
+    now: float,
+    *,
+    due: float | None = None,
+    coalesce: str | None = None,
+) -> None:
+    """Insert `items` as pending rows due `now` (or not before `due`: quiet hours, a
+    coalescing window), ignoring keys already in the outbox.
 
-    Only INSERTs, on the caller's connection and inside the caller's open transaction, so the
+    With `coalesce`, an item whose channel has a row still pending under that key replaces
+    that row's content instead of adding a row: a burst (votes coming in) becomes one message
+    showing the latest state, sent when the first was due.  The row keeps its key, so a repeat
+    of the first item is still ignored.
+
+    Only writes on the caller's connection and inside the caller's open transaction, so the
     rows commit (or roll back) with the change that caused them.
     """
     if not db.in_transaction:
         raise RuntimeError("enqueue must run inside the transaction of the change")
-    db.executemany(_INSERT, [_to_row(item, now) for item in items])
+    rows = [_to_row(item, now, now if due is None else max(now, due), coalesce) for item in items]
+    if coalesce is None:
+        db.executemany(_INSERT, rows)
+        return
+    for row in rows:
+        if db.execute("SELECT 1 FROM outbox WHERE key = ?", row[:1]).fetchone() is not None:
+            continue
+        content = row[2:9]  # recipient … attachments
+        if db.execute(_REPLACE_PENDING, (*content, coalesce, row[1])).rowcount == 0:
+            db.execute(_INSERT, row)
 
 
-def _to_row(item: Outgoing, now: float) -> tuple[object, ...]:
+def _to_row(item: Outgoing, now: float, due: float, coalesce: str | None) -> tuple[object, ...]:
     headers = json.dumps([[name, value] for name, value in item.headers])
     attachments = json.dumps(
         [
@@ -175,8 +208,9 @@ def _to_row(item: Outgoing, now: float) -> tuple[object, ...]:
         headers,
         attachments,
         now,
-        now,
-        now,
+        due,  # a round of attempts begins when the row is due: max_age counts from there
+        due,
+        coalesce,
     )
 
 

@@ -148,6 +148,14 @@ class Rig:
         enqueue(self.store, items, self.clock.seconds())
         self.store.execute("COMMIT")
 
+    def commit_later(
+        self, *items: Outgoing, due: float | None = None, coalesce: str | None = None
+    ) -> None:
+        """A deferred or coalesced batch, as the notifier's wiring commits it."""
+        self.store.execute("BEGIN")
+        enqueue(self.store, items, self.clock.seconds(), due=due, coalesce=coalesce)
+        self.store.execute("COMMIT")
+
     def run(self, seconds: float, step: float = 0.25) -> None:
         """Let time pass in small steps, as it does (one big `advance` skips timers set on
         the way)."""
@@ -241,6 +249,63 @@ def test_enqueue_belongs_to_the_change_transaction(rig: Rig) -> None:
     assert rig.states() == {}
     with pytest.raises(RuntimeError, match="inside the transaction"):
         enqueue(rig.store, [message("n1")], START)
+
+
+def test_a_row_is_not_sent_before_it_is_due(rig: Rig) -> None:
+    outbox = rig.outbox(OutboxSettings(poll_interval=3600))
+    rig.commit_later(message("n1"), due=START + 30)
+    rig.commit_later(message("n2"), due=START - 30)  # a due time already past: at once
+    outbox.wake()
+    assert rig.channel.keys() == ["n2"]
+    rig.clock.advance(29.9)
+    assert rig.channel.keys() == ["n2"]
+    rig.clock.advance(0.1)  # the outbox set its timer for the due row, not the next poll
+    assert rig.channel.keys() == ["n2", "n1"]
+
+
+def test_max_age_counts_from_the_due_time(rig: Rig) -> None:
+    outbox = rig.outbox(OutboxSettings(base_delay=4, max_age=10))
+    rig.channel.script("n1", *[TransientDeliveryError("timeout")] * 5)
+    rig.commit_later(message("n1"), due=START + 3600)
+    outbox.wake()
+    rig.run(7200)
+    assert len(rig.channel.calls) == 3  # at 3600, 3604 and 3612 s, as if enqueued at 3600
+    assert rig.row("n1")["last_error"] == "gave up after 12 s: timeout"
+
+
+def test_a_pending_coalesced_row_takes_the_newest_content(rig: Rig) -> None:
+    outbox = rig.outbox(OutboxSettings(poll_interval=3600))
+    due = START + 60
+    rig.commit_later(message("v1.email", text="1 vote"), due=due, coalesce="votes/e1/alice")
+    rig.commit_later(message("v1.line", "line", text="1 vote"), due=due, coalesce="votes/e1/alice")
+    rig.clock.advance(30)
+    later = due + 30  # the first row's due time stands: a steady stream cannot starve it
+    rig.commit_later(
+        message("v2.email", text="2 votes"),
+        message("v2.line", "line", text="2 votes"),
+        due=later,
+        coalesce="votes/e1/alice",
+    )
+    rig.commit_later(message("v3.email", text="3 votes"), due=later, coalesce="votes/e1/alice")
+    rig.commit_later(message("v1.email", text="1 vote"), due=due, coalesce="votes/e1/alice")
+    rig.commit_later(message("x1.email", text="other"), due=due, coalesce="votes/e2/alice")
+    outbox.wake()
+    assert rig.states() == {"v1.email": "pending", "v1.line": "pending", "x1.email": "pending"}
+    assert rig.row("v1.line")["text"] == "2 votes"  # each channel's row on its own
+    rig.clock.advance(30)
+    assert [(m.key, m.text) for m in rig.channel.calls] == [
+        ("v1.email", "3 votes"),  # the repeat of v1 was ignored, not taken as newer
+        ("x1.email", "other"),
+    ]
+
+
+def test_a_coalesced_row_already_sent_is_followed_by_a_new_one(rig: Rig) -> None:
+    outbox = rig.outbox()
+    rig.commit_later(message("v1", text="1 vote"), coalesce="votes/e1/alice")
+    outbox.wake()
+    rig.commit_later(message("v2", text="2 votes"), coalesce="votes/e1/alice")
+    outbox.wake()
+    assert [(m.key, m.text) for m in rig.channel.calls] == [("v1", "1 vote"), ("v2", "2 votes")]
 
 
 def test_backoff_doubles_from_one_second_to_five_minutes() -> None:

@@ -1,0 +1,156 @@
+"""Digests, pure: when each user's is due, and what it says.
+
+Routing folds a digest reader's non-urgent notifications into `DigestItem`s, which the wiring
+keeps until the user's next digest time (`next_digest_at`: 08:00 on their wall clock, daily or
+on Mondays, moved to the end of their quiet hours if those cover it).  `compose_digest` turns
+the items gathered since the last digest into one message: what changed, per event (votes
+folded into one line per event), then the current state of each of the user's open events.
+No items, no digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Final
+
+from herd.events import Event, PlanningState, Status
+from notifier.channels import Outgoing
+from notifier.message import FOLDABLE, Digest, Kind, Medium, Recipient, Routed
+from notifier.render import Unsubscribe, event_view, render_email, render_text
+
+__all__ = ["DIGEST_AT", "DigestItem", "compose_digest", "next_digest_at"]
+
+DIGEST_AT: Final = time(8, 0)
+_SECOND: Final = 10**9
+
+
+def next_digest_at(recipient: Recipient, after_ns: int) -> int:
+    """The first digest time strictly after `after_ns` (ns): the next 08:00 local (a Monday's
+    for weekly digests), or the end of quiet hours that cover it.  Wall-clock arithmetic in
+    the user's zone, so it stays 08:00 across DST changes."""
+    if recipient.digest is Digest.OFF:
+        raise ValueError(f"{recipient.user} takes no digest")
+    zone = recipient.zone
+    day = datetime.fromtimestamp(after_ns // _SECOND, zone).date()
+    while True:
+        at = int(datetime.combine(day, DIGEST_AT, tzinfo=zone).timestamp()) * _SECOND
+        if at > after_ns and (recipient.digest is Digest.DAILY or day.weekday() == 0):
+            return recipient.out_of_quiet(at)
+        day += timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class DigestItem:
+    """One folded notification, as the wiring stores it until the digest (all fields are
+    plain values; rebuild `kind` with `Kind(text)`).  `id` is the notification's: a change routed
+    twice is one item."""
+
+    id: str
+    kind: Kind
+    event_id: str
+    actor: str | None
+    option_id: str | None
+    cause: str
+    at_ns: int
+
+    @classmethod
+    def of(cls, routed: Routed) -> DigestItem:
+        n = routed.notification
+        return cls(n.id, n.kind, n.event_id, n.actor, n.option_id, n.cause, n.at_ns)
+
+
+def compose_digest(
+    recipient: Recipient,
+    state: PlanningState,
+    items: Iterable[DigestItem],
+    now_ns: int,
+    unsubscribe: Unsubscribe,
+) -> Outgoing | None:
+    """The digest of `items` (by email, or by XMPP for a user who has since dropped email), or
+    None when nothing changed that still exists, or the user can no longer be reached.  Its
+    key hashes the items, so composing the same items again gives the same key."""
+    unique = sorted({item.id: item for item in items}.values(), key=lambda i: (i.at_ns, i.id))
+    changed = []
+    for event_id in dict.fromkeys(item.event_id for item in unique):
+        event = state.event(event_id)
+        if event is None:
+            continue
+        changes = _changes(event, recipient, [i for i in unique if i.event_id == event_id])
+        if changes:
+            changed.append({"event": event_view(event, recipient), "changes": changes})
+    if not changed:
+        return None
+    context = {
+        "user": recipient.user,
+        "tz": recipient.tz,
+        "frequency": recipient.digest.value,
+        "count": sum(len(entry["changes"]) for entry in changed),
+        "changed": changed,
+        "events": [
+            event_view(event, recipient)
+            for event in state.events_of(recipient.user)
+            if _open(event, now_ns)
+        ],
+    }
+    ids = "\n".join(sorted(item.id for item in unique))
+    key = "digest-" + hashlib.sha256(f"{recipient.user}\n{ids}".encode()).hexdigest()[:32]
+    if recipient.by_email and recipient.email is not None:
+        return render_email(
+            f"{key}.{Medium.EMAIL}",
+            recipient.user,
+            recipient.email,
+            "digest",
+            context,
+            unsubscribe,
+            thread=None,
+        )
+    if recipient.by_xmpp and recipient.jid is not None:
+        text = render_text("xmpp", "digest", "body.txt", context)
+        return Outgoing(f"{key}.{Medium.XMPP}", Medium.XMPP.value, recipient.jid, "", text)
+    return None
+
+
+def _changes(
+    event: Event, recipient: Recipient, items: list[DigestItem]
+) -> list[dict[str, object]]:
+    """One entry per item in order, except votes: one entry for all of them, at the first."""
+    view = event_view(event, recipient)
+    options = {option["id"]: option for option in (*view["times"], *view["places"])}
+    comments = {comment.id: comment for comment in event.comments}
+    voters = list(dict.fromkeys(i.actor for i in items if i.kind is Kind.VOTES and i.actor))
+    entries: list[dict[str, object]] = []
+    for item in items:
+        if item.kind not in FOLDABLE:
+            continue
+        entry: dict[str, object] = {"kind": item.kind.value, "actor": item.actor}
+        match item.kind:
+            case Kind.VOTES:
+                if any(e["kind"] == Kind.VOTES for e in entries):
+                    continue
+                count = sum(1 for i in items if i.kind is Kind.VOTES)
+                entry.update(voters=voters, count=count)
+            case Kind.NEW_OPTION:
+                option = options.get(item.option_id or "")
+                if option is None:
+                    continue
+                entry["option"] = option
+            case Kind.COMMENT:
+                comment = comments.get(item.cause)
+                if comment is None:
+                    continue
+                entry["text"] = comment.text
+        entries.append(entry)
+    return entries
+
+
+def _open(event: Event, now_ns: int) -> bool:
+    """Still ahead: being planned, or decided for a time not yet past."""
+    if event.status is Status.PLANNING:
+        return True
+    if event.status is Status.DECIDED and event.decision is not None:
+        time_option = event.time(event.decision[0])
+        return time_option is not None and time_option.at * _SECOND >= now_ns
+    return False

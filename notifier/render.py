@@ -1,0 +1,340 @@
+"""Notifications rendered into the exact messages each channel sends, from `templates/`.
+
+One Jinja `Environment` for the process: `StrictUndefined` (a misspelt variable is an error, not
+an empty string), autoescape for `.html.j2` only, times shown in the recipient's zone.  Every
+template of a kind gets the same context (see `_context`), so any template may use any of it.
+
+Whatever a title contains, an email subject and a line push come out as one line (runs of
+whitespace and control characters become one space), HTML is escaped, and plain text is kept as
+it is.  Mails carry `List-Unsubscribe` with a token that only the server can make
+(`unsubscribe_token`), and the mail of a decided event an `.ics` that names no attendees.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import re
+import zoneinfo
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final, TypedDict
+
+import icalendar
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from herd.events import Choice, Event, PlaceOption, PlanningState, TimeOption
+from notifier.channels import Attachment, Outgoing
+from notifier.message import Kind, Medium, Notification, Recipient, Routed
+
+__all__ = [
+    "EVENT_DURATION",
+    "TEMPLATES",
+    "EventView",
+    "OptionView",
+    "Unsubscribe",
+    "environment",
+    "event_view",
+    "local_time",
+    "one_line",
+    "render",
+    "render_email",
+    "render_text",
+    "unsubscribe_token",
+    "verify_unsubscribe",
+]
+
+TEMPLATES: Final = Path(__file__).resolve().parent.parent / "templates"
+EVENT_DURATION: Final = timedelta(hours=2)
+"""Events have a start only; calendars get this length so they show a block, not a line."""
+
+_DAYS: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS: Final = (
+    *("Jan", "Feb", "Mar", "Apr", "May", "Jun"),
+    *("Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+)
+_NOT_ONE_LINE: Final = re.compile(r"[\s\x00-\x1f\x7f]+")
+_ICS_EPOCH: Final = 1_577_836_800  # 2020-01-01: SEQUENCE counts seconds from here (fits 32 bits)
+
+
+def local_time(posix: int, tz: str) -> str:
+    """`Fri 5 Dec 19:00 CET`: POSIX seconds on the wall clock of zone `tz`.  Names are spelt
+    here, not by the C locale, so the output does not depend on the host."""
+    moment = datetime.fromtimestamp(posix, zoneinfo.ZoneInfo(tz))
+    day, month = _DAYS[moment.weekday()], _MONTHS[moment.month - 1]
+    return f"{day} {moment.day} {month} {moment:%H:%M} {moment.tzname()}"
+
+
+def one_line(text: str) -> str:
+    """Runs of whitespace and control characters (CR, LF, U+2028, ...) as one space, trimmed:
+    what goes into a header or onto the line protocol."""
+    return _NOT_ONE_LINE.sub(" ", text).strip()
+
+
+@functools.cache
+def environment() -> Environment:
+    """The one Environment over `templates/`, made on first use."""
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        autoescape=select_autoescape(
+            enabled_extensions=("html.j2",), default_for_string=False, default=False
+        ),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["local"] = local_time
+    return env
+
+
+def render_text(channel: str, name: str, part: str, context: Mapping[str, object]) -> str:
+    """`templates/<channel>/<name>.<part>.j2` with `context`."""
+    return environment().get_template(f"{channel}/{name}.{part}.j2").render(context)
+
+
+# --- unsubscribing ----------------------------------------------------------------------------
+
+
+def unsubscribe_token(secret: bytes, user: str) -> str:
+    """An HMAC-SHA256 of the user id under the server secret, 128 bits in base64url: whoever
+    holds it may unsubscribe that user, and nobody can make one without the secret."""
+    mac = hmac.new(secret, b"renga-unsubscribe\0" + user.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:16]).rstrip(b"=").decode("ascii")
+
+
+def verify_unsubscribe(secret: bytes, user: str, token: str) -> bool:
+    return hmac.compare_digest(unsubscribe_token(secret, user), token)
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """How mails offer unsubscribing: `url` is a `mailto:` or `https:` URL with `{user}` and
+    `{token}` placeholders, filled per recipient (user ids are URL-safe, tokens base64url)."""
+
+    secret: bytes
+    url: str
+
+    def __post_init__(self) -> None:
+        if "{token}" not in self.url or not self.url.startswith(("mailto:", "https://")):
+            raise ValueError("the unsubscribe URL is mailto: or https:// and has a {token}")
+        try:
+            self.url.format(user="u", token="t")  # any other placeholder fails now, not per mail
+        except (KeyError, IndexError) as error:
+            raise ValueError(f"the unsubscribe URL has an unknown placeholder {error}") from None
+
+    def link(self, user: str) -> str:
+        return self.url.format(user=user, token=unsubscribe_token(self.secret, user))
+
+    def headers(self, user: str) -> tuple[tuple[str, str], ...]:
+        """RFC 2369, plus RFC 8058 one-click for an https URL."""
+        link = self.link(user)
+        if link.startswith("https://"):
+            return ("List-Unsubscribe", f"<{link}>"), (
+                "List-Unsubscribe-Post",
+                "List-Unsubscribe=One-Click",
+            )
+        return (("List-Unsubscribe", f"<{link}>"),)
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+def render(routed: Routed, state: PlanningState, unsubscribe: Unsubscribe) -> list[Outgoing]:
+    """The messages of one routed notification, one per channel, as the state is now (so a
+    coalesced message rendered later shows the later tally).  Nothing if the event is gone."""
+    if routed.digest:
+        raise ValueError("a folded notification is a DigestItem for compose_digest")
+    notification = routed.notification
+    event = state.event(notification.event_id)
+    if event is None:
+        return []
+    context = _context(notification, event)
+    recipient, kind = notification.recipient, notification.kind
+    messages: list[Outgoing] = []
+    for medium in routed.channels:
+        key = f"{notification.id}.{medium}"
+        if medium is Medium.EMAIL and recipient.email is not None:
+            calendar = (_calendar(event, notification),) if kind is Kind.DECIDED else ()
+            email = render_email(
+                key, recipient.user, recipient.email, kind, context, unsubscribe, event.id, calendar
+            )
+            messages.append(email)
+        elif medium is Medium.XMPP and recipient.jid is not None:
+            text = render_text("xmpp", kind, "body.txt", context)
+            messages.append(Outgoing(key, medium.value, recipient.jid, "", text, thread=event.id))
+        elif medium is Medium.LINE:
+            line = one_line(render_text("line", kind, "line.txt", context))
+            messages.append(Outgoing(key, medium.value, recipient.user, "", line))
+    return messages
+
+
+def render_email(
+    key: str,
+    user: str,
+    address: str,
+    name: str,
+    context: Mapping[str, object],
+    unsubscribe: Unsubscribe,
+    thread: str | None,
+    attachments: tuple[Attachment, ...] = (),
+) -> Outgoing:
+    """An email from `templates/email/<name>.{subject.txt,body.txt,body.html}.j2`, with the
+    unsubscribe link in its context; `thread` (an event id) threads mails about one event."""
+    full = {**context, "unsubscribe": unsubscribe.link(user)}
+    return Outgoing(
+        key=key,
+        channel=Medium.EMAIL.value,
+        recipient=address,
+        subject=one_line(render_text("email", name, "subject.txt", full)),
+        text=render_text("email", name, "body.txt", full),
+        html=render_text("email", name, "body.html", full),
+        thread=thread,
+        headers=unsubscribe.headers(user),
+        attachments=attachments,
+    )
+
+
+class OptionView(TypedDict):
+    """A time or place option as templates see it; `label` is the time in the recipient's
+    zone, or the place's name."""
+
+    id: str
+    kind: str  # "time" | "place"
+    label: str
+    at: int | None  # POSIX seconds, times only
+    by: str
+    yes: list[str]
+    maybe: list[str]
+    no: list[str]
+
+
+class EventView(TypedDict):
+    """An event as templates see it."""
+
+    id: str
+    title: str
+    organiser: str
+    status: str
+    invitees: list[str]
+    times: list[OptionView]
+    places: list[OptionView]
+    decided_time: OptionView | None
+    decided_place: OptionView | None
+    leading_time: OptionView | None
+    leading_place: OptionView | None
+    not_answered: list[str]  # invitees who have voted on nothing
+
+
+def _context(notification: Notification, event: Event) -> dict[str, object]:
+    recipient = notification.recipient
+    view = event_view(event, recipient)
+    option_id = notification.option_id
+    option = next((o for o in (*view["times"], *view["places"]) if o["id"] == option_id), None)
+    choice = None
+    if option_id is not None and notification.actor is not None:
+        vote = event.votes.get(option_id, {}).get(notification.actor)
+        choice = None if vote is None else vote.value
+    said = next((c for c in event.comments if c.id == notification.cause), None)
+    at = None if said is None else said.stamp[0] // 10**9
+    comment = None if said is None else {"by": said.by, "text": said.text, "at": at}
+    return {
+        "kind": notification.kind.value,
+        "user": recipient.user,
+        "tz": recipient.tz,
+        "actor": notification.actor,
+        "event": view,
+        "option": option,
+        "choice": choice,
+        "comment": comment,
+    }
+
+
+def event_view(event: Event, recipient: Recipient) -> EventView:
+    """What templates see of an event: options with their tallies and labels in the
+    recipient's zone, the decision or the leading options, and who has not answered."""
+    times = [_option_view(event, o, recipient.tz) for o in event.times]
+    places = [_option_view(event, o, recipient.tz) for o in event.places]
+    decided_time = decided_place = None
+    if event.decision is not None:
+        decided_time = next((o for o in times if o["id"] == event.decision[0]), None)
+        decided_place = next((o for o in places if o["id"] == event.decision[1]), None)
+    voted = {voter for votes in event.votes.values() for voter in votes}
+    return {
+        "id": event.id,
+        "title": event.title,
+        "organiser": event.organiser,
+        "status": event.status.value,
+        "invitees": list(event.invitees),
+        "times": times,
+        "places": places,
+        "decided_time": decided_time,
+        "decided_place": decided_place,
+        "leading_time": _leading(times),
+        "leading_place": _leading(places),
+        "not_answered": [user for user in event.invitees if user not in voted],
+    }
+
+
+def _option_view(event: Event, option: TimeOption | PlaceOption, tz: str) -> OptionView:
+    tally = event.tally(option.id)
+    if isinstance(option, TimeOption):
+        kind, label, at = "time", local_time(option.at, tz), option.at
+    else:
+        kind, label, at = "place", option.name, None
+    return {
+        "id": option.id,
+        "kind": kind,
+        "label": label,
+        "at": at,
+        "by": option.by,
+        "yes": list(tally[Choice.YES]),
+        "maybe": list(tally[Choice.MAYBE]),
+        "no": list(tally[Choice.NO]),
+    }
+
+
+def _leading(options: Sequence[OptionView]) -> OptionView | None:
+    """Most YES, then most MAYBE, then fewest NO; the first proposed of equals.  None when
+    nobody said YES or MAYBE to any."""
+
+    def score(option: OptionView) -> tuple[int, int, int]:
+        return len(option["yes"]), len(option["maybe"]), -len(option["no"])
+
+    best = max(options, key=score, default=None)  # max keeps the first of equals
+    return None if best is None or score(best)[:2] == (0, 0) else best
+
+
+def _calendar(event: Event, notification: Notification) -> Attachment:
+    """The decided event as iCalendar (PUBLISH: no organiser or attendee addresses, so nobody's
+    address is shown to the others).  UID is per event and SEQUENCE grows with the decision's
+    time, so a later decision updates the entry the calendar holds."""
+    assert event.decision is not None
+    time, place = event.time(event.decision[0]), event.place(event.decision[1])
+    assert time is not None and place is not None
+    start = datetime.fromtimestamp(time.at, UTC)
+    stamp = datetime.fromtimestamp(notification.at_ns // 10**9, UTC)
+    entry = icalendar.Event()
+    entry.add("uid", f"{event.id}@renga")
+    entry.add("sequence", max(0, notification.at_ns // 10**9 - _ICS_EPOCH))
+    entry.add("dtstamp", stamp)
+    entry.add("dtstart", start)
+    entry.add("dtend", start + EVENT_DURATION)
+    entry.add("summary", one_line(event.title))
+    entry.add("location", place.name)
+    if place.lat is not None and place.lon is not None:
+        entry.add("geo", (place.lat, place.lon))
+    entry.add("description", f"Organised by {event.organiser} on Renga (event {event.id}).")
+    entry.add("status", "CONFIRMED")
+    calendar = icalendar.Calendar()
+    calendar.add("prodid", "-//Renga//Renga notifier//EN")
+    calendar.add("version", "2.0")
+    calendar.add("method", "PUBLISH")
+    calendar.add_component(entry)
+    return Attachment(
+        "event.ics", 'text/calendar; charset="utf-8"; method=PUBLISH', calendar.to_ical()
+    )
