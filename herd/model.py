@@ -16,6 +16,7 @@ import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from herd.wire import At, time_key
 
@@ -27,8 +28,7 @@ class Outcome(Enum):
     STALE = "stale"
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
     """The newest report of one client, with the AT line it produced and its log position."""
 
     at: At

@@ -81,6 +81,7 @@ class PeerSession:
         clock: IReactorTime,
     ) -> None:
         self.name = name
+        self.name_bytes = name.encode()
         self.connection = connection
         self.server = server
         self.instance: bytes | None = None
@@ -102,7 +103,6 @@ class PeerSession:
         if self.closed:
             return
         self.connection.send(data)
-        self.server.log.sent(self.name, data)
         if self.connection.backlog > MAX_PEER_BACKLOG:
             _log.warn("peer {peer} is not reading: dropping the link", peer=self.name)
             self.closed = True
@@ -115,7 +115,6 @@ class PeerSession:
 
     def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
         self._heard = True
-        self.server.log.received(self.name, line)
         try:
             message = parse_peer_line(line)
         except WireError as error:
@@ -167,10 +166,8 @@ class Dialer:
         hello = Hello(self.server.name.encode(), self.peer.encode(), self.nonce)
         data = hello.to_line()
         connection.send(data)
-        self.server.log.sent(self.peer, data)
 
     def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
-        self.server.log.received(self.peer, line)
         try:
             message = parse_peer_line(line)
         except WireError:
@@ -187,7 +184,6 @@ class Dialer:
             return
         auth = Auth(peer_mac(secret, b"dialer", me, them, self.nonce, message.nonce)).to_line()
         connection.send(auth)
-        self.server.log.sent(self.peer, auth)
         session = PeerSession(self.peer, connection, self.server, self.clock)
         session.start()
 
@@ -233,7 +229,7 @@ class DialFactory(Factory):
 
     def buildProtocol(self, addr: object) -> _DialConnection:
         dialer = Dialer(self.server, self.peer, self.clock)
-        return _DialConnection(dialer, self.server.max_line, log_label=self.peer)
+        return _DialConnection(dialer, self.server.max_line, self.server.log, self.peer)
 
 
 def retry_policy(jitter: Callable[[], float]) -> Callable[[int], float]:

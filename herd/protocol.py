@@ -10,6 +10,7 @@ elsewhere (`herd.server`), through the small `LineHandler` interface.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
@@ -28,25 +29,47 @@ class LineHandler(TypingProtocol):
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None: ...
 
 
+class Traffic(TypingProtocol):
+    """Where a connection records what it receives and writes (the server's log)."""
+
+    def received(self, who: str, lines: list[bytes]) -> None: ...
+
+    def sent(self, who: str, data: bytes) -> None: ...
+
+
 class Slot:
-    """A place in a connection's reply order, filled when the reply is ready."""
+    """A place in a connection's reply order, filled when the reply is ready.  A slot may
+    gather several replies (`parts`) that are released together, e.g. every reply that waits
+    for the same store commit."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "parts", "token")
 
-    def __init__(self) -> None:
+    def __init__(self, token: object = None) -> None:
         self.data: bytes | None = None
+        self.parts: list[bytes] = []
+        self.token = token
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
 class LineConnection(Protocol):
     """One TCP connection on the client port (or a dialed peer link)."""
 
-    def __init__(self, handler: LineHandler, max_line: int, log_label: str = "") -> None:
+    def __init__(
+        self,
+        handler: LineHandler,
+        max_line: int,
+        traffic: Traffic | None = None,
+        log_label: str = "",
+        redact: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         self.handler = handler
         self.max_line = max_line
+        self.traffic = traffic
         self.label = log_label
+        self.redact = redact
         self._buffer = b""
-        self._slots: deque[Slot] = deque()
+        self._slots: deque[Slot] | None = None
+        self._gathering: Slot | None = None
         self._closing = False
         self._read_closed = False
         self.disconnected = False
@@ -66,6 +89,8 @@ class LineConnection(Protocol):
             return
         lines = (self._buffer + data if self._buffer else data).split(b"\n")
         self._buffer = lines.pop()
+        if lines:
+            self._log_received(lines)
         for line in lines:
             if len(line) > self.max_line + 1 or (
                 len(line) == self.max_line + 1 and not line.endswith(b"\r")
@@ -83,6 +108,7 @@ class LineConnection(Protocol):
         self._read_closed = True
         if self._buffer and not self._closing:
             line, self._buffer = self._buffer, b""
+            self._log_received([line])
             self.handler.line_received(self, line, False)
         self._close_when_drained()
 
@@ -91,8 +117,16 @@ class LineConnection(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self.disconnected = True
-        self._slots.clear()
+        self._slots = None
+        self._gathering = None
         self.handler.connection_lost(self, reason)
+
+    def _log_received(self, lines: list[bytes]) -> None:
+        if self.traffic is None:
+            return
+        if self.redact is not None:
+            lines = [self.redact(line) for line in lines]
+        self.traffic.received(self.label, lines)
 
     def _overflow(self, length: int) -> None:
         self._closing = True
@@ -115,26 +149,58 @@ class LineConnection(Protocol):
     def reserve(self) -> Slot:
         """Hold this reply's place; later replies wait behind it."""
         slot = Slot()
+        if self._slots is None:
+            self._slots = deque()
         self._slots.append(slot)
         return slot
+
+    def gather(self, token: object) -> Slot | None:
+        """Add a reply to the slot of `token` (say, a store batch): returns a new slot when
+        there is none for it yet at the end of the order (the caller arranges its release),
+        else None (the reply joined that slot)."""
+        gathering = self._gathering
+        if (
+            gathering is not None
+            and gathering.token is token
+            and self._slots  # a later reply (`reserve`, `send`) ends the gathering
+            and self._slots[-1] is gathering
+        ):
+            return None
+        slot = self.reserve()
+        slot.token = token
+        self._gathering = slot
+        return slot
+
+    def add(self, data: bytes) -> None:
+        """Append a reply to the slot `gather` last returned."""
+        assert self._gathering is not None
+        self._gathering.parts.append(data)
+
+    def release(self, slot: Slot) -> None:
+        """The slot's gathered replies are ready: write them (in order) with one write."""
+        if self._gathering is slot:
+            self._gathering = None
+        self.fill(slot, b"".join(slot.parts))
 
     def fill(self, slot: Slot, data: bytes) -> None:
         slot.data = data
         slots = self._slots
         if not slots or slots[0] is not slot:
             return
+        ready: list[bytes] = []
         while slots and slots[0].data is not None:
-            ready = slots.popleft().data
-            if ready:
-                self._write(ready)
+            ready.append(slots.popleft().data or b"")
+        self._write(b"".join(ready))
         if self._read_closed:
             self._close_when_drained()
 
     def _write(self, data: bytes) -> None:
-        if self.disconnected:
+        if self.disconnected or not data:
             return
         if self.backlog:
             self.backlog += len(data)
+        if self.traffic is not None:
+            self.traffic.sent(self.label, data)
         self.transport.write(data)  # type: ignore[union-attr]
 
     def _close_when_drained(self) -> None:

@@ -16,6 +16,7 @@ import hmac
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -68,8 +69,9 @@ from herd.wire import (
     error_reply,
     format_at,
     format_whatsat_reply,
-    parse_client_line,
+    parse_client_fields,
     parse_peer_line,
+    redact_secrets,
 )
 
 if TYPE_CHECKING:
@@ -150,17 +152,17 @@ class HerdServer:
         self.feed = ChangeFeed()
         self.links: dict[str, PeerSession] = {}
         self.position_of = position_lookup(self.planning, self.table)
-        self._op_prefix = f"{name}.{replica.instance[:4].decode()}."
+        self.op_prefix = f"{name}.{replica.instance[:4].decode()}."
         self._op_counter = max(
             (
-                int(op_id[len(self._op_prefix) :])
+                int(op_id[len(self.op_prefix) :])
                 for op_id in replica.ops.ids()
-                if op_id.startswith(self._op_prefix)
+                if op_id.startswith(self.op_prefix)
             ),
             default=0,
         )
         self._flood_batch: object = None
-        self._floods: list[tuple[bytes, PeerSession | None]] = []
+        self._floods: list[tuple[bytes, PeerSession | None, bytes]] = []
         self._handlers: dict[type, Callable[[LineConnection, ClientCommand, bytes], None]] = {
             IAmAt: self._iamat,  # type: ignore[dict-item]
             WhatsAt: self._whatsat,  # type: ignore[dict-item]
@@ -171,25 +173,27 @@ class HerdServer:
     def client_handler(self) -> ClientHandler:
         return ClientHandler(self)
 
+    def client_connection(self) -> LineConnection:
+        """A new connection on the client port."""
+        return LineConnection(self.client_handler(), self.max_line, self.log, redact=redact_secrets)
+
     # --- client commands -------------------------------------------------------------------
 
     def client_line(self, connection: LineConnection, session: ClientHandler, line: bytes) -> None:
-        word = line.split(None, 1)[:1]
-        if word and word[0] in PLANNING_WORDS:
-            self.log.received(connection.label, _redacted(line))
+        fields = line.split()
+        if not fields:
+            return
+        if fields[0] in PLANNING_WORDS:
             try:
                 self._planning_line(connection, session, line)
             except Exception:
-                _log.failure("internal error handling a {word!r} line", word=word[0])
+                _log.failure("internal error handling a {word!r} line", word=fields[0])
                 self.reply(connection, error_reply(line))
             return
-        self.log.received(connection.label, line)
         try:
-            command = parse_client_line(line)
+            command = parse_client_fields(fields)
         except WireError:
             self.reply(connection, error_reply(line))
-            return
-        if command is None:
             return
         try:
             self._handlers[type(command)](connection, command, line)
@@ -200,17 +204,19 @@ class HerdServer:
             self.reply(connection, error_reply(line))
 
     def reply(self, connection: LineConnection, data: bytes) -> None:
-        """Answer in request order, once every change made so far is durable."""
-        self.log.sent(connection.label, data)
-        if not self.committer.busy:
+        """Answer in request order, once every change made so far is durable.  Replies that
+        wait for the same commit go out in one write per connection."""
+        committer = self.committer
+        if not committer.busy:
             connection.send(data)
             return
-        slot = connection.reserve()
-        self.committer.after_commit(lambda: connection.fill(slot, data))
+        slot = connection.gather(committer.open_batch)
+        if slot is not None:
+            committer.after_commit(partial(connection.release, slot))
+        connection.add(data)
 
     def reply_later(self, connection: LineConnection, slot: Slot, data: bytes) -> None:
         """Fill a reserved reply once every change made so far is durable."""
-        self.log.sent(connection.label, data)
         self.committer.after_commit(lambda: connection.fill(slot, data))
 
     def _iamat(self, connection: LineConnection, report: IAmAt, line: bytes) -> None:
@@ -222,7 +228,7 @@ class HerdServer:
         at = format_at(self.name_bytes, self.now_ns(), report)
         _, location = self.table.offer(at)
         self.committer.add_location(location)
-        self._flood(Update(location.seq, at).to_line(), None)
+        self._flood(Update(location.seq, at).to_line(), None, self.name_bytes)
         self.reply(connection, at.line + b"\n")
 
     def _whatsat(self, connection: LineConnection, query: WhatsAt, line: bytes) -> None:
@@ -297,7 +303,7 @@ class HerdServer:
     def new_op_id(self) -> str:
         """`<server>.<store instance>.<n>`: unique without coordination, short enough to type."""
         self._op_counter += 1
-        return f"{self._op_prefix}{self._op_counter}"
+        return f"{self.op_prefix}{self._op_counter}"
 
     def accept_op(self, op: Op, source: PeerSession | None = None) -> None:
         """Apply, store and flood a new operation, and tell the change feed's listeners (they
@@ -306,7 +312,7 @@ class HerdServer:
         logged = self.replica.ops.add(op.op_id, payload)
         self.committer.add_op(logged)
         changes = self.planning.apply(op)
-        self._flood(OpUpdate(logged.seq, payload).to_line(), source)
+        self._flood(OpUpdate(logged.seq, payload).to_line(), source, _op_origin(op.op_id))
         self.feed.publish(changes)
 
     def _login(self, connection: LineConnection, session: ClientHandler, command: Login) -> None:
@@ -371,7 +377,6 @@ class HerdServer:
         """`USER-ADD <user> <token hash> [email=E] [jid=J]` / `USER-TOKEN <user> <token hash>`
         from an authenticated operator connection (`herd user`): answered `OK <user>` or
         `ERR <code>: <message>`."""
-        self.log.received(connection.label, _redacted(line))
         fields = line.decode("utf-8", "replace").split()
         if not fields:
             return
@@ -425,6 +430,11 @@ class HerdServer:
         session.instance = sync.instance
         since = sync.seq if sync.known == self.instance else 0
         missing = changes_since(self.table, self.replica.ops, since)
+        if self.marks.get(session.name, (None, 0))[0] == sync.instance:
+            # The peer still has the store we last read from: what it made itself it has (or
+            # newer).  A peer with a new store (its data was lost) gets everything back.
+            name = session.name_bytes
+            missing = [entry for entry in missing if _origin(entry) != name]
         if missing:
             session.send(b"".join(_update_line(entry) for entry in missing))
         _log.info(
@@ -442,7 +452,7 @@ class HerdServer:
         self._mark(session, update.seq)
         if outcome is Outcome.STORED:
             self.committer.add_location(location)
-            self._flood(Update(location.seq, location.at).to_line(), session)
+            self._flood(Update(location.seq, location.at).to_line(), session, location.at.server)
 
     def peer_op(self, session: PeerSession, update: OpUpdate) -> None:
         if session.instance is None:
@@ -467,22 +477,26 @@ class HerdServer:
 
     # --- durability and flooding -----------------------------------------------------------
 
-    def _flood(self, line: bytes, source: PeerSession | None) -> None:
-        """Send `line` to every ready peer but `source`, once the batch holding it commits
-        (and before that batch's replies)."""
+    def _flood(self, line: bytes, source: PeerSession | None, origin: bytes) -> None:
+        """Send `line` to every ready peer but `source` and the server it came from (`origin`
+        made it, so has it or newer), once the batch holding it commits (and before that
+        batch's replies)."""
         batch = self.committer.open_batch
         if batch is not self._flood_batch:
             self._flood_batch = batch
-            floods: list[tuple[bytes, PeerSession | None]] = []
+            floods: list[tuple[bytes, PeerSession | None, bytes]] = []
             self._floods = floods
             self.committer.after_commit(lambda: self._release(floods))
-        self._floods.append((line, source))
+        self._floods.append((line, source, origin))
 
-    def _release(self, floods: list[tuple[bytes, PeerSession | None]]) -> None:
+    def _release(self, floods: list[tuple[bytes, PeerSession | None, bytes]]) -> None:
         for session in list(self.links.values()):
             if not session.ready:
                 continue
-            data = b"".join(line for line, source in floods if source is not session)
+            name = session.name_bytes
+            data = b"".join(
+                line for line, source, origin in floods if source is not session and origin != name
+            )
             if data:
                 session.send(data)
 
@@ -491,19 +505,19 @@ class HerdServer:
         return self.committer.idle()
 
 
+def _op_origin(op_id: str) -> bytes:
+    """The server that accepted an operation (its id is `<server>.<instance>.<n>`)."""
+    return op_id.partition(".")[0].encode()
+
+
+def _origin(entry: Location | LoggedOp) -> bytes:
+    return entry.at.server if isinstance(entry, Location) else _op_origin(entry.op_id)
+
+
 def _update_line(entry: Location | LoggedOp) -> bytes:
     if isinstance(entry, Location):
         return Update(entry.seq, entry.at).to_line()
     return OpUpdate(entry.seq, entry.line).to_line()
-
-
-def _redacted(line: bytes) -> bytes:
-    """A line as logged: the secret of `AUTH <user> <token>` (and an operator's token hash)
-    never reaches the log."""
-    fields = line.split()
-    if fields and fields[0] in (b"AUTH", b"USER-ADD", b"USER-TOKEN") and len(fields) >= 3:
-        return b" ".join([*fields[:2], b"<redacted>", *fields[3:]])
-    return line
 
 
 def _lat_lng(result: dict[str, object]) -> tuple[float, float] | None:
@@ -564,7 +578,6 @@ class _AwaitingAuth:
                 self.nonce,
             )
             if hmac.compare_digest(expected, message.mac):
-                server.log.received(connection.label, line)
                 if self.dialer == OPERATOR:
                     connection.handler = OperatorHandler(server)
                     return

@@ -30,6 +30,7 @@ from herd.protocol import LineConnection
 from herd.server import HerdServer, ProposedVenues, Replica
 from herd.store import GroupCommitter, Store
 from herd.traffic import TrafficLog
+from herd.wire import redact_secrets
 
 T = TypeVar("T")
 _log = Logger()
@@ -43,7 +44,12 @@ class ClientFactory(Factory):
         self.connections: set[LineConnection] = set()
 
     def buildProtocol(self, addr: object) -> LineConnection:
-        connection = _TrackedConnection(self.server.client_handler(), self.server.max_line)
+        connection = _TrackedConnection(
+            self.server.client_handler(),
+            self.server.max_line,
+            self.server.log,
+            redact=redact_secrets,
+        )
         connection.factory_ref = self
         return connection
 

@@ -27,27 +27,25 @@ MAX_PENDING = 20_000
 
 
 def format_records(server: bytes, records: list[_Record]) -> bytes:
-    """`<UTC time> <server> <direction> <who> <line>` per record (the server's name, because
-    `herd up` merges every server's stderr); a multi-line payload stays as sent."""
+    """`<UTC time> <server> <direction> <who> <line>` for every line of every record (the
+    server's name, because `herd up` merges every server's stderr)."""
     out: list[bytes] = []
     last_whole = -1
-    prefix = b""
+    stamp = b""
     for seconds, direction, who, payload in records:
         whole = int(seconds)
         if whole != last_whole:
             last_whole = whole
-            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)).encode()
-        out.append(
-            b"%s.%03dZ %s %s %s %s\n"
-            % (
-                prefix,
-                int((seconds - whole) * 1000),
-                server,
-                direction.encode(),
-                who.encode(),
-                payload.rstrip(b"\n"),
-            )
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)).encode()
+        head = b"%s.%03dZ %s %s %s " % (
+            stamp,
+            int((seconds - whole) * 1000),
+            server,
+            direction.encode(),
+            who.encode(),
         )
+        body = payload[:-1] if payload.endswith(b"\n") else payload
+        out.append(head + body.replace(b"\n", b"\n" + head) + b"\n")
     return b"".join(out)
 
 
@@ -79,8 +77,9 @@ class TrafficLog:
         self._file = open(self._path, "ab")  # noqa: SIM115 - open for the server's lifetime
         self._loop.start(FLUSH_SECONDS, now=False)
 
-    def received(self, who: str, line: bytes) -> None:
-        self._add("recv", who, line)
+    def received(self, who: str, lines: list[bytes]) -> None:
+        """Lines that arrived together: one record, one line each in the log."""
+        self._add("recv", who, b"\n".join(lines))
 
     def sent(self, who: str, data: bytes) -> None:
         self._add("sent", who, data)

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, localcontext
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = [
     "At",
@@ -33,8 +33,10 @@ __all__ = [
     "format_at",
     "format_whatsat_reply",
     "parse_at",
+    "parse_client_fields",
     "parse_client_line",
     "parse_peer_line",
+    "redact_secrets",
     "time_key",
     "time_ns",
 ]
@@ -135,8 +137,7 @@ def _long_diff(received_ns: int, client_time: bytes) -> bytes:
 # --- client commands -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class IAmAt:
+class IAmAt(NamedTuple):
     """`IAMAT <client> <position> <time>`: a client reports where it is.
 
     `position` is ISO 6709 latitude then longitude, each signed with a decimal point
@@ -233,12 +234,29 @@ _CLIENT_COMMANDS: Final[dict[bytes, type[IAmAt] | type[WhatsAt] | type[Status] |
 def parse_client_line(line: bytes) -> ClientCommand | None:
     """One line from a client (without its terminator) to a command; None for a blank line."""
     fields = line.split()
-    if not fields:
-        return None
+    return parse_client_fields(fields) if fields else None
+
+
+def parse_client_fields(fields: list[bytes]) -> ClientCommand:
+    """A client line already split into (at least one) fields."""
     command = _CLIENT_COMMANDS.get(fields[0])
     if command is None:
         raise WireError("unknown command")
     return command.from_fields(fields)
+
+
+_SECRET_WORDS: Final = (b"AUTH", b"USER-ADD", b"USER-TOKEN")
+
+
+def redact_secrets(line: bytes) -> bytes:
+    """A line as logged: the token of `AUTH <user> <token>` (and the token hash an operator's
+    `USER-ADD`/`USER-TOKEN` carries) never reaches the log."""
+    if b"AUTH" not in line and b"USER-" not in line:
+        return line
+    fields = line.split()
+    if len(fields) >= 3 and fields[0] in _SECRET_WORDS:
+        return b" ".join([*fields[:2], b"<redacted>", *fields[3:]])
+    return line
 
 
 def error_reply(line: bytes) -> bytes:
@@ -249,8 +267,7 @@ def error_reply(line: bytes) -> bytes:
 # --- AT lines --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class At:
+class At(NamedTuple):
     """`AT <server> <diff> <client> <position> <time>`: a stored location report.
 
     `server` received it; `diff` is its receive time minus `time` (signed, 9 decimals); the last

@@ -67,7 +67,7 @@ class Node:
     failures: list[Failure] = field(default_factory=list)
 
     def client(self) -> tuple[LineConnection, StringTransport]:
-        connection = LineConnection(self.server.client_handler(), self.server.max_line)
+        connection = self.server.client_connection()
         transport = StringTransport()
         connection.makeConnection(transport)
         return connection, transport
@@ -120,7 +120,7 @@ def make_node(
 def link(dialer: Node, acceptor: Node) -> IOPump:
     """Connect `dialer` to `acceptor` as a peer link would: the dialer's handshake against the
     acceptor's ordinary client port."""
-    accepting = LineConnection(acceptor.server.client_handler(), acceptor.server.max_line)
+    accepting = acceptor.server.client_connection()
     dialing = DialFactory(dialer.server, acceptor.name, dialer.clock).buildProtocol(None)
     return connect(
         accepting,

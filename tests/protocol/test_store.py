@@ -138,5 +138,6 @@ def test_log_records_format() -> None:
     )
     assert text == (
         b"2023-11-14T22:13:20.250Z Bailey recv 127.0.0.1:5 IAMAT x\n"
-        b"2023-11-14T22:13:20.500Z Bailey sent Bona U 1 AT a\nU 2 AT b\n"
+        b"2023-11-14T22:13:20.500Z Bailey sent Bona U 1 AT a\n"
+        b"2023-11-14T22:13:20.500Z Bailey sent Bona U 2 AT b\n"
     )

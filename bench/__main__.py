@@ -1,0 +1,45 @@
+"""`python -m bench [NAME [OPTIONS]]`: run one benchmark, or with no name the whole suite.
+
+    iamat        server CPU per IAMAT and requests/s: Renga (five-server herd) against the floor
+    propagation  time until an update sent to Bailey is visible one and two hops away
+    idle         memory per idle client connection (19,000 held), and IAMAT latency meanwhile
+    catchup      time for a SIGKILLed server to learn the 10,000 updates it missed
+    floor        the baseline server alone (until SIGTERM)
+    twisted_floor  the same on Twisted's asyncio reactor (until SIGTERM)
+    loadgen      the load generator alone (prints JSON)
+    holder       holds idle connections open (used by `idle`)
+
+`python -m bench NAME --help` lists each one's options.  Results are printed and saved as JSON
+under bench/results/ (git-ignored); docs/benchmarks.md records the figures.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = ("iamat", "propagation", "idle", "catchup")
+TOOLS = ("floor", "twisted_floor", "loadgen", "holder")
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    if not argv or argv[0] == "all":
+        worst = 0
+        for name in BENCHMARKS:
+            module = importlib.import_module(f"bench.{name}")
+            worst = module.main([]) or worst
+        return worst
+    name, rest = argv[0], argv[1:]
+    if name not in BENCHMARKS + TOOLS:
+        print(f"unknown benchmark {name!r}\n{__doc__}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"bench.{name}")
+    code: int = module.main(rest)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

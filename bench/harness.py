@@ -1,0 +1,539 @@
+"""What every benchmark shares: free ports, child processes that are always stopped, a herd of
+`herd run` processes started as a user would, CPU and memory readings from /proc, and
+percentiles.
+
+Everything here is bounded: every wait has a deadline, and every process started through a
+`Processes` is stopped (SIGTERM, then SIGKILL) when its `with` block ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+HOST = "127.0.0.1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+STOP_GRACE_SECONDS = 10.0
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# The default herd (DESIGN.md §3): names and undirected links.
+HERD_NAMES: tuple[str, ...] = ("Bailey", "Bona", "Campbell", "Clark", "Jaquez")
+HERD_LINKS: tuple[tuple[str, str], ...] = (
+    ("Clark", "Jaquez"),
+    ("Clark", "Bona"),
+    ("Campbell", "Bailey"),
+    ("Campbell", "Bona"),
+    ("Campbell", "Jaquez"),
+    ("Bona", "Bailey"),
+)
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run as planned (a server did not start, a deadline passed)."""
+
+
+def log(message: str) -> None:
+    """Progress to stderr, so stdout stays for results."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- ports and limits ------------------------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on loopback right now (held together while chosen)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((HOST, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def pinned(command: Sequence[str], cpu: int | None) -> list[str]:
+    """`command` run under `taskset -c CPU` (taskset execs it: the pid stays the command's)."""
+    if cpu is None:
+        return list(command)
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        raise BenchError("taskset is not installed (util-linux)")
+    return [taskset, "-c", str(cpu), *command]
+
+
+def herd_command() -> str:
+    """The `herd` console script of this environment."""
+    beside = Path(sys.executable).parent / "herd"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("herd")
+    if found is None:
+        raise BenchError("no `herd` command: install the project (pip install -e .)")
+    return found
+
+
+# --- /proc readings --------------------------------------------------------------------------
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU of a process, all its threads (live and exited), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as file:
+        stat = file.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads (live and exited), in seconds."""
+    user, system = cpu_times(pid)
+    return user + system
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU of each live thread of a process, by thread id (the main thread's id is
+    the pid)."""
+    result = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return {}
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat", "rb") as file:
+                stat = file.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        result[int(task)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return result
+
+
+def run_ns(pid: int) -> int:
+    """Time on CPU of a process's live threads, in nanoseconds (scheduler accounting: exact,
+    unlike the clock-tick counts of /proc/PID/stat; used to see whether a process is quiet)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as file:
+                total += int(file.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm", "rb") as file:
+        return int(file.read().split()[1]) * PAGE_SIZE
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_quiet(
+    pids: Iterable[int],
+    window: float = 0.5,
+    threshold: float = 0.01,
+    timeout: float = 60.0,
+) -> float:
+    """Wait until every process uses less than `threshold` of a CPU over `window` seconds (so
+    deferred work — stores, floods, logs — is done). Returns the seconds waited."""
+    pids = list(pids)
+    start = time.monotonic()
+    deadline = start + timeout
+    before = {pid: run_ns(pid) for pid in pids}
+    while True:
+        time.sleep(window)
+        after = {pid: run_ns(pid) for pid in pids}
+        busy = max((after[pid] - before[pid]) / 1e9 / window for pid in pids)
+        if busy < threshold:
+            return time.monotonic() - start
+        if time.monotonic() > deadline:
+            raise BenchError(f"processes {pids} still busy ({busy:.0%} CPU) after {timeout:.0f} s")
+        before = after
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.01
+) -> float:
+    """Poll `predicate()` until true; returns the seconds it took."""
+    start = time.monotonic()
+    deadline = start + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def port_open(port: int, host: str = HOST) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def ask(port: int, data: bytes, timeout: float = 2.0, host: str = HOST) -> bytes:
+    """Send `data`, half-close, read everything until the server closes."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- child processes -------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path | None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_bytes().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Processes:
+    """Children started in a `with` block; all are stopped when it ends, however it ends."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop_all()
+
+    def start(
+        self,
+        name: str,
+        command: Sequence[str],
+        log_path: Path | None = None,
+        stdout: int | TextIO | None = subprocess.DEVNULL,
+        stdin: int | None = subprocess.DEVNULL,
+        env: dict[str, str] | None = None,
+    ) -> Child:
+        log_file = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115
+        try:
+            process = subprocess.Popen(
+                list(command),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=log_file if log_file is not None else subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            if log_file is not None:
+                log_file.close()
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child
+
+    def stop(self, child: Child, grace: float = STOP_GRACE_SECONDS) -> int:
+        """SIGTERM, then SIGKILL after `grace` seconds; returns the exit code."""
+        if child.alive():
+            child.process.send_signal(signal.SIGTERM)
+            try:
+                child.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                log(f"{child.name} did not stop in {grace:.0f} s: killed")
+                child.process.kill()
+                child.process.wait()
+        if child in self.children:
+            self.children.remove(child)
+        return child.process.returncode
+
+    def kill(self, child: Child) -> None:
+        """SIGKILL, as a crash would."""
+        if child.alive():
+            child.process.kill()
+        child.process.wait()
+        if child in self.children:
+            self.children.remove(child)
+
+    def stop_all(self) -> None:
+        children = list(reversed(self.children))
+        for child in children:
+            if child.alive():
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for child in children:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"{child.name} did not stop in time: killed")
+                child.process.kill()
+                child.process.wait()
+        self.children.clear()
+
+
+# --- a herd of `herd run` processes ----------------------------------------------------------
+
+
+@dataclass
+class HerdLayout:
+    """Names, ports and links of a herd to write into a config."""
+
+    ports: dict[str, int]
+    links: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def default(cls) -> HerdLayout:
+        return cls(dict(zip(HERD_NAMES, free_ports(len(HERD_NAMES)), strict=True)), HERD_LINKS)
+
+    @classmethod
+    def single(cls, name: str = "Bailey") -> HerdLayout:
+        return cls({name: free_ports(1)[0]}, ())
+
+    def peers(self, name: str) -> list[str]:
+        """The peers `name` lists in the config (each link on one side, as config/herd.toml)."""
+        return sorted(b for a, b in self.links if a == name)
+
+    def neighbours(self, name: str) -> set[str]:
+        return {b for a, b in self.links if a == name} | {a for a, b in self.links if b == name}
+
+    def config_text(self, data_dir: Path, secret: str) -> str:
+        lines = [
+            "# Written by bench/ for one benchmark run.",
+            "[herd]",
+            f"data_dir = {json.dumps(str(data_dir))}",
+            f"secret = {json.dumps(secret)}",
+            "max_line = 65536",
+            "",
+        ]
+        for name, port in self.ports.items():
+            peers = ", ".join(json.dumps(peer) for peer in self.peers(name))
+            lines += [f"[servers.{name}]", f"port = {port}", f"peers = [{peers}]", ""]
+        lines += ["[places]", 'provider = "offline"', ""]
+        return "\n".join(lines)
+
+
+@dataclass
+class Herd:
+    """A herd started as a user would: a config in a directory, one `herd run` per server."""
+
+    processes: Processes
+    layout: HerdLayout
+    directory: Path
+    cpus: dict[str, int | None] = field(default_factory=dict)
+    # Per server, a command to use instead of `herd` (e.g. python -m cProfile ... -m herd).
+    launchers: dict[str, list[str]] = field(default_factory=dict)
+    children: dict[str, Child] = field(default_factory=dict)
+    spawned_at: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "herd.toml"
+
+    def write_config(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_hex(16)
+        text = self.layout.config_text(self.directory / "var", secret)
+        self.config_path.write_text(text)
+
+    def command(self, name: str) -> list[str]:
+        launcher = self.launchers.get(name, [herd_command()])
+        return pinned(
+            [*launcher, "run", name, "--config", str(self.config_path)],
+            self.cpus.get(name),
+        )
+
+    def start(self, name: str) -> Child:
+        """Spawn `herd run NAME` (returns at once; see `wait_listening`)."""
+        self.spawned_at[name] = time.monotonic()
+        child = self.processes.start(
+            name, self.command(name), log_path=self.directory / f"{name}.stderr"
+        )
+        self.children[name] = child
+        return child
+
+    def start_all(self) -> None:
+        if not self.config_path.exists():
+            self.write_config()
+        for name in self.layout.ports:
+            self.start(name)
+
+    def kill(self, name: str) -> None:
+        self.processes.kill(self.children.pop(name))
+
+    def pid(self, name: str) -> int:
+        return self.children[name].pid
+
+    def pids(self) -> dict[str, int]:
+        return {name: child.pid for name, child in self.children.items()}
+
+    def port(self, name: str) -> int:
+        return self.layout.ports[name]
+
+    def check_alive(self) -> None:
+        for name, child in self.children.items():
+            if not child.alive():
+                raise BenchError(f"{name} exited with {child.process.returncode}:\n{child.tail()}")
+
+    def status(self, name: str) -> dict[str, str] | None:
+        """The server's peer links by its STATUS command, or None if it does not answer."""
+        try:
+            reply = ask(self.port(name), b"STATUS\n", timeout=1.0)
+        except OSError:
+            return None
+        if not reply.startswith(b"STATUS "):
+            return None
+        peers: dict[str, str] = json.loads(reply[len(b"STATUS ") :])["peers"]
+        return peers
+
+    def linked(self, name: str) -> bool:
+        peers = self.status(name)
+        return peers is not None and all(
+            peers.get(peer) == "up" for peer in self.layout.neighbours(name)
+        )
+
+    def wait_ready(self, names: Iterable[str] | None = None, timeout: float = 20.0) -> float:
+        """Wait until each server answers STATUS with every link up."""
+        pending = list(self.layout.ports if names is None else names)
+        start = time.monotonic()
+
+        def ready() -> bool:
+            self.check_alive()
+            while pending and self.linked(pending[0]):
+                pending.pop(0)
+            return not pending
+
+        wait_for(ready, timeout, "the herd's links", interval=0.05)
+        return time.monotonic() - start
+
+
+@contextmanager
+def temp_directory(prefix: str) -> Iterator[Path]:
+    """A fresh directory under the system temp dir, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        yield Path(name)
+
+
+# --- numbers ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of `values` (need not be sorted)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-fraction * len(ordered) // 1))))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "worktree_changes": bool(_git("status", "--porcelain", "--", "herd", "notifier")),
+        "load_average": os.getloadavg(),
+        "cpus": cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "open_files_hard_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+    }
+
+
+def _git(*arguments: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *arguments],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip()
+
+
+def save_results(name: str, results: dict[str, Any]) -> Path:
+    """Write `results` as JSON under bench/results/ (git-ignored); returns the path."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = RESULTS_DIR / f"{name}-{stamp}.json"
+    results = {"benchmark": name, "when": stamp, "machine": machine(), **results}
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return path
