@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -55,6 +56,7 @@ from herd.planning import (
 from herd.protocol import LineConnection, LineTooLong, Slot
 from herd.store import GroupCommitter, Snapshot
 from herd.wire import (
+    CLIENT_WORDS,
     Auth,
     Challenge,
     ClientCommand,
@@ -72,6 +74,7 @@ from herd.wire import (
     parse_client_fields,
     parse_peer_line,
     redact_secrets,
+    time_key,
 )
 
 if TYPE_CHECKING:
@@ -116,6 +119,19 @@ class Replica:
         return cls(snapshot.instance, sequencer, table, ops, planning, snapshot.marks)
 
 
+class LinePush(TypingProtocol):
+    """Line notifications for subscribed connections (the notifier implements it; the core
+    only routes SUBSCRIBE to it, so it does not import the notifier)."""
+
+    def subscribe(
+        self, user: str, since: str | None, push: Callable[[bytes], None]
+    ) -> Callable[[], None]:
+        """Push `user`'s notifications after checkpoint `since`, then live; returns the
+        function that stops it."""
+
+    def latest(self, user: str) -> str | None: ...
+
+
 class HerdServer:
     """The state and rules of one server, shared by all its connections."""
 
@@ -150,6 +166,7 @@ class HerdServer:
         self.now_ns = now_ns
         self.run_cpu = run_cpu
         self.feed = ChangeFeed()
+        self.line_push: LinePush | None = None
         self.links: dict[str, PeerSession] = {}
         self.position_of = position_lookup(self.planning, self.table)
         self.op_prefix = f"{name}.{replica.instance[:4].decode()}."
@@ -183,6 +200,12 @@ class HerdServer:
         fields = line.split()
         if not fields:
             return
+        if fields[0] in CLIENT_WORDS:
+            self._classic(connection, fields, line)
+            return
+        if fields[0] in (b"SUBSCRIBE", b"UNSUBSCRIBE"):
+            self._subscribe(connection, session, fields, line)
+            return
         if fields[0] in PLANNING_WORDS:
             try:
                 self._planning_line(connection, session, line)
@@ -190,6 +213,9 @@ class HerdServer:
                 _log.failure("internal error handling a {word!r} line", word=fields[0])
                 self.reply(connection, error_reply(line))
             return
+        self.reply(connection, error_reply(line))
+
+    def _classic(self, connection: LineConnection, fields: list[bytes], line: bytes) -> None:
         try:
             command = parse_client_fields(fields)
         except WireError:
@@ -220,15 +246,15 @@ class HerdServer:
         self.committer.after_commit(lambda: connection.fill(slot, data))
 
     def _iamat(self, connection: LineConnection, report: IAmAt, line: bytes) -> None:
-        if not self.table.is_newer_report(report.client, report.time):
-            stored = self.table.get(report.client)
-            assert stored is not None
-            self.reply(connection, stored.at.line + b"\n")
+        table = self.table
+        current = table.get(report.client)
+        if current is not None and time_key(report.time) <= current.key[:3]:
+            self.reply(connection, current.at.line + b"\n")
             return
         at = format_at(self.name_bytes, self.now_ns(), report)
-        _, location = self.table.offer(at)
+        location = table.report(at, current)
         self.committer.add_location(location)
-        self._flood(Update(location.seq, at).to_line(), None, self.name_bytes)
+        self._flood(b"U %d %s\n" % (location.seq, at.line), None, self.name_bytes)
         self.reply(connection, at.line + b"\n")
 
     def _whatsat(self, connection: LineConnection, query: WhatsAt, line: bytes) -> None:
@@ -300,6 +326,28 @@ class HerdServer:
             connection, respond(self.planning, session.user, command, result, self.position_of)
         )
 
+    def _subscribe(
+        self, connection: LineConnection, session: ClientHandler, fields: list[bytes], line: bytes
+    ) -> None:
+        """`SUBSCRIBE [<checkpoint>]`: push the user's notifications as `PUSH <checkpoint>
+        <line>` lines (first those after the checkpoint) until `UNSUBSCRIBE` or disconnection;
+        answered `SUBSCRIBED <user> <latest checkpoint or ->`."""
+        if fields[0] == b"UNSUBSCRIBE" and len(fields) == 1:
+            session.unsubscribe()
+            self.reply(connection, b"UNSUBSCRIBED\n")
+            return
+        if len(fields) > 2 or self.line_push is None:
+            self.reply(connection, error_reply(line))
+            return
+        if session.user is None:
+            self.reply(connection, PlanningError("not-authenticated", "AUTH first").line())
+            return
+        since = fields[1].decode("ascii", "replace") if len(fields) == 2 else None
+        session.unsubscribe()
+        latest = self.line_push.latest(session.user) or "-"
+        self.reply(connection, f"SUBSCRIBED {session.user} {latest}\n".encode())
+        session.stop_push = self.line_push.subscribe(session.user, since, connection.send)
+
     def new_op_id(self) -> str:
         """`<server>.<store instance>.<n>`: unique without coordination, short enough to type."""
         self._op_counter += 1
@@ -324,6 +372,8 @@ class HerdServer:
 
         def checked(valid: bool) -> None:
             if valid:
+                if session.user != command.user:
+                    session.unsubscribe()
                 session.user = command.user
                 session.auth_failures = 0
                 reply = respond(self.planning, command.user, command, [], self.position_of)
@@ -505,6 +555,10 @@ class HerdServer:
         return self.committer.idle()
 
 
+def _nothing() -> None:
+    return
+
+
 def _op_origin(op_id: str) -> bytes:
     """The server that accepted an operation (its id is `<server>.<instance>.<n>`)."""
     return op_id.partition(".")[0].encode()
@@ -538,11 +592,17 @@ class ClientHandler:
         self.server = server
         self.user: str | None = None
         self.auth_failures = 0
+        self.stop_push: Callable[[], None] = _nothing
 
     def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
         self.server.client_line(connection, self, line)
 
+    def unsubscribe(self) -> None:
+        self.stop_push()
+        self.stop_push = _nothing
+
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
+        self.unsubscribe()
         if reason.check(LineTooLong):
             _log.warn(
                 "closed {client}: {why}", client=connection.label, why=reason.getErrorMessage()

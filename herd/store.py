@@ -28,12 +28,12 @@ CREATE TABLE IF NOT EXISTS locations (
     client BLOB PRIMARY KEY,
     seq INTEGER NOT NULL,
     at_line BLOB NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ops (
     op_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
     line BLOB NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS peer_marks (
     peer TEXT PRIMARY KEY,
     instance TEXT NOT NULL,
@@ -112,7 +112,7 @@ class Store:
     def write(self, batch: Batch) -> None:
         """Commit one batch in one transaction."""
         db = self._require()
-        db.execute("BEGIN")
+        db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
                 "INSERT OR REPLACE INTO locations (client, seq, at_line) VALUES (?, ?, ?)",

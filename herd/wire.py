@@ -15,6 +15,7 @@ from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Final, NamedTuple
 
 __all__ = [
+    "CLIENT_WORDS",
     "At",
     "Auth",
     "Challenge",
@@ -229,6 +230,9 @@ _CLIENT_COMMANDS: Final[dict[bytes, type[IAmAt] | type[WhatsAt] | type[Status] |
     b"STATUS": Status,
     b"HERD-HELLO": Hello,
 }
+
+
+CLIENT_WORDS: Final = frozenset(_CLIENT_COMMANDS)
 
 
 def parse_client_line(line: bytes) -> ClientCommand | None:
