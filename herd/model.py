@@ -91,6 +91,12 @@ class LocationTable:
         self._by_client[at.client] = location
         return Outcome.STORED, location
 
+    def is_newer_report(self, client: bytes, time: bytes) -> bool:
+        """Whether a client's own report is newer than the stored one (by time alone: a report
+        with an equal time is stale for the client that sent it)."""
+        current = self._by_client.get(client)
+        return current is None or time_key(time) > current.key[:3]
+
     def report(self, at: At, current: Location | None) -> Location:
         """Store a client's own report, already known to be newer than `current` (the hot
         path of IAMAT: the newness check was made on the time alone)."""

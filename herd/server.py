@@ -74,7 +74,6 @@ from herd.wire import (
     parse_client_fields,
     parse_peer_line,
     redact_secrets,
-    time_key,
 )
 
 if TYPE_CHECKING:
@@ -248,7 +247,8 @@ class HerdServer:
     def _iamat(self, connection: LineConnection, report: IAmAt, line: bytes) -> None:
         table = self.table
         current = table.get(report.client)
-        if current is not None and time_key(report.time) <= current.key[:3]:
+        if not table.is_newer_report(report.client, report.time):
+            assert current is not None
             self.reply(connection, current.at.line + b"\n")
             return
         at = format_at(self.name_bytes, self.now_ns(), report)
