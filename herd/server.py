@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 from typing import Protocol as TypingProtocol
 
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IConsumer, IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from herd.events import OPERATOR, AddPlace, Change, ChangeFeed, Op, PlanningState
 from herd.model import (
@@ -81,6 +83,7 @@ if TYPE_CHECKING:
     from herd.traffic import TrafficLog
 
 _log = Logger()
+_BOT_ADDRESS = UNIXAddress(None)
 T = TypeVar("T")
 RunBlocking = Callable[[Callable[[], T]], Deferred[T]]
 SUGGEST_LIMIT = 20
@@ -166,6 +169,8 @@ class HerdServer:
         self.run_cpu = run_cpu
         self.feed = ChangeFeed()
         self.line_push: LinePush | None = None
+        self.link_codes: Callable[[str, str, int], tuple[str, int]] | None = None
+        self.opt_out: Callable[[str, str], bool] | None = None
         self.links: dict[str, PeerSession] = {}
         self.position_of = position_lookup(self.planning, self.table)
         self.op_prefix = f"{name}.{replica.instance[:4].decode()}."
@@ -204,6 +209,12 @@ class HerdServer:
             return
         if fields[0] in (b"SUBSCRIBE", b"UNSUBSCRIBE"):
             self._subscribe(connection, session, fields, line)
+            return
+        if fields[0] == b"LINK":
+            self._link(connection, session, fields, line)
+            return
+        if fields[0] == b"OPTOUT":
+            self._opt_out(connection, fields, line)
             return
         if fields[0] in PLANNING_WORDS:
             try:
@@ -344,9 +355,61 @@ class HerdServer:
             return
         since = fields[1].decode("ascii", "replace") if len(fields) == 2 else None
         session.unsubscribe()
-        latest = self.line_push.latest(session.user) or "-"
-        self.reply(connection, f"SUBSCRIBED {session.user} {latest}\n".encode())
-        session.stop_push = self.line_push.subscribe(session.user, since, connection.send)
+        user, push = session.user, self.line_push
+        latest = push.latest(user) or "-"
+        self.reply(connection, f"SUBSCRIBED {user} {latest}\n".encode())
+
+        def start() -> None:
+            # After the reply is out (it may wait for a commit), so no PUSH line overtakes it.
+            if not connection.disconnected and session.user == user:
+                session.stop_push = push.subscribe(user, since, connection.send)
+
+        self.committer.after_commit(start)
+
+    def _link(
+        self, connection: LineConnection, session: ClientHandler, fields: list[bytes], line: bytes
+    ) -> None:
+        """`LINK <jid>`: a one-time code proving the user owns the JID: they send `link <user>
+        <code>` to the bot from it.  Answered `LINKCODE <code> <expires, POSIX seconds>`."""
+        if len(fields) != 2 or self.link_codes is None:
+            self.reply(connection, error_reply(line))
+            return
+        if session.user is None:
+            self.reply(connection, PlanningError("not-authenticated", "AUTH first").line())
+            return
+        jid = fields[1].decode("utf-8", "replace").lower()
+        code, expires = self.link_codes(session.user, jid, self.now_ns())
+        self.reply(connection, f"LINKCODE {code} {expires}\n".encode())
+
+    def _opt_out(self, connection: LineConnection, fields: list[bytes], line: bytes) -> None:
+        """`OPTOUT <user> <token>`: the unsubscribe token every notification mail carries (no
+        login needed: the token proves it) stops email notifications for that user."""
+        user_id = fields[1].decode("utf-8", "replace") if len(fields) == 3 else ""
+        token = fields[2].decode("ascii", "replace") if len(fields) == 3 else ""
+        user = self.planning.user(user_id)
+        if self.opt_out is None or user is None or not self.opt_out(user_id, token):
+            self.reply(connection, error_reply(line))
+            return
+        kept = sorted(set(user.channels) - {"email"}) or ["none"]
+        reply = self.run_as(user_id, b"USER SET channels " + ",".join(kept).encode())
+        slot = connection.reserve()
+        reply.addCallback(
+            lambda answer: connection.fill(
+                slot,
+                b"OPTOUT " + user_id.encode() + b"\n" if answer.startswith(b"USER") else answer,
+            )
+        )
+
+    def run_as(self, user: str, line: bytes) -> Deferred[bytes]:
+        """Run one line as `user`, as if they had sent it on an authenticated connection (the
+        Jabber bot speaks the line protocol for the people it talks to); fires with the reply."""
+        answered: Deferred[bytes] = Deferred()
+        handler = ClientHandler(self)
+        handler.user = user
+        connection = LineConnection(handler, self.max_line, self.log, f"bot:{user}", redact_secrets)
+        connection.makeConnection(_Answer(answered))  # type: ignore[no-untyped-call]
+        connection.dataReceived(line + b"\n")
+        return answered
 
     def new_op_id(self) -> str:
         """`<server>.<store instance>.<n>`: unique without coordination, short enough to type."""
@@ -557,6 +620,36 @@ class HerdServer:
 
 def _nothing() -> None:
     return
+
+
+@implementer(ITransport, IConsumer)
+class _Answer:
+    """The transport of a `run_as` connection: the first write is the answer."""
+
+    def __init__(self, answered: Deferred[bytes]) -> None:
+        self._answered = answered
+
+    def write(self, data: bytes) -> None:
+        if not self._answered.called:
+            self._answered.callback(data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        return
+
+    def unregisterProducer(self) -> None:
+        return
+
+    def loseConnection(self) -> None:
+        return
+
+    def getPeer(self) -> IAddress:
+        return _BOT_ADDRESS
+
+    def getHost(self) -> IAddress:
+        return _BOT_ADDRESS
 
 
 def _op_origin(op_id: str) -> bytes:

@@ -6,11 +6,13 @@ sees every report the server acknowledged before it last stopped (or was killed)
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from email.utils import parseaddr
+from functools import partial
+from typing import Any, BinaryIO, TypeVar, cast
 
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
@@ -31,6 +33,17 @@ from herd.server import HerdServer, ProposedVenues, Replica
 from herd.store import GroupCommitter, Store
 from herd.traffic import TrafficLog
 from herd.wire import redact_secrets
+from notifier.bot import issue_link_code
+from notifier.botglue import BotGlue
+from notifier.channels import Channel
+from notifier.channels.line import LineHub
+from notifier.channels.smtp import SmtpChannel
+from notifier.channels.xmpp import TlsMode, XmppChannel
+from notifier.feed import NotifierListener
+from notifier.feed import load as load_notifier
+from notifier.outbox import Outbox
+from notifier.render import Unsubscribe, verify_unsubscribe
+from notifier.routing import offline
 
 T = TypeVar("T")
 _log = Logger()
@@ -94,6 +107,12 @@ class HerdService(Service):
         self._store_pool = _thread_pool(f"{name}-store")
         self._log_pool = _thread_pool(f"{name}-log")
         self._cpu_pool = _thread_pool(f"{name}-cpu")
+        self._outbox_pool = _thread_pool(f"{name}-outbox")
+        self.channels: dict[str, Channel] = {}
+        self.bot: XmppChannel | None = None
+        self.line_hub: LineHub | None = None
+        self.outbox: Outbox | None = None
+        self.notifier: NotifierListener | None = None
         self.log = TrafficLog(
             name,
             self.data_dir / f"{name}.log",
@@ -150,6 +169,7 @@ class HerdService(Service):
             venues.add_all(replica.planning)
             server.feed.subscribe(venues)
         self.server = server
+        await self._start_notifier(server, committer, replica)
         self.factory = ClientFactory(server)
         self.factory.noisy = False
         endpoint = TCP4ServerEndpoint(
@@ -168,6 +188,89 @@ class HerdService(Service):
         for peer in self.server_config.peers:
             if self.server_name < peer:
                 self._dial(server, peer)
+
+    async def _start_notifier(
+        self, server: HerdServer, committer: GroupCommitter, replica: Replica
+    ) -> None:
+        """The notification layer on this server: channels (email, the Jabber bot), the durable
+        outbox in the server's own database (rows commit with the change that causes them),
+        line pushes, digests and reminders."""
+        saved = await self._on_thread(self._store_pool)(lambda: load_notifier(self.store.path))
+        secret = self.config.secret
+        server.link_codes = partial(issue_link_code, secret)
+        server.opt_out = partial(verify_unsubscribe, secret)
+        channels: dict[str, Channel] = {}
+        smtp = self.config.smtp
+        sender_address = f"renga@{self.server_name.lower()}.invalid"
+        if smtp is not None:
+            channels["email"] = SmtpChannel(
+                smtp.host,
+                smtp.port,
+                smtp.sender,
+                smtp.username,
+                smtp.password,
+                _tls(smtp.tls),
+                now=self.reactor.seconds,
+            )
+            sender_address = parseaddr(smtp.sender)[1] or sender_address
+        glue: BotGlue | None = None
+        xmpp = self.config.xmpp
+        if xmpp is not None:
+            glue = BotGlue(
+                replica.planning, server.run_as, server.position_of, secret, self.reactor
+            )
+            names = list(self.config.servers)
+            self.bot = XmppChannel(
+                jid=xmpp.jid,
+                password=xmpp.password,
+                resource=self.server_name,
+                priority=len(names) - names.index(self.server_name),
+                loop=asyncio.get_event_loop(),
+                clock=self.reactor,
+                is_known=glue.is_known,
+                on_command=glue.on_command,
+                on_stranger=glue.on_stranger,
+                on_presence=glue.on_presence,
+                on_location=glue.on_location,
+                jitter=self.jitter,
+                host=xmpp.host,
+                port=xmpp.port,
+                tls=_tls(xmpp.tls),
+            )
+            channels["xmpp"] = self.bot
+            self.bot.start().addErrback(
+                lambda failure: _log.failure("the Jabber bot cannot log in", failure)
+            )
+        self.channels = channels
+        self.line_hub = LineHub()
+        server.line_push = self.line_hub
+        self.outbox = Outbox(
+            self.store.path,
+            channels,
+            self.reactor,
+            self._on_thread(self._outbox_pool),
+            self.jitter,
+        )
+        self.notifier = NotifierListener(
+            server_name=self.server_name,
+            op_prefix=server.op_prefix,
+            state=replica.planning,
+            position_of=server.position_of,
+            add_write=committer.add_write,
+            after_commit=committer.after_commit,
+            wake=self.outbox.wake,
+            push=self.line_hub,
+            unsubscribe=Unsubscribe(
+                secret, f"mailto:{sender_address}?subject=OPTOUT%20{{user}}%20{{token}}"
+            ),
+            clock=self.reactor,
+            presence=glue.presence if glue is not None else offline,
+            saved=saved,
+            op_lines=[logged.line for logged in replica.ops.since(0)],
+        )
+        server.feed.subscribe(self.notifier)
+        self.notifier.start()
+        await self.outbox.start()
 
     def _dial(self, server: HerdServer, peer: str) -> None:
         target = self.config.servers[peer]
@@ -197,10 +300,16 @@ class HerdService(Service):
         await DeferredList([dialer.stopService() for dialer in self.dialers])
         if self.port is not None:
             await maybeDeferred(self.port.stopListening)
+        if self.notifier is not None:
+            self.notifier.stop()
         if self.server is not None:
             for session in list(self.server.links.values()):
                 session.close()
             await self.server.idle()
+        if self.outbox is not None:
+            await self.outbox.stop()
+        for channel in self.channels.values():
+            await channel.close()
         if self.factory is not None:
             for connection in list(self.factory.connections):
                 connection.close()
@@ -212,8 +321,10 @@ class HerdService(Service):
         self._store_pool.stop()
         self._log_pool.stop()
         self._cpu_pool.stop()
+        self._outbox_pool.stop()
 
 
-def data_path(config: HerdConfig, name: str, suffix: str) -> Path:
-    """Where a server keeps its files under the herd's data_dir."""
-    return config.data_dir / f"{name}{suffix}"
+def _tls(mode: str) -> TlsMode:
+    if mode not in ("starttls", "direct", "none"):
+        raise ValueError(f"unknown tls mode {mode!r}")
+    return cast(TlsMode, mode)

@@ -46,9 +46,10 @@ from notifier.channels import Outgoing, PermanentDeliveryError, TransientDeliver
 PresenceState = Literal["available", "away", "unavailable"]
 TlsMode = Literal["starttls", "direct", "none"]
 
+LINK_ATTEMPTS = 5
 STRANGER_REPLY = (
-    "Hello! I only talk to Renga users. To get linked, set this Jabber address on your Renga "
-    "account (see the docs: users and contacts), then write to me again."
+    "Hi! I only talk to Renga users. Ask for a code with `LINK <your jid>` on the line port, "
+    "then send me `link <user> <code>`."
 )
 APOLOGY = "Sorry, something went wrong on my side with that command; please try again later."
 # Prosody closes a stream on a stanza over 256 KiB; keep well below it.
@@ -100,7 +101,10 @@ class XmppChannel:
 
     - ``is_known(jid)``: may this JID command the bot and subscribe to it?
     - ``on_command(jid, text) -> Deferred[str]``: a known user's chat; the result is the reply,
-      a failure becomes ``apology``. Strangers get ``stranger_reply`` (once per cooldown) only.
+      a failure becomes ``apology``. Strangers get ``stranger_reply`` (once per cooldown) only,
+      except that a stranger's ``link …`` message goes to ``on_stranger(jid, text)`` (at most
+      ``LINK_ATTEMPTS`` per JID per cooldown), whose result is the reply: that is how a person
+      proves they own the JID and gets it linked to their Renga user.
     - ``on_presence(jid, state)``: a known contact's state over all their devices, on change.
     - ``on_location(jid, lat, lon, when)``: XEP-0080 positions from known contacts; ``when`` is
       POSIX time, the clock's time if the publication has none. Every server whose session is up
@@ -125,6 +129,7 @@ class XmppChannel:
         on_presence: Callable[[str, PresenceState], None] = _ignore,
         on_location: Callable[[str, float, float, float], None] = _ignore,
         on_receipt: Callable[[str, str], None] = _ignore,
+        on_stranger: Callable[[str, str], Deferred[str]] | None = None,
         host: str | None = None,
         port: int = 5222,
         tls: TlsMode = "starttls",
@@ -151,6 +156,8 @@ class XmppChannel:
         self._on_presence = on_presence
         self._on_location = on_location
         self._on_receipt = on_receipt
+        self._on_stranger = on_stranger
+        self._link_attempts: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._jitter = jitter
         self._stranger_reply = stranger_reply
         self._apology = apology
@@ -402,6 +409,13 @@ class XmppChannel:
         if not body or sender.bare == self._xmpp.boundjid.bare:
             return  # chat states, receipts, PEP events; or another server of the herd
         if not self._is_known(sender.bare):
+            if self._on_stranger is not None and body[:4].lower() == "link":
+                if self._may_try_link(sender.bare):
+                    answer = maybeDeferred(self._on_stranger, sender.bare, body)
+                    answer.addErrback(self._command_failed, sender.bare)
+                    answer.addCallback(self._reply, sender, msg["thread"])
+                    answer.addErrback(lambda failure: _log.failure("XMPP: not sent", failure))
+                return
             self._answer_stranger(sender)
             return
         if msg["request_receipt"] and msg["id"]:
@@ -429,6 +443,18 @@ class XmppChannel:
         reply["id"] = self._xmpp.new_id()  # a receipt names the message it acknowledges
         reply["request_receipt"] = True
         reply.send()
+
+    def _may_try_link(self, bare: str) -> bool:
+        """A few linking attempts per JID per cooldown, so codes cannot be guessed."""
+        now = self._clock.seconds()
+        since, count = self._link_attempts.get(bare, (now, 0))
+        if now - since >= self._stranger_cooldown:
+            since, count = now, 0
+        self._link_attempts[bare] = (since, count + 1)
+        self._link_attempts.move_to_end(bare)
+        while len(self._link_attempts) > 1024:
+            self._link_attempts.popitem(last=False)
+        return count < LINK_ATTEMPTS
 
     def _answer_stranger(self, sender: JID) -> None:
         """One polite line per stranger per cooldown: never a bot-to-bot loop, bounded memory."""

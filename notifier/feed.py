@@ -1,0 +1,403 @@
+"""The notifier on a herd server's change feed: routes each applied change, renders it, and hands
+the messages to the outbox (email, XMPP), the line hub (line) or the user's next digest.
+
+Who does what, so that each message goes out once though every server applies every op:
+
+- email and XMPP: only the server that accepted the op (its id starts with this server's op
+  prefix).  It enqueues the messages inside the transaction of the change (`add_write`), so the
+  change and its notifications are durable together or not at all, and wakes the outbox once
+  that commits;
+- line: every server, for every change, pushes to its own subscribers after the commit.
+  `route` is deterministic and checkpoints are the same everywhere, so a subscriber may move
+  to another server and resume;
+- digests: the server named in the user's `user_add` op id.  It keeps that user's folded
+  notifications, from changes accepted anywhere, durably until their local digest hour;
+- reminders and nudges: every server looks every minute at what fell due since its last look;
+  the server that created the event sends them, every server pushes them on the line.
+
+Everything the listener needs at run time is in memory (the planning state, what `load` read
+back at start), so nothing here reads the database on the reactor.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Final
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from herd.events import AddUser, Change, ChangeKind, Op, PlanningState, Stamp, User
+from herd.planning import PositionOf, timezone_of
+from herd.store import DurableWrite
+from herd.wire import WireError
+from notifier.channels import Outgoing
+from notifier.channels.line import LinePush, checkpoint
+from notifier.digest import DigestItem, compose_digest, next_digest_at
+from notifier.message import Digest, Kind, Medium, Notification, Recipient, Routed
+from notifier.outbox import OUTBOX_SCHEMA, enqueue
+from notifier.render import Unsubscribe, render
+from notifier.routing import Presence, due_reminders, offline, route
+
+__all__ = ["SCHEMA", "TICK", "NotifierListener", "Saved", "load"]
+
+TICK: Final = 60.0
+"""Seconds between looks for due reminders and digests."""
+
+SCHEMA: Final = (
+    OUTBOX_SCHEMA
+    + """
+CREATE TABLE IF NOT EXISTS notifier_digest_items (
+    user_id TEXT NOT NULL,
+    id TEXT NOT NULL,                       -- the notification's id
+    kind TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    actor TEXT,
+    option_id TEXT,
+    cause TEXT NOT NULL,
+    at_ns INTEGER NOT NULL,
+    PRIMARY KEY (user_id, id)
+);
+CREATE TABLE IF NOT EXISTS notifier_digest_sent (
+    user_id TEXT PRIMARY KEY,
+    at_ns INTEGER NOT NULL                  -- the last digest was made then
+);
+CREATE TABLE IF NOT EXISTS notifier_marks (
+    name TEXT PRIMARY KEY,                  -- 'reminders': looked up to at_ns
+    at_ns INTEGER NOT NULL
+);
+"""
+)
+
+_INSERT_ITEM: Final = """
+INSERT OR IGNORE INTO notifier_digest_items
+    (user_id, id, kind, event_id, actor, option_id, cause, at_ns)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_USER_ADD: Final = b'"kind":"user_add"'  # as `Op.to_json` writes it: no op of another kind has it
+_SECOND: Final = 10**9
+
+_log = Logger()
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What the notifier keeps in the server's database, as `load` read it back."""
+
+    digest_items: Mapping[str, Mapping[str, DigestItem]]  # user -> notification id -> item
+    digest_sent: Mapping[str, int]  # user -> when their last digest was made (ns)
+    reminders_ns: int | None  # reminders were looked for up to then
+
+
+def load(path: Path) -> Saved:
+    """Create the outbox's and the notifier's tables in a server's database and read the
+    notifier's back.  Blocking: run it on the store's thread before making the listener (its
+    writes need the tables)."""
+    items: dict[str, dict[str, DigestItem]] = {}
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.executescript(SCHEMA)
+        rows = db.execute(
+            "SELECT user_id, id, kind, event_id, actor, option_id, cause, at_ns"
+            " FROM notifier_digest_items"
+        )
+        for user_id, item_id, kind, event_id, actor, option_id, cause, at_ns in rows:
+            if kind not in Kind.__members__.values():
+                _log.warn("notifier: dropping a digest item of unknown kind {kind}", kind=kind)
+                continue
+            item = DigestItem(item_id, Kind(kind), event_id, actor, option_id, cause, at_ns)
+            items.setdefault(user_id, {})[item_id] = item
+        sent = dict(db.execute("SELECT user_id, at_ns FROM notifier_digest_sent"))
+        mark = db.execute("SELECT at_ns FROM notifier_marks WHERE name = 'reminders'").fetchone()
+    return Saved(items, sent, None if mark is None else mark[0])
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Rendered messages that share a due time and a coalesce key."""
+
+    messages: list[Outgoing]
+    due: float  # seconds
+    coalesce: str | None
+
+
+class NotifierListener:
+    """A `ChangeListener` for one server (see the module docstring for the division of work).
+
+    `add_write`/`after_commit` are the server's group committer's; `wake` is the outbox's;
+    `saved` is what `load` read back; `op_lines` are the op log's JSON lines, read once to learn
+    which server added each user.  `start()` begins the minute loops, `stop()` ends them.
+    """
+
+    def __init__(
+        self,
+        server_name: str,
+        op_prefix: str,
+        state: PlanningState,
+        position_of: PositionOf,
+        add_write: Callable[[DurableWrite], None],
+        after_commit: Callable[[Callable[[], None]], None],
+        wake: Callable[[], None],
+        push: LinePush,
+        unsubscribe: Unsubscribe,
+        clock: IReactorTime,
+        presence: Presence = offline,
+        *,
+        saved: Saved,
+        op_lines: Iterable[bytes],
+    ) -> None:
+        self._server_name = server_name
+        self._op_prefix = op_prefix
+        self._state = state
+        self._position_of = position_of
+        self._add_write = add_write
+        self._after_commit = after_commit
+        self._wake = wake
+        self._push = push
+        self._unsubscribe = unsubscribe
+        self._clock = clock
+        self._presence = presence
+        self._added: dict[str, Stamp] = {}  # user -> stamp of the first op that added them
+        for line in op_lines:
+            if _USER_ADD in line:
+                try:
+                    self._learn_user(Op.from_json(line))
+                except WireError:
+                    continue  # the herd skipped it too when it restored its state
+        self._items = {user: dict(held) for user, held in saved.digest_items.items() if held}
+        self._sent = dict(saved.digest_sent)
+        self._digest_due: dict[str, int] = {}  # user -> digest time (ns), checked when reached
+        self._reminders_ns = saved.reminders_ns
+        self._reminders = LoopingCall(self._remind)
+        self._reminders.clock = clock
+        self._digests = LoopingCall(self._send_digests)
+        self._digests.clock = clock
+
+    # --- the change feed ------------------------------------------------------------------
+
+    def changed(self, change: Change) -> None:
+        """Route one applied change.  Never raises: the op is applied whatever happens here."""
+        if change.kind is ChangeKind.USER_ADDED:
+            self._learn_user(change.op)
+            return
+        if change.kind is ChangeKind.USER_UPDATED:
+            for user in change.users:  # zone, quiet hours or digest frequency may have changed
+                self._digest_due.pop(user, None)
+            return
+        now_ns = self._now_ns()
+        try:
+            routed = route(change, self._state, now_ns, self._presence, zone_of=self._zone_of)
+        except Exception:
+            _log.failure("notifier: could not route op {op_id}", op_id=change.op.op_id)
+            return
+        accepted_here = change.op.op_id.startswith(self._op_prefix)
+        self._dispatch(routed, now_ns, lambda _: accepted_here)
+
+    def _learn_user(self, op: Op) -> None:
+        """Remember which op added a user: the server in its id sends the user's digests.
+        Should two servers add one user concurrently, the earliest stamp seen wins."""
+        if isinstance(op.body, AddUser):
+            known = self._added.get(op.body.user)
+            if known is None or op.stamp < known:
+                self._added[op.body.user] = op.stamp
+
+    def _sends_digest_of(self, user: str) -> bool:
+        added = self._added.get(user)
+        return added is not None and added[1].rsplit(".", 2)[0] == self._server_name
+
+    def _zone_of(self, user: User) -> str:
+        return timezone_of(user.tz, self._position_of(user.id))
+
+    def _now_ns(self) -> int:
+        return round(self._clock.seconds() * _SECOND)
+
+    # --- placing routed notifications ------------------------------------------------------
+
+    def _dispatch(
+        self,
+        routed: Sequence[Routed],
+        now_ns: int,
+        sends: Callable[[Notification], bool],
+        mark_ns: int | None = None,
+    ) -> None:
+        """Fold, render and place `routed`: email/XMPP to the outbox when `sends(notification)`,
+        line pushes always, folded ones into the digests this server sends.  One durable write
+        (with `mark_ns` as the reminders' mark, if given); effects after its commit."""
+        batches: list[_Batch] = []
+        pushes: list[tuple[str, str, str]] = []  # user, checkpoint, line
+        folded: list[tuple[str, DigestItem]] = []
+        for placed in routed:
+            notification = placed.notification
+            user = notification.recipient.user
+            if placed.digest:
+                if self._sends_digest_of(user):
+                    item = DigestItem.of(placed)
+                    held = self._items.setdefault(user, {})
+                    if item.id not in held:
+                        held[item.id] = item
+                        folded.append((user, item))
+                        self._digest_due.pop(user, None)  # a late item may make it sooner
+                continue
+            if not sends(notification):
+                if Medium.LINE not in placed.channels:
+                    continue
+                placed = replace(placed, channels=(Medium.LINE,))
+            messages = self._render(placed)
+            mark = checkpoint(notification.at_ns, notification.id)
+            pushes.extend((user, mark, m.text) for m in messages if m.channel == Medium.LINE)
+            personal = [m for m in messages if m.channel != Medium.LINE]
+            if personal:
+                batches.append(_Batch(personal, placed.deliver_at / _SECOND, placed.coalesce))
+        if batches or folded or mark_ns is not None:
+            now = now_ns / _SECOND
+
+            def write(db: sqlite3.Connection) -> None:
+                for batch in batches:
+                    enqueue(db, batch.messages, now, due=batch.due, coalesce=batch.coalesce)
+                db.executemany(_INSERT_ITEM, [_item_row(user, item) for user, item in folded])
+                if mark_ns is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO notifier_marks (name, at_ns)"
+                        " VALUES ('reminders', ?)",
+                        (mark_ns,),
+                    )
+
+            self._add_write(write)
+        if batches:
+            self._after_commit(self._wake)
+        if pushes:
+            self._after_commit(lambda: self._publish(pushes))
+
+    def _render(self, placed: Routed) -> list[Outgoing]:
+        """The messages of one notification; none (and a logged traceback) if a template
+        fails, so the other recipients of the change are still told."""
+        try:
+            return render(placed, self._state, self._unsubscribe)
+        except Exception:
+            _log.failure(
+                "notifier: could not render {kind} for {user}",
+                kind=placed.notification.kind,
+                user=placed.notification.recipient.user,
+            )
+            return []
+
+    def _publish(self, pushes: list[tuple[str, str, str]]) -> None:
+        for user, mark, line in pushes:
+            self._push.publish(user, mark, line)
+
+    # --- the minute loops ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin looking for due reminders and digests every `TICK` seconds; reminders that
+        fell due while no server of this store was running are caught up at the first look
+        (those still ahead of their event)."""
+        if self._reminders_ns is None:
+            self._reminders_ns = self._now_ns()
+        for loop, name in ((self._reminders, "reminders"), (self._digests, "digests")):
+            loop.start(TICK, now=False).addErrback(self._loop_failed, name)
+
+    def stop(self) -> None:
+        for loop in (self._reminders, self._digests):
+            if loop.running:
+                loop.stop()
+
+    def _loop_failed(self, failure: Failure, name: str) -> None:
+        _log.failure("notifier: the {name} loop stopped", failure, name=name)
+
+    def _remind(self) -> None:
+        now_ns = self._now_ns()
+        last_ns = now_ns if self._reminders_ns is None else self._reminders_ns
+        try:
+            routed = due_reminders(
+                self._state, now_ns, last_ns, self._presence, zone_of=self._zone_of
+            )
+        except Exception:
+            _log.failure("notifier: could not look for reminders")
+            return
+        self._reminders_ns = now_ns
+        self._dispatch(routed, now_ns, self._created_here, mark_ns=now_ns)
+
+    def _created_here(self, notification: Notification) -> bool:
+        return notification.event_id.startswith(self._op_prefix)
+
+    def _send_digests(self) -> None:
+        """Compose the digests that are due, and in one transaction enqueue them, drop their
+        items and record when they were made."""
+        now_ns = self._now_ns()
+        made: list[tuple[str, list[str], Outgoing | None]] = []
+        for user_id in list(self._items):
+            due = self._digest_due.get(user_id)
+            if due is not None and due > now_ns:
+                continue
+            schedule = self._digest_schedule(user_id)  # again at the due time: zones move
+            if schedule is None:
+                continue
+            recipient, due = schedule
+            self._digest_due[user_id] = due
+            if due > now_ns:
+                continue
+            items = self._items.pop(user_id)
+            del self._digest_due[user_id]
+            self._sent[user_id] = now_ns
+            try:
+                message = compose_digest(
+                    recipient, self._state, items.values(), now_ns, self._unsubscribe
+                )
+            except Exception:
+                _log.failure(
+                    "notifier: dropped the digest of {user} ({count} items)",
+                    user=user_id,
+                    count=len(items),
+                )
+                message = None
+            made.append((user_id, list(items), message))
+        if not made:
+            return
+        now = now_ns / _SECOND
+
+        def write(db: sqlite3.Connection) -> None:
+            enqueue(db, [message for _, _, message in made if message is not None], now)
+            for user_id, ids, _ in made:
+                db.executemany(
+                    "DELETE FROM notifier_digest_items WHERE user_id = ? AND id = ?",
+                    [(user_id, item_id) for item_id in ids],
+                )
+            db.executemany(
+                "INSERT OR REPLACE INTO notifier_digest_sent (user_id, at_ns) VALUES (?, ?)",
+                [(user_id, now_ns) for user_id, _, _ in made],
+            )
+
+        self._add_write(write)
+        if any(message is not None for _, _, message in made):
+            self._after_commit(self._wake)
+
+    def _digest_schedule(self, user_id: str) -> tuple[Recipient, int] | None:
+        """The user as their digest is addressed, and its time: the first digest hour after
+        both their last digest and their oldest held item.  Items held for a user who has
+        since turned digests off go out at the next daily hour rather than never."""
+        user = self._state.user(user_id)
+        if user is None:
+            return None
+        recipient = Recipient.of(user, self._zone_of(user))
+        if recipient.digest is Digest.OFF:
+            recipient = replace(recipient, digest=Digest.DAILY)
+        oldest = min(item.at_ns for item in self._items[user_id].values())
+        return recipient, next_digest_at(recipient, max(self._sent.get(user_id, 0), oldest))
+
+
+def _item_row(user: str, item: DigestItem) -> tuple[object, ...]:
+    return (
+        user,
+        item.id,
+        item.kind.value,
+        item.event_id,
+        item.actor,
+        item.option_id,
+        item.cause,
+        item.at_ns,
+    )

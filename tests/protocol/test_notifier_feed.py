@@ -1,0 +1,249 @@
+"""The notifier on real herd servers joined in memory: who sends what, from which server, when."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.test.iosim import IOPump
+
+from herd.events import Change
+from notifier.feed import TICK
+from tests.protocol.harness import link, make_node, settle
+from tests.protocol.notify_harness import START_S, Notified, Session, add_user, attach
+
+WHEN = "2023-11-17T19:00Z"  # three days after the harness's START_S (2023-11-14T22:13:20Z)
+ALICE, BOB = "alice@example.org", "bob@example.org"
+
+
+def posix(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+@dataclass
+class Herd:
+    clock: Clock
+    a: Notified
+    b: Notified
+    pumps: list[IOPump]
+
+    def settle(self) -> None:
+        settle(self.clock, self.pumps)
+
+    def later(self, seconds: float, step: float = 5.0) -> None:
+        """Let time pass in steps, moving bytes between the servers after each."""
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+            self.settle()
+
+    def until(self, moment: str, past: float = 2 * TICK) -> None:
+        """Jump to just before `moment` (ISO, UTC), then live through it and `past` beyond."""
+        self.clock.advance(posix(moment) - 60 - self.clock.seconds())
+        self.settle()
+        self.later(60 + past)
+
+
+@pytest.fixture
+def herd(tmp_path: Path) -> Iterator[Herd]:
+    """A (alice's server) linked to B (bob's), each with its notifier."""
+    clock = Clock()
+    clock.advance(START_S)
+    a = attach(make_node(tmp_path / "A", "A", ("B",), clock))
+    b = attach(make_node(tmp_path / "B", "B", ("A",), clock))
+    made = Herd(clock, a, b, [link(a.node, b.node)])
+    made.settle()
+    add_user(a.node, "alice", f"email={ALICE}")
+    add_user(b.node, "bob", f"email={BOB}")
+    made.settle()
+    yield made
+    a.close()
+    b.close()
+
+
+@dataclass
+class Dinner:
+    event: str
+    time: str
+    place: str
+
+
+def dinner(herd: Herd, *settings: str) -> Dinner:
+    """alice, at A, organises a dinner with bob, after `USER SET <setting>` for each setting."""
+    alice = Session(herd.a.node, "alice")
+    for setting in settings:
+        alice.json(f"USER SET {setting}", b"USER")
+    event_id = alice.json("PLAN Dinner")["id"]
+    alice.json(f"INVITE {event_id} bob")
+    time_id = alice.json(f"PROPOSE {event_id} TIME {WHEN}")["times"][0]["id"]
+    place_id = alice.json(f"PROPOSE {event_id} PLACE +48.8530+002.3389 Chez Paul")["places"][0]
+    herd.settle()
+    return Dinner(event_id, time_id, place_id["id"])
+
+
+def test_a_vote_at_a_is_mailed_by_a_alone(herd: Herd) -> None:
+    plan = dinner(herd, "digest off")
+    Session(herd.a.node, "bob").json(f"VOTE {plan.event} {plan.time} YES")
+    herd.settle()
+    assert herd.a.email.to(ALICE) == []  # votes wait a minute for more to join them
+    herd.later(TICK + 5)
+    [mail] = herd.a.email.to(ALICE)
+    assert mail.subject == "Votes on Dinner"
+    assert "bob" in mail.text
+    assert [m.subject for m in herd.a.email.to(BOB)] == ["alice invited you to Dinner"]
+    assert herd.b.email.sent == herd.b.xmpp.sent == []
+    assert herd.b.outbox_rows() == []
+
+
+def test_a_flooded_change_is_pushed_by_every_server_with_one_checkpoint(herd: Herd) -> None:
+    plan = dinner(herd, "digest off")
+    on_a, on_b = herd.a.subscribe("alice"), herd.b.subscribe("alice")
+    bob = Session(herd.a.node, "bob")
+    bob.connection.dataReceived(f"VOTE {plan.event} {plan.time} YES\n".encode())
+    assert on_a == []  # not before the vote is durable
+    herd.settle()
+    assert on_a == on_b
+    [push] = on_b
+    word, mark, rest = push.split(b" ", 2)
+    assert word == b"PUSH"
+    assert rest == f'votes {plan.event} "Dinner": {plan.time} yes 1 maybe 0 no 0; '.encode() + (
+        f"{plan.place} yes 0 maybe 0 no 0\n".encode()
+    )
+    assert herd.a.hub.latest("alice") == herd.b.hub.latest("alice") == mark.decode()
+    assert herd.b.outbox_rows() == []  # B rendered the line only
+
+
+def test_digest_readers_get_one_digest_at_eight_local_from_their_server(herd: Herd) -> None:
+    plan = dinner(herd, "tz Europe/Paris")
+    bob = Session(herd.b.node, "bob")
+    bob.json(f"COMMENT {plan.event} I'll bring wine")
+    bob.json(f"VOTE {plan.event} {plan.time} YES")
+    herd.settle()
+    items = "SELECT user_id, kind FROM notifier_digest_items ORDER BY user_id, kind"
+    assert herd.a.query(items) == [("alice", "comment"), ("alice", "votes")]
+    assert herd.b.query(items) == [("bob", "new_option"), ("bob", "new_option")]
+    herd.later(TICK * 3)
+    assert herd.a.email.to(ALICE) == herd.b.email.sent == []
+    herd.until("2023-11-15T07:00")  # 08:00 in Paris
+    [digest] = herd.a.email.to(ALICE)
+    assert digest.subject == "Your daily Renga digest: 2 updates"
+    assert "wine" in digest.text
+    assert herd.a.query(items) == []
+    assert herd.b.email.sent == []  # bob's zone is UTC: his comes an hour later, from B
+    herd.until("2023-11-15T08:00")
+    [theirs] = herd.b.email.to(BOB)
+    assert theirs.subject == "Your daily Renga digest: 2 updates"
+    assert herd.b.query(items) == []
+    herd.later(86400, step=TICK)
+    assert len(herd.a.email.to(ALICE)) == len(herd.b.email.to(BOB)) == 1
+
+
+def test_reminders_are_sent_by_the_server_that_made_the_event(herd: Herd) -> None:
+    plan = dinner(herd, "digest off")
+    bob_lines = herd.b.subscribe("bob")
+    alice = Session(herd.a.node, "alice")
+    alice.json(f"DECIDE {plan.event} {plan.time} {plan.place}")
+    herd.settle()
+    herd.until("2023-11-16T19:00")  # a day before the dinner
+    reminder = "Reminder: Dinner, Fri 17 Nov 19:00 UTC"
+    assert [m.subject for m in herd.a.email.to(ALICE)] == [reminder]
+    assert [m.subject for m in herd.a.email.to(BOB)][-1] == reminder
+    assert herd.b.xmpp.sent == []
+    assert [m.key.split("-")[0] for m in herd.b.email.sent] == ["digest"]  # bob's, 08:00 UTC
+    assert bob_lines[-1].split(b" ", 2)[2].startswith(b"reminder ")
+    assert herd.b.hub.latest("bob") == herd.a.hub.latest("bob")
+    herd.later(TICK * 5, step=TICK)
+    assert [m.subject for m in herd.a.email.to(ALICE)] == [reminder]
+
+
+def test_votes_within_a_minute_become_one_message(herd: Herd) -> None:
+    plan = dinner(herd, "digest off")
+    bob = Session(herd.a.node, "bob")
+    bob.json(f"VOTE {plan.event} {plan.time} YES")
+    bob.json(f"VOTE {plan.event} {plan.place} MAYBE")
+    herd.settle()
+    waiting = [row for row in herd.a.outbox_rows() if row[2] == ALICE]
+    assert [row[3] for row in waiting] == ["pending"]
+    herd.later(TICK + 5)
+    [mail] = herd.a.email.to(ALICE)
+    assert "Chez Paul" in mail.text
+    assert "maybe" in mail.text.lower()
+
+
+class FailingWrite:
+    """A later listener whose write fails the whole transaction (a full disk, say)."""
+
+    def __init__(self, notified: Notified) -> None:
+        self.add_write = notified.node.server.committer.add_write
+
+    def changed(self, change: Change) -> None:
+        self.add_write(self.fail)
+
+    def fail(self, db: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_notifications_commit_or_roll_back_with_their_change(herd: Herd) -> None:
+    plan = dinner(herd, "digest off")
+    bob = Session(herd.a.node, "bob")
+    before = herd.a.outbox_rows()
+    bob.json(f"COMMENT {plan.event} I'll bring wine")
+    rows, ops = herd.a.outbox_rows(), herd.a.query("SELECT op_id FROM ops")
+    assert [row[2] for row in rows if row not in before] == [ALICE]
+    herd.a.node.server.feed.subscribe(FailingWrite(herd.a))
+    with capturedLogs() as events:
+        bob.send(f"COMMENT {plan.event} And cheese")
+    assert [failure.value for failure in herd.a.node.failures] == [events[-1]["log_failure"].value]
+    assert herd.a.outbox_rows() == rows
+    assert herd.a.query("SELECT op_id FROM ops") == ops
+
+
+def test_folded_items_survive_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(START_S)
+    node = attach(make_node(tmp_path, "A", (), clock))
+    add_user(node.node, "alice", f"email={ALICE}")
+    add_user(node.node, "bob")
+    alice = Session(node.node, "alice")
+    event_id = alice.json("PLAN Picnic")["id"]
+    alice.json(f"INVITE {event_id} bob")
+    Session(node.node, "bob").json(f"COMMENT {event_id} Sunny!")
+    node.close()
+    node = attach(make_node(tmp_path, "A", (), clock))
+    clock.advance(posix("2023-11-15T08:00") - clock.seconds() + 2 * TICK)
+    clock.advance(0)
+    [digest] = node.email.to(ALICE)
+    assert "Sunny!" in digest.text
+    node.close()
+
+
+def test_writes_need_the_tables_that_load_creates(tmp_path: Path) -> None:
+    """`load` is what makes the tables; the listener's writes depend on it (no lazy DDL)."""
+    node = make_node(tmp_path, "A", (), Clock())
+    notified = attach(node)
+    names = {name for (name,) in notified.query("SELECT name FROM sqlite_master")}
+    assert {"outbox", "notifier_digest_items", "notifier_digest_sent", "notifier_marks"} <= names
+    notified.close()
+
+
+def test_users_online_in_jabber_are_told_there(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(START_S)
+    online = {"alice@example.org": "available"}
+    node = attach(make_node(tmp_path, "A", (), clock), presence=online.get)
+    add_user(node.node, "alice", f"email={ALICE}", "jid=alice@example.org")
+    add_user(node.node, "bob")
+    alice = Session(node.node, "alice")
+    alice.json("USER SET digest off", b"USER")
+    event_id = alice.json("PLAN Picnic")["id"]
+    alice.json(f"INVITE {event_id} bob")
+    Session(node.node, "bob").json(f"COMMENT {event_id} Sunny!")
+    [chat] = node.xmpp.to("alice@example.org")
+    assert "Sunny!" in chat.text
+    assert node.email.sent == []
+    node.close()
