@@ -173,7 +173,7 @@ class HerdServer:
         self.opt_out: Callable[[str, str], bool] | None = None
         self.links: dict[str, PeerSession] = {}
         self.position_of = position_lookup(self.planning, self.table)
-        self.op_prefix = f"{name}.{replica.instance[:4].decode()}."
+        self.op_prefix = f"{name}.{replica.instance[:6].decode()}."
         self._op_counter = max(
             (
                 int(op_id[len(self.op_prefix) :])

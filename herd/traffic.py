@@ -7,6 +7,7 @@ block the reactor or cost a system call per line.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,21 @@ _Record = tuple[float, str, str, bytes]
 
 FLUSH_SECONDS = 0.1
 MAX_PENDING = 20_000
+
+
+_TOKEN_HASH = re.compile(rb"scrypt\$[^\"\s]*")
+_ECHOED_AUTH = re.compile(rb"^(\? +AUTH\s+\S+\s+)\S+", re.M)
+
+
+def scrub(payload: bytes) -> bytes:
+    """What must not reach the log even when a line carries it: token hashes (in the
+    operations that set them, flooded between peers) and the token of an `AUTH` line echoed in
+    an error reply.  (Received `AUTH` lines are redacted as they are read.)"""
+    if b"scrypt$" in payload:
+        payload = _TOKEN_HASH.sub(b"scrypt$<redacted>", payload)
+    if b"AUTH" in payload:
+        payload = _ECHOED_AUTH.sub(rb"\1<redacted>", payload)
+    return payload
 
 
 def format_records(server: bytes, records: list[_Record]) -> bytes:
@@ -44,7 +60,7 @@ def format_records(server: bytes, records: list[_Record]) -> bytes:
             direction.encode(),
             who.encode(),
         )
-        body = payload[:-1] if payload.endswith(b"\n") else payload
+        body = scrub(payload[:-1] if payload.endswith(b"\n") else payload)
         out.append(head + body.replace(b"\n", b"\n" + head) + b"\n")
     return b"".join(out)
 

@@ -141,3 +141,16 @@ def test_log_records_format() -> None:
         b"2023-11-14T22:13:20.500Z Bailey sent Bona U 1 AT a\n"
         b"2023-11-14T22:13:20.500Z Bailey sent Bona U 2 AT b\n"
     )
+
+
+def test_secrets_carried_by_lines_are_scrubbed_from_the_log() -> None:
+    text = format_records(
+        b"Bailey",
+        [
+            (1_700_000_000.0, "sent", "Bona", b'U 2 OP {"field":"token","value":"scrypt$1$2$ab"}'),
+            (1_700_000_000.0, "sent", "127.0.0.1:5", b"? AUTH alice sEcReT extra\n"),
+        ],
+    )
+    assert b"scrypt$1" not in text and b"sEcReT" not in text
+    assert b'"value":"scrypt$<redacted>"}' in text
+    assert b"? AUTH alice <redacted> extra" in text
