@@ -4,6 +4,13 @@
     propagation  time until an update sent to Bailey is visible one and two hops away
     idle         memory per idle client connection (19,000 held), and IAMAT latency meanwhile
     catchup      time for a SIGKILLed server to learn the 10,000 updates it missed
+
+  Not in the default suite (each takes minutes, or needs Prosody):
+    planning     10,000 events x 10 invitees, 100,000 votes: convergence, commands/s
+    digests      10,000 digests through the outbox and SmtpChannel to aiosmtpd, vs smtplib
+    push         one change pushed to 1,000 line subscribers (SUBSCRIBE)
+    xmpp_fanout  one decision to 1,000 XMPP users through Prosody, vs bare slixmpp
+    chat         bot command round trips (user -> bot -> reply) under 100 chatting users
     floor        the baseline server alone (until SIGTERM)
     twisted_floor  the same on Twisted's asyncio reactor (until SIGTERM)
     loadgen      the load generator alone (prints JSON)
@@ -19,7 +26,8 @@ import importlib
 import sys
 
 BENCHMARKS = ("iamat", "propagation", "idle", "catchup")
-TOOLS = ("floor", "twisted_floor", "loadgen", "holder")
+EXTRA = ("planning", "digests", "push", "xmpp_fanout", "chat")
+TOOLS = ("floor", "twisted_floor", "loadgen", "holder", "smtpsink")
 
 
 def main(argv: list[str]) -> int:
@@ -33,7 +41,7 @@ def main(argv: list[str]) -> int:
             worst = module.main([]) or worst
         return worst
     name, rest = argv[0], argv[1:]
-    if name not in BENCHMARKS + TOOLS:
+    if name not in BENCHMARKS + EXTRA + TOOLS:
         print(f"unknown benchmark {name!r}\n{__doc__}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"bench.{name}")
