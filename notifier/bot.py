@@ -403,7 +403,7 @@ def _vote(turn: _Turn, rest: str) -> BotStep:
         if word and word not in _FILLER
     ]
     choices = [_CHOICES[word] for word in words if word in _CHOICES]
-    refs = [word for word in words if word not in _CHOICES]
+    refs = _without_event_ids(turn, [word for word in words if word not in _CHOICES])
     if len(choices) != 1:
         return _mistake("Yes, maybe or no?", "vote yes 2")
     if len(refs) != 1:
@@ -419,6 +419,13 @@ def _vote(turn: _Turn, rest: str) -> BotStep:
 
 def _vote_with(choice: Choice) -> _Handler:
     return lambda turn, rest: _vote(turn, f"{choice} {rest}")
+
+
+def _without_event_ids(turn: _Turn, refs: list[str]) -> list[str]:
+    """Drop event ids, so the line form a notification shows (`VOTE <event> <option> YES`,
+    `DECIDE <event> <time> <place>`) works in the chat too: an option id names its event."""
+    ids = {event.id.casefold() for event in turn.state.events_of(turn.user.id)}
+    return [ref for ref in refs if ref.lstrip("#").casefold() not in ids]
 
 
 def _option(turn: _Turn, ref: str) -> tuple[Event, TimeOption | PlaceOption] | Reply:
@@ -473,7 +480,9 @@ def _where(turn: _Turn, rest: str) -> BotStep:
 
 
 def _decide(turn: _Turn, rest: str) -> BotStep:
-    refs = [word for word in _SEPARATORS.split(rest.lower()) if word and word not in _FILLER]
+    refs = _without_event_ids(
+        turn, [word for word in _SEPARATORS.split(rest.lower()) if word and word not in _FILLER]
+    )
     picked = []
     for ref in refs:
         found = _option(turn, ref)

@@ -198,6 +198,7 @@ def ids(server: Server) -> dict[str, str]:
         ("maybe 2", "VOTE {e} {o2} MAYBE"),
         ("no 4", "VOTE {e} {o4} NO"),
         ("vote yes {o3}", "VOTE {e} {o3} YES"),
+        ("VOTE {e} {o1} YES", "VOTE {e} {o1} YES"),  # the form notifications show
         ("comment I'll  bring wine", "COMMENT {e} I'll bring wine"),
         ("say Running late", "COMMENT {e} Running late"),
         ("status", "EVENT {e}"),
@@ -212,6 +213,7 @@ def ids(server: Server) -> dict[str, str]:
         ("suggest within 0,5km", "SUGGEST {e} 0.5"),
         ("decide 1 3", "DECIDE {e} {o1} {o3}"),
         ("decide 3 and 2", "DECIDE {e} {o2} {o3}"),
+        ("DECIDE {e} {o1} {o3}", "DECIDE {e} {o1} {o3}"),
         ("reopen", "REOPEN {e}"),
         ("cancel yes", "CANCEL {e}"),
         ("cancel dinner confirm", "CANCEL {e}"),
