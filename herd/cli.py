@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 from herd.config import ConfigError, HerdConfig, default_config_path, load_config
+from herd.processes import die_with_parent
 
 STATUS_TIMEOUT = 1.0
 STOP_GRACE_SECONDS = 10.0
@@ -128,6 +129,7 @@ def up(config: HerdConfig) -> int:
             children[name] = subprocess.Popen(
                 [sys.executable, "-m", "herd", "run", name, "--config", str(services.config_path)],
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         notes = services.notes
         if services.prosody is not None and _wait_answering(config, lambda: stopping):

@@ -20,6 +20,7 @@ from pathlib import Path
 from herd.config import HerdConfig
 from herd.operator import OperatorError, operator_command
 from herd.planning import hash_token, new_token
+from herd.processes import die_with_parent
 from notifier.localxmpp import LocalProsody
 
 BOT_USER = "renga"
@@ -65,6 +66,7 @@ def start_local_services(config: HerdConfig) -> LocalServices:
                     str(port),
                 ],
                 stdout=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
             )
             _wait_listening(port, services.sink)
             extra.append(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -87,6 +88,7 @@ _BOT_ADDRESS = UNIXAddress(None)
 T = TypeVar("T")
 RunBlocking = Callable[[Callable[[], T]], Deferred[T]]
 SUGGEST_LIMIT = 20
+RECENT_OPS = 5000  # replayed at start into what needs them (the line pushes' history)
 
 
 @dataclass(slots=True)
@@ -99,6 +101,7 @@ class Replica:
     ops: OpLog
     planning: PlanningState
     marks: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    recent_changes: list[Change] = field(default_factory=list)  # of the newest operations
 
     @classmethod
     def restore(cls, snapshot: Snapshot) -> Replica:
@@ -110,6 +113,7 @@ class Replica:
         table.reorder()
         ops = OpLog(sequencer)
         planning = PlanningState()
+        recent: deque[list[Change]] = deque(maxlen=RECENT_OPS)
         for logged in snapshot.ops:
             try:
                 op = Op.from_json(logged.line)
@@ -117,8 +121,10 @@ class Replica:
                 _log.warn("store: skipping a corrupt operation {op_id}", op_id=logged.op_id)
                 continue
             ops.restore(logged)
-            planning.apply(op)
-        return cls(snapshot.instance, sequencer, table, ops, planning, snapshot.marks)
+            recent.append(planning.apply(op))
+        replica = cls(snapshot.instance, sequencer, table, ops, planning, snapshot.marks)
+        replica.recent_changes = [change for changes in recent for change in changes]
+        return replica
 
 
 class LinePush(TypingProtocol):

@@ -269,6 +269,8 @@ class HerdService(Service):
             op_lines=[logged.line for logged in replica.ops.since(0)],
         )
         server.feed.subscribe(self.notifier)
+        self.notifier.replay_lines(replica.recent_changes)
+        replica.recent_changes = []
         self.notifier.start()
         await self.outbox.start()
 

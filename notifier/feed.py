@@ -198,6 +198,27 @@ class NotifierListener:
         accepted_here = change.op.op_id.startswith(self._op_prefix)
         self._dispatch(routed, now_ns, lambda _: accepted_here)
 
+    def replay_lines(self, changes: Iterable[Change]) -> None:
+        """Refill the line hub after a start from the newest operations (the hub keeps its
+        history in memory), so a subscriber resuming from a checkpoint here misses nothing.
+        Checkpoints depend on the operation alone, so they match what was pushed before."""
+        now_ns = self._now_ns()
+        for change in changes:
+            if change.kind in (ChangeKind.USER_ADDED, ChangeKind.USER_UPDATED):
+                continue
+            try:
+                routed = route(change, self._state, now_ns, self._presence, zone_of=self._zone_of)
+            except Exception:
+                _log.failure("notifier: could not route op {op_id}", op_id=change.op.op_id)
+                continue
+            for placed in routed:
+                if placed.digest or Medium.LINE not in placed.channels:
+                    continue
+                notification = placed.notification
+                mark = checkpoint(notification.at_ns, notification.id)
+                for message in self._render(replace(placed, channels=(Medium.LINE,))):
+                    self._push.publish(notification.recipient.user, mark, message.text)
+
     def _learn_user(self, op: Op) -> None:
         """Remember which op added a user: the server in its id sends the user's digests.
         Should two servers add one user concurrently, the earliest stamp seen wins."""

@@ -50,6 +50,7 @@ from notifier.channels import (
     Outgoing,
     PermanentDeliveryError,
     TransientDeliveryError,
+    UncertainDeliveryError,
 )
 
 T = TypeVar("T")
@@ -600,6 +601,7 @@ class Outbox:
         duplicate = False
         if outcome.check(TransientDeliveryError):
             reason = _describe(outcome)
+            duplicate = outcome.check(UncertainDeliveryError) is not None
         elif outcome.check(defer.TimeoutError):
             reason = f"no outcome within {self._settings.deliver_timeout:g} s"
             duplicate = True

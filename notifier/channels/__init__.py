@@ -46,6 +46,11 @@ class TransientDeliveryError(DeliveryError):
     """Try again later: server down, SMTP 4xx, timeout, disconnect."""
 
 
+class UncertainDeliveryError(TransientDeliveryError):
+    """The attempt failed after the message may already have been delivered (the connection
+    dropped after the data went out): try again, and count the delivery a possible duplicate."""
+
+
 class PermanentDeliveryError(DeliveryError):
     """Trying again cannot help (SMTP 5xx, unknown recipient, unusable message): dead letter."""
 

@@ -39,9 +39,28 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from notifier.aio import as_deferred
-from notifier.channels import Attachment, Outgoing, PermanentDeliveryError, TransientDeliveryError
+from notifier.channels import (
+    Attachment,
+    Outgoing,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    UncertainDeliveryError,
+)
 
 TlsMode = Literal["starttls", "direct", "none"]
+
+
+class _DroppedBeforeData(Exception):
+    """The connection was lost before the message data went out: nothing was delivered."""
+
+
+async def _reset(client: aiosmtplib.SMTP) -> None:
+    """RSET after a refusal, so the pooled connection can carry the next mail."""
+    try:
+        await client.rset()
+    except aiosmtplib.SMTPException:
+        client.close()
+
 
 _log = Logger()
 
@@ -336,16 +355,17 @@ class SmtpChannel:
             await self._connect(client)
         try:
             await self._transaction(client, recipient, data, options)
-        except aiosmtplib.SMTPServerDisconnected as error:
+        except _DroppedBeforeData as error:
             if not reused:
                 raise TransientDeliveryError(f"disconnected: {error}") from error
+            # A pooled connection the server had closed: nothing was sent, so send again now.
             _log.info(
                 "SMTP: a pooled connection to {host} was dropped; reconnecting", host=self.host
             )
             await self._connect(client)
             try:
                 await self._transaction(client, recipient, data, options)
-            except aiosmtplib.SMTPServerDisconnected as again:
+            except _DroppedBeforeData as again:
                 raise TransientDeliveryError(f"disconnected: {again}") from again
 
     async def _connect(self, client: aiosmtplib.SMTP) -> None:
@@ -360,19 +380,28 @@ class SmtpChannel:
     async def _transaction(
         self, client: aiosmtplib.SMTP, recipient: str, data: bytes, options: list[str]
     ) -> None:
-        """MAIL, RCPT, DATA, with the server's refusals mapped by their code."""
+        """MAIL, RCPT, DATA, with the server's refusals mapped by their code.  A connection
+        lost before DATA sent nothing; lost during or after it, the mail may have arrived, so
+        that failure is uncertain (retried, and counted a possible duplicate)."""
+        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         try:
-            await client.sendmail(
-                self.builder.envelope_sender, [recipient], data, mail_options=options
-            )
-        except aiosmtplib.SMTPRecipientsRefused as error:
-            refusal = error.recipients[0]
-            raise _by_code(refusal.code, f"{recipient} refused: {refusal.message}") from error
+            try:
+                await client.mail(self.builder.envelope_sender, options=options, encoding=encoding)
+                await client.rcpt(recipient, encoding=encoding)
+            except aiosmtplib.SMTPServerDisconnected as error:
+                raise _DroppedBeforeData(str(error)) from error
+            except aiosmtplib.SMTPResponseException:
+                await _reset(client)
+                raise
+            try:
+                await client.data(data)
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as error:
+                raise UncertainDeliveryError(f"lost during DATA: {_explain(error)}") from error
         except aiosmtplib.SMTPResponseException as error:
             raise _by_code(error.code, _explain(error)) from error
         except (aiosmtplib.SMTPNotSupported, ValueError) as error:
             raise PermanentDeliveryError(str(error)) from error
-        except aiosmtplib.SMTPServerDisconnected:
+        except (TransientDeliveryError, _DroppedBeforeData):
             raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             raise TransientDeliveryError(_explain(error)) from error

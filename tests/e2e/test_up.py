@@ -76,6 +76,10 @@ def test_herd_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         )
         assert mail.stdout.startswith("ID")
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
+        if up.poll() is None:  # a failed test still stops what herd up started
+            up.send_signal(signal.SIGINT)
+            try:
+                up.wait(30)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
