@@ -27,7 +27,7 @@ import sys
 
 BENCHMARKS = ("iamat", "propagation", "idle", "catchup")
 EXTRA = ("planning", "digests", "push", "xmpp_fanout", "chat")
-TOOLS = ("floor", "twisted_floor", "loadgen", "holder", "smtpsink")
+TOOLS = ("floor", "twisted_floor", "loadgen", "holder", "smtpsink", "xmppclients")
 
 
 def main(argv: list[str]) -> int:

@@ -285,7 +285,9 @@ class HerdServer:
         )
 
         def answered(places: PlacesAnswer) -> None:
-            self.reply_later(connection, slot, format_whatsat_reply(stored.at.line, places))
+            # Not held for the store: a query changes nothing.  It may show a report whose own
+            # AT reply still waits for the store (flooded ones are durable where accepted).
+            connection.fill(slot, format_whatsat_reply(stored.at.line, places))
 
         def failed(failure: Failure) -> None:
             _log.failure("places lookup failed for {line!r}", failure, line=line)
