@@ -42,7 +42,7 @@ from notifier.channels.line import LinePush, checkpoint
 from notifier.digest import DigestItem, compose_digest, next_digest_at
 from notifier.message import Digest, Kind, Medium, Notification, Recipient, Routed
 from notifier.outbox import OUTBOX_SCHEMA, enqueue
-from notifier.render import Unsubscribe, render
+from notifier.render import RenderCache, Unsubscribe, render
 from notifier.routing import Presence, due_reminders, offline, route
 
 __all__ = ["SCHEMA", "TICK", "NotifierListener", "Saved", "load"]
@@ -211,12 +211,13 @@ class NotifierListener:
             except Exception:
                 _log.failure("notifier: could not route op {op_id}", op_id=change.op.op_id)
                 continue
+            cache = RenderCache(self._state)
             for placed in routed:
                 if placed.digest or Medium.LINE not in placed.channels:
                     continue
                 notification = placed.notification
                 mark = checkpoint(notification.at_ns, notification.id)
-                for message in self._render(replace(placed, channels=(Medium.LINE,))):
+                for message in self._render(replace(placed, channels=(Medium.LINE,)), cache):
                     self._push.publish(notification.recipient.user, mark, message.text)
 
     def _learn_user(self, op: Op) -> None:
@@ -251,6 +252,7 @@ class NotifierListener:
         (with `mark_ns` as the reminders' mark, if given); effects after its commit."""
         batches: list[_Batch] = []
         pushes: list[tuple[str, str, str]] = []  # user, checkpoint, line
+        cache = RenderCache(self._state)
         folded: list[tuple[str, DigestItem]] = []
         for placed in routed:
             notification = placed.notification
@@ -268,7 +270,7 @@ class NotifierListener:
                 if Medium.LINE not in placed.channels:
                     continue
                 placed = replace(placed, channels=(Medium.LINE,))
-            messages = self._render(placed)
+            messages = self._render(placed, cache)
             mark = checkpoint(notification.at_ns, notification.id)
             pushes.extend((user, mark, m.text) for m in messages if m.channel == Medium.LINE)
             personal = [m for m in messages if m.channel != Medium.LINE]
@@ -294,11 +296,11 @@ class NotifierListener:
         if pushes:
             self._after_commit(lambda: self._publish(pushes))
 
-    def _render(self, placed: Routed) -> list[Outgoing]:
+    def _render(self, placed: Routed, cache: RenderCache) -> list[Outgoing]:
         """The messages of one notification; none (and a logged traceback) if a template
         fails, so the other recipients of the change are still told."""
         try:
-            return render(placed, self._state, self._unsubscribe)
+            return render(placed, self._state, self._unsubscribe, cache)
         except Exception:
             _log.failure(
                 "notifier: could not render {kind} for {user}",

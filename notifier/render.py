@@ -144,16 +144,44 @@ class Unsubscribe:
 # --- messages ---------------------------------------------------------------------------------
 
 
-def render(routed: Routed, state: PlanningState, unsubscribe: Unsubscribe) -> list[Outgoing]:
+class RenderCache:
+    """What the notifications of one change share: the event and its view per time zone.
+    Building them per recipient made a change to an event of n people cost O(n²)."""
+
+    def __init__(self, state: PlanningState) -> None:
+        self._state = state
+        self._events: dict[str, Event | None] = {}
+        self._views: dict[tuple[str, str], EventView] = {}
+
+    def event(self, event_id: str) -> Event | None:
+        if event_id not in self._events:
+            self._events[event_id] = self._state.event(event_id)
+        return self._events[event_id]
+
+    def view(self, event: Event, recipient: Recipient) -> EventView:
+        key = (event.id, recipient.tz)
+        if key not in self._views:
+            self._views[key] = event_view(event, recipient)
+        return self._views[key]
+
+
+def render(
+    routed: Routed,
+    state: PlanningState,
+    unsubscribe: Unsubscribe,
+    cache: RenderCache | None = None,
+) -> list[Outgoing]:
     """The messages of one routed notification, one per channel, as the state is now (so a
-    coalesced message rendered later shows the later tally).  Nothing if the event is gone."""
+    coalesced message rendered later shows the later tally).  Nothing if the event is gone.
+    Pass one `cache` for all the notifications of one change."""
     if routed.digest:
         raise ValueError("a folded notification is a DigestItem for compose_digest")
     notification = routed.notification
-    event = state.event(notification.event_id)
+    cache = cache if cache is not None else RenderCache(state)
+    event = cache.event(notification.event_id)
     if event is None:
         return []
-    context = _context(notification, event)
+    context = _context(notification, event, cache.view(event, notification.recipient))
     recipient, kind = notification.recipient, notification.kind
     messages: list[Outgoing] = []
     for medium in routed.channels:
@@ -230,9 +258,8 @@ class EventView(TypedDict):
     not_answered: list[str]  # invitees who have voted on nothing
 
 
-def _context(notification: Notification, event: Event) -> dict[str, object]:
+def _context(notification: Notification, event: Event, view: EventView) -> dict[str, object]:
     recipient = notification.recipient
-    view = event_view(event, recipient)
     option_id = notification.option_id
     option = next((o for o in (*view["times"], *view["places"]) if o["id"] == option_id), None)
     choice = None
