@@ -250,6 +250,9 @@ class HerdService(Service):
             self.reactor,
             self._on_thread(self._outbox_pool),
             self.jitter,
+            # A chat message costs Prosody little and waits only for one ping's round trip;
+            # an SMTP delivery holds one of the channel's pooled connections.
+            concurrency={"email": 10, "xmpp": 200},
         )
         self.notifier = NotifierListener(
             server_name=self.server_name,
