@@ -64,6 +64,31 @@ async def chat_round(
     return rtts, time.monotonic() - start, lengths
 
 
+def jid_lookup_ms(users: int, repeat: int = 20) -> float:
+    """In this process: one `user_of_jid` (what the bot runs, twice, for every chat: `is_known`
+    and `on_command`) in a state of `users` users with JIDs, for the last user; best of
+    `repeat`, in ms."""
+    from herd.events import OPERATOR, AddUser, Op, PlanningState, SetUserField, UserField
+    from notifier.bot import user_of_jid
+
+    state = PlanningState()
+    for index in range(users):
+        name = f"c{index:05d}"
+        for number, body in enumerate(
+            (AddUser(name), SetUserField(name, UserField.JID, f"{name}@localhost"))
+        ):
+            state.apply(
+                Op(f"B.x.{index}.{number}", state.next_time(time.time_ns()), OPERATOR, body)
+            )
+    target = f"c{users - 1:05d}@localhost"
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        user_of_jid(state, target)
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
 def figures(rtts: list[float], wall: float) -> dict[str, float]:
     lost = sum(1 for r in rtts if r == float("inf"))
     done = [r for r in rtts if r != float("inf")]
@@ -198,6 +223,12 @@ def main(argv: list[str]) -> int:
         from bench.planning import cprofile_by_total
 
         print(cprofile_by_total(options.cprofile, top=70))
+    lookups = {n: jid_lookup_ms(n) for n in (100, 1000, 10_000)}
+    results["user_of_jid_ms"] = lookups
+    print(
+        "  user_of_jid (twice per chat) in-process: "
+        + ", ".join(f"{n} users {ms:.2f} ms" for n, ms in lookups.items())
+    )
     path = save_results("chat", {"options": vars(options), **results})
     log(f"saved {path}")
     return 0

@@ -593,10 +593,12 @@ def offline_costs(db_path: Path) -> dict[str, Any]:
     from notifier.routing import due_reminders
 
     store = Store(db_path)
+    rss_before = rss_bytes(os.getpid())
     start = time.perf_counter()
     snapshot = store.open()
     replica = Replica.restore(snapshot)
     restore_s = time.perf_counter() - start
+    rss_state = rss_bytes(os.getpid()) - rss_before
     store.close()
     now_ns = time.time_ns()
     start = time.perf_counter()
@@ -605,6 +607,7 @@ def offline_costs(db_path: Path) -> dict[str, Any]:
     return {
         "ops": len(snapshot.ops),
         "restore_s": restore_s,
+        "state_rss_mib": rss_state / 2**20,  # the restored replica (and the snapshot it came from)
         "due_reminders_s": remind_s,
     }
 
