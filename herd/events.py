@@ -930,6 +930,13 @@ class PlanningState:
             comments=tuple(sorted(record.comments.values(), key=lambda c: c.stamp)),
         )
 
+    def event_ids(self) -> list[str]:
+        """Every event created so far, in id order (for the reminder loop: one pass over the
+        events, not one per participant)."""
+        return sorted(
+            event_id for event_id, record in self._events.items() if record.created is not None
+        )
+
     def places(self) -> list[PlaceOption]:
         """Every place proposed in any event (for the places provider's venues)."""
         return [place for record in self._events.values() for place in record.places.values()]

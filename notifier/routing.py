@@ -251,11 +251,8 @@ def due_reminders(
 
 
 def _all_events(state: PlanningState) -> list[Event]:
-    seen: dict[str, Event] = {}
-    for user in state.users():
-        for event in state.events_of(user):
-            seen.setdefault(event.id, event)
-    return [seen[event_id] for event_id in sorted(seen)]
+    events = (state.event(event_id) for event_id in state.event_ids())
+    return [event for event in events if event is not None]
 
 
 def _time_driven(event: Event, now_ns: int) -> Iterator[tuple[Kind, list[str], str, int]]:
