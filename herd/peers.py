@@ -94,6 +94,7 @@ class PeerSession:
 
     def start(self) -> None:
         self.connection.handler = self
+        self.connection.keep_reading()
         self.server.link_up(self)
         self._keepalive.start(KEEPALIVE_SECONDS, now=False)
 
@@ -229,7 +230,9 @@ class DialFactory(Factory):
 
     def buildProtocol(self, addr: object) -> _DialConnection:
         dialer = Dialer(self.server, self.peer, self.clock)
-        return _DialConnection(dialer, self.server.max_line, self.server.log, self.peer)
+        connection = _DialConnection(dialer, self.server.max_line, self.server.log, self.peer)
+        connection.pause_reading_when_full = False
+        return connection
 
 
 def retry_policy(jitter: Callable[[], float]) -> Callable[[int], float]:

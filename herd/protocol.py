@@ -75,6 +75,9 @@ class LineConnection(Protocol):
         self.disconnected = False
         self._unregistered = False
         self.backlog = 0
+        # A client that does not read its replies stops being read; a peer link never does:
+        # both ends write, and two ends waiting for each other to read would never move.
+        self.pause_reading_when_full = True
 
     # --- framing ---------------------------------------------------------------------------
 
@@ -225,11 +228,19 @@ class LineConnection(Protocol):
     def pauseProducing(self) -> None:
         """The peer is not reading: stop reading its requests until it catches up."""
         self.backlog = 1
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        if self.pause_reading_when_full:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resumeProducing(self) -> None:
         self.backlog = 0
         if not self._closing and not self._read_closed:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def keep_reading(self) -> None:
+        """From now on, never stop reading for a full write buffer (a peer link: its own
+        bound is the backlog it may leave unsent, see `herd.peers`)."""
+        self.pause_reading_when_full = False
+        if self.backlog and not self._closing and not self._read_closed:
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stopProducing(self) -> None:

@@ -47,6 +47,7 @@ from notifier.routing import offline
 
 T = TypeVar("T")
 _log = Logger()
+OUTBOX_EMAIL_CONCURRENCY = 10  # mails in flight, one pooled SMTP connection each
 
 
 class ClientFactory(Factory):
@@ -210,6 +211,7 @@ class HerdService(Service):
                 smtp.username,
                 smtp.password,
                 _tls(smtp.tls),
+                pool_size=OUTBOX_EMAIL_CONCURRENCY,
                 now=self.reactor.seconds,
             )
             sender_address = parseaddr(smtp.sender)[1] or sender_address
@@ -252,7 +254,7 @@ class HerdService(Service):
             self.jitter,
             # A chat message costs Prosody little and waits only for one ping's round trip;
             # an SMTP delivery holds one of the channel's pooled connections.
-            concurrency={"email": 10, "xmpp": 200},
+            concurrency={"email": OUTBOX_EMAIL_CONCURRENCY, "xmpp": 200},
         )
         self.notifier = NotifierListener(
             server_name=self.server_name,

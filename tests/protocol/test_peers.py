@@ -230,3 +230,21 @@ def test_blank_lines_during_the_handshake_are_ignored(chain: dict[str, Node], cl
     pump.clientIO.write(b"\r\n")
     settle(clock, [pump])
     assert set(chain["B"].server.links) == {"A"}
+
+
+def test_a_peer_link_keeps_reading_when_its_writes_back_up(
+    chain: dict[str, Node], clock: Clock
+) -> None:
+    """Both ends of a link write: if each stopped reading while its own buffer was full, two
+    busy servers would wait for each other for ever.  An ordinary client is still paused."""
+    connection, transport = chain["B"].client()
+    connection.pauseProducing()
+    assert transport.producerState == "paused"
+    connection.keep_reading()
+    assert transport.producerState == "producing"
+    connection.pauseProducing()
+    assert transport.producerState == "producing"
+    pump = link(chain["A"], chain["B"])
+    settle(clock, [pump])
+    assert not pump.clientIO.protocol.pause_reading_when_full
+    assert not pump.serverIO.protocol.pause_reading_when_full
