@@ -74,9 +74,11 @@ def jid_lookup_ms(users: int, repeat: int = 20) -> float:
     state = PlanningState()
     for index in range(users):
         name = f"c{index:05d}"
-        for number, body in enumerate(
-            (AddUser(name), SetUserField(name, UserField.JID, f"{name}@localhost"))
-        ):
+        bodies: tuple[AddUser | SetUserField, ...] = (
+            AddUser(name),
+            SetUserField(name, UserField.JID, f"{name}@localhost"),
+        )
+        for number, body in enumerate(bodies):
             state.apply(
                 Op(f"B.x.{index}.{number}", state.next_time(time.time_ns()), OPERATOR, body)
             )

@@ -612,6 +612,56 @@ def offline_costs(db_path: Path) -> dict[str, Any]:
     }
 
 
+def reminder_look(options: Options, repeat: int = 3) -> dict[str, Any]:
+    """Without a herd: the same users, events, options and votes built in this process, then
+    one `due_reminders` look (what every server's notifier runs on its reactor every minute)
+    and one `Replica`-free state build, timed.  Best of `repeat` looks."""
+    from herd.events import (
+        OPERATOR,
+        AddTime,
+        AddUser,
+        CastVote,
+        Choice,
+        CreateEvent,
+        Invite,
+        Op,
+        PlanningState,
+    )
+    from notifier.routing import due_reminders
+
+    state = PlanningState()
+    serial = iter(range(1, 10**9))
+    now = time.time_ns()
+    start = time.perf_counter()
+
+    def op(actor: str, body: Any) -> Op:
+        made = Op(f"B.x.{next(serial)}", state.next_time(now), actor, body)
+        state.apply(made)
+        return made
+
+    for index in range(options.users):
+        op(OPERATOR, AddUser(user_name(index)))
+    at = int(time.time()) + 400 * 86400
+    choices = {"YES": Choice.YES, "MAYBE": Choice.MAYBE, "NO": Choice.NO}
+    for event in range(options.events):
+        organiser = user_name(event % options.users)
+        invited = [user_name(u) for u in invitees_of(event, options.users, options.invitees)]
+        event_id = op(organiser, CreateEvent(f"Bench event {event}")).op_id
+        op(organiser, Invite(event_id, tuple(invited)))
+        option = op(organiser, AddTime(event_id, at)).op_id
+        for index, user in enumerate(invited):
+            choice = choices[choice_of(event, index)]
+            op(user, CastVote(event_id, option, choice))
+    build_s = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(repeat):
+        now_ns = time.time_ns()
+        start = time.perf_counter()
+        due_reminders(state, now_ns, now_ns - 60 * 10**9)
+        best = min(best, time.perf_counter() - start)
+    return {"events": options.events, "build_s": build_s, "due_reminders_s": best}
+
+
 async def run_async(options: Options, herd: Herd) -> dict[str, Any]:
     run = Run(options, herd)
     await run.create_users()
@@ -753,6 +803,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--cprofile", type=Path, default=None, help="run Bailey under cProfile, dump here"
     )
+    parser.add_argument(
+        "--reminders-only",
+        action="store_true",
+        help="no herd: build the state in this process and time one due_reminders look",
+    )
     arguments = parser.parse_args(argv)
     if arguments.invitees >= arguments.users:
         parser.error("need more users than invitees per event")
@@ -768,6 +823,14 @@ def main(argv: list[str]) -> int:
         pin=not arguments.no_pin and (os.cpu_count() or 1) >= 2,
         cprofile=arguments.cprofile,
     )
+    if arguments.reminders_only:
+        look = reminder_look(options)
+        print(
+            f"planning: {look['events']} events built in-process in {look['build_s']:.1f} s; "
+            f"one due_reminders look {look['due_reminders_s'] * 1000:.0f} ms"
+        )
+        save_results("planning-reminders", {"options": options.__dict__, **look})
+        return 0
     results = run(options)
     print(report(results, options))
     code = 1 if "not_converged" in results else 0
