@@ -31,6 +31,7 @@ from typing import Any
 from bench.harness import (
     BenchError,
     Processes,
+    bailey_profiled,
     cpu_seconds,
     log,
     median,
@@ -110,17 +111,7 @@ async def chat(
 ) -> dict[str, Any]:
     people = [f"c{i:05d}" for i in range(options.users)]
     scene.start_prosody(people, ["echo"])
-    launchers = {}
-    if options.cprofile is not None:
-        launchers["Bailey"] = [
-            sys.executable,
-            "-m",
-            "cProfile",
-            "-o",
-            str(options.cprofile.resolve()),
-            "-m",
-            "herd",
-        ]
+    launchers = bailey_profiled(options.cprofile)
     herd = scene.start_herd(launchers=launchers)
     _, digest = user_token()
     await scene.add_users(people, True, digest)

@@ -107,6 +107,16 @@ def herd_command() -> str:
 # --- /proc readings --------------------------------------------------------------------------
 
 
+def profiled_herd(profile: Path) -> list[str]:
+    """The command that runs `herd` under cProfile, writing its profile to `profile`."""
+    return [sys.executable, "-m", "cProfile", "-o", str(profile.resolve()), "-m", "herd"]
+
+
+def bailey_profiled(profile: Path | None) -> dict[str, list[str]]:
+    """Launchers for a herd whose Bailey runs under cProfile (none without a path)."""
+    return {} if profile is None else {"Bailey": profiled_herd(profile)}
+
+
 def cpu_times(pid: int) -> tuple[float, float]:
     """(user, system) CPU of a process, all its threads (live and exited), in seconds."""
     with open(f"/proc/{pid}/stat", "rb") as file:

@@ -46,6 +46,7 @@ from bench.harness import (
     median,
     pinned,
     port_open,
+    profiled_herd,
     save_results,
     temp_directory,
     thread_cpu_seconds,
@@ -185,7 +186,7 @@ def cprofile_bailey(
     cpus: dict[str, int | None] = {
         name: options.server_cpu if name == "Bailey" else options.peers_cpu for name in HERD_NAMES
     }
-    launcher = [sys.executable, "-m", "cProfile", "-o", str(path), "-m", "herd"]
+    launcher = profiled_herd(path)
     herd = Herd(
         processes,
         HerdLayout.default(),

@@ -55,6 +55,7 @@ from bench.harness import (
     Herd,
     HerdLayout,
     Processes,
+    bailey_profiled,
     cpu_seconds,
     herd_command,
     log,
@@ -683,17 +684,7 @@ async def run_async(options: Options, herd: Herd) -> dict[str, Any]:
 
 def run(options: Options) -> dict[str, Any]:
     with temp_directory("renga-bench-planning-") as directory, Processes() as processes:
-        launchers = {}
-        if options.cprofile is not None:
-            launchers["Bailey"] = [
-                sys.executable,
-                "-m",
-                "cProfile",
-                "-o",
-                str(options.cprofile.resolve()),
-                "-m",
-                "herd",
-            ]
+        launchers = bailey_profiled(options.cprofile)
         herd = Herd(processes, HerdLayout.default(), directory / "herd", launchers=launchers)
         herd.start_all()
         herd.wait_ready()

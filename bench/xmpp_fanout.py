@@ -41,6 +41,7 @@ from typing import Any
 from bench.harness import (
     BenchError,
     Processes,
+    bailey_profiled,
     cpu_seconds,
     log,
     median,
@@ -62,17 +63,7 @@ async def fanout(
 ) -> dict[str, Any]:
     people = [f"x{i:05d}" for i in range(options.people)]
     scene.start_prosody(people, ["blaster", "boss"])
-    launchers = {}
-    if options.cprofile is not None:
-        launchers["Bailey"] = [
-            sys.executable,
-            "-m",
-            "cProfile",
-            "-o",
-            str(options.cprofile.resolve()),
-            "-m",
-            "herd",
-        ]
+    launchers = bailey_profiled(options.cprofile)
     herd = scene.start_herd(launchers=launchers)
     token, digest = user_token()
     await scene.add_users(["boss"], False, digest)

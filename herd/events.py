@@ -749,6 +749,7 @@ class PlanningState:
         self._latest_ns = 0
         self._users: set[str] = set()
         self._user_fields: dict[tuple[str, UserField], tuple[Stamp, str | None]] = {}
+        self._jid_users: dict[str, set[str]] = {}  # casefolded JID -> users it is set on
         self._devices: dict[str, tuple[Stamp, str | None]] = {}
         self._clients_of: dict[str, set[str]] = {}
         self._events: dict[str, _EventRecord] = {}
@@ -789,8 +790,14 @@ class PlanningState:
                 self._users.add(user)
                 return ChangeKind.USER_ADDED, {user}
             case SetUserField(user=user, field=name, value=text):
+                before = self._user_fields.get((user, name))
                 if not _lww(self._user_fields, (user, name), stamp, text):
                     return None
+                if name is UserField.JID:
+                    if before is not None and before[1] is not None:
+                        self._jid_users[before[1].casefold()].discard(user)
+                    if text is not None:
+                        self._jid_users.setdefault(text.casefold(), set()).add(user)
                 return ChangeKind.USER_UPDATED, {user}
             case SetDevice(client=client, user=user):
                 before = self._devices.get(client)
@@ -892,6 +899,12 @@ class PlanningState:
 
     def users(self) -> list[str]:
         return sorted(self._users)
+
+    def user_of_jid(self, jid: str) -> str | None:
+        """The user whose JID this is (case-insensitively; the first by id should two have set
+        the same one): an index, because the bot asks for every chat message."""
+        users = self._jid_users.get(jid.casefold(), set()) & self._users
+        return min(users) if users else None
 
     def user_of_client(self, client: str) -> str | None:
         """The user a client id reports for (`client_text` of the IAMAT's field), if any."""

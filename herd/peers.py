@@ -114,7 +114,7 @@ class PeerSession:
             self.closed = True
             self.connection.close()
 
-    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+    def line_received(self, connection: LineConnection, line: bytes) -> None:
         self._heard = True
         try:
             message = parse_peer_line(line)
@@ -168,7 +168,7 @@ class Dialer:
         data = hello.to_line()
         connection.send(data)
 
-    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+    def line_received(self, connection: LineConnection, line: bytes) -> None:
         try:
             message = parse_peer_line(line)
         except WireError:
@@ -204,7 +204,7 @@ class _HoldOff:
     def __init__(self, connection: LineConnection, clock: IReactorTime) -> None:
         self._close = clock.callLater(AUTH_FAILURE_HOLD_OFF, connection.close)
 
-    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+    def line_received(self, connection: LineConnection, line: bytes) -> None:
         return
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:

@@ -22,9 +22,9 @@ from zope.interface import implementer
 class LineHandler(TypingProtocol):
     """What a connection's lines are handed to; replaced when a connection becomes a peer link."""
 
-    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
-        """`line` is without its terminator; `terminated` is False for a last line that had no
-        newline before the client half-closed."""
+    def line_received(self, connection: LineConnection, line: bytes) -> None:
+        """`line` is without its terminator (`\n`, or `\r\n`); a last line that had none
+        before the client half-closed comes as it was."""
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None: ...
 
@@ -100,7 +100,7 @@ class LineConnection(Protocol):
             ):
                 self._overflow(len(line))
                 return
-            self.handler.line_received(self, line[:-1] if line.endswith(b"\r") else line, True)
+            self.handler.line_received(self, line[:-1] if line.endswith(b"\r") else line)
             if self._closing:
                 return
         if len(self._buffer) > self.max_line + 1:
@@ -112,7 +112,7 @@ class LineConnection(Protocol):
         if self._buffer and not self._closing:
             line, self._buffer = self._buffer, b""
             self._log_received([line])
-            self.handler.line_received(self, line, False)
+            self.handler.line_received(self, line)
         self._close_when_drained()
 
     def writeConnectionLost(self) -> None:
@@ -257,7 +257,7 @@ class LineTooLong(Exception):
 class _Closed:
     """The handler of a connection being closed: lines still buffered are ignored."""
 
-    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+    def line_received(self, connection: LineConnection, line: bytes) -> None:
         return
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:

@@ -601,7 +601,13 @@ class HerdServer:
     def _flood(self, line: bytes, source: PeerSession | None, origin: bytes) -> None:
         """Send `line` to every ready peer but `source` and the server it came from (`origin`
         made it, so has it or newer), once the batch holding it commits (and before that
-        batch's replies)."""
+        batch's replies).
+
+        Updates from peers wait for the commit too, though their origin already made them
+        durable: a peer's catch-up mark says "I have all of your log up to seq N", which holds
+        only if lines go out in sequence order.  Relaying at once would need such lines to be
+        sent without a sequence number (so they move no mark); that would save one commit per
+        hop of propagation."""
         batch = self.committer.open_batch
         if batch is not self._flood_batch:
             self._flood_batch = batch
@@ -695,7 +701,7 @@ class ClientHandler:
         self.auth_failures = 0
         self.stop_push: Callable[[], None] = _nothing
 
-    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+    def line_received(self, connection: LineConnection, line: bytes) -> None:
         self.server.client_line(connection, self, line)
 
     def unsubscribe(self) -> None:
@@ -720,7 +726,7 @@ class _AwaitingAuth:
         self.hello = hello
         self.nonce = nonce
 
-    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+    def line_received(self, connection: LineConnection, line: bytes) -> None:
         server = self.server
         try:
             message = parse_peer_line(line)
@@ -760,7 +766,7 @@ class OperatorHandler:
     def __init__(self, server: HerdServer) -> None:
         self.server = server
 
-    def line_received(self, connection: LineConnection, line: bytes, terminated: bool) -> None:
+    def line_received(self, connection: LineConnection, line: bytes) -> None:
         self.server.operator_line(connection, line)
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:

@@ -870,9 +870,5 @@ def check_link_code(secret: bytes, user: str, jid: str, code: str, now_ns: int) 
 def user_of_jid(state: PlanningState, jid: str) -> User | None:
     """The user whose JID this bare JID is (case-insensitively), if any: only they may command
     the bot from it."""
-    folded = jid.casefold()
-    for user_id in state.users():
-        user = state.user(user_id)
-        if user is not None and user.jid is not None and user.jid.casefold() == folded:
-            return user
-    return None
+    user_id = state.user_of_jid(jid)
+    return None if user_id is None else state.user(user_id)

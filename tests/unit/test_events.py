@@ -561,3 +561,21 @@ def test_an_op_changes_state_iff_it_reports_a_change(ops: list[Op], data: st.Dat
         changes = state.apply(each)
         assert (state.snapshot() != before) == bool(changes)
         assert state.apply(each) == []
+
+
+def test_user_of_jid_follows_the_jid_register() -> None:
+    state = state_of(
+        op("A.1", OPERATOR, AddUser("alice")),
+        op("A.2", OPERATOR, AddUser("bob")),
+        op("A.3", OPERATOR, SetUserField("alice", UserField.JID, "Alice@Example.org")),
+    )
+    assert state.user_of_jid("alice@example.ORG") == "alice"
+    state.apply(op("A.4", OPERATOR, SetUserField("alice", UserField.JID, "a2@example.org"), T0 + 1))
+    assert state.user_of_jid("alice@example.org") is None
+    assert state.user_of_jid("A2@example.org") == "alice"
+    state.apply(op("A.5", OPERATOR, SetUserField("bob", UserField.JID, "a2@example.org"), T0 + 2))
+    state.apply(op("A.6", OPERATOR, SetUserField("alice", UserField.JID, None), T0 + 3))
+    assert state.user_of_jid("a2@example.org") == "bob"
+    stale = op("A.7", OPERATOR, SetUserField("bob", UserField.JID, "old@example.org"), T0)
+    assert state.apply(stale) == []
+    assert state.user_of_jid("old@example.org") is None
