@@ -754,6 +754,11 @@ class PlanningState:
         self._clients_of: dict[str, set[str]] = {}
         self._events: dict[str, _EventRecord] = {}
         self._involved: dict[str, set[str]] = {}  # user -> events they organise or are invited to
+        # Built on read and dropped when an op touches them: the notifier reads one event and
+        # its participants once per recipient of a change, and a digest run reads each event
+        # once per participant, so building them anew each time dominated fan-outs.
+        self._built_events: dict[str, Event] = {}
+        self._built_users: dict[str, User] = {}
 
     def knows(self, op_id: str) -> bool:
         """Whether this op was applied already: store and flood an op only when it was not."""
@@ -774,8 +779,11 @@ class PlanningState:
         if merged is None:
             return []
         kind, users = merged
+        for user in users:
+            self._built_users.pop(user, None)
         event_id = _event_of(op)
         if event_id is not None:
+            self._built_events.pop(event_id, None)
             users.update(self._events[event_id].participants())
         return [Change(kind, event_id, tuple(sorted(users)), op)]
 
@@ -875,6 +883,9 @@ class PlanningState:
     # --- reads -------------------------------------------------------------------------------
 
     def user(self, user_id: str) -> User | None:
+        built = self._built_users.get(user_id)
+        if built is not None:
+            return built
         if user_id not in self._users:
             return None
         fields = {
@@ -883,7 +894,7 @@ class PlanningState:
             if (register := self._user_fields.get((user_id, name))) is not None
         }
         channels = fields.get(UserField.CHANNELS)
-        return User(
+        built = self._built_users[user_id] = User(
             id=user_id,
             jid=fields.get(UserField.JID),
             email=fields.get(UserField.EMAIL),
@@ -896,6 +907,7 @@ class PlanningState:
             clients=self.clients_of(user_id),
             token_hash=fields.get(UserField.TOKEN),
         )
+        return built
 
     def users(self) -> list[str]:
         return sorted(self._users)
@@ -915,7 +927,11 @@ class PlanningState:
         return tuple(sorted(self._clients_of.get(user_id, ())))
 
     def event(self, event_id: str) -> Event | None:
-        """The event, or None until its `create` op has arrived."""
+        """The event, or None until its `create` op has arrived.  The same object until an op
+        changes the event, so callers may cache what they derive from it by identity."""
+        built = self._built_events.get(event_id)
+        if built is not None:
+            return built
         record = self._events.get(event_id)
         if record is None or record.created is None:
             return None
@@ -930,7 +946,7 @@ class PlanningState:
             status, time, place = record.status[1]
             if time is not None and place is not None:
                 decision = time, place
-        return Event(
+        built = self._built_events[event_id] = Event(
             id=event_id,
             title=title,
             organiser=organiser,
@@ -942,6 +958,7 @@ class PlanningState:
             votes=votes,
             comments=tuple(sorted(record.comments.values(), key=lambda c: c.stamp)),
         )
+        return built
 
     def event_ids(self) -> list[str]:
         """Every event created so far, in id order (for the reminder loop: one pass over the

@@ -19,7 +19,7 @@ from typing import Final
 from herd.events import Event, PlanningState, Status
 from notifier.channels import Outgoing
 from notifier.message import FOLDABLE, Digest, Kind, Medium, Recipient, Routed
-from notifier.render import Unsubscribe, event_view, render_email, render_text
+from notifier.render import EventView, RenderCache, Unsubscribe, render_email, render_text
 
 __all__ = ["DIGEST_AT", "DigestItem", "compose_digest", "next_digest_at"]
 
@@ -68,19 +68,23 @@ def compose_digest(
     items: Iterable[DigestItem],
     now_ns: int,
     unsubscribe: Unsubscribe,
+    cache: RenderCache | None = None,
 ) -> Outgoing | None:
     """The digest of `items` (by email, or by XMPP for a user who has since dropped email), or
     None when nothing changed that still exists, or the user can no longer be reached.  Its
-    key hashes the items, so composing the same items again gives the same key."""
+    key hashes the items, so composing the same items again gives the same key.  Pass one
+    `cache` to all the digests of a run: they share most of their events."""
+    cache = cache if cache is not None else RenderCache(state)
     unique = sorted({item.id: item for item in items}.values(), key=lambda i: (i.at_ns, i.id))
     changed = []
     for event_id in dict.fromkeys(item.event_id for item in unique):
-        event = state.event(event_id)
+        event = cache.event(event_id)
         if event is None:
             continue
-        changes = _changes(event, recipient, [i for i in unique if i.event_id == event_id])
+        view = cache.view(event, recipient)
+        changes = _changes(event, view, [i for i in unique if i.event_id == event_id])
         if changes:
-            changed.append({"event": event_view(event, recipient), "changes": changes})
+            changed.append({"event": view, "changes": changes})
     if not changed:
         return None
     context = {
@@ -90,10 +94,11 @@ def compose_digest(
         "count": sum(len(entry["changes"]) for entry in changed),
         "changed": changed,
         "events": [
-            event_view(event, recipient)
+            cache.view(event, recipient)
             for event in state.events_of(recipient.user)
             if _open(event, now_ns)
         ],
+        "partial": cache.partial,
     }
     ids = "\n".join(sorted(item.id for item in unique))
     key = "digest-" + hashlib.sha256(f"{recipient.user}\n{ids}".encode()).hexdigest()[:32]
@@ -113,11 +118,8 @@ def compose_digest(
     return None
 
 
-def _changes(
-    event: Event, recipient: Recipient, items: list[DigestItem]
-) -> list[dict[str, object]]:
+def _changes(event: Event, view: EventView, items: list[DigestItem]) -> list[dict[str, object]]:
     """One entry per item in order, except votes: one entry for all of them, at the first."""
-    view = event_view(event, recipient)
     options = {option["id"]: option for option in (*view["times"], *view["places"])}
     comments = {comment.id: comment for comment in event.comments}
     voters = list(dict.fromkeys(i.actor for i in items if i.kind is Kind.VOTES and i.actor))

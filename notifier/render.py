@@ -22,10 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final, TypedDict
+from typing import Any, Final, TypedDict
 
 import icalendar
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, meta, select_autoescape
+from markupsafe import Markup
 
 from herd.events import Choice, Event, PlaceOption, PlanningState, TimeOption
 from notifier.channels import Attachment, Outgoing
@@ -40,6 +41,7 @@ __all__ = [
     "environment",
     "event_view",
     "local_time",
+    "names",
     "one_line",
     "render",
     "render_email",
@@ -69,16 +71,37 @@ def local_time(posix: int, tz: str) -> str:
     return f"{day} {moment.day} {month} {moment:%H:%M} {moment.tzname()}"
 
 
+def names(users: Sequence[str], none: str = "") -> str:
+    """`a, b, c`, or `none` for nobody: `join` and `or` in one filter, so that HTML escapes
+    the list once rather than each name (digests show many lists)."""
+    return ", ".join(users) or none
+
+
 def one_line(text: str) -> str:
     """Runs of whitespace and control characters (CR, LF, U+2028, ...) as one space, trimmed:
     what goes into a header or onto the line protocol."""
     return _NOT_ONE_LINE.sub(" ", text).strip()
 
 
+class _Environment(Environment):
+    """Looks up `a.b` on a dict as `a["b"]` first.  Templates see views as dicts, and Jinja's
+    own order (the attribute, then the key) raised and caught an AttributeError for every
+    field shown: a sixth of a digest's rendering.  No view has a key named like a dict method,
+    so the answer is the same."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict:
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
+
+
 @functools.cache
 def environment() -> Environment:
     """The one Environment over `templates/`, made on first use."""
-    env = Environment(
+    env = _Environment(
         loader=FileSystemLoader(TEMPLATES),
         undefined=StrictUndefined,
         autoescape=select_autoescape(
@@ -87,8 +110,10 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        auto_reload=False,  # else every render stats the template's file
     )
     env.filters["local"] = local_time
+    env.filters["names"] = names
     return env
 
 
@@ -145,24 +170,111 @@ class Unsubscribe:
 
 
 class RenderCache:
-    """What the notifications of one change share: the event and its view per time zone.
-    Building them per recipient made a change to an event of n people cost O(n²)."""
+    """What the notifications of one change, or the digests of one run, share: each event's
+    view per time zone, each event's block of text or HTML per time zone (`partial`), and a
+    template's output for every recipient in one zone when it does not name the recipient.
+    Building them per recipient made a change to an event of n people cost O(n²), and a
+    digest run render each event once per participant.
 
-    def __init__(self, state: PlanningState) -> None:
+    Entries are checked against the event the state holds now (`PlanningState.event` returns
+    the same object until an op changes it), so a cache may outlive a reactor turn.  It is
+    bounded, so that a run over every event does not keep them all: at `views` views (which
+    hold many small objects) those start again, at `block_chars` characters of blocks the
+    blocks do."""
+
+    def __init__(
+        self, state: PlanningState, views: int = 500, block_chars: int = 16_000_000
+    ) -> None:
         self._state = state
-        self._events: dict[str, Event | None] = {}
-        self._views: dict[tuple[str, str], EventView] = {}
+        self._most_views = views
+        self._most_chars = block_chars
+        self._views: dict[tuple[str, str], tuple[Event, EventView]] = {}
+        self._blocks: dict[tuple[str, str, str], tuple[Event, str]] = {}
+        self._block_chars = 0
+        self._contexts: dict[_ContextKey, tuple[Event, dict[str, object]]] = {}
+        self._texts: dict[tuple[str, _ContextKey], tuple[Event, str]] = {}
 
     def event(self, event_id: str) -> Event | None:
-        if event_id not in self._events:
-            self._events[event_id] = self._state.event(event_id)
-        return self._events[event_id]
+        return self._state.event(event_id)
 
     def view(self, event: Event, recipient: Recipient) -> EventView:
-        key = (event.id, recipient.tz)
-        if key not in self._views:
-            self._views[key] = event_view(event, recipient)
-        return self._views[key]
+        held = self._views.get((event.id, recipient.tz))
+        if held is None or held[0] is not event:
+            if len(self._views) >= self._most_views:
+                self._views.clear()
+                self._contexts.clear()
+                self._texts.clear()
+            held = self._views[(event.id, recipient.tz)] = event, event_view(event, recipient)
+        return held[1]
+
+    def partial(self, name: str, view: EventView) -> str:
+        """`name` rendered for the event `view` alone, as `{{ partial(name, event) }}` in a
+        template: what `{% include name %}` on a line of its own gives (its final newline is
+        the template's), once per event and zone.  HTML comes back as `Markup`, so it is not
+        escaped twice."""
+        key = (name, view["id"], view["tz"])
+        event = self._state.event(view["id"])
+        held = self._blocks.get(key)
+        if held is None or held[0] is not event or event is None:
+            text = _template(name).render(event=view).removesuffix("\n")
+            if self._block_chars + len(text) > self._most_chars:
+                self._blocks.clear()
+                self._block_chars = 0
+            if event is not None:
+                self._blocks[key] = event, text
+                self._block_chars += len(text)
+            return Markup(text) if name.endswith(".html.j2") else text
+        return Markup(held[1]) if name.endswith(".html.j2") else held[1]
+
+    def context(self, notification: Notification, event: Event) -> dict[str, object]:
+        """The context every template of the notification gets, shared by the recipients
+        in one zone; `user` is the first recipient's (`text` swaps in each one's)."""
+        key = _context_key(notification)
+        held = self._contexts.get(key)
+        if held is None or held[0] is not event:
+            view = self.view(event, notification.recipient)
+            held = self._contexts[key] = event, _context(notification, event, view, self)
+        return held[1]
+
+    def text(self, notification: Notification, event: Event, template: str) -> str:
+        """`template` for the notification's recipient: rendered once per zone when the
+        template does not name the recipient (`user`), else for each of them."""
+        context = self.context(notification, event)
+        if not _names_recipient(template):
+            key = (template, _context_key(notification))
+            held = self._texts.get(key)
+            if held is None or held[0] is not event:
+                held = self._texts[key] = event, _template(template).render(context)
+            return held[1]
+        return _template(template).render({**context, "user": notification.recipient.user})
+
+
+_ContextKey = tuple[Kind, str, str, str | None, str | None, str]
+
+
+def _context_key(notification: Notification) -> _ContextKey:
+    """All a notification's context depends on besides the event and the recipient's id."""
+    n = notification
+    return n.kind, n.event_id, n.cause, n.actor, n.option_id, n.recipient.tz
+
+
+def _template(name: str) -> Template:
+    return environment().get_template(name)
+
+
+@functools.cache
+def _names_recipient(name: str) -> bool:
+    """Whether the template (with what it extends, includes or imports) reads `user` or
+    `unsubscribe`, the per-recipient parts of a context.  Templates do not change while the
+    process runs (`auto_reload` is off), so the answer is kept."""
+    env = environment()
+    assert env.loader is not None
+    source, _, _ = env.loader.get_source(env, name)
+    tree = env.parse(source)
+    if meta.find_undeclared_variables(tree) & {"user", "unsubscribe"}:
+        return True
+    others = meta.find_referenced_templates(tree)
+    return any(other is None or _names_recipient(other) for other in others)
 
 
 def render(
@@ -181,22 +293,22 @@ def render(
     event = cache.event(notification.event_id)
     if event is None:
         return []
-    context = _context(notification, event, cache.view(event, notification.recipient))
     recipient, kind = notification.recipient, notification.kind
     messages: list[Outgoing] = []
     for medium in routed.channels:
         key = f"{notification.id}.{medium}"
         if medium is Medium.EMAIL and recipient.email is not None:
             calendar = (_calendar(event, notification),) if kind is Kind.DECIDED else ()
+            context = {**cache.context(notification, event), "user": recipient.user}
             email = render_email(
                 key, recipient.user, recipient.email, kind, context, unsubscribe, event.id, calendar
             )
             messages.append(email)
         elif medium is Medium.XMPP and recipient.jid is not None:
-            text = render_text("xmpp", kind, "body.txt", context)
+            text = cache.text(notification, event, f"xmpp/{kind}.body.txt.j2")
             messages.append(Outgoing(key, medium.value, recipient.jid, "", text, thread=event.id))
         elif medium is Medium.LINE:
-            line = one_line(render_text("line", kind, "line.txt", context))
+            line = one_line(cache.text(notification, event, f"line/{kind}.line.txt.j2"))
             messages.append(Outgoing(key, medium.value, recipient.user, "", line))
     return messages
 
@@ -256,9 +368,12 @@ class EventView(TypedDict):
     leading_time: OptionView | None
     leading_place: OptionView | None
     not_answered: list[str]  # invitees who have voted on nothing
+    tz: str  # the zone times are shown in
 
 
-def _context(notification: Notification, event: Event, view: EventView) -> dict[str, object]:
+def _context(
+    notification: Notification, event: Event, view: EventView, cache: RenderCache
+) -> dict[str, object]:
     recipient = notification.recipient
     option_id = notification.option_id
     option = next((o for o in (*view["times"], *view["places"]) if o["id"] == option_id), None)
@@ -278,6 +393,7 @@ def _context(notification: Notification, event: Event, view: EventView) -> dict[
         "option": option,
         "choice": choice,
         "comment": comment,
+        "partial": cache.partial,
     }
 
 
@@ -304,6 +420,7 @@ def event_view(event: Event, recipient: Recipient) -> EventView:
         "leading_time": _leading(times),
         "leading_place": _leading(places),
         "not_answered": [user for user in event.invitees if user not in voted],
+        "tz": recipient.tz,
     }
 
 

@@ -14,6 +14,13 @@ answers, the message is with the server: delivered. Errors from remote domains c
 only logged. Session down, a lost connection or no answer in ``confirm_timeout`` seconds is
 transient (the outbox retries; at-least-once, and the stable id lets clients drop duplicates).
 
+Deliveries are serialized here (``_chat``) and the stanzas of one loop turn written together with
+``send_raw``: building them with slixmpp (``make_message``, the ElementBase plugins, a generator per
+character in ``escape``) and its send queue cost ~90 µs of CPU per message, ~460 µs for an 8 KB
+body; this way ~15 and ~27 µs. Characters that XML 1.0 forbids are dropped from every text we
+send: one would make the server close the stream (``not-well-formed``), failing everything in
+flight, and the retried message would do it again.
+
 Reconnection. slixmpp retries a failing *connect*, but does nothing when an established session
 drops (a Prosody restart): this channel reconnects itself on the injected clock, with exponential
 backoff and jitter, capped at ``max_delay``, for both cases. XEP-0199 keepalive pings detect dead
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import suppress
@@ -56,6 +64,11 @@ APOLOGY = "Sorry, something went wrong on my side with that command; please try 
 MAX_BODY_BYTES = 64 * 1024
 _GEOLOC_TIMESTAMP = f"{{{Geoloc.namespace}}}timestamp"
 _TRANSIENT_CONDITIONS = frozenset({"remote-server-not-found", "remote-server-timeout"})
+# What XML 1.0 does not allow, even escaped: C0 controls but tab, LF, CR; lone surrogates (only
+# Python strings can hold them); U+FFFE and U+FFFF. ``_xml_text`` drops the same set, faster.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_C0_NOT_XML = bytes(set(range(0x20)) - {0x09, 0x0A, 0x0D})
+_RECEIPT_REQUEST = b'<request xmlns="urn:xmpp:receipts"/>'
 
 _log = Logger()
 
@@ -159,7 +172,7 @@ class XmppChannel:
         self._on_stranger = on_stranger
         self._link_attempts: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._jitter = jitter
-        self._stranger_reply = stranger_reply
+        self._stranger_reply = _NOT_XML.sub("", stranger_reply)
         self._apology = apology
         self._stranger_cooldown = stranger_cooldown
         self._confirm_timeout = confirm_timeout
@@ -176,6 +189,8 @@ class XmppChannel:
         # Deliveries waiting for their barrier: (bare recipient, id) -> bounce seen, if any.
         self._pending: dict[tuple[str, str], Exception | None] = {}
         self._barrier_next: list[Deferred[None]] | None = None
+        # Their stanzas, written together just before that barrier: one write, not hundreds.
+        self._unsent: list[bytes] = []
         self._barriers: list[list[Deferred[None]]] = []
         self._strangers: OrderedDict[str, float] = OrderedDict()
         self._states: dict[str, PresenceState] = {}  # known contacts' last reported state
@@ -198,6 +213,8 @@ class XmppChannel:
         xmpp.enable_plaintext = plain
         xmpp.auto_authorize = None  # strangers are refused, known users accepted, by us
         xmpp.auto_subscribe = False
+        # slixmpp's Message() sets xml:lang from default_lang; so does ``_chat``.
+        self._lang = b' xml:lang="%s"' % _xml_attr(xmpp.default_lang) if xmpp.default_lang else b""
         for plugin in ("xep_0030", "xep_0199", "xep_0184", "xep_0115", "xep_0163", "xep_0080"):
             xmpp.register_plugin(plugin)
         xmpp.plugin["xep_0030"].add_identity(category="client", itype="bot", name="Renga")
@@ -296,6 +313,7 @@ class XmppChannel:
         self._up = False
         self._generation += 1
         self._states.clear()  # the next session's presence flood reports everyone afresh
+        self._unsent.clear()
         barriers, self._barriers = self._barriers, []
         if self._barrier_next is not None:
             barriers.append(self._barrier_next)
@@ -322,27 +340,31 @@ class XmppChannel:
         """Send one ``chat`` message; fires once the server has taken it (see the module doc).
 
         ``subject``, ``html``, ``headers`` and ``attachments`` are not used: XMPP gets text only.
+        Characters XML forbids are dropped from the text and thread: a stray control character in
+        a comment should not cost the notification. A key XML cannot carry is refused instead, as
+        bounces are matched by it.
         """
         if not self._up:
             return fail(TransientDeliveryError("XMPP session is down"))
         try:
-            to = JID(message.recipient)
-        except InvalidJID as error:
+            to = JID(message.recipient)  # slixmpp's JID is compiled (~0.2 µs): no cache needed
+        except (InvalidJID, UnicodeEncodeError) as error:  # lone surrogates fail in encode()
             return fail(PermanentDeliveryError(f"not a JID: {message.recipient!r} ({error})"))
         if not to.user:
             return fail(PermanentDeliveryError(f"not a user's JID: {message.recipient!r}"))
-        if len(message.text.encode()) > MAX_BODY_BYTES:
-            return fail(PermanentDeliveryError(f"body over {MAX_BODY_BYTES} bytes"))
+        if _NOT_XML.search(message.key):
+            return fail(PermanentDeliveryError(f"key not valid in XML: {message.key!r}"))
+        body = _xml_text(message.text)
+        if len(body) > MAX_BODY_BYTES:  # escaped: 64 KiB of "&" are 320 KiB on the wire
+            return fail(PermanentDeliveryError(f"body over {MAX_BODY_BYTES} bytes as XML"))
         pending = (to.bare, message.key)
         if pending in self._pending:
             return fail(TransientDeliveryError(f"{message.key} is already in flight"))
         self._pending[pending] = None
-        stanza = self._xmpp.make_message(mto=to, mbody=message.text, mtype="chat")
-        stanza["id"] = message.key
-        if message.thread:
-            stanza["thread"] = message.thread
-        stanza["request_receipt"] = True
-        stanza.send()
+        thread = _xml_text(message.thread) if message.thread else b""
+        self._unsent.append(
+            _chat(_xml_attr(to.full), _xml_attr(message.key), body, thread, self._lang)
+        )
         confirmed = self._barrier()
         confirmed.addBoth(self._settle, pending)
         return confirmed
@@ -356,7 +378,8 @@ class XmppChannel:
         return None
 
     def _barrier(self) -> Deferred[None]:
-        """A Deferred that fires once the server has answered everything written so far."""
+        """A Deferred that fires once the server has answered everything sent so far; the
+        stanzas of this loop turn are written with its ping."""
         waiter: Deferred[None] = Deferred()
         if self._barrier_next is None:
             self._barrier_next = []
@@ -368,6 +391,9 @@ class XmppChannel:
         waiters, self._barrier_next = self._barrier_next, None
         if not waiters:
             return
+        # Still the same session (_session_lost empties both), so slixmpp has a transport.
+        unsent, self._unsent = self._unsent, []
+        self._xmpp.send_raw(b"".join(unsent))
         self._barriers.append(waiters)
         ping = self._xmpp.plugin["xep_0199"].send_ping(
             JID(self._xmpp.boundjid.host), timeout=self._confirm_timeout
@@ -432,6 +458,7 @@ class XmppChannel:
         return self._apology
 
     def _reply(self, text: str, to: JID, thread: str) -> None:
+        text = _NOT_XML.sub("", text)
         if not text:
             return
         data = text.encode()
@@ -524,6 +551,47 @@ def _fire(waiters: list[Deferred[None]], error: Exception | None) -> None:
             waiter.callback(None)
         else:
             waiter.errback(error)
+
+
+def _xml_text(text: str) -> bytes:
+    """``text`` as escaped UTF-8 character data, minus the characters XML 1.0 forbids.
+
+    C-speed ``replace``/``translate`` only: for 8 KB, ~6 µs (ASCII) to ~18 µs (accents, emoji),
+    where slixmpp's ``escape``, a generator per character, takes ~400 µs. Control bytes are
+    dropped after encoding, which is safe: bytes below 0x80 never occur inside a multi-byte UTF-8
+    character.
+    """
+    if "\ufffe" in text or "\uffff" in text:
+        text = text.replace("\ufffe", "").replace("\uffff", "")
+    data = text.encode("utf-8", "ignore").translate(None, _C0_NOT_XML)  # ignore: lone surrogates
+    return data.replace(b"&", b"&amp;").replace(b"<", b"&lt;").replace(b">", b"&gt;")
+
+
+def _xml_attr(text: str) -> bytes:
+    """``text`` for a double-quoted attribute value (see ``_xml_text``)."""
+    return _xml_text(text).replace(b'"', b"&quot;")
+
+
+def _chat(to: bytes, key: bytes, body: bytes, thread: bytes, lang: bytes) -> bytes:
+    """A delivery: the stanza ``make_message`` would build, with an XEP-0184 receipt request.
+
+    Escaped parts in. Like slixmpp, an empty body or thread is left out, and ``jabber:client`` is
+    the stream's default namespace. Why ``send_raw`` may skip slixmpp's ``send()``, as checked in
+    slixmpp 1.17: it queues the stanza until the session starts (we write only while ``_up``,
+    set after that), then runs the outgoing filters registered here in a task: XEP-0184's
+    auto-request (off; we ask ourselves), XEP-0115's caps and the roster's last status (both for
+    presences only); there is no stream management (XEP-0198), whose ``out_sync`` filter would
+    have to count every stanza. A test fails if a plugin adds a filter. Written directly, messages
+    may pass stanzas still in that queue; that is fine, as the barrier ping goes through it after
+    them.
+    """
+    parts = [b'<message type="chat" to="', to, b'" id="', key, b'"', lang, b">"]
+    if body:
+        parts += (b"<body>", body, b"</body>")
+    if thread:
+        parts += (b"<thread>", thread, b"</thread>")
+    parts.append(_RECEIPT_REQUEST + b"</message>")
+    return b"".join(parts)
 
 
 def _posix(text: str | None) -> float | None:

@@ -20,11 +20,11 @@ from slixmpp.plugins.xep_0080 import Geoloc
 from slixmpp.stanza import Message, Presence
 from slixmpp.xmlstream import ET
 from twisted.internet import reactor, threads
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import deferLater
 
 from notifier.channels import Outgoing, PermanentDeliveryError, TransientDeliveryError
-from notifier.channels.xmpp import STRANGER_REPLY, XmppChannel, XmppLoginError
+from notifier.channels.xmpp import MAX_BODY_BYTES, STRANGER_REPLY, XmppChannel, XmppLoginError
 from notifier.localxmpp import LocalProsody
 
 from .conftest import BOT_USER, XMPP_PASSWORD
@@ -398,3 +398,115 @@ async def test_presence_and_published_location_of_a_known_user(scene: Scene) -> 
     await alice.logout()
     await until(lambda: len(states) == 3, "alice gone")
     assert states == [(alice.jid, "available"), (alice.jid, "away"), (alice.jid, "unavailable")]
+
+
+# Texts that slixmpp's serializer and ours must both get through intact.
+SPECIAL_TEXTS = (
+    "less < greater > amp & quote \" apostrophe ' and a fake </body></message> end tag",
+    "Zoë, naïve café, 日本語, Ελληνικά, עברית",
+    "emoji 🍕🎉, a family 👩‍👩‍👧 and a flag 🇫🇷",
+    "  leading and trailing spaces, a\ttab and\nnewlines  ",
+    ("A long digest line with <tags>, &amp; 'quotes' and émojis 🍕.\n" * 150)[:8100],
+)
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_deliveries_arrive_intact_with_thread_and_receipt_request(scene: Scene) -> None:
+    alice = scene.person("alice")
+    receipts: list[str] = []
+    bot = scene.bot([alice.jid], on_receipt=lambda who, key: receipts.append(key))
+    await bot.start()
+    await alice.login()
+    thread_ids = ("event-42", None, "ev <&> \"'", None, "ünïcode 🍕")
+    keys = [f"s{i}/xmpp&<\"'" for i in range(len(SPECIAL_TEXTS))]
+    # All in one loop turn, as the outbox hands them over: one write, one barrier, one bounce.
+    sent = [
+        bot.deliver(Outgoing(key, "xmpp", alice.jid, "", text, thread=thread))
+        for key, text, thread in zip(keys, SPECIAL_TEXTS, thread_ids, strict=True)
+    ]
+    bounced = bot.deliver(chat("s-nobody/xmpp", scene.prosody.jid("nobody"), "hello?"))
+    await gatherResults(sent)
+    with pytest.raises(PermanentDeliveryError):
+        await bounced
+    await until(lambda: len(alice.chats) == len(SPECIAL_TEXTS), "all special messages")
+    for msg, key, text, thread in zip(alice.chats, keys, SPECIAL_TEXTS, thread_ids, strict=True):
+        assert (msg["id"], msg["type"], msg["body"], msg["thread"]) == (
+            key,
+            "chat",
+            text,
+            thread or "",
+        )
+        assert msg["request_receipt"]
+        assert str(msg["from"]) == f"{scene.bot_jid}/Bailey"
+    await until(lambda: len(receipts) == len(keys), "alice's receipts")
+    assert receipts == keys
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_characters_xml_forbids_are_dropped_and_the_stream_survives(scene: Scene) -> None:
+    """A stray control character (pasted into a comment) would make Prosody close the bot's
+    stream (not-well-formed), and the outbox would retry that message forever."""
+    alice = scene.person("alice")
+    bot = scene.bot([alice.jid])
+    await bot.start()
+    await alice.login()
+    dirty = "a\x00b\x01c\x08d\x0b\x0ce\x1b[1mbold\x1f \x7f\x85 \ud800x\udfff y\ufffe\uffff z\t\nend"
+    clean = "abcde[1mbold \x7f\x85 x y z\t\nend"
+    message = Outgoing("d1/xmpp", "xmpp", alice.jid, "", dirty, thread="ev\x02ent\ufffe")
+    await bot.deliver(message)  # confirmed by the barrier: the stream took it
+    await bot.deliver(chat("d2/xmpp", alice.jid, "\x01\x02"))  # nothing left: no body
+    await bot.deliver(chat("d3/xmpp", alice.jid, "still here"))
+    await until(lambda: len(alice.chats) == 2, "the cleaned message and the next one")
+    assert [(msg["body"], msg["thread"]) for msg in alice.chats] == [
+        (clean, "event"),
+        ("still here", ""),
+    ]
+    assert bot.session_up
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_unsendable_deliveries_fail_permanently_and_the_stream_survives(
+    scene: Scene,
+) -> None:
+    alice = scene.person("alice")
+    bot = scene.bot([alice.jid])
+    await bot.start()
+    await alice.login()
+    refused = (
+        chat("r1/xmpp", "alice\ud800@localhost", "a lone surrogate in the JID"),
+        chat("r2/xmpp\x00", alice.jid, "a key XML cannot carry"),
+        chat("r3/xmpp", alice.jid, "x" * (MAX_BODY_BYTES + 1)),
+        # Under the limit as text, but 5x that once escaped: Prosody would close the stream.
+        chat("r4/xmpp", alice.jid, "&" * (MAX_BODY_BYTES - 1)),
+    )
+    for message in refused:
+        with pytest.raises(PermanentDeliveryError):
+            await bot.deliver(message)
+    await bot.deliver(chat("r5/xmpp", alice.jid, "x" * MAX_BODY_BYTES))
+    await until(lambda: alice.chats, "the message at the size limit")
+    assert [msg["id"] for msg in alice.chats] == ["r5/xmpp"]
+    assert alice.bodies() == ["x" * MAX_BODY_BYTES]
+    assert bot.session_up
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_no_outgoing_filter_would_change_a_delivery(scene: Scene) -> None:
+    """Deliveries are written past slixmpp's send() and so its outgoing filters. These leave a
+    chat message alone (see ``_chat``); a plugin that adds another must be looked at."""
+    bot = scene.bot([])
+    await bot.start()
+    filters = bot._xmpp._XMLStream__filters
+    assert {mode: {f.__qualname__ for f in found} for mode, found in filters.items()} == {
+        "in": set(),
+        "out": {
+            "Roster._save_last_status",
+            "XEP_0184._filter_add_receipt_request",
+            "XEP_0115._filter_add_caps",
+        },
+        "out_sync": set(),
+        "out_sce": set(),
+    }

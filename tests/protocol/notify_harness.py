@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 
 from herd.events import OPERATOR
 from herd.peers import new_nonce, peer_mac
@@ -82,8 +83,9 @@ class Notified:
         self.node.close()
 
 
-def attach(node: Node, presence: Presence = offline) -> Notified:
-    """Wire a notifier into `node` as `herd/service.py` does, and start it."""
+def attach(node: Node, presence: Presence = offline, clock: Clock | None = None) -> Notified:
+    """Wire a notifier into `node` as `herd/service.py` does, and start it; `clock` is the
+    listener's, if not the node's."""
     saved = load(node.store.path)
     hub = LineHub()
     email, xmpp = RecordingChannel("email"), RecordingChannel("xmpp")
@@ -101,7 +103,7 @@ def attach(node: Node, presence: Presence = offline) -> Notified:
         wake=outbox.wake,
         push=hub,
         unsubscribe=UNSUBSCRIBE,
-        clock=node.clock,
+        clock=node.clock if clock is None else clock,
         presence=presence,
         saved=saved,
         op_lines=(logged.line for logged in server.replica.ops.since(0)),

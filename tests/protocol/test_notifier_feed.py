@@ -14,6 +14,7 @@ from twisted.logger import capturedLogs
 from twisted.test.iosim import IOPump
 
 from herd.events import Change
+from notifier.channels import Outgoing
 from notifier.feed import TICK
 from tests.protocol.harness import link, make_node, settle
 from tests.protocol.notify_harness import START_S, Notified, Session, add_user, attach
@@ -247,3 +248,79 @@ def test_users_online_in_jabber_are_told_there(tmp_path: Path) -> None:
     assert "Sunny!" in chat.text
     assert node.email.sent == []
     node.close()
+
+
+def digests(notified: Notified) -> list[Outgoing]:
+    return [mail for mail in notified.email.sent if mail.key.startswith("digest-")]
+
+
+class OneTurnAtATime(Clock):
+    """A clock whose `advance` runs only what was due when it was called, not what those calls
+    schedule for now: one advance is one reactor turn, so a test can see what a turn did."""
+
+    def advance(self, amount: float) -> None:
+        self.rightNow += amount
+        due = [call for call in self.calls if call.getTime() <= self.rightNow]
+        for call in sorted(due, key=lambda call: call.getTime()):
+            if call in self.calls:
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+
+def test_a_crowd_of_digests_is_composed_a_few_at_a_time(tmp_path: Path) -> None:
+    """120 readers whose digest hour is the same minute: each turn composes at most
+    `DIGESTS_PER_TURN` and enqueues them in its own transaction, so the server keeps
+    answering in between and the first mails leave before the last are composed."""
+    clock, turns = Clock(), OneTurnAtATime()
+    clock.advance(START_S)
+    turns.advance(START_S)
+    a = attach(make_node(tmp_path / "A", "A", (), clock), clock=turns)
+    crowd = [f"u{n:03d}" for n in range(120)]
+    add_user(a.node, "alice", f"email={ALICE}")
+    for user in crowd:
+        add_user(a.node, user, f"email={user}@example.org")
+    alice = Session(a.node, "alice")
+    alice.json("USER SET digest off", b"USER")
+    event = alice.json("PLAN Crowd")["id"]
+    for start in range(0, len(crowd), 40):
+        alice.json(f"INVITE {event} {' '.join(crowd[start : start + 40])}")
+    alice.json(f"PROPOSE {event} TIME {WHEN}")  # a new option: into each reader's digest
+    [(held,)] = a.query("SELECT COUNT(*) FROM notifier_digest_items")
+    assert held == 120
+    turns.advance(posix("2023-11-15T08:00") + TICK - turns.seconds())
+    sent_after_each_turn = []
+    while True:
+        clock.advance(turns.seconds() - clock.seconds())  # commit the turn's write, send it
+        sent_after_each_turn.append(len(digests(a)))
+        if not any(call.getTime() <= turns.seconds() for call in turns.getDelayedCalls()):
+            break
+        turns.advance(0)
+    assert sent_after_each_turn == [50, 100, 120]
+    assert sorted(m.recipient for m in digests(a)) == [f"{u}@example.org" for u in crowd]
+    assert a.query("SELECT COUNT(*) FROM notifier_digest_items") == [(0,)]
+    a.close()
+
+
+def test_a_digest_run_stopped_halfway_keeps_the_rest_held(tmp_path: Path) -> None:
+    clock, turns = Clock(), OneTurnAtATime()
+    clock.advance(START_S)
+    turns.advance(START_S)
+    a = attach(make_node(tmp_path / "A", "A", (), clock), clock=turns)
+    crowd = [f"u{n:03d}" for n in range(80)]
+    add_user(a.node, "alice", f"email={ALICE}")
+    for user in crowd:
+        add_user(a.node, user, f"email={user}@example.org")
+    alice = Session(a.node, "alice")
+    alice.json("USER SET digest off", b"USER")
+    event = alice.json("PLAN Crowd")["id"]
+    for start in range(0, len(crowd), 40):
+        alice.json(f"INVITE {event} {' '.join(crowd[start : start + 40])}")
+    alice.json(f"PROPOSE {event} TIME {WHEN}")
+    turns.advance(posix("2023-11-15T08:00") + TICK - turns.seconds())
+    clock.advance(turns.seconds() - clock.seconds())
+    a.listener.stop()
+    assert turns.getDelayedCalls() == []  # the minute loops and the rest of the run
+    assert len(digests(a)) == 50
+    assert a.query("SELECT COUNT(*) FROM notifier_digest_items") == [(30,)]
+    a.close()

@@ -579,3 +579,31 @@ def test_user_of_jid_follows_the_jid_register() -> None:
     stale = op("A.7", OPERATOR, SetUserField("bob", UserField.JID, "old@example.org"), T0)
     assert state.apply(stale) == []
     assert state.user_of_jid("old@example.org") is None
+
+
+def test_reads_are_built_once_until_an_op_changes_them() -> None:
+    """`event` and `user` hand out the same object until an op touches it (the notifier caches
+    renderings by that identity), and a fresh one that shows the op afterwards."""
+    state = state_of(
+        op("u1", OPERATOR, AddUser("ann")),
+        op("u2", OPERATOR, AddUser("bob")),
+        op("e1", "ann", CreateEvent("Picnic")),
+        op("i1", "ann", Invite("e1", ("bob",))),
+        op("t1", "ann", AddTime("e1", 1_790_000_000)),
+        op("e2", "bob", CreateEvent("Lunch")),
+    )
+    picnic, lunch, ann = state.event("e1"), state.event("e2"), state.user("ann")
+    assert picnic is state.event("e1") and ann is state.user("ann")
+    state.apply(op("v1", "bob", CastVote("e1", "t1", Choice.YES), T0 + 1))
+    voted = state.event("e1")
+    assert voted is not picnic and voted is not None
+    assert voted.votes == {"t1": {"bob": Choice.YES}}
+    assert state.event("e2") is lunch and state.user("ann") is ann
+    state.apply(op("s1", OPERATOR, SetUserField("ann", UserField.TZ, "Asia/Tokyo"), T0 + 2))
+    retimed = state.user("ann")
+    assert retimed is not ann and retimed is not None and retimed.tz == "Asia/Tokyo"
+    state.apply(op("d1", "ann", SetDevice("phone-1", "ann"), T0 + 3))
+    assert state.user("ann") is not retimed
+    assert state.user("ann").clients == ("phone-1",)  # type: ignore[union-attr]
+    state.apply(op("v2", "bob", CastVote("e1", "t1", Choice.YES), T0 - 5))  # loses: no change
+    assert state.event("e1") is voted

@@ -42,6 +42,7 @@ from notifier.channels import Outgoing
 from notifier.message import Kind, Medium, Notification, Recipient, Routed, notification_id
 from notifier.render import (
     TEMPLATES,
+    RenderCache,
     Unsubscribe,
     environment,
     local_time,
@@ -299,3 +300,41 @@ def test_unsubscribe_tokens_are_bound_to_the_user_and_the_secret() -> None:
     for bad in ("http://x.org/{token}", "mailto:x@y.org", "https://x.org/{token}/{other}"):
         with pytest.raises(ValueError, match="unsubscribe URL"):
             Unsubscribe(b"secret", bad)
+
+
+@pytest.mark.parametrize("kind", [Kind.COMMENT, Kind.DECIDED, Kind.NEW_OPTION])
+def test_one_cache_for_many_recipients_renders_what_each_would_get_alone(kind: Kind) -> None:
+    """The cache renders a template once per zone when it does not name the recipient, and
+    each event's block once per zone: every recipient still gets exactly their own message."""
+    state, routed = scene(kind)
+    recipients = [
+        replace(routed.notification.recipient, user=user, tz=tz)
+        for user in ("bob", "carol", "dave")
+        for tz in ("Europe/Paris", "America/New_York")
+    ]
+    shared = RenderCache(state)
+    for recipient in recipients:
+        one = replace(routed, notification=replace(routed.notification, recipient=recipient))
+        assert render(one, state, UNSUBSCRIBE, shared) == render(one, state, UNSUBSCRIBE)
+
+
+def test_a_cache_kept_past_a_change_renders_the_new_state() -> None:
+    story = Story()
+    routed = story.routed(Kind.NEW_OPTION, "bob", "p2", "dave", "p2")
+    cache = RenderCache(story.state)
+    before = render(routed, story.state, UNSUBSCRIBE, cache)
+    story.apply("bob", CastVote("e1", "p2", Choice.YES), "vb")
+    after = render(routed, story.state, UNSUBSCRIBE, cache)
+    assert after == render(routed, story.state, UNSUBSCRIBE)
+    assert after != before
+    [xmpp] = [message for message in after if message.channel == "xmpp"]
+    assert "p2 Le <Train> Bleu: 1 yes" in xmpp.text
+
+
+def test_a_full_cache_starts_again_and_still_renders_right() -> None:
+    state, routed = scene(Kind.COMMENT)
+    tiny = RenderCache(state, views=1, block_chars=10)
+    for tz in ("Europe/Paris", "Asia/Tokyo", "Europe/Paris"):
+        recipient = replace(routed.notification.recipient, tz=tz)
+        one = replace(routed, notification=replace(routed.notification, recipient=recipient))
+        assert render(one, state, UNSUBSCRIBE, tiny) == render(one, state, UNSUBSCRIBE)
