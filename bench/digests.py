@@ -1,33 +1,47 @@
-"""Digest mail: 10,000 digests rendered and delivered to a real aiosmtpd in another process,
+"""Digest mail: 10,000 digests composed and delivered to a real aiosmtpd in another process,
 through Renga's own path against the naive way, side by side in one run.
 
 Each variant runs as its own child process (so their memory can be compared), against a fresh
 SMTP sink process (`bench/smtpsink.py`: aiosmtpd, counts and drops).  With two cores, the
 sender is pinned to core 1 and the sink to core 0.  The parent samples each child's RSS every
-0.2 s.  Both children first build the same planning state in memory (10,000 users with an
-email address, 5,000 events with 10 invitees, options, votes and comments; untimed), then time:
+0.2 s, and the sink's CPU over the child's life.  Both children first build the same planning
+state in memory (10,000 users with an email address in five zones, 5,000 events with 10
+invitees, options, votes and comments, all made two days ago, so that every user's daily
+digest hour has passed since; each user's digest items; untimed), then time:
 
-- **renga**: the real code paths on a Twisted asyncio reactor, as a herd server's notifier
-  does at digest time: `compose_digest` for every user (on the reactor, in one go, as
-  `NotifierListener._send_digests` does), `enqueue` of all of them in one transaction on a
-  store thread (a second SQLite connection, WAL, as the server's store), then `Outbox.wake()`:
-  the outbox claims rows on its own thread and delivers them through `SmtpChannel`
-  (`MessageBuilder`, aiosmtplib over a pool of reused connections; `--pool` connections, the
-  outbox's default 10 deliveries in flight).  Done when every delivery has been confirmed (the
-  sink's 250), and the outbox rows say `delivered`.
-- **naive**: the same `compose_digest` and `MessageBuilder.build`, then for each mail a new
-  `smtplib.SMTP` connection (EHLO, MAIL, RCPT, DATA, QUIT) in one worker thread, one after the
-  other; no outbox, so nothing is durable.
+- **renga**: the server's own digest path on a Twisted asyncio reactor.  Untimed setup, as
+  `herd/service.py` builds a server: a `herd.store.Store` (SQLite, WAL) opened on a store
+  thread, `notifier.feed.load` (the notifier's tables), the digest items written to
+  `notifier_digest_items` and read back by `load` as the listener's `Saved`, a
+  `GroupCommitter` on the store thread, the `Outbox` on its own thread delivering through
+  `SmtpChannel` (aiosmtplib over `--pool` reused connections, the outbox's default 10 deliveries
+  in flight), and a `NotifierListener` given the `AddUser` ops' JSON lines (their ids start
+  with `Bench.`, so this server, "Bench", sends every user's digest).  Timed: one call of
+  `listener._send_digests()`, which is what the minute loop (`LoopingCall` every `TICK`) does
+  when the digests fall due: it sorts the users by zone and composes 50 digests per reactor
+  turn with one shared `RenderCache`, each turn's digests enqueued in their own transaction
+  (`add_write`, group commit on the store thread) and the outbox woken after it commits, so
+  sending overlaps composing.  Done when the sink has confirmed (250) every one of the
+  10,000 deliveries; the outbox rows are then checked to say `delivered`, the items to be gone
+  and `notifier_digest_sent` to have a row per user.  "Composed" is when the listener's run
+  has no next turn any more; a `LoopingCall` every 5 ms records the gaps between its calls
+  (the longest is the longest the reactor was stalled during the run), and `gc.callbacks` the
+  garbage collector's pauses, to tell them from composing turns.
+- **naive**: `compose_digest` for every user (no cache) then, for each mail,
+  `MessageBuilder.build` and a new `smtplib.SMTP` connection (EHLO, MAIL, RCPT, DATA, QUIT) in
+  one worker thread, one after the other; no outbox, so nothing is durable.
 
-Mails/s end to end: digests composed and delivered per second, from the first compose to the
-last 250.  Goal: >= 600 mails/s for renga.
+Mails/s end to end: digests composed and delivered per second, from the start of the run (the
+`_send_digests` call; the first compose for naive) to the last 250.  Goal: >= 600 mails/s for
+renga.  CPU per mail is the sender process's (all its threads), while composing and after.
 
-    python -m bench digests [--digests 10000] [--pool 10] [--also-pool 4]
+    python -m bench digests [--digests 10000] [--pool 10] [--also-pool 4] [--rounds 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -53,15 +67,19 @@ SAMPLE_EVERY = 0.2
 CHILD_TIMEOUT = 900.0
 SENDER = "Renga <renga@bench.invalid>"
 ZONES = ("Europe/Paris", "America/New_York", "Asia/Tokyo", "UTC", "Australia/Sydney")
+SERVER = "Bench"  # the op ids of `build_state` start with "Bench.": this server adds every user
+AGO_NS = 2 * 86400 * 10**9  # the state is made this long ago: every zone's 08:00 has passed since
+MONITOR_EVERY = 0.005  # seconds between the calls of the reactor stall monitor
 
 
 # --- the state both variants mail about --------------------------------------------------------
 
 
-def build_state(users: int) -> tuple[Any, list[Any], list[list[Any]]]:
+def build_state(users: int) -> tuple[Any, list[Any], list[list[Any]], list[bytes]]:
     """A planning state with `users` users (email, a zone, daily digests) and users/2 events of
-    10 invitees with two times, a place, votes and a comment each; and each user's digest items
-    (new options, votes, comments on up to three of their events)."""
+    10 invitees with two times, a place, votes and a comment each, all made `AGO_NS` ago; each
+    user's recipient and digest items (new options, votes, comments on up to three of their
+    events); and the JSON lines of the `AddUser` ops (as the op log holds them)."""
     from herd.events import (
         OPERATOR,
         AddComment,
@@ -82,7 +100,8 @@ def build_state(users: int) -> tuple[Any, list[Any], list[list[Any]]]:
 
     state = PlanningState()
     counter = iter(range(1, 10**9))
-    now = time.time_ns()
+    now = time.time_ns() - AGO_NS
+    user_lines: list[bytes] = []
 
     def op(actor: str, body: Any) -> Op:
         made = Op(f"Bench.x.{next(counter)}", state.next_time(now), actor, body)
@@ -91,7 +110,7 @@ def build_state(users: int) -> tuple[Any, list[Any], list[list[Any]]]:
 
     names = [f"u{i:05d}" for i in range(users)]
     for index, name in enumerate(names):
-        op(OPERATOR, AddUser(name))
+        user_lines.append(op(OPERATOR, AddUser(name)).to_json())
         op(OPERATOR, SetUserField(name, UserField.EMAIL, f"{name}@bench.invalid"))
         op(OPERATOR, SetUserField(name, UserField.TZ, ZONES[index % len(ZONES)]))
     items: dict[str, list[Any]] = {name: [] for name in names}
@@ -156,16 +175,13 @@ def build_state(users: int) -> tuple[Any, list[Any], list[list[Any]]]:
         user = state.user(name)
         assert user is not None
         recipients.append(Recipient.of(user, ZONES[index % len(ZONES)]))
-    return state, recipients, [items[name] for name in names]
+    return state, recipients, [items[name] for name in names], user_lines
 
 
 def compose_all(state: Any, recipients: list[Any], items: list[list[Any]], count: int) -> list[Any]:
     from notifier.digest import compose_digest
-    from notifier.render import Unsubscribe
 
-    unsubscribe = Unsubscribe(
-        b"bench-secret", "mailto:renga@bench.invalid?subject=OPTOUT%20{user}%20{token}"
-    )
+    unsubscribe = _unsubscribe()
     now_ns = time.time_ns()
     out = []
     for index in range(count):
@@ -175,6 +191,14 @@ def compose_all(state: Any, recipients: list[Any], items: list[list[Any]], count
             raise BenchError(f"no digest for {recipients[k].user}")
         out.append(message)
     return out
+
+
+def _unsubscribe() -> Any:
+    from notifier.render import Unsubscribe
+
+    return Unsubscribe(
+        b"bench-secret", "mailto:renga@bench.invalid?subject=OPTOUT%20{user}%20{token}"
+    )
 
 
 def _rss_mib() -> float:
@@ -195,41 +219,111 @@ def child_renga(
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     asyncioreactor.install(loop)
+    import sqlite3
+    from collections.abc import Callable
+    from contextlib import closing
+    from typing import TypeVar
+
     from twisted.internet import reactor as installed
     from twisted.internet.defer import Deferred, ensureDeferred
+    from twisted.internet.task import LoopingCall
     from twisted.internet.threads import deferToThreadPool
+    from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+    from twisted.python.failure import Failure
     from twisted.python.threadpool import ThreadPool
+    from zope.interface import provider
 
+    from herd.store import GroupCommitter, Store
+    from notifier.channels.line import LineHub
     from notifier.channels.smtp import SmtpChannel
-    from notifier.outbox import OUTBOX_SCHEMA, Outbox, enqueue
+    from notifier.feed import SCHEMA, NotifierListener, load
+    from notifier.outbox import Outbox
 
     reactor: Any = installed
+    T = TypeVar("T")
 
     result: dict[str, Any] = {"variant": "renga", "pool": pool}
     marks: dict[str, float] = {}
     cpu: dict[str, float] = {}
+    gaps: list[tuple[float, float]] = []  # (time, seconds since the monitor's previous call)
     profile = cProfile.Profile() if profiled else None
+    collections: list[tuple[int, float, float]] = []  # (generation, start, seconds), timed part
+    collecting = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting[0] = time.monotonic()
+        elif "start" in marks and "delivered" not in marks:
+            collections.append(
+                (info["generation"], collecting[0], time.monotonic() - collecting[0])
+            )
+
+    pools: list[ThreadPool] = []
 
     def thread_pool(name: str) -> ThreadPool:
         made = ThreadPool(minthreads=1, maxthreads=1, name=name)
         made.start()
+        pools.append(made)
         return made
 
     async def main() -> None:
-        state, recipients, items = build_state(count)
+        state, recipients, items, user_lines = build_state(count)
         result["rss_after_state_mib"] = _rss_mib()
-        path = directory / "outbox.sqlite"
+        path = directory / f"{SERVER}.sqlite"
         store_pool, outbox_pool = thread_pool("store"), thread_pool("outbox")
-        import sqlite3
 
-        store_db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        store_db.execute("PRAGMA journal_mode=WAL")
-        store_db.execute("PRAGMA synchronous=NORMAL")
-        store_db.executescript(OUTBOX_SCHEMA)
+        def on_store(work: Callable[[], T]) -> Deferred[T]:
+            return deferToThreadPool(reactor, store_pool, work)
+
+        def on_outbox(work: Callable[[], T]) -> Deferred[T]:
+            return deferToThreadPool(reactor, outbox_pool, work)
+
+        done: Deferred[None] = Deferred()
+
+        def fail(reason: Failure | Exception) -> None:
+            if not done.called:
+                done.errback(reason)
+
+        # The server's database as a server holding these digest items would have it.
+        store = Store(path)
+        await on_store(store.open)
+        rows = [
+            (
+                recipient.user,
+                item.id,
+                item.kind.value,
+                item.event_id,
+                item.actor,
+                item.option_id,
+                item.cause,
+                item.at_ns,
+            )
+            for recipient, held in zip(recipients, items, strict=True)
+            for item in held
+        ]
+
+        def seed() -> None:
+            with closing(sqlite3.connect(path, isolation_level=None)) as db:
+                db.executescript(SCHEMA)
+                db.execute("BEGIN")
+                db.executemany(
+                    "INSERT OR IGNORE INTO notifier_digest_items"
+                    " (user_id, id, kind, event_id, actor, option_id, cause, at_ns)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                db.execute("COMMIT")
+
+        await on_store(seed)
+        saved = await on_store(lambda: load(path))
+        rows.clear()
+        if len(saved.digest_items) != count or saved.digest_sent or saved.reminders_ns:
+            raise BenchError(f"load read back {len(saved.digest_items)} users' digest items")
+        committer = GroupCommitter(store, on_store, reactor, fail)
+
         smtp = SmtpChannel(
             "127.0.0.1", port, SENDER, tls="none", pool_size=pool, now=reactor.seconds
         )
-        done: Deferred[None] = Deferred()
         tally = {"ok": 0, "failed": 0}
         delivered_at: list[float] = []
 
@@ -237,6 +331,8 @@ def child_renga(
             name = "email"
 
             def deliver(self, message: Any) -> Deferred[None]:
+                if "handed" not in marks:
+                    marks["handed"] = time.monotonic()  # the outbox's first claim
                 d = smtp.deliver(message)
 
                 def ok(value: None) -> None:
@@ -256,73 +352,176 @@ def child_renga(
                 return smtp.close()
 
         channel = Counting()
-        outbox = Outbox(
-            path,
-            {"email": channel},
-            reactor,
-            lambda work: deferToThreadPool(reactor, outbox_pool, work),
-            lambda: 0.5,
+        outbox = Outbox(path, {"email": channel}, reactor, on_outbox, lambda: 0.5)
+        commits: list[float] = []  # when each turn's transaction had committed
+
+        def wake() -> None:
+            """The outbox's wake, run by the committer after each turn's transaction."""
+            commits.append(time.monotonic())
+            if "enqueued" not in marks:
+                marks["enqueued"] = time.monotonic()
+                cpu["enqueued"] = time.process_time()
+            outbox.wake()
+
+        listener = NotifierListener(
+            server_name=SERVER,
+            op_prefix=f"{SERVER}.bench.",
+            state=state,
+            position_of=lambda user_id: None,
+            add_write=committer.add_write,
+            after_commit=committer.after_commit,
+            wake=wake,
+            push=LineHub(),
+            unsubscribe=_unsubscribe(),
+            clock=reactor,
+            saved=saved,
+            op_lines=user_lines,
         )
+        strangers = [r.user for r in recipients if not listener._sends_digest_of(r.user)]
+        if strangers:
+            raise BenchError(f"{SERVER} would not send the digests of {strangers[:3]}…")
         await outbox.start()
+
+        # Whatever the notifier logs as an error (a digest it could not compose, a failed loop)
+        # ends the run rather than leaving it waiting for mails that will never come.
+        errors: list[str] = []
+
+        @provider(ILogObserver)
+        def observe(event: dict[str, Any]) -> None:
+            level = event.get("log_level")
+            if level is not None and level >= LogLevel.error:
+                failure = event.get("log_failure")
+                text = formatEvent(event) or ""
+                errors.append(text + ("\n" + failure.getTraceback() if failure else ""))
+
+        globalLogPublisher.addObserver(observe)
+
+        def monitor() -> None:
+            """Every `MONITOR_EVERY`: the gap since the last call, the end of composing."""
+            now = time.monotonic()
+            gaps.append((now, now - last[0]))
+            last[0] = now
+            if "composed" not in marks and listener._digest_run is None:
+                marks["composed"] = now
+                cpu["composed"] = time.process_time()
+                result["rss_after_compose_mib"] = _rss_mib()
+            if errors:
+                fail(BenchError("the notifier logged an error:\n" + errors[0]))
+
         print(json.dumps({"phase": "start", "t": time.monotonic()}), flush=True)
+        stall_monitor = LoopingCall(monitor)
+        stall_monitor.clock = reactor
+        last = [time.monotonic()]
         marks["start"] = time.monotonic()
         cpu["start"] = time.process_time()
+        stall_monitor.start(MONITOR_EVERY, now=False)
+        gc.callbacks.append(on_gc)
         if profile is not None:
             profile.enable()
-        messages = compose_all(state, recipients, items, count)
-        if profile is not None:
-            profile.disable()
-            profile.dump_stats(str(directory / "compose.prof"))
-            profile.clear()
-        marks["composed"] = time.monotonic()
-        cpu["composed"] = time.process_time()
-        result["rss_after_compose_mib"] = _rss_mib()
-        result["text_bytes_avg"] = sum(len(m.text) + len(m.html or "") for m in messages) / count
-
-        def write() -> None:
-            store_db.execute("BEGIN IMMEDIATE")
-            enqueue(store_db, messages, time.time())
-            store_db.execute("COMMIT")
-
-        await deferToThreadPool(reactor, store_pool, write)
-        marks["enqueued"] = time.monotonic()
-        cpu["enqueued"] = time.process_time()
-        messages.clear()  # the rows hold them now, as in the server
-        if profile is not None:
-            profile.enable()
-        outbox.wake()
+        listener._send_digests()  # what the digests' minute loop does every TICK
         timeout = reactor.callLater(CHILD_TIMEOUT - 60, done.cancel)
-        await done
-        if timeout.active():
-            timeout.cancel()
-        marks["delivered"] = time.monotonic()
-        cpu["delivered"] = time.process_time()
-        if profile is not None:
-            profile.disable()
-            profile.dump_stats(str(directory / "send.prof"))
+        try:
+            await done
+        finally:
+            if timeout.active():
+                timeout.cancel()
+            marks["delivered"] = time.monotonic()
+            cpu["delivered"] = time.process_time()
+            if profile is not None:
+                profile.disable()
+                profile.dump_stats(str(directory / "run.prof"))
+            stall_monitor.stop()
+            globalLogPublisher.removeObserver(observe)
+            gc.callbacks.remove(on_gc)
         result["rss_at_end_mib"] = _rss_mib()
+        if "composed" not in marks:
+            raise BenchError("all delivered, but the listener is still composing")
+        await committer.idle()
+        listener.stop()
         await outbox.stop()
         await channel.close()
-        check = sqlite3.connect(path)
-        states = dict(check.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"))
-        check.close()
-        store_db.close()
-        store_pool.stop()
-        outbox_pool.stop()
-        result["outbox_states"] = states
+        await on_store(store.close)
+
+        def check() -> dict[str, Any]:
+            with closing(sqlite3.connect(path)) as db:
+                return {
+                    "outbox_states": dict(
+                        db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state")
+                    ),
+                    "text_bytes_avg": db.execute(
+                        "SELECT AVG(LENGTH(text) + COALESCE(LENGTH(html), 0)) FROM outbox"
+                    ).fetchone()[0],
+                    "items_left": db.execute(
+                        "SELECT COUNT(*) FROM notifier_digest_items"
+                    ).fetchone()[0],
+                    "digests_sent": db.execute(
+                        "SELECT COUNT(*) FROM notifier_digest_sent"
+                    ).fetchone()[0],
+                }
+
+        checked = await on_store(check)
+        result.update(checked)
+        if (
+            checked["outbox_states"] != {"delivered": count}
+            or checked["items_left"]
+            or checked["digests_sent"] != count
+        ):
+            raise BenchError(f"the store does not show every digest delivered: {checked}")
+        result["commits_at"] = commits
         result["tally"] = tally
         result["delivered_at"] = delivered_at
 
     def finish(outcome: Any) -> None:
         if outcome is not None and hasattr(outcome, "getTraceback"):
             result["error"] = outcome.getTraceback()
+        for made in pools:
+            made.stop()
         reactor.stop()
 
     reactor.callWhenRunning(lambda: ensureDeferred(main()).addBoth(finish))
     reactor.run()
     result["marks"] = marks
     result["cpu"] = cpu
+    result["gc"] = {
+        f"gen{generation}": {
+            "count": sum(1 for g, _, _ in collections if g == generation),
+            "total_ms": sum(s for g, _, s in collections if g == generation) * 1000,
+            "max_ms": max((s for g, _, s in collections if g == generation), default=0) * 1000,
+        }
+        for generation in (0, 1, 2)
+    }
+    result["gc"]["gen2_at_s"] = [
+        (round(at - marks.get("start", 0.0), 3), round(s * 1000, 1))
+        for g, at, s in collections
+        if g == 2
+    ]
+    result["reactor_gaps"] = _gap_figures(gaps, marks.get("start", 0.0), marks.get("composed"))
     return result
+
+
+def _gap_figures(
+    gaps: list[tuple[float, float]], start: float, composed: float | None
+) -> dict[str, Any]:
+    """The stall monitor's gaps (ms): the longest, while composing and after, the 99th
+    percentile, how many exceeded 50 ms, and the five longest as (end, s from start; ms)."""
+    if not gaps:
+        return {}
+    ms = sorted(gap * 1000 for _, gap in gaps)
+    during = [gap * 1000 for at, gap in gaps if composed is None or at <= composed]
+    after = [gap * 1000 for at, gap in gaps if composed is not None and at > composed]
+    return {
+        "calls": len(gaps),
+        "max_ms": ms[-1],
+        "max_composing_ms": max(during, default=0.0),
+        "max_after_ms": max(after, default=0.0),
+        "p99_ms": ms[min(len(ms) - 1, len(ms) * 99 // 100)],
+        "median_ms": ms[len(ms) // 2],
+        "over_50ms": sum(1 for gap in ms if gap > 50),
+        "longest": [
+            (round(at - start, 3), round(gap * 1000, 1))
+            for at, gap in sorted(gaps, key=lambda g: g[1])[-5:]
+        ],
+    }
 
 
 def child_naive(port: int, count: int, threads: int) -> dict[str, Any]:
@@ -334,7 +533,7 @@ def child_naive(port: int, count: int, threads: int) -> dict[str, Any]:
     result: dict[str, Any] = {"variant": "naive", "threads": threads}
     marks: dict[str, float] = {}
     cpu: dict[str, float] = {}
-    state, recipients, items = build_state(count)
+    state, recipients, items, _ = build_state(count)
     result["rss_after_state_mib"] = _rss_mib()
     builder = MessageBuilder(SENDER)
     delivered_at: list[float] = []
@@ -357,10 +556,11 @@ def child_naive(port: int, count: int, threads: int) -> dict[str, Any]:
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for future in [pool.submit(send, m) for m in messages]:
             future.result()
-    marks["enqueued"] = marks["composed"]
+    marks["enqueued"] = marks["composed"]  # nothing is stored: sending starts at once
     marks["delivered"] = time.monotonic()
     cpu["delivered"] = time.process_time()
     result["rss_at_end_mib"] = _rss_mib()
+    result["text_bytes_avg"] = sum(len(m.text) + len(m.html or "") for m in messages) / count
     result["tally"] = {"ok": len(delivered_at), "failed": count - len(delivered_at)}
     result["delivered_at"] = delivered_at
     result["marks"] = marks
@@ -473,9 +673,14 @@ def summarise(
     sink_cpu: float,
     count: int,
 ) -> dict[str, Any]:
+    """The figures of one run.  Marks: `start`; `composed` (the last digest composed);
+    `enqueued` (sending may begin: renga's first turn committed, naive's composing done);
+    `delivered` (the last 250).  For renga, composing and sending overlap."""
     marks = result.pop("marks")
     cpu = result.pop("cpu")
     delivered = result.pop("delivered_at")
+    gaps = result.pop("reactor_gaps", None)
+    commits = result.pop("commits_at", None)
     start, end = marks["start"], marks["delivered"]
     total = end - start
     sending = end - marks["enqueued"]
@@ -485,20 +690,22 @@ def summarise(
     lo, hi = delivered[len(delivered) // 10], delivered[len(delivered) * 9 // 10]
     steady = (len(delivered) * 8 // 10) / (hi - lo) if hi > lo else float("nan")
     rss = [(round(t - start, 2), round(m, 1)) for t, m in samples]
-    return {
+    figures = {
         **result,
         "count": count,
         "end_to_end_s": total,
         "mails_per_s": count / total,
         "compose_s": marks["composed"] - start,
-        "enqueue_s": marks["enqueued"] - marks["composed"],
+        "first_commit_s": marks["enqueued"] - start,
+        "first_delivery_s": delivered[0] - start if delivered else float("nan"),
         "send_s": sending,
+        "after_compose_s": end - marks["composed"],
         "send_mails_per_s": count / sending,
         "steady_send_mails_per_s": steady,
         "sender_cpu_ms_per_mail": {
-            "compose": (cpu["composed"] - cpu["start"]) / count * 1000,
-            "enqueue": (cpu["enqueued"] - cpu["composed"]) / count * 1000,
-            "send": (cpu["delivered"] - cpu["enqueued"]) / count * 1000,
+            "total": (cpu["delivered"] - cpu["start"]) / count * 1000,
+            "composing": (cpu["composed"] - cpu["start"]) / count * 1000,
+            "after_composing": (cpu["delivered"] - cpu["composed"]) / count * 1000,
         },
         "sink_cpu_ms_per_mail": sink_cpu / count * 1000,
         "sink": {
@@ -509,6 +716,57 @@ def summarise(
         "rss_peak_mib": max(m for _, m in samples) if samples else float("nan"),
         "rss_series_mib": rss[:: max(1, len(rss) // 60)],
     }
+    figures["sender_cpu_ms_total"] = figures["sender_cpu_ms_per_mail"]["total"]
+    figures["delivered_while_composing"] = sum(1 for t in delivered if t <= marks["composed"])
+    if commits is not None:
+        figures["first_handed_s"] = marks["handed"] - start
+        figures["turns_committed"] = len(commits)
+        figures["turns_committed_while_composing"] = sum(
+            1 for t in commits if t <= marks["composed"]
+        )
+        figures["turns_committed_at_s"] = [round(t - start, 3) for t in commits]
+    if gaps:
+        figures["reactor_gaps_ms"] = gaps
+        figures["max_reactor_stall_ms"] = gaps["max_ms"]
+    return figures
+
+
+SUMMARY_KEYS = (
+    "mails_per_s",
+    "end_to_end_s",
+    "compose_s",
+    "first_commit_s",
+    "first_delivery_s",
+    "send_s",
+    "after_compose_s",
+    "send_mails_per_s",
+    "steady_send_mails_per_s",
+    "sender_cpu_ms_total",
+    "sink_cpu_ms_per_mail",
+    "max_reactor_stall_ms",
+    "delivered_while_composing",
+    "rss_peak_mib",
+    "rss_after_state_mib",
+    "rss_after_compose_mib",
+)
+
+
+def describe(figures: dict[str, Any]) -> str:
+    """One line of figures (one run's or medians)."""
+    text = (
+        f"{figures['mails_per_s']:6.0f} mails/s end to end ({figures['end_to_end_s']:.1f} s: "
+        f"composed by {figures['compose_s']:.1f} s, first 250 at "
+        f"{figures['first_delivery_s']:.2f} s, last {figures['after_compose_s']:.1f} s after "
+        f"composing; sending {figures['send_s']:.1f} s = {figures['send_mails_per_s']:.0f}/s); "
+        f"CPU {figures['sender_cpu_ms_total']:.2f} ms/mail, sink "
+        f"{figures['sink_cpu_ms_per_mail']:.2f}; RSS peak {figures['rss_peak_mib']:.0f} MiB"
+    )
+    if "max_reactor_stall_ms" in figures:
+        text += (
+            f"; {figures['delivered_while_composing']:.0f} delivered while composing;"
+            f" longest reactor stall {figures['max_reactor_stall_ms']:.0f} ms"
+        )
+    return text
 
 
 def main(argv: list[str]) -> int:
@@ -547,38 +805,20 @@ def main(argv: list[str]) -> int:
                 figures = run_variant(variant, options.digests, extra, folder, pin)
                 runs[label].append(figures)
                 log(
-                    f"  {figures['mails_per_s']:.0f} mails/s end to end "
-                    f"(compose {figures['compose_s']:.1f} s, enqueue {figures['enqueue_s']:.2f} s,"
-                    f" send {figures['send_s']:.1f} s = {figures['send_mails_per_s']:.0f}/s); "
-                    f"sink got {figures['sink']['messages']} on {figures['sink']['connections']}"
-                    f" connections; RSS peak {figures['rss_peak_mib']:.0f} MiB"
+                    f"  {describe(figures)}; sink got {figures['sink']['messages']} on "
+                    f"{figures['sink']['connections']} connections"
                 )
     summary = {
         label: {
             key: median([r[key] for r in rounds])
-            for key in (
-                "mails_per_s",
-                "end_to_end_s",
-                "compose_s",
-                "enqueue_s",
-                "send_s",
-                "send_mails_per_s",
-                "steady_send_mails_per_s",
-                "rss_peak_mib",
-                "rss_after_state_mib",
-                "rss_after_compose_mib",
-            )
+            for key in SUMMARY_KEYS
+            if all(key in r for r in rounds)
         }
         for label, rounds in runs.items()
     }
     lines = [f"digests: {options.digests} per variant, medians of {options.rounds} round(s)"]
     for label, figures in summary.items():
-        lines.append(
-            f"  {label:18} {figures['mails_per_s']:6.0f} mails/s end to end "
-            f"({figures['end_to_end_s']:.1f} s: compose {figures['compose_s']:.1f}, enqueue "
-            f"{figures['enqueue_s']:.2f}, send {figures['send_s']:.1f} s = "
-            f"{figures['send_mails_per_s']:.0f}/s); RSS peak {figures['rss_peak_mib']:.0f} MiB"
-        )
+        lines.append(f"  {label:18} {describe(figures)}")
     first = variants[0][0]
     naive = variants[1][0]
     ratio = summary[first]["mails_per_s"] / summary[naive]["mails_per_s"]

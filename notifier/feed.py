@@ -259,7 +259,7 @@ class NotifierListener:
         line pushes always, folded ones into the digests this server sends.  One durable write
         (with `mark_ns` as the reminders' mark, if given); effects after its commit."""
         batches: list[_Batch] = []
-        pushes: list[tuple[str, str, str]] = []  # user, checkpoint, line
+        lines: list[Routed] = []
         cache = RenderCache(self._state)
         folded: list[tuple[str, DigestItem]] = []
         for placed in routed:
@@ -274,16 +274,14 @@ class NotifierListener:
                         folded.append((user, item))
                         self._digest_due.pop(user, None)  # a late item may make it sooner
                 continue
+            if Medium.LINE in placed.channels:  # `route` places the line on its own
+                lines.append(placed)
+                continue
             if not sends(notification):
-                if Medium.LINE not in placed.channels:
-                    continue
-                placed = replace(placed, channels=(Medium.LINE,))
+                continue
             messages = self._render(placed, cache)
-            mark = checkpoint(notification.at_ns, notification.id)
-            pushes.extend((user, mark, m.text) for m in messages if m.channel == Medium.LINE)
-            personal = [m for m in messages if m.channel != Medium.LINE]
-            if personal:
-                batches.append(_Batch(personal, placed.deliver_at / _SECOND, placed.coalesce))
+            if messages:
+                batches.append(_Batch(messages, placed.deliver_at / _SECOND, placed.coalesce))
         if batches or folded or mark_ns is not None:
             now = now_ns / _SECOND
 
@@ -301,8 +299,8 @@ class NotifierListener:
             self._add_write(write)
         if batches:
             self._after_commit(self._wake)
-        if pushes:
-            self._after_commit(lambda: self._publish(pushes))
+        if lines:
+            self._after_commit(lambda: self._publish_soon(lines, cache))
 
     def _render(self, placed: Routed, cache: RenderCache) -> list[Outgoing]:
         """The messages of one notification; none (and a logged traceback) if a template
@@ -317,9 +315,19 @@ class NotifierListener:
             )
             return []
 
-    def _publish(self, pushes: list[tuple[str, str, str]]) -> None:
-        for user, mark, line in pushes:
-            self._push.publish(user, mark, line)
+    def _publish_soon(self, lines: list[Routed], cache: RenderCache) -> None:
+        self._clock.callLater(0, self._publish, lines, cache)
+
+    def _publish(self, lines: list[Routed], cache: RenderCache) -> None:
+        """Render and push the line notifications of a change once it is durable, on the turn
+        after its commit: the flood to the peers and the replies go first, so that neither
+        the next server nor the author waits for this server's subscribers.  They show the
+        state as it is then."""
+        for placed in lines:
+            notification = placed.notification
+            mark = checkpoint(notification.at_ns, notification.id)
+            for message in self._render(placed, cache):
+                self._push.publish(notification.recipient.user, mark, message.text)
 
     # --- the minute loops ------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ that id plus the channel, and a repeat is ignored.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import zoneinfo
@@ -134,20 +135,14 @@ class Recipient:
     def of(cls, user: User, tz: str) -> Recipient:
         """From the merged user and their effective zone (set, or from their position).
         Unknown channel names, digest values and zones fall back to safe defaults."""
-        try:
-            zoneinfo.ZoneInfo(tz)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            tz = "UTC"
-        known = {medium.value: medium for medium in Medium}
-        digest = user.digest if user.digest in {d.value for d in Digest} else Digest.DAILY
         return cls(
             user=user.id,
             email=user.email,
             jid=user.jid,
-            channels=frozenset(known[c] for c in user.channels if c in known),
-            digest=Digest(digest),
-            quiet=QuietHours.parse(user.quiet),
-            tz=tz,
+            channels=_channels(user.channels),
+            digest=_DIGESTS.get(user.digest, Digest.DAILY),
+            quiet=_quiet(user.quiet),
+            tz=tz if _is_zone(tz) else "UTC",
         )
 
     @property
@@ -170,6 +165,31 @@ class Recipient:
         if not self.quiet.contains(local):
             return at_ns
         return max(at_ns, int(self.quiet.end_after(local).timestamp()) * 10**9)
+
+
+_MEDIA: Final = {medium.value: medium for medium in Medium}
+_DIGESTS: Final = {digest.value: digest for digest in Digest}
+
+# A change to an event of n people builds n recipients out of a few distinct settings.
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_zone(tz: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _channels(names: tuple[str, ...]) -> frozenset[Medium]:
+    return frozenset(_MEDIA[name] for name in names if name in _MEDIA)
+
+
+@functools.lru_cache(maxsize=1024)
+def _quiet(text: str | None) -> QuietHours | None:
+    return QuietHours.parse(text)
 
 
 def notification_id(cause: str, user: str, kind: Kind) -> str:

@@ -15,6 +15,7 @@ once.  Subscribers should resume from the greatest checkpoint they received.
 from __future__ import annotations
 
 import itertools
+import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from twisted.logger import Logger
 
 __all__ = ["HISTORY", "LineHub", "LinePush", "checkpoint"]
 
+_ONE_FIELD: Final = re.compile(r"\S+")
 HISTORY: Final = 1000
 """Notifications kept per user for replay."""
 
@@ -102,7 +104,7 @@ class LineHub:
     def publish(self, user: str, checkpoint: str, line: str) -> None:
         """File `PUSH <checkpoint> <line>` in order and push it to the user's subscribers; a
         checkpoint already held is not pushed again."""
-        if not checkpoint or any(c.isspace() for c in checkpoint):
+        if not _ONE_FIELD.fullmatch(checkpoint):
             raise ValueError(f"a checkpoint is one field, not {checkpoint!r}")
         text = line.encode("utf-8", "surrogateescape")
         if b"\n" in text or b"\r" in text:
