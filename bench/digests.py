@@ -381,6 +381,7 @@ def child_renga(
         if strangers:
             raise BenchError(f"{SERVER} would not send the digests of {strangers[:3]}…")
         await outbox.start()
+        gc.freeze()  # as `HerdService` does once it has started
 
         # Whatever the notifier logs as an error (a digest it could not compose, a failed loop)
         # ends the run rather than leaving it waiting for mails that will never come.

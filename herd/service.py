@@ -7,6 +7,7 @@ sees every report the server acknowledged before it last stopped (or was killed)
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections.abc import Callable
@@ -278,6 +279,10 @@ class HerdService(Service):
         replica.recent_changes = []
         self.notifier.start()
         await self.outbox.start()
+        # What start-up built (the planning state, the op log, the line history) lives as long
+        # as the server: keep it out of the collector's full passes, each of which walked all
+        # of it on the reactor (~0.3 s with 10,000 users and their events).
+        gc.freeze()
 
     def _dial(self, server: HerdServer, peer: str) -> None:
         target = self.config.servers[peer]

@@ -50,8 +50,8 @@ __all__ = ["DIGESTS_PER_TURN", "SCHEMA", "TICK", "NotifierListener", "Saved", "l
 
 TICK: Final = 60.0
 """Seconds between looks for due reminders and digests."""
-DIGESTS_PER_TURN: Final = 50
-"""Digests composed in one reactor turn: ~30 ms of work with ten events each."""
+DIGESTS_PER_TURN: Final = 25
+"""Digests composed in one reactor turn: ~20 ms of work with ten events each."""
 
 SCHEMA: Final = (
     OUTBOX_SCHEMA

@@ -183,7 +183,7 @@ class RenderCache:
     blocks do."""
 
     def __init__(
-        self, state: PlanningState, views: int = 500, block_chars: int = 16_000_000
+        self, state: PlanningState, views: int = 5000, block_chars: int = 16_000_000
     ) -> None:
         self._state = state
         self._most_views = views

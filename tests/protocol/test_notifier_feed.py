@@ -15,7 +15,7 @@ from twisted.test.iosim import IOPump
 
 from herd.events import Change
 from notifier.channels import Outgoing
-from notifier.feed import TICK
+from notifier.feed import DIGESTS_PER_TURN, TICK
 from tests.protocol.harness import link, make_node, settle
 from tests.protocol.notify_harness import START_S, Notified, Session, add_user, attach
 
@@ -296,7 +296,7 @@ def test_a_crowd_of_digests_is_composed_a_few_at_a_time(tmp_path: Path) -> None:
         if not any(call.getTime() <= turns.seconds() for call in turns.getDelayedCalls()):
             break
         turns.advance(0)
-    assert sent_after_each_turn == [50, 100, 120]
+    assert sent_after_each_turn == [*range(DIGESTS_PER_TURN, 120, DIGESTS_PER_TURN), 120]
     assert sorted(m.recipient for m in digests(a)) == [f"{u}@example.org" for u in crowd]
     assert a.query("SELECT COUNT(*) FROM notifier_digest_items") == [(0,)]
     a.close()
@@ -321,6 +321,7 @@ def test_a_digest_run_stopped_halfway_keeps_the_rest_held(tmp_path: Path) -> Non
     clock.advance(turns.seconds() - clock.seconds())
     a.listener.stop()
     assert turns.getDelayedCalls() == []  # the minute loops and the rest of the run
-    assert len(digests(a)) == 50
-    assert a.query("SELECT COUNT(*) FROM notifier_digest_items") == [(30,)]
+    assert len(digests(a)) == DIGESTS_PER_TURN
+    held = [(len(crowd) - DIGESTS_PER_TURN,)]
+    assert a.query("SELECT COUNT(*) FROM notifier_digest_items") == held
     a.close()
