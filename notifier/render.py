@@ -34,6 +34,7 @@ from notifier.message import Kind, Medium, Notification, Recipient, Routed
 
 __all__ = [
     "EVENT_DURATION",
+    "NAMES_SHOWN",
     "TEMPLATES",
     "EventView",
     "OptionView",
@@ -71,9 +72,15 @@ def local_time(posix: int, tz: str) -> str:
     return f"{day} {moment.day} {month} {moment:%H:%M} {moment.tzname()}"
 
 
+NAMES_SHOWN: Final = 20
+"""Names a message lists before it says how many more: nobody reads 1,000 names in a chat."""
+
+
 def names(users: Sequence[str], none: str = "") -> str:
-    """`a, b, c`, or `none` for nobody: `join` and `or` in one filter, so that HTML escapes
-    the list once rather than each name (digests show many lists)."""
+    """`a, b, c`, or `none` for nobody, or the first `NAMES_SHOWN` and `and N more`: `join`
+    and `or` in one filter, so that HTML escapes the list once rather than each name."""
+    if len(users) > NAMES_SHOWN:
+        return f"{', '.join(users[:NAMES_SHOWN])} and {len(users) - NAMES_SHOWN} more"
     return ", ".join(users) or none
 
 

@@ -41,11 +41,13 @@ from herd.events import (
 from notifier.channels import Outgoing
 from notifier.message import Kind, Medium, Notification, Recipient, Routed, notification_id
 from notifier.render import (
+    NAMES_SHOWN,
     TEMPLATES,
     RenderCache,
     Unsubscribe,
     environment,
     local_time,
+    names,
     one_line,
     render,
     unsubscribe_token,
@@ -338,3 +340,11 @@ def test_a_full_cache_starts_again_and_still_renders_right() -> None:
         recipient = replace(routed.notification.recipient, tz=tz)
         one = replace(routed, notification=replace(routed.notification, recipient=recipient))
         assert render(one, state, UNSUBSCRIBE, tiny) == render(one, state, UNSUBSCRIBE)
+
+
+def test_long_lists_of_names_are_cut_short() -> None:
+    crowd = [f"user{n:04d}" for n in range(1000)]
+    assert names(crowd[:NAMES_SHOWN]) == ", ".join(crowd[:NAMES_SHOWN])
+    shown = names(crowd)
+    assert shown.startswith("user0000, user0001, ") and shown.endswith(", user0019 and 980 more")
+    assert names([], "nobody") == "nobody"
