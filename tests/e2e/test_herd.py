@@ -184,7 +184,9 @@ def test_concurrent_reports_of_the_same_clients_converge_everywhere(herd: Herd) 
         client = split_at(reply)[2]
         if client not in winners or key(reply) > key(winners[client]):
             winners[client] = reply
-    assert len(set(replies)) > 100, "the race made few distinct lines"
+    # A precondition, not the behaviour: the writers really competed (how many distinct lines
+    # win for a moment depends on how fast floods overtake the writers: 82-127 seen).
+    assert len(set(replies)) > 2 * len(clients), "the race made few distinct lines"
     herd.wait_converged(NAMES, winners, timeout=5.0)
 
 
