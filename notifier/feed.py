@@ -52,6 +52,8 @@ TICK: Final = 60.0
 """Seconds between looks for due reminders and digests."""
 DIGESTS_PER_TURN: Final = 25
 """Digests composed in one reactor turn: ~20 ms of work with ten events each."""
+_LOOKS_PER_TURN: Final = 20 * DIGESTS_PER_TURN
+"""Users whose digest time is worked out in one turn, due or not (~20 µs each)."""
 
 SCHEMA: Final = (
     OUTBOX_SCHEMA
@@ -370,8 +372,13 @@ class NotifierListener:
     def _send_digests(self) -> None:
         """Start composing the digests that are due, unless the last run is still at it.  Users
         go in order of zone, since digests in one zone share the rendering of their events."""
-        if self._digest_run is None:
-            users = sorted(self._items, key=self._zone_of_id)
+        if self._digest_run is not None:
+            return
+        now_ns = self._now_ns()
+        known = self._digest_due
+        users = [u for u in self._items if (due := known.get(u)) is None or due <= now_ns]
+        if users:
+            users.sort(key=self._zone_of_id)
             self._compose_digests(deque(users), RenderCache(self._state))
 
     def _compose_digests(self, users: deque[str], cache: RenderCache) -> None:
@@ -382,7 +389,9 @@ class NotifierListener:
         self._digest_run = None
         now_ns = self._now_ns()
         made: list[tuple[str, list[str], Outgoing | None]] = []
-        while users and len(made) < DIGESTS_PER_TURN:
+        looked = 0
+        while users and len(made) < DIGESTS_PER_TURN and looked < _LOOKS_PER_TURN:
+            looked += 1
             user_id = users.popleft()
             if user_id in self._items and (digest := self._compose_digest(user_id, now_ns, cache)):
                 made.append(digest)
