@@ -4,6 +4,12 @@ One Jinja `Environment` for the process: `StrictUndefined` (a misspelt variable 
 an empty string), autoescape for `.html.j2` only, times shown in the recipient's zone.  Every
 template of a kind gets the same context (see `_context`), so any template may use any of it.
 
+Recipients share renderings (`RenderCache`): a template that reads neither `user` nor
+`unsubscribe` is rendered once per time zone for all the recipients of a change, and the block
+of an event is rendered once per zone with `{{ partial("<channel>/_event.body.<part>.j2",
+event) }}`, which gives what `{% include %}` on a line of its own would.  So a template must not
+depend on the recipient in any other way.
+
 Whatever a title contains, an email subject and a line push come out as one line (runs of
 whitespace and control characters become one space), HTML is escaped, and plain text is kept as
 it is.  Mails carry `List-Unsubscribe` with a token that only the server can make
