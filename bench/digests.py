@@ -18,10 +18,11 @@ digest hour has passed since; each user's digest items; untimed), then time:
   in flight), and a `NotifierListener` given the `AddUser` ops' JSON lines (their ids start
   with `Bench.`, so this server, "Bench", sends every user's digest).  Timed: one call of
   `listener._send_digests()`, which is what the minute loop (`LoopingCall` every `TICK`) does
-  when the digests fall due: it sorts the users by zone and composes 50 digests per reactor
-  turn with one shared `RenderCache`, each turn's digests enqueued in their own transaction
-  (`add_write`, group commit on the store thread) and the outbox woken after it commits, so
-  sending overlaps composing.  Done when the sink has confirmed (250) every one of the
+  when the digests fall due: it sorts the users by zone and composes `DIGESTS_PER_TURN` (25)
+  digests per reactor turn with one shared `RenderCache`, each turn's digests enqueued in
+  their own transaction (`add_write`, group commit on the store thread) and the outbox woken
+  after it commits, so sending overlaps composing.  Before timing, `gc.freeze()`, as
+  `HerdService` does once it has started.  Done when the sink has confirmed (250) every one of the
   10,000 deliveries; the outbox rows are then checked to say `delivered`, the items to be gone
   and `notifier_digest_sent` to have a row per user.  "Composed" is when the listener's run
   has no next turn any more; a `LoopingCall` every 5 ms records the gaps between its calls
