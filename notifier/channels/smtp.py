@@ -89,7 +89,8 @@ _OWN_HEADERS = frozenset(
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322: printable ASCII except colon
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+")
 _ID_PART = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*")
-_LINE_BREAKS = re.compile(r"[\r\n\x00-\x08\x0b-\x1f\x7f]+")
+# What a header must not hold: controls, and what the email policy also takes for line breaks.
+_LINE_BREAKS = re.compile(r"[\r\n\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]+")
 # The octets a 7bit text part may hold: printable ASCII, tab and line breaks.
 _SEVEN_BIT_TEXT = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 _CRLF = b"\r\n"
@@ -193,7 +194,7 @@ _BASE64 = _policy_fold(_ASCII, "Content-Transfer-Encoding", "base64")
 
 
 def _one_line(value: str) -> str:
-    """A header value on one line: CR, LF and other controls become one space."""
+    """A header value on one line: CR, LF, U+2028 and other controls become one space."""
     return _LINE_BREAKS.sub(" ", value)
 
 
