@@ -8,6 +8,7 @@
   Not in the default suite (each takes minutes, or needs Prosody):
     planning     10,000 events x 10 invitees, 100,000 votes: convergence, commands/s
     digests      10,000 digests through the outbox and SmtpChannel to aiosmtpd, vs smtplib
+    compose      CPU per digest composed (with and without a shared cache) and built as MIME
     push         one change pushed to 1,000 line subscribers (SUBSCRIBE)
     xmpp_fanout  one decision to 1,000 XMPP users through Prosody, vs bare slixmpp
     chat         bot command round trips (user -> bot -> reply) under 100 chatting users
@@ -26,7 +27,7 @@ import importlib
 import sys
 
 BENCHMARKS = ("iamat", "propagation", "idle", "catchup")
-EXTRA = ("planning", "digests", "push", "xmpp_fanout", "chat")
+EXTRA = ("planning", "digests", "compose", "push", "xmpp_fanout", "chat")
 TOOLS = ("floor", "twisted_floor", "loadgen", "holder", "smtpsink", "xmppclients")
 
 

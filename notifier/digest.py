@@ -78,7 +78,7 @@ def compose_digest(
     unique = sorted({item.id: item for item in items}.values(), key=lambda i: (i.at_ns, i.id))
     changed = []
     for event_id in dict.fromkeys(item.event_id for item in unique):
-        event = cache.event(event_id)
+        event = state.event(event_id)
         if event is None:
             continue
         view = cache.view(event, recipient)

@@ -207,9 +207,6 @@ class RenderCache:
         self._contexts: dict[_ContextKey, tuple[Event, dict[str, object]]] = {}
         self._texts: dict[tuple[str, _ContextKey], tuple[Event, str]] = {}
 
-    def event(self, event_id: str) -> Event | None:
-        return self._state.event(event_id)
-
     def view(self, event: Event, recipient: Recipient) -> EventView:
         held = self._views.get((event.id, recipient.tz))
         if held is None or held[0] is not event:
@@ -228,7 +225,9 @@ class RenderCache:
         key = (name, view["id"], view["tz"])
         event = self._state.event(view["id"])
         held = self._blocks.get(key)
-        if held is None or held[0] is not event or event is None:
+        if held is not None and held[0] is event:
+            text = held[1]
+        else:
             text = _template(name).render(event=view).removesuffix("\n")
             if self._block_chars + len(text) > self._most_chars:
                 self._blocks.clear()
@@ -236,8 +235,7 @@ class RenderCache:
             if event is not None:
                 self._blocks[key] = event, text
                 self._block_chars += len(text)
-            return Markup(text) if name.endswith(".html.j2") else text
-        return Markup(held[1]) if name.endswith(".html.j2") else held[1]
+        return Markup(text) if name.endswith(".html.j2") else text
 
     def context(self, notification: Notification, event: Event) -> dict[str, object]:
         """The context every template of the notification gets, shared by the recipients
@@ -303,7 +301,7 @@ def render(
         raise ValueError("a folded notification is a DigestItem for compose_digest")
     notification = routed.notification
     cache = cache if cache is not None else RenderCache(state)
-    event = cache.event(notification.event_id)
+    event = state.event(notification.event_id)
     if event is None:
         return []
     recipient, kind = notification.recipient, notification.kind
