@@ -257,25 +257,29 @@ def status(config: HerdConfig, as_json: bool) -> int:
 
 def user(config: HerdConfig, arguments: argparse.Namespace) -> int:
     """Create a user or issue a new token, through any running server; prints the token once
-    (only its hash is sent and stored)."""
+    (only its hash is sent and stored).  Every field is checked before anything is sent, and
+    the secret is the configured one or the one the servers generated under data_dir."""
     from herd.operator import OperatorError, operator_command
     from herd.planning import hash_token, new_token
+    from herd.secretfile import SecretFileError, choose_secret, read_secret
+    from herd.wire import OperatorCommand, OperatorLineError, UserAdd, UserToken
 
     token = new_token(secrets.token_bytes(32))
     digest = hash_token(token, os.urandom(16))
+    command: OperatorCommand
     if arguments.user_command == "add":
-        words = ["USER-ADD", arguments.user, digest]
-        words += [
-            f"{key}={value}"
-            for key, value in (("email", arguments.email), ("jid", arguments.jid))
-            if value
-        ]
+        command = UserAdd(arguments.user, digest, arguments.email, arguments.jid)
     else:
-        words = ["USER-TOKEN", arguments.user, digest]
+        command = UserToken(arguments.user, digest)
+    try:
+        command.check()
+    except OperatorLineError as error:
+        print(f"herd: {error.code}: {error.message} (nothing was sent)", file=sys.stderr)
+        return 2
     names = [arguments.server] if arguments.server else list(config.servers)
     try:
-        reply = operator_command(config, names, " ".join(words))
-    except OperatorError as error:
+        reply = operator_command(choose_secret(config, read_secret), names, command)
+    except (OperatorError, SecretFileError) as error:
         print(f"herd: {error}", file=sys.stderr)
         return 1
     if not reply.startswith("OK "):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 from email.utils import parseaddr
 from pathlib import Path
@@ -32,6 +32,7 @@ __all__ = [
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DATA_DIR = "var"
+SECRET_FILE = "herd.secret"  # under data_dir, when no secret is configured (herd.secretfile)
 DEFAULT_MAX_LINE = 65536
 MIN_MAX_LINE = 1024
 PLACES_PROVIDERS = ("offline", "google")
@@ -43,8 +44,9 @@ _T = TypeVar("_T")
 
 SECRET_REQUIRED = "a herd with non-loopback hosts needs a secret: set [herd] secret or HERD_SECRET"
 SECRET_WARNING = (
-    "no herd secret: any local user can open a peer link; allowed only because every server "
-    "is on loopback (set [herd] secret or HERD_SECRET)"
+    "no [herd] secret or HERD_SECRET: the servers use the secret generated in "
+    "{path} (mode 0600), so only who can read that file can open a peer link or run "
+    "`herd user`; allowed only because every server is on loopback"
 )
 
 
@@ -122,6 +124,13 @@ class HerdConfig:
     xmpp: XmppConfig | None
     smtp: SmtpConfig | None
 
+    def with_secret(self, secret: bytes) -> HerdConfig:
+        """This config with the secret its servers really use (the generated one, when the
+        file and the environment give none: see herd.secretfile)."""
+        if not secret:
+            raise ValueError("the herd secret cannot be empty")
+        return replace(self, secret=secret)
+
     def server(self, name: str) -> ServerConfig:
         """The server called `name`; a ConfigError (not KeyError) so `herd run` can report it."""
         try:
@@ -171,7 +180,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     if not secret:
         if not all(_is_loopback(server.host) for server in servers.values()):
             raise herd.error("secret", SECRET_REQUIRED)
-        secret_warning = SECRET_WARNING
+        secret_warning = SECRET_WARNING.format(path=data_dir / SECRET_FILE)
 
     places_table = root.table("places")
     xmpp_table = root.table("xmpp")

@@ -21,6 +21,8 @@ from herd.config import HerdConfig
 from herd.operator import OperatorError, operator_command
 from herd.planning import hash_token, new_token
 from herd.processes import die_with_parent
+from herd.secretfile import SecretFileError, choose_secret, read_secret
+from herd.wire import UserAdd, UserToken
 from notifier.localxmpp import LocalProsody
 
 BOT_USER = "renga"
@@ -117,19 +119,19 @@ def _start_prosody(folder: Path) -> tuple[LocalProsody, str]:
 
 def create_demo_users(config: HerdConfig) -> list[str]:
     """Renga users for the demo Jabber accounts, with fresh tokens (printed, never stored)."""
+    try:
+        config = choose_secret(config, read_secret)
+    except SecretFileError as error:
+        return [f"demo users: not created ({error})"]
     lines = []
     for user in DEMO_USERS:
         token = new_token(secrets.token_bytes(32))
         digest = hash_token(token, secrets.token_bytes(16))
-        extra = f"jid={user}@localhost email={user}@example.org"
+        add = UserAdd(user, digest, email=f"{user}@example.org", jid=f"{user}@localhost")
         try:
-            reply = operator_command(
-                config, list(config.servers), f"USER-ADD {user} {digest} {extra}"
-            )
+            reply = operator_command(config, list(config.servers), add)
             if reply.startswith("ERR user-exists"):
-                reply = operator_command(
-                    config, list(config.servers), f"USER-TOKEN {user} {digest}"
-                )
+                reply = operator_command(config, list(config.servers), UserToken(user, digest))
         except OperatorError as error:
             return [f"demo users: not created ({error})"]
         if reply.startswith("OK "):

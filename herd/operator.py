@@ -10,7 +10,7 @@ import socket
 from herd.config import HerdConfig
 from herd.events import OPERATOR
 from herd.peers import new_nonce, peer_mac
-from herd.wire import Challenge, Hello, WireError, parse_peer_line
+from herd.wire import Challenge, Hello, OperatorCommand, WireError, parse_peer_line
 
 TIMEOUT = 5.0
 
@@ -19,20 +19,25 @@ class OperatorError(Exception):
     """No server could be asked, or one did not prove it knows the herd secret."""
 
 
-def operator_command(config: HerdConfig, names: list[str], command: str) -> str:
-    """Send `command` to the first of `names` that answers; its one-line reply."""
+def operator_command(config: HerdConfig, names: list[str], command: OperatorCommand) -> str:
+    """Send `command` to the first of `names` that answers; its one-line reply.  `config` has
+    the secret the servers use (herd.secretfile.choose_secret); `command` is checked before
+    anything is sent (`OperatorLineError`)."""
+    line = command.to_line()
+    if not config.secret:
+        raise OperatorError("no herd secret to prove")
     failures = []
     for name in names:
         server = config.server(name)
         host = "127.0.0.1" if server.host in ("0.0.0.0", "") else server.host
         try:
-            return _ask(config.secret, name, host, server.port, command)
+            return _ask(config.secret, name, host, server.port, line)
         except OSError as error:
             failures.append(f"{name}: {error}")
     raise OperatorError("no server answered (" + "; ".join(failures) + ")")
 
 
-def _ask(secret: bytes, name: str, host: str, port: int, command: str) -> str:
+def _ask(secret: bytes, name: str, host: str, port: int, line: bytes) -> str:
     me, them = OPERATOR.encode(), name.encode()
     nonce = new_nonce()
     with socket.create_connection((host, port), timeout=TIMEOUT) as connection:
@@ -48,7 +53,7 @@ def _ask(secret: bytes, name: str, host: str, port: int, command: str) -> str:
         if not hmac.compare_digest(expected, challenge.mac):
             raise OperatorError(f"{name} does not know the herd secret")
         proof = peer_mac(secret, b"dialer", me, them, nonce, challenge.nonce)
-        connection.sendall(b"HERD-AUTH " + proof + b"\n" + command.encode() + b"\n")
+        connection.sendall(b"HERD-AUTH " + proof + b"\n" + line)
         reply = lines.readline().decode("utf-8", "replace").rstrip("\r\n")
         lines.close()
     if not reply:

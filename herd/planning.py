@@ -64,7 +64,17 @@ from herd.events import (
     is_text,
 )
 from herd.geo import distance_m, midpoint
-from herd.wire import MAX_RADIUS_KM, WireError
+from herd.wire import (
+    MAX_RADIUS_KM,
+    NOT_A_USER_ID,
+    OperatorCommand,
+    OperatorLineError,
+    UserAdd,
+    UserToken,
+    WireError,
+    is_email,
+    is_jid,
+)
 
 if TYPE_CHECKING:
     from timezonefinder import TimezoneFinder
@@ -104,8 +114,10 @@ __all__ = [
     "add_user",
     "auth_delay",
     "execute",
+    "execute_operator",
     "format_reply",
     "hash_token",
+    "is_free_text",
     "new_token",
     "parse_planning_line",
     "parse_time",
@@ -133,8 +145,8 @@ DEFAULT_RADIUS_KM: Final = 5.0
 
 _POSITION: Final = re.compile(r"([+-][0-9]+\.[0-9]+)([+-][0-9]+\.[0-9]+)\Z")
 _RADIUS: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?\Z")
-_EMAIL: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
-_JID: Final = re.compile(r"[^@/\s]+@[^@/\s]+\Z")
+_BREAKS: Final = re.compile("[\x80-\x9f\u2028\u2029]")
+_MAX_USER_VALUE: Final = 254
 _QUIET: Final = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 _CHANNELS: Final = frozenset({"email", "line", "xmpp"})
 _DIGESTS: Final = frozenset({"daily", "weekly", "off"})
@@ -567,6 +579,14 @@ def auth_delay(failures: int) -> float:
 # --- values --------------------------------------------------------------------------------------
 
 
+def is_free_text(value: str, limit: int) -> bool:
+    """Text a user typed (titles, place names, comments, USER SET values): 1-`limit` characters
+    of valid UTF-8 without C0 controls or DEL (`is_text`), and also without C1 controls
+    (U+0080-U+009F: U+0085 ends a line for many readers, U+009B starts a terminal escape) or
+    the line and paragraph separators U+2028/U+2029, so that it is one line everywhere it goes."""
+    return is_text(value, limit) and _BREAKS.search(value) is None
+
+
 def parse_time(text: str, now_ns: int) -> int | PlanningError:
     """An ISO 8601 time with a zone, not before `now_ns`, as POSIX seconds (UTC; fractions of
     a second dropped)."""
@@ -596,13 +616,15 @@ def _position(text: str) -> Position | PlanningError:
 
 
 def _user_value(name: UserField, value: str) -> str | PlanningError:
-    """A USER SET value checked and in canonical form."""
-    if not is_text(value, 254):
-        return PlanningError("bad-value", f"{name} must be 1-254 characters of text")
+    """A USER SET value (or the operator's email/JID) checked and in canonical form."""
+    if not 0 < len(value) <= _MAX_USER_VALUE:
+        return PlanningError("bad-value", f"{name} must be 1-{_MAX_USER_VALUE} characters of text")
+    if not is_free_text(value, _MAX_USER_VALUE):
+        return _bad_text(f"{name} values", _MAX_USER_VALUE)
     match name:
-        case UserField.EMAIL if _EMAIL.match(value) is None:
+        case UserField.EMAIL if not is_email(value):
             return PlanningError("bad-value", f"{value} is not an email address")
-        case UserField.JID if _JID.match(value) is None:
+        case UserField.JID if not is_jid(value):
             return PlanningError("bad-value", f"{value} is not a bare JID like name@example.org")
         case UserField.QUIET if _QUIET.match(value) is None or value[:5] == value[6:]:
             return PlanningError("bad-value", "quiet hours are HH:MM-HH:MM, e.g. 22:00-07:00")
@@ -674,7 +696,7 @@ def execute(
                 return PlanningError("no-such-device", f"{client} is not one of your devices")
             return [context.op(SetDevice(client, None))]
         case PlanEvent(title=title):
-            if not is_text(title, MAX_TITLE):
+            if not is_free_text(title, MAX_TITLE):
                 return _bad_text("titles", MAX_TITLE)
             return [context.op(CreateEvent(title))]
         case InviteUsers():
@@ -721,7 +743,9 @@ def _login(state: PlanningState, command: Login) -> list[Op] | PlanningError:
 
 def _bad_text(what: str, limit: int) -> PlanningError:
     return PlanningError(
-        "bad-text", f"{what} are 1-{limit} characters of UTF-8 text without control characters"
+        "bad-text",
+        f"{what} are 1-{limit} characters of UTF-8 text without control characters or line"
+        " separators",
     )
 
 
@@ -835,7 +859,7 @@ def _propose_place(context: _Context, command: ProposePlace) -> list[Op] | Plann
         if isinstance(parsed, PlanningError):
             return parsed
         position = parsed
-    if not is_text(command.name, MAX_NAME):
+    if not is_free_text(command.name, MAX_NAME):
         return _bad_text("place names", MAX_NAME)
     for option in event.places:
         same_position = (option.lat, option.lon) == (position or (None, None))
@@ -866,7 +890,7 @@ def _comment(context: _Context, command: CommentOn) -> list[Op] | PlanningError:
     refused = _refuse_status(event)
     if refused is not None:
         return refused
-    if not is_text(command.text, MAX_COMMENT):
+    if not is_free_text(command.text, MAX_COMMENT):
         return _bad_text("comments", MAX_COMMENT)
     if len(event.comments) >= MAX_COMMENTS:
         return PlanningError("too-many", f"{event.id} has {MAX_COMMENTS} comments already")
@@ -914,21 +938,23 @@ def add_user(
     jid: str | None = None,
     email: str | None = None,
 ) -> list[Op] | PlanningError:
-    """The ops of `herd user add <user> [--jid J] [--email E]`, with the hash of a new token."""
+    """The ops of `herd user add <user> [--jid J] [--email E]`, with the hash of a new token
+    (its shape is the caller's to check: `execute_operator`); every field is checked before
+    any op is made, so a refusal changes nothing."""
     if not is_id(user):
-        return PlanningError(
-            "bad-user", f"{user} is not a user id: 1-64 letters, digits, '.', '_', '-'"
-        )
+        return _bad_user(user)
     if state.user(user) is not None:
         return PlanningError("user-exists", f"user {user} exists already")
-    context = _Context(state, OPERATOR, now_ns, new_op_id)
-    ops = [context.op(AddUser(user)), context.op(SetUserField(user, UserField.TOKEN, token_hash))]
+    values: list[tuple[UserField, str]] = []
     for name, value in ((UserField.JID, jid), (UserField.EMAIL, email)):
         if value is not None:
             canonical = _user_value(name, value)
             if isinstance(canonical, PlanningError):
                 return canonical
-            ops.append(context.op(SetUserField(user, name, canonical)))
+            values.append((name, canonical))
+    context = _Context(state, OPERATOR, now_ns, new_op_id)
+    ops = [context.op(AddUser(user)), context.op(SetUserField(user, UserField.TOKEN, token_hash))]
+    ops += [context.op(SetUserField(user, name, value)) for name, value in values]
     return ops
 
 
@@ -936,10 +962,39 @@ def reset_token(
     state: PlanningState, user: str, token_hash: str, now_ns: int, new_op_id: Callable[[], str]
 ) -> list[Op] | PlanningError:
     """The op of `herd user token <user>`: a new token replaces the old one everywhere."""
+    if not is_id(user):
+        return _bad_user(user)
     if state.user(user) is None:
         return PlanningError("no-such-user", f"no user {user}")
     context = _Context(state, OPERATOR, now_ns, new_op_id)
     return [context.op(SetUserField(user, UserField.TOKEN, token_hash))]
+
+
+def execute_operator(
+    state: PlanningState, command: OperatorCommand, now_ns: int, new_op_id: Callable[[], str]
+) -> list[Op] | PlanningError:
+    """The ops of one operator command; a field without its shape (a token hash that is
+    not scrypt's, say) is refused here too, whoever built the command."""
+    try:
+        command.check()
+    except OperatorLineError as error:
+        return PlanningError(error.code, error.message)
+    if isinstance(command, UserAdd):
+        return add_user(
+            state,
+            command.user,
+            command.token_hash,
+            now_ns,
+            new_op_id,
+            jid=command.jid,
+            email=command.email,
+        )
+    assert isinstance(command, UserToken)
+    return reset_token(state, command.user, command.token_hash, now_ns, new_op_id)
+
+
+def _bad_user(user: str) -> PlanningError:
+    return PlanningError("bad-user", f"{user!r} {NOT_A_USER_ID}")
 
 
 # --- replies -------------------------------------------------------------------------------------

@@ -45,12 +45,11 @@ from herd.planning import (
     PlanningError,
     Suggest,
     Venue,
-    add_user,
     auth_delay,
     execute,
+    execute_operator,
     parse_planning_line,
     position_lookup,
-    reset_token,
     respond,
     suggest_reply,
     suggestion_query,
@@ -65,6 +64,7 @@ from herd.wire import (
     ClientCommand,
     Hello,
     IAmAt,
+    OperatorLineError,
     OpUpdate,
     Status,
     Sync,
@@ -75,6 +75,7 @@ from herd.wire import (
     format_at,
     format_whatsat_reply,
     parse_client_fields,
+    parse_operator_line,
     parse_peer_line,
     redact_secrets,
 )
@@ -497,33 +498,25 @@ class HerdServer:
     def operator_line(self, connection: LineConnection, line: bytes) -> None:
         """`USER-ADD <user> <token hash> [email=E] [jid=J]` / `USER-TOKEN <user> <token hash>`
         from an authenticated operator connection (`herd user`): answered `OK <user>` or
-        `ERR <code>: <message>`."""
-        fields = line.decode("utf-8", "replace").split()
-        if not fields:
+        `ERR <code>: <message>` (a bad field included: then nothing changes); any other line
+        `? <line>`."""
+        try:
+            command = parse_operator_line(line)
+        except OperatorLineError as error:
+            self.reply(connection, error.line())
             return
-        result: list[Op] | PlanningError
-        if fields[0] == "USER-ADD" and len(fields) >= 3:
-            extra = dict(field.split("=", 1) for field in fields[3:] if "=" in field)
-            result = add_user(
-                self.planning,
-                fields[1],
-                fields[2],
-                self.now_ns(),
-                self.new_op_id,
-                jid=extra.get("jid"),
-                email=extra.get("email"),
-            )
-        elif fields[0] == "USER-TOKEN" and len(fields) == 3:
-            result = reset_token(self.planning, fields[1], fields[2], self.now_ns(), self.new_op_id)
-        else:
+        except WireError:
             self.reply(connection, error_reply(line))
             return
+        if command is None:
+            return
+        result = execute_operator(self.planning, command, self.now_ns(), self.new_op_id)
         if isinstance(result, PlanningError):
             self.reply(connection, result.line())
             return
         for op in result:
             self.accept_op(op)
-        self.reply(connection, b"OK " + fields[1].encode() + b"\n")
+        self.reply(connection, b"OK " + command.user.encode() + b"\n")
 
     # --- peers -----------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from herd.config import HerdConfig
 from herd.peers import DialFactory, retry_policy
 from herd.places import OfflinePlaces, PlacesProvider, make_provider
 from herd.protocol import LineConnection
+from herd.secretfile import choose_secret, read_or_create_secret
 from herd.server import HerdServer, ProposedVenues, Replica
 from herd.store import GroupCommitter, Store
 from herd.traffic import TrafficLog
@@ -146,6 +147,10 @@ class HerdService(Service):
         ensureDeferred(self._start()).chainDeferred(self.started)
 
     async def _start(self) -> None:
+        configured = self.config
+        self.config = await self._on_thread(self._store_pool)(
+            lambda: choose_secret(configured, read_or_create_secret)
+        )
         if self.config.secret_warning:
             _log.warn("{warning}", warning=self.config.secret_warning)
         replica = await self._on_thread(self._store_pool)(self._load)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, localcontext
-from typing import Final, NamedTuple
+from typing import ClassVar, Final, NamedTuple
 
 __all__ = [
     "CLIENT_WORDS",
@@ -22,20 +23,27 @@ __all__ = [
     "Hello",
     "IAmAt",
     "OpUpdate",
+    "OperatorCommand",
+    "OperatorLineError",
     "Ping",
     "Pong",
     "Status",
     "Sync",
     "Update",
+    "UserAdd",
+    "UserToken",
     "WhatsAt",
     "WireError",
     "diff_field",
     "error_reply",
     "format_at",
     "format_whatsat_reply",
+    "is_email",
+    "is_jid",
     "parse_at",
     "parse_client_fields",
     "parse_client_line",
+    "parse_operator_line",
     "parse_peer_line",
     "redact_secrets",
     "time_key",
@@ -461,3 +469,172 @@ def _hex(value: bytes) -> bytes:
     if _HEX.match(value) is None:
         raise WireError(f"not lowercase hex of 16-128 digits: {value!r}")
     return value
+
+
+# --- operator commands (`herd user`) ---------------------------------------------------------
+
+USER_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+"""The user id grammar (the same as `herd.events.is_id`), ASCII so it is one field."""
+
+TOKEN_HASH: Final = re.compile(
+    r"scrypt\$(?:1024|2048|4096|8192|16384)\$[1-8]\$[12]\$(?:[0-9a-f]{2}){8,32}\$[0-9a-f]{64}\Z"
+)
+"""`scrypt$<n>$<r>$<p>$<salt hex>$<hash hex>` with the bounded parameters a server checks."""
+
+NOT_A_USER_ID: Final = "is not a user id: 1-64 letters, digits, '.', '_', '-'"
+BAD_HASH: Final = "the token hash is not scrypt$<n>$<r>$<p>$<salt hex>$<hash hex>"
+
+MAX_ADDRESS: Final = 254
+_ATEXT: Final = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])"
+_ALNUM: Final = r"[^\W_]"
+_LABEL: Final = rf"{_ALNUM}(?:(?:{_ALNUM}|-){{0,61}}{_ALNUM})?"
+_DOMAIN: Final = rf"{_LABEL}(?:\.{_LABEL})+"
+_EMAIL: Final = re.compile(rf"({_ATEXT}+(?:\.{_ATEXT}+)*)@{_DOMAIN}\Z")
+_JID: Final = re.compile(rf"[^\"&'/:<>@]+@{_LABEL}(?:\.{_LABEL})*\Z")
+
+
+def _printable(value: str) -> bool:
+    """No control, format, surrogate or unassigned character and no space or separator of any
+    kind (Unicode categories C* and Z*): nothing that could end a field or a line anywhere."""
+    return all(unicodedata.category(char)[0] not in "CZ" for char in value)
+
+
+def is_email(value: str) -> bool:
+    """An addr-spec with a dot-atom local part (UTF-8 allowed, RFC 6532) and a domain of at
+    least two labels: one field, one recipient, nothing a mail header could misread."""
+    if len(value) > MAX_ADDRESS:
+        return False
+    match = _EMAIL.match(value)
+    return match is not None and len(match[1]) <= 64 and _printable(value)
+
+
+def is_jid(value: str) -> bool:
+    """A bare JID `local@domain` (RFC 7622 without a resource): one field, no markup."""
+    return len(value) <= MAX_ADDRESS and _JID.match(value) is not None and _printable(value)
+
+
+class OperatorLineError(WireError):
+    """An operator command with a field that is not what it must be: answered
+    `ERR <code>: <message>`, and nothing is changed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def line(self) -> bytes:
+        return f"ERR {self.code}: {self.message}\n".encode()
+
+
+def _check_user(user: str) -> None:
+    if USER_ID.match(user) is None:
+        raise OperatorLineError("bad-user", f"{user!r} {NOT_A_USER_ID}")
+
+
+def _check_hash(token_hash: str) -> None:
+    if TOKEN_HASH.match(token_hash) is None:
+        raise OperatorLineError("bad-hash", BAD_HASH)
+
+
+def _operator_fields(line: bytes, word: bytes, usage: str) -> list[str]:
+    """The fields after `word`, split at ASCII whitespace (as every line is) and each decoded
+    as strict UTF-8, so no character inside a field can become a separator later."""
+    fields = line.split()
+    if not fields or fields[0] != word:
+        raise WireError(f"not {word.decode()}")
+    try:
+        return [field.decode() for field in fields[1:]]
+    except UnicodeDecodeError:
+        raise OperatorLineError("bad-field", f"{usage}: fields must be UTF-8") from None
+
+
+@dataclass(frozen=True, slots=True)
+class UserAdd:
+    """`USER-ADD <user> <token hash> [email=<address>] [jid=<jid>]`: the operator creates a
+    user.  Each optional field at most once, in any order; `to_line` writes email first."""
+
+    user: str
+    token_hash: str
+    email: str | None = None
+    jid: str | None = None
+
+    USAGE: ClassVar[str] = "USER-ADD <user> <token hash> [email=<address>] [jid=<jid>]"
+
+    def check(self) -> None:
+        """Raise `OperatorLineError` unless every field is valid (and so is one field)."""
+        _check_user(self.user)
+        _check_hash(self.token_hash)
+        if self.email is not None and not is_email(self.email):
+            raise OperatorLineError("bad-value", f"{self.email!r} is not an email address")
+        if self.jid is not None and not is_jid(self.jid):
+            raise OperatorLineError(
+                "bad-value", f"{self.jid!r} is not a bare JID like name@example.org"
+            )
+
+    @classmethod
+    def parse(cls, line: bytes) -> UserAdd:
+        fields = _operator_fields(line, b"USER-ADD", cls.USAGE)
+        if len(fields) < 2:
+            raise OperatorLineError("bad-field", f"{cls.USAGE}: the user and hash are missing")
+        options: dict[str, str] = {}
+        for field in fields[2:]:
+            key, equals, value = field.partition("=")
+            if not equals or key not in ("email", "jid"):
+                raise OperatorLineError("bad-field", f"{cls.USAGE}: unknown field {field!r}")
+            if key in options:
+                raise OperatorLineError("bad-field", f"{cls.USAGE}: {key}= given twice")
+            options[key] = value
+        command = cls(fields[0], fields[1], options.get("email"), options.get("jid"))
+        command.check()
+        return command
+
+    def to_line(self) -> bytes:
+        self.check()
+        words = ["USER-ADD", self.user, self.token_hash]
+        for key, value in (("email", self.email), ("jid", self.jid)):
+            if value is not None:
+                words.append(f"{key}={value}")
+        return " ".join(words).encode() + b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class UserToken:
+    """`USER-TOKEN <user> <token hash>`: the operator gives a user a new token."""
+
+    user: str
+    token_hash: str
+
+    USAGE: ClassVar[str] = "USER-TOKEN <user> <token hash>"
+
+    def check(self) -> None:
+        _check_user(self.user)
+        _check_hash(self.token_hash)
+
+    @classmethod
+    def parse(cls, line: bytes) -> UserToken:
+        fields = _operator_fields(line, b"USER-TOKEN", cls.USAGE)
+        if len(fields) != 2:
+            raise OperatorLineError("bad-field", f"{cls.USAGE}: takes exactly two fields")
+        command = cls(fields[0], fields[1])
+        command.check()
+        return command
+
+    def to_line(self) -> bytes:
+        self.check()
+        return f"USER-TOKEN {self.user} {self.token_hash}\n".encode()
+
+
+OperatorCommand = UserAdd | UserToken
+
+
+def parse_operator_line(line: bytes) -> OperatorCommand | None:
+    """One line on an authenticated operator connection; None if blank.  `OperatorLineError`
+    for a USER-ADD/USER-TOKEN with a bad field, `WireError` for any other command."""
+    fields = line.split(None, 1)
+    if not fields:
+        return None
+    if fields[0] == b"USER-ADD":
+        return UserAdd.parse(line)
+    if fields[0] == b"USER-TOKEN":
+        return UserToken.parse(line)
+    raise WireError("not an operator command")

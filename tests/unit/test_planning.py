@@ -272,7 +272,7 @@ def test_operator_adds_users_and_resets_tokens() -> None:
         "user-exists", "user alice exists already"
     )
     assert add_user(state, "no one", "h", NOW_NS, new_id) == PlanningError(
-        "bad-user", "no one is not a user id: 1-64 letters, digits, '.', '_', '-'"
+        "bad-user", "'no one' is not a user id: 1-64 letters, digits, '.', '_', '-'"
     )
     assert add_user(state, "bob", "h", NOW_NS, new_id, jid="bob") == PlanningError(
         "bad-value", "bob is not a bare JID like name@example.org"
@@ -489,17 +489,20 @@ def test_plan_invite_and_view(world: World) -> None:
         (
             "alice",
             "PROPOSE {e} PLACE " + "x" * 201,
-            "bad-text: place names are 1-200 characters of UTF-8 text without control characters",
+            "bad-text: place names are 1-200 characters of UTF-8 text without control"
+            " characters or line separators",
         ),
         (
             "alice",
             "PLAN " + "x" * 201,
-            "bad-text: titles are 1-200 characters of UTF-8 text without control characters",
+            "bad-text: titles are 1-200 characters of UTF-8 text without control"
+            " characters or line separators",
         ),
         (
             "alice",
             "COMMENT {e} bell\x07",
-            "bad-text: comments are 1-2000 characters of UTF-8 text without control characters",
+            "bad-text: comments are 1-2000 characters of UTF-8 text without control"
+            " characters or line separators",
         ),
         ("alice", "DECIDE {e} {p} {p}", "no-such-option: {e} has no time option {p}"),
         ("alice", "DECIDE {e} {t} {t}", "no-such-option: {e} has no place option {t}"),
