@@ -646,7 +646,7 @@ def test_hostile_titles_add_no_header_and_no_markup(
     with Session(herd.port("Bailey"), "bob", tokens["bob"]) as bob:
         bob.user_set("digest", "off")
     title = "F\u00eate \u2615 <script>alert(1)</script> Bcc: evil@x.org"
-    place = "<img src=x onerror=alert(2)>\u2028Bcc: evil@x.org\u0085Cc: evil@x.org"
+    place = "<img src=x onerror=alert(2)> Bcc: evil@x.org Cc: evil@x.org"
     with Session(herd.port("Bailey"), "alice", tokens["alice"]) as alice:
         # CR LF ends the line: the rest is a line of its own, and not a command.
         alice.send(b"PLAN Party\r\nBcc: evil@x.org <script>alert(1)</script>\n")
@@ -657,14 +657,18 @@ def test_hostile_titles_add_no_header_and_no_markup(
         assert refused.startswith(b"ERR "), refused
         event_id = str(alice.event(f"PLAN {title}")["id"])
         assert alice.event(f"INVITE {event_id} bob")["title"] == title
+        # U+2028 and U+0085 end a line for some readers: no free text has one.
+        for separator in ("\u2028", "\u0085"):
+            broken = place.replace(" Cc:", separator + "Cc:")
+            refused = alice.request(f"PROPOSE {event_id} PLACE {broken}".encode())
+            assert refused.startswith(b"ERR bad-text: "), refused
         alice.event(f"PROPOSE {event_id} PLACE {place}".encode())
     mails = wait_mails(smtp, 2)
-    shown_place = place.replace("\u2028", " ").replace("\u0085", " ")  # one line in a subject
     assert by_recipient(mails) == {
         ADDRESS["bob"]: sorted(
             [
                 f"alice invited you to {title}",
-                f"New place for {title}: {shown_place}",
+                f"New place for {title}: {place}",
             ]
         )
     }
