@@ -19,6 +19,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LogEvent, formatEvent
 from zope.interface import implementer
 
+from herd.wire import REDACTED, SECRET_LINE_START, redact_secrets
+
 RunBlocking = Callable[[Callable[[], None]], Deferred[None]]
 
 _Record = tuple[float, str, str, bytes]
@@ -28,17 +30,18 @@ MAX_PENDING = 20_000
 
 
 _TOKEN_HASH = re.compile(rb"scrypt\$[^\"\s]*")
-_ECHOED_AUTH = re.compile(rb"^(\? +AUTH\s+\S+\s+)\S+", re.M)
+_ECHOED_SECRET = re.compile(rb"(?m)^\? (" + SECRET_LINE_START + rb".*)$")
 
 
 def scrub(payload: bytes) -> bytes:
     """What must not reach the log even when a line carries it: token hashes (in the
-    operations that set them, flooded between peers) and the token of an `AUTH` line echoed in
-    an error reply.  (Received `AUTH` lines are redacted as they are read.)"""
+    operations that set them, flooded between peers) and the secret of an `AUTH`, `USER-ADD` or
+    `USER-TOKEN` line echoed in an error reply (`? <line>`), redacted by the same rule as the
+    received line (`redact_secrets`)."""
     if b"scrypt$" in payload:
-        payload = _TOKEN_HASH.sub(b"scrypt$<redacted>", payload)
-    if b"AUTH" in payload:
-        payload = _ECHOED_AUTH.sub(rb"\1<redacted>", payload)
+        payload = _TOKEN_HASH.sub(b"scrypt$" + REDACTED, payload)
+    if b"? " in payload:
+        payload = _ECHOED_SECRET.sub(lambda echo: b"? " + redact_secrets(echo[1]), payload)
     return payload
 
 

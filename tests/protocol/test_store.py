@@ -153,4 +153,4 @@ def test_secrets_carried_by_lines_are_scrubbed_from_the_log() -> None:
     )
     assert b"scrypt$1" not in text and b"sEcReT" not in text
     assert b'"value":"scrypt$<redacted>"}' in text
-    assert b"? AUTH alice <redacted> extra" in text
+    assert b"? AUTH alice <redacted>\n" in text
