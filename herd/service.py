@@ -121,6 +121,7 @@ class HerdService(Service):
             stream,
             reactor,
             self._on_thread(self._log_pool),
+            config.log,
         )
         self.store = Store(self.data_dir / f"{name}.sqlite")
         self.server: HerdServer | None = None

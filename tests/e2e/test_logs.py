@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -201,3 +202,90 @@ def test_a_full_disk_stops_the_server_with_a_message_and_loses_nothing_acknowled
     stored = at_lines(lone.port("Bailey"), acknowledged)
     lost = [name for name, line in acknowledged.items() if stored[name] != line]
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged reports lost: {lost[:3]}"
+
+
+def flood(port: int, count: int, blank: int) -> None:
+    """Send `blank` blank lines and `count` STATUS lines on one connection (written by a
+    thread while this one reads), and read the `count` replies."""
+    with Client(port, timeout=20.0) as client:
+
+        def write() -> None:
+            client.send(b"\n" * blank)
+            for _ in range(count // 1000):
+                client.send(b"STATUS\n" * 1000)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        for _ in range(count // 1000 * 1000):
+            assert client.line().startswith(b"STATUS ")
+        writer.join(10)
+
+
+def log_bytes(herd: Herd) -> int:
+    return sum(path.stat().st_size for path in herd.data_dir.glob("Bailey.log*"))
+
+
+@pytest.mark.timeout(90)
+def test_blank_lines_and_a_flood_of_one_connection_barely_grow_the_log(lone: Herd) -> None:
+    """50,000 blank lines and 50,000 STATUS from one client: the log (and stderr) grow by a
+    small fraction of the ~10 MB that logging each line costs, and say what they left out."""
+    lone.up()
+    before = (log_bytes(lone), lone.stderr_path("Bailey").stat().st_size)
+    flood(lone.port("Bailey"), 50_000, 50_000)
+    assert lone.terminate("Bailey") == 0
+    grown = (log_bytes(lone) - before[0], lone.stderr_path("Bailey").stat().st_size - before[1])
+    assert grown[0] < 1_000_000 and grown[1] < 1_000_000, grown
+    log = lone.log_path("Bailey").read_bytes()
+    assert not re.search(rb"(?m) recv \S+ $", log), "a blank line was logged"
+    # the flooding client (the harness asked STATUS too, on connections of its own)
+    flooder = Counter(re.findall(rb" recv (\S+) STATUS", log)).most_common(1)[0][0]
+    client = re.escape(flooder)
+    shown = len(re.findall(rb"(?m) " + client + rb" STATUS", log))
+    counted = re.findall(rb"note - (\d+) more lines from " + client + rb" not logged", log)
+    assert counted, "no count of the lines not logged"
+    assert shown + sum(int(count) for count in counted) == 2 * 50_000  # requests and replies
+
+
+@pytest.mark.timeout(90)
+def test_the_log_is_rotated_within_its_size(lone: Herd) -> None:
+    with lone.config_path.open("a") as config:
+        config.write("\n[log]\nmax_bytes = 65536\nbackups = 2\nlines_per_second = 1000000\n")
+    lone.up()
+    flood(lone.port("Bailey"), 10_000, 10_000)
+    wait_until(lambda: Path(f"{lone.log_path('Bailey')}.2").exists(), 10.0, "two rotations")
+    assert lone.terminate("Bailey") == 0
+    files = sorted(lone.data_dir.glob("Bailey.log*"))
+    assert [file.name for file in files] == ["Bailey.log", "Bailey.log.1", "Bailey.log.2"]
+    assert all(file.stat().st_size <= 65536 for file in files)
+    assert log_bytes(lone) <= 65536 * 3
+    assert lone.stderr_path("Bailey").stat().st_size > 65536 * 3  # stderr is not rotated
+    assert lone.log_path("Bailey").read_bytes().endswith(b"Bailey stopped\n")
+
+
+@pytest.mark.timeout(90)
+def test_a_log_that_cannot_be_written_is_dropped_with_a_note_and_the_server_goes_on(
+    lone: Herd, tmp_path: Path
+) -> None:
+    """No file may grow past 256 kB and the log may: once it cannot be written, the server
+    says so on stderr, keeps answering, and stops cleanly."""
+    require_file_size_limit(tmp_path)
+    proc, stderr = start_limited(lone, 256_000)
+    port = lone.port("Bailey")
+
+    def many(count: int) -> None:
+        """20 connections at once: each has its own budget of lines per second."""
+        floods = [threading.Thread(target=flood, args=(port, count, 0)) for _ in range(20)]
+        for thread in floods:
+            thread.start()
+        for thread in floods:
+            thread.join(30)
+
+    deadline = time.monotonic() + 30
+    while b"the log cannot be written to" not in stderr.data and time.monotonic() < deadline:
+        many(1000)
+    many(1000)
+    proc.send_signal(signal.SIGTERM)
+    assert exit_code(proc, stderr, EXIT_BOUND_SECONDS) == 0
+    text = stderr.finish()
+    assert re.search(rb"(?m)^.* note - the log cannot be written to \S+Bailey\.log \(.+\)", text)
+    assert lone.log_path("Bailey").stat().st_size <= 256_000
