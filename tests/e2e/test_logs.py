@@ -175,7 +175,7 @@ def test_a_full_disk_stops_the_server_with_a_message_and_loses_nothing_acknowled
     acknowledged: dict[bytes, bytes] = {}
     started = time.monotonic()
     try:
-        with Client(lone.port("Bailey"), timeout=3.0) as client:
+        with Client(lone.port("Bailey"), timeout=10.0) as client:
             for batch in range(2000):
                 clients = [b"full-%d-%d" % (batch, index) for index in range(20)]
                 client.send(
@@ -196,6 +196,7 @@ def test_a_full_disk_stops_the_server_with_a_message_and_loses_nothing_acknowled
     text = stderr.finish()
     assert code == 1, text[-3000:]
     assert re.search(rb"(?m)^herd: Bailey: the store \S+ cannot write \(.+\): stopping", text)
+    assert b"note - Bailey: the store " in lone.log_path("Bailey").read_bytes()  # it could
 
     lone.start("Bailey")
     lone.wait_answering("Bailey")
