@@ -250,10 +250,10 @@ def parse_client_fields(fields: list[bytes]) -> ClientCommand:
 
 
 _SECRET_WORDS: Final = frozenset(("AUTH", "USER-ADD", "USER-TOKEN"))
-# Whitespace as any reader of the line might split it: ASCII whitespace, the separators
+# Whitespace as any reader of the line might split it: ASCII whitespace (a line holds no \n),
 # \x1c-\x1f and Unicode's spaces (in UTF-8), so no spelling of the gaps hides a secret word.
 SECRET_LINE_START: Final = (
-    rb"(?:[\s\x1c-\x1f]|\xc2[\x85\xa0]|\xe1\x9a\x80|\xe2\x80[\x80-\x8a\xa8\xa9\xaf]"
+    rb"(?:[\t\x0b\x0c\r \x1c-\x1f]|\xc2[\x85\xa0]|\xe1\x9a\x80|\xe2\x80[\x80-\x8a\xa8\xa9\xaf]"
     rb"|\xe2\x81\x9f|\xe3\x80\x80)*(?i:auth|user-add|user-token)"
 )
 _SECRET_START: Final = re.compile(SECRET_LINE_START)
