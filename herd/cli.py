@@ -4,6 +4,7 @@ which run no reactor)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -11,18 +12,23 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from herd.config import ConfigError, HerdConfig, default_config_path, load_config
 from herd.processes import die_with_parent
 
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
 STATUS_TIMEOUT = 1.0
 STOP_GRACE_SECONDS = 10.0
+HARD_STOP_SECONDS = 8.0  # below `herd up`'s grace, above the outbox's 5 s for deliveries
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,7 +89,9 @@ def main(argv: list[str]) -> int:
 
 
 def run(config: HerdConfig, name: str) -> int:
-    """One server until SIGTERM/SIGINT; the asyncio reactor is already installed."""
+    """One server until SIGTERM/SIGINT, or until it cannot go on (its store cannot write): then
+    it says why on stderr and exits 1.  However the stop goes, the process is gone within
+    `HARD_STOP_SECONDS` of it starting.  The asyncio reactor is already installed."""
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 
@@ -93,16 +101,39 @@ def run(config: HerdConfig, name: str) -> int:
     globalLogBeginner.beginLoggingTo([service.log.observer()], redirectStandardIO=False)
     outcome: dict[str, Any] = {"code": 0}
 
-    def failed_to_start(failure: Any) -> None:
-        print(f"herd: {name} could not start: {failure.getErrorMessage()}", file=sys.stderr)
+    def fail(message: str) -> None:
         outcome["code"] = 1
-        reactor.stop()
+        _say(f"herd: {message}")
+        if reactor.running:
+            reactor.stop()
+
+    def failed_to_start(failure: Any) -> None:
+        fail(f"{name} could not start: {failure.getErrorMessage()}")
+
+    def stop_within_bound() -> Deferred[None]:
+        watchdog = threading.Timer(HARD_STOP_SECONDS, _hard_exit, (name, outcome))
+        watchdog.daemon = True
+        watchdog.start()
+        return service.stopService()
 
     service.started.addErrback(failed_to_start)
+    service.failed.addCallback(fail)
     reactor.callWhenRunning(service.startService)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.addSystemEventTrigger("before", "shutdown", stop_within_bound)
     reactor.run()
     return int(outcome["code"])
+
+
+def _hard_exit(name: str, outcome: dict[str, Any]) -> None:
+    """The stop did not finish in time (a step or a worker thread is stuck): leave anyway."""
+    _say(f"herd: {name} did not stop within {HARD_STOP_SECONDS:g} s: exiting")
+    os._exit(int(outcome["code"]) or 1)
+
+
+def _say(message: str) -> None:
+    """A line on stderr, if stderr can take it (it may be on the disk that is full)."""
+    with contextlib.suppress(OSError):
+        print(message, file=sys.stderr, flush=True)
 
 
 # --- herd up -------------------------------------------------------------------------------

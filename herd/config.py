@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "ConfigError",
     "HerdConfig",
+    "LogConfig",
     "PlacesConfig",
     "ServerConfig",
     "SmtpConfig",
@@ -88,6 +89,27 @@ class PlacesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    """How much each server's log may hold and take in (`[log]`, docs/operations.md "Logs").
+
+    The file is rotated at `max_bytes` and `backups` older files are kept, so the log never
+    holds more than `max_bytes * (backups + 1)` bytes; at most `lines_per_second` lines of one
+    connection are logged each second (then one line counts the rest), each cut to
+    `line_bytes`.
+    """
+
+    max_bytes: int = 16 * 1024 * 1024
+    backups: int = 5
+    lines_per_second: int = 100
+    line_bytes: int = 1024
+
+
+MIN_LOG_MAX_BYTES = 65536
+MAX_LOG_BACKUPS = 100
+MIN_LOG_LINE_BYTES = 64
+
+
+@dataclass(frozen=True, slots=True)
 class XmppConfig:
     """The bot's account; each server logs in with resource = its own name."""
 
@@ -123,6 +145,7 @@ class HerdConfig:
     places: PlacesConfig
     xmpp: XmppConfig | None
     smtp: SmtpConfig | None
+    log: LogConfig = LogConfig()
 
     def with_secret(self, secret: bytes) -> HerdConfig:
         """This config with the secret its servers really use (the generated one, when the
@@ -164,7 +187,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     """
     path = Path(path).resolve()
     root = _Table(path, "", _read_toml(path))
-    root.only("herd", "servers", "places", "xmpp", "smtp", what="table")
+    root.only("herd", "servers", "places", "xmpp", "smtp", "log", what="table")
 
     herd = root.table("herd") or _Table(path, "herd", {})
     herd.only("data_dir", "secret", "max_line")
@@ -185,6 +208,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     places_table = root.table("places")
     xmpp_table = root.table("xmpp")
     smtp_table = root.table("smtp")
+    log_table = root.table("log")
     return HerdConfig(
         path=path,
         data_dir=data_dir,
@@ -195,6 +219,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
         places=_places(places_table, env) if places_table else PlacesConfig(),
         xmpp=_xmpp(xmpp_table, env) if xmpp_table else None,
         smtp=_smtp(smtp_table, env) if smtp_table else None,
+        log=_log(log_table) if log_table else LogConfig(),
     )
 
 
@@ -326,6 +351,30 @@ def _smtp(table: _Table, env: Mapping[str, str]) -> SmtpConfig:
         password=env.get("RENGA_SMTP_PASSWORD", ""),
         tls=tls,
     )
+
+
+def _log(table: _Table) -> LogConfig:
+    table.only("max_bytes", "backups", "lines_per_second", "line_bytes")
+    defaults = LogConfig()
+    max_bytes = table.integer("max_bytes", defaults.max_bytes)
+    if max_bytes < MIN_LOG_MAX_BYTES:
+        raise table.error("max_bytes", f"must be at least {MIN_LOG_MAX_BYTES}, got {max_bytes}")
+    backups = table.integer("backups", defaults.backups)
+    if not 0 <= backups <= MAX_LOG_BACKUPS:
+        raise table.error("backups", f"must be between 0 and {MAX_LOG_BACKUPS}, got {backups}")
+    rate = table.integer("lines_per_second", defaults.lines_per_second)
+    if rate < 1:
+        raise table.error("lines_per_second", f"must be at least 1, got {rate}")
+    line_bytes = table.integer("line_bytes", defaults.line_bytes)
+    # A cut line and its stamp must fit a file many times over, so rotation never splits one.
+    longest = max_bytes // 16
+    if not MIN_LOG_LINE_BYTES <= line_bytes <= longest:
+        raise table.error(
+            "line_bytes",
+            f"must be between {MIN_LOG_LINE_BYTES} and max_bytes / 16 ({longest}), "
+            f"got {line_bytes}",
+        )
+    return LogConfig(max_bytes, backups, rate, line_bytes)
 
 
 def _host(table: _Table, host: str) -> str:

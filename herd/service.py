@@ -122,6 +122,7 @@ class HerdService(Service):
             stream,
             reactor,
             self._on_thread(self._log_pool),
+            config.log,
         )
         self.store = Store(self.data_dir / f"{name}.sqlite")
         self.server: HerdServer | None = None
@@ -130,6 +131,9 @@ class HerdService(Service):
         self.factory: ClientFactory | None = None
         self.dialers: list[ClientService] = []
         self.started: Deferred[None] = Deferred()
+        # Fires (once) with what went wrong when the server cannot go on: its owner reports it
+        # and stops the process with a failure code.
+        self.failed: Deferred[str] = Deferred()
 
     def _on_thread(self, pool: ThreadPool) -> Callable[[Callable[[], T]], Deferred[T]]:
         def run(work: Callable[[], T]) -> Deferred[T]:
@@ -304,41 +308,82 @@ class HerdService(Service):
         self.dialers.append(dialer)
 
     def _store_failed(self, failure: Failure) -> None:
-        _log.critical("the store cannot write: stopping {name}", name=self.server_name)
-        self.reactor.stop()
+        """The store cannot write (disk full, file too large, I/O error): nothing more can be
+        acknowledged, so the server stops serving now and reports why."""
+        if self.failed.called:
+            return
+        error = failure.value
+        why = failure.getErrorMessage()
+        code = getattr(error, "sqlite_errorname", None)
+        message = (
+            f"{self.server_name}: the store {self.store.path} cannot write "
+            f"({why}{f', {code}' if code else ''}): stopping; "
+            "nothing it did not store was acknowledged"
+        )
+        _log.critical("{message}", message=message)
+        self.failed.callback(message)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        """Each step runs even when one before it failed (a full disk fails several), and the
+        worker threads are always stopped: a thread left running would keep the process."""
         if not self.started.called:
             _log.warn("stopping before the start finished")
+        try:
+            for step in (
+                self._stop_network,
+                self._stop_notifications,
+                self._close_connections,
+                self._close_store,
+            ):
+                try:
+                    await step()
+                except Exception:
+                    _log.failure("while stopping {name}", name=self.server_name)
+            _log.info("{name} stopped", name=self.server_name)
+            await self.log.stop()
+        finally:
+            for pool in (self._store_pool, self._log_pool, self._cpu_pool, self._outbox_pool):
+                pool.stop()
+
+    async def _stop_network(self) -> None:
+        """No new line is taken from then on (clients' lines already read are still answered
+        once stored), so no change reaches the store after it is closed."""
         await DeferredList([dialer.stopService() for dialer in self.dialers])
         if self.port is not None:
             await maybeDeferred(self.port.stopListening)
+        if self.factory is not None:
+            for connection in self.factory.connections:
+                connection.stopProducing()
+                if connection.transport is not None:
+                    connection.transport.pauseProducing()  # type: ignore[attr-defined]
         if self.notifier is not None:
             self.notifier.stop()
         if self.server is not None:
             for session in list(self.server.links.values()):
                 session.close()
             await self.server.idle()
+
+    async def _stop_notifications(self) -> None:
         if self.outbox is not None:
             await self.outbox.stop()
         for channel in self.channels.values():
             await channel.close()
+
+    async def _close_connections(self) -> None:
         if self.factory is not None:
             for connection in list(self.factory.connections):
                 connection.close()
         if self.places is not None:
             await self.places.close()
+
+    async def _close_store(self) -> None:
+        if self.server is not None:
+            await self.server.idle()
         await self._on_thread(self._store_pool)(self.store.close)
-        _log.info("{name} stopped", name=self.server_name)
-        await self.log.stop()
-        self._store_pool.stop()
-        self._log_pool.stop()
-        self._cpu_pool.stop()
-        self._outbox_pool.stop()
 
 
 def _tls(mode: str) -> TlsMode:

@@ -171,11 +171,12 @@ class GroupCommitter:
         self._in_flight = False
         self._idle_waiters: list[Deferred[None]] = []
         self._log = Logger()
+        self.failure: Failure | None = None
 
     @property
     def busy(self) -> bool:
-        """Whether any change is not yet durable."""
-        return self._in_flight or bool(self._open)
+        """Whether any change is not yet durable (always, once a write failed)."""
+        return self._in_flight or bool(self._open) or self.failure is not None
 
     def add_location(self, location: Location) -> None:
         self._open.locations.append(location)
@@ -200,16 +201,20 @@ class GroupCommitter:
         self._kick()
 
     def after_commit(self, effect: Callable[[], None]) -> None:
-        """Run `effect` once everything added so far is durable (now, if it already is)."""
+        """Run `effect` once everything added so far is durable (now, if it already is;
+        never, once a write failed)."""
+        if self.failure is not None:
+            return
         if self.busy:
             self._open_effects.append(effect)
         else:
             effect()
 
     def idle(self) -> Deferred[None]:
-        """Fires once everything added so far is committed."""
+        """Fires once everything added so far is committed, or once a write failed (nothing
+        more will be: a stop must not wait for it)."""
         waiter: Deferred[None] = Deferred()
-        if self.busy:
+        if self.busy and self.failure is None:
             self._idle_waiters.append(waiter)
         else:
             waiter.callback(None)
@@ -218,6 +223,9 @@ class GroupCommitter:
     def _kick(self) -> None:
         """Start a batch at the end of this reactor turn, so that everything one read brought
         in is committed together."""
+        if self.failure is not None:
+            self._open, self._open_effects = Batch(), []
+            return
         if not self._in_flight:
             self._in_flight = True
             self._clock.callLater(0, self._submit)
@@ -245,5 +253,10 @@ class GroupCommitter:
     def _failed(self, failure: Failure) -> None:
         """A write that fails (disk full, I/O error) must not be acknowledged: the owner stops
         the server rather than pretend; the unacknowledged changes are lost with it."""
+        self.failure = failure
+        self._open, self._open_effects = Batch(), []
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
         self._log.failure("store write failed", failure)
         self._on_failure(failure)

@@ -257,18 +257,30 @@ def parse_client_fields(fields: list[bytes]) -> ClientCommand:
     return command.from_fields(fields)
 
 
-_SECRET_WORDS: Final = (b"AUTH", b"USER-ADD", b"USER-TOKEN")
+_SECRET_WORDS: Final = frozenset(("AUTH", "USER-ADD", "USER-TOKEN"))
+# Whitespace as any reader of the line might split it: ASCII whitespace (a line holds no \n),
+# \x1c-\x1f and Unicode's spaces (in UTF-8), so no spelling of the gaps hides a secret word.
+SECRET_LINE_START: Final = (
+    rb"(?:[\t\x0b\x0c\r \x1c-\x1f]|\xc2[\x85\xa0]|\xe1\x9a\x80|\xe2\x80[\x80-\x8a\xa8\xa9\xaf]"
+    rb"|\xe2\x81\x9f|\xe3\x80\x80)*(?i:auth|user-add|user-token)"
+)
+_SECRET_START: Final = re.compile(SECRET_LINE_START)
+REDACTED: Final = b"<redacted>"
 
 
 def redact_secrets(line: bytes) -> bytes:
-    """A line as logged: the token of `AUTH <user> <token>` (and the token hash an operator's
-    `USER-ADD`/`USER-TOKEN` carries) never reaches the log."""
-    if b"AUTH" not in line and b"USER-" not in line:
+    """A line as logged.  A line whose first field is `AUTH`, `USER-ADD` or `USER-TOKEN` in any
+    case shows nothing after its user field (with a single field after the word, not that one
+    either), whatever whitespace separates the fields and however many there are: a malformed
+    login or operator command carries its token or hash as well as a valid one does."""
+    if _SECRET_START.match(line) is None:
         return line
-    fields = line.split()
-    if len(fields) >= 3 and fields[0] in _SECRET_WORDS:
-        return b" ".join([*fields[:2], b"<redacted>", *fields[3:]])
-    return line
+    fields = line.decode("utf-8", "surrogateescape").split()
+    word = fields[0]
+    if not (word.isascii() and word.upper() in _SECRET_WORDS) or len(fields) == 1:
+        return line
+    shown = fields[:2] if len(fields) >= 3 else fields[:1]
+    return b" ".join([*(field.encode("utf-8", "surrogateescape") for field in shown), REDACTED])
 
 
 def error_reply(line: bytes) -> bytes:

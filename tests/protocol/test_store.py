@@ -122,6 +122,35 @@ def test_a_failed_write_is_reported_and_its_replies_never_sent(tmp_path: Path) -
     assert sent == []
 
 
+def test_after_a_failed_write_nothing_is_written_or_acknowledged(tmp_path: Path) -> None:
+    """A full disk is final: changes after the failure are neither written nor answered (even
+    once the disk has room again), and a stop waiting for idle is not held forever."""
+    clock = Clock()
+    store = Store(tmp_path / "s.sqlite")
+    store.open()
+    failures: list[Failure] = []
+    committer = GroupCommitter(store, inline, clock, failures.append)
+
+    def disk_full(db: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    committer.add_location(location(b"lost", 1))
+    committer.add_write(disk_full)
+    sent: list[str] = []
+    committer.after_commit(lambda: sent.append("lost"))
+    waiting = committer.idle()
+    assert not waiting.called
+    clock.advance(0)
+    assert len(failures) == 1 and failures[0].check(sqlite3.OperationalError)
+    assert waiting.called and committer.idle().called
+    committer.add_location(location(b"later", 2))
+    committer.after_commit(lambda: sent.append("later"))
+    clock.advance(0)
+    assert sent == [] and committer.busy and len(failures) == 1
+    store.close()
+    assert Store(tmp_path / "s.sqlite").open().locations == []
+
+
 def test_idle_fires_at_once_when_nothing_is_pending(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite")
     committer = GroupCommitter(store, lambda work: succeed(work()), Clock(), lambda f: None)
@@ -153,4 +182,4 @@ def test_secrets_carried_by_lines_are_scrubbed_from_the_log() -> None:
     )
     assert b"scrypt$1" not in text and b"sEcReT" not in text
     assert b'"value":"scrypt$<redacted>"}' in text
-    assert b"? AUTH alice <redacted> extra" in text
+    assert b"? AUTH alice <redacted>\n" in text

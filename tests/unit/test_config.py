@@ -10,6 +10,7 @@ from herd.config import (
     SECRET_REQUIRED,
     ConfigError,
     HerdConfig,
+    LogConfig,
     PlacesConfig,
     ServerConfig,
     SmtpConfig,
@@ -516,3 +517,35 @@ def test_smtp_without_tls_to_a_relay_without_auth_is_allowed(tmp_path: Path) -> 
 
     assert smtp is not None
     assert (smtp.host, smtp.port, smtp.tls) == ("smtp.example.org", 25, "none")
+
+
+# The [log] table
+
+
+def test_log_limits_default_and_may_be_set(tmp_path: Path) -> None:
+    assert load(tmp_path, ONE_SERVER).log == LogConfig(16 * 1024 * 1024, 5, 100, 1024)
+    text = ONE_SERVER + "[log]\nmax_bytes = 65536\nbackups = 0\nlines_per_second = 1\n"
+    assert load(tmp_path, text + "line_bytes = 4096\n").log == LogConfig(65536, 0, 1, 4096)
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "problem"),
+    [
+        ("max_byte = 1000000\n", "log.max_byte", "unknown key 'max_byte'"),
+        ("max_bytes = 65535\n", "log.max_bytes", "must be at least 65536, got 65535"),
+        ("max_bytes = '1M'\n", "log.max_bytes", "must be an integer, got a string"),
+        ("backups = -1\n", "log.backups", "must be between 0 and 100, got -1"),
+        ("backups = 101\n", "log.backups", "must be between 0 and 100, got 101"),
+        ("lines_per_second = 0\n", "log.lines_per_second", "must be at least 1, got 0"),
+        ("line_bytes = 63\n", "log.line_bytes", "must be between 64 and max_bytes / 16"),
+        (
+            "max_bytes = 65536\nline_bytes = 4097\n",
+            "log.line_bytes",
+            "must be between 64 and max_bytes / 16 (4096), got 4097",
+        ),
+    ],
+)
+def test_bad_log_limits_are_refused(tmp_path: Path, table: str, key: str, problem: str) -> None:
+    error = refusal(tmp_path, ONE_SERVER + "[log]\n" + table)
+    assert error.key == key
+    assert problem in error.problem
