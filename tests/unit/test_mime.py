@@ -359,7 +359,7 @@ def check_mail(data: bytes, message: Outgoing, sender: str = SENDER) -> None:
         assert part.get_content_type() == attachment.content_type.partition(";")[0].lower()
 
 
-_TRICKY = (
+TRICKY = (
     HOSTILE_TITLE,
     "=?utf-8?q?x?=",
     "=?utf-8?b?w6k=?=",
@@ -399,7 +399,7 @@ _CHARS = st.one_of(
     st.characters(max_codepoint=0x7F),  # ASCII more often
     st.characters(blacklist_categories=("Cs",)),  # any Unicode but lone surrogates
 )
-_PIECES = st.one_of(st.sampled_from(_TRICKY), st.text(_CHARS, max_size=30))
+_PIECES = st.one_of(st.sampled_from(TRICKY), st.text(_CHARS, max_size=30))
 _TEXT = st.one_of(
     st.lists(_PIECES, max_size=8).map("".join),
     st.text(_PRINTABLE, min_size=60, max_size=90),  # about where headers fold
