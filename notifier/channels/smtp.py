@@ -85,7 +85,7 @@ _FIELD_NAME = re.compile(r"[!-9;-~]{1,60}")  # RFC 5322: printable ASCII except 
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+")
 _MAX_PATH = 254  # RFC 5321 §4.5.3.1.3: octets in an address, less its angle brackets
 _ID_PART = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*")
-# What no header holds: controls (C0, DEL, C1) and the line and paragraph separators.
+# What no header holds: controls (C0 but tab, DEL, C1) and the line and paragraph separators.
 _NOT_HEADER_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]+")
 _WHITE_SPACE = re.compile(r"([ \t]+)")
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")  # RFC 5322 atext
@@ -99,7 +99,7 @@ _EW_OVERHEAD = len("=?utf-8?q??=")
 _EW_MAX = 75  # RFC 2047 §2: characters in an encoded word
 _TOKEN = r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]+"  # RFC 2045 token
 _PARAMETER = re.compile(rf"{_TOKEN}=(?:{_TOKEN}|\"[ !#-\[\]-~]*\")")
-_CONTENT_TYPE = re.compile(rf"({_TOKEN}/{_TOKEN})((?:\s*;\s*{_PARAMETER.pattern})*)\s*")
+_CONTENT_TYPE = re.compile(rf"({_TOKEN}/{_TOKEN})((?: *; *{_PARAMETER.pattern})*)")
 _PLAIN_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,59}")
 _RFC2231_PIECE = re.compile(r"(?:%[0-9A-F]{2}|[^%]){1,20}")
 # The octets a 7bit text part may hold: printable ASCII, tab and line breaks.
