@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import random
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from email.message import EmailMessage
@@ -30,6 +31,7 @@ from notifier.aio import as_deferred
 from notifier.channels import Attachment, Outgoing, PermanentDeliveryError, TransientDeliveryError
 from notifier.channels.smtp import SmtpChannel
 from notifier.outbox import OUTBOX_SCHEMA, Outbox, OutboxSettings, enqueue
+from tests.unit.test_mime import HOSTILE_TITLE, TRICKY, check_mail
 
 pytestmark = pytest.mark.timeout(30)
 T = TypeVar("T")
@@ -53,6 +55,7 @@ class Mailbox:
 
     def __init__(self) -> None:
         self.received: list[tuple[list[str], EmailMessage]] = []
+        self.raw: list[bytes] = []  # each message's data as received, after the SMTP layer
         self.release = asyncio.Event()
 
     async def handle_RCPT(
@@ -69,6 +72,7 @@ class Mailbox:
         if any(rcpt.startswith("slow@") for rcpt in envelope.rcpt_tos):
             await self.release.wait()
         assert envelope.original_content is not None
+        self.raw.append(envelope.original_content)
         parsed = BytesParser(policy=email.policy.default).parsebytes(envelope.original_content)
         assert isinstance(parsed, EmailMessage)
         self.received.append((list(envelope.rcpt_tos), parsed))
@@ -417,6 +421,54 @@ async def test_non_ascii_address_needs_smtputf8(
         assert got["To"] == "jöran@example.org"
     finally:
         await modern.stop()
+
+
+def hostile_mails(count: int, seed: int) -> list[Outgoing]:
+    """Mails whose every text is made of the unit property's tricky pieces (encoded-word
+    lookalikes with CR LF, controls, NUL, long words, non-ASCII) and lines a dot starts."""
+    rng = random.Random(seed)
+    pieces = (*TRICKY, ".", "\r\n.\r\n", "plain words", "Bcc: x@evil.example")
+
+    def text() -> str:
+        return "".join(rng.choice(pieces) for _ in range(rng.randrange(6)))
+
+    return [
+        Outgoing(
+            key=f"h{number}",
+            channel="email",
+            recipient=rng.choice(["alice@example.org", "jöran@example.org"]),
+            subject=HOSTILE_TITLE if number == 0 else text(),
+            text=text(),
+            html=rng.choice([None, text()]),
+            thread=rng.choice([None, text()]),
+            headers=(("List-Unsubscribe", text()), ("X-Note", text()))[: rng.randrange(3)],
+            attachments=tuple(
+                Attachment(text(), "text/calendar; method=REQUEST", text().encode())
+                for _ in range(rng.randrange(2))
+            ),
+        )
+        for number in range(count)
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_text_reads_back_as_itself_through_a_real_server(
+    make_channel: ChannelFactory,
+) -> None:
+    """The unit property's check on what an SMTP server received (dot-stuffed and unstuffed,
+    SMTPUTF8 when the address needs it), not on the builder's bytes."""
+    server = SmtpServer(smtputf8=True)
+    await server.start()
+    try:
+        channel = make_channel(port=server.port)
+        sent = hostile_mails(40, seed=6)
+        for message in sent:
+            await channel.deliver(message)
+        assert len(server.mailbox.raw) == len(sent)
+        for message, data in zip(sent, server.mailbox.raw, strict=True):
+            check_mail(data, message, SENDER)
+    finally:
+        await server.stop()
 
 
 @pytest.fixture

@@ -1,24 +1,24 @@
-"""MessageBuilder's bytes: parsed back with the stdlib, and compared with a reference built the
-way the channel used to build them (`EmailMessage` and its generator, kept here only).
+"""MessageBuilder's bytes, parsed back with the stdlib parser (`policy.default`, as mail clients
+built on it read them).
 
-The builder writes MIME directly and skips the header parser for short printable ASCII
-values; the property test checks that for any input it writes exactly what the stdlib would
-(boundaries aside), as sent over SMTP, and that no input can add a header or a line over 998
-octets.
+The property: for any subject, header value, file name and text (controls, line breaks, NUL,
+encoded-word lookalikes, very long words, any Unicode), the parsed mail has exactly the headers
+the builder meant, each reading back as the text given (a run of controls or line separators as
+one space), the bodies and attachments unchanged, no line over 998 octets, a subject's lines
+within 78 characters and never folded right after its name.  `check_mail` is shared with the
+SMTP test, which sends such mails through a real server.
+
+The stdlib's own generator is no reference: its header parser decodes encoded words in the text
+it is given, so `=?utf-8?q?x?=` came out as `x`, and (on this Python) one holding CR LF as a
+header of its own.
 """
 
 from __future__ import annotations
 
-import base64
 import email
-import email.errors
 import email.policy
-import hashlib
 import re
-import secrets
-from email.headerregistry import BaseHeader, UnstructuredHeader
 from email.message import EmailMessage
-from email.policy import Policy
 from email.utils import formatdate, parseaddr
 
 import pytest
@@ -34,7 +34,7 @@ ICS = b"BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nEND:VCALENDAR\r\n"
 UNSUBSCRIBE = (
     "<https://renga.example.org/unsubscribe?token=" + "t" * 90 + ">, <mailto:u@example.org>"
 )
-BOUNDARY = re.compile(rb"=_[0-9a-f]{24}")
+HOSTILE_TITLE = "=?utf-8?q?Lunch=0D=0AReply-To:_attacker@evil.example?="
 
 
 def mail(recipient: str = "alice@example.org", **fields: object) -> Outgoing:
@@ -54,139 +54,16 @@ def content(part: EmailMessage) -> str:
     return text
 
 
-# --- the reference: how the channel built messages with the stdlib generator -------------------
-
-_REF_ASCII = email.policy.SMTP.clone(cte_type="7bit")
-_REF_UTF8 = _REF_ASCII.clone(utf8=True)
-_REF_OWN = {
-    *("from", "sender", "to", "cc", "bcc", "subject", "date", "message-id", "in-reply-to"),
-    *("references", "auto-submitted", "mime-version", "content-type"),
-    *("content-transfer-encoding", "content-disposition"),
-}
-_REF_FIELD_NAME = re.compile(r"[!-9;-~]+")
-_REF_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+")
-_REF_ID_PART = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*")
-_REF_LINE_BREAKS = re.compile(r"[\r\n\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]+")
-_REF_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+def as_header(text: str) -> str:
+    """The documented normalisation: a run of C0 or C1 controls, DEL, U+2028 or U+2029 (all
+    line breaks to some reader) is one space; tab stays."""
+    return re.sub(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]+", " ", text)
 
 
-class _RefVerbatim(UnstructuredHeader, BaseHeader):
-    def fold(self, *, policy: Policy) -> str:
-        value = str(self)
-        if not value.isascii():
-            return super().fold(policy=policy)
-        items = value.split(", ")
-        lines = [f"{self.name}: {items[0]}"]
-        for item in items[1:]:
-            if len(lines[-1]) + 2 + len(item) <= 78:
-                lines[-1] += f", {item}"
-            else:
-                lines[-1] += ","
-                lines.append(f" {item}")
-        if max(map(len, lines)) > 998:
-            raise ValueError(f"header {self.name} has a line longer than 998 characters")
-        return policy.linesep.join(lines) + policy.linesep
-
-
-def _ref_one_line(value: str) -> str:
-    return _REF_LINE_BREAKS.sub(" ", value)
-
-
-def _ref_id(prefix: str, value: str, domain: str) -> str:
-    if not (len(value) <= 40 and _REF_ID_PART.fullmatch(value)):
-        value = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"<renga.{prefix}{value}@{domain}>"
-
-
-def _ref_text(policy: Policy, content_type: str, text: str) -> EmailMessage:
-    part = EmailMessage(policy=policy)
-    part["Content-Type"] = content_type
-    data = text.encode("utf-8")
-    if (
-        data.isascii()
-        and not _REF_CONTROLS.search(text)
-        and max(map(len, data.splitlines()), default=0) <= 998
-    ):
-        part["Content-Transfer-Encoding"] = "7bit"
-        part.set_payload(text)
-    else:
-        part["Content-Transfer-Encoding"] = "base64"
-        canonical = b"\r\n".join(data.splitlines()) + b"\r\n"
-        part.set_payload(base64.encodebytes(canonical).decode("ascii"))
-    return part
-
-
-def _ref_multipart(policy: Policy, subtype: str, parts: list[EmailMessage]) -> EmailMessage:
-    mail = EmailMessage(policy=policy)
-    mail["Content-Type"] = f'multipart/{subtype}; boundary="=_{secrets.token_hex(12)}"'
-    for part in parts:
-        mail.attach(part)
-    return mail
-
-
-def _ref_attachment(policy: Policy, attachment: Attachment) -> EmailMessage:
-    content_type = _ref_one_line(attachment.content_type)
-    maintype, slash, subtype = content_type.partition(";")[0].strip().partition("/")
-    if not (slash and _REF_FIELD_NAME.fullmatch(maintype) and _REF_FIELD_NAME.fullmatch(subtype)):
-        raise PermanentDeliveryError("not a content type")
-    part = EmailMessage(policy=policy)
-    part["Content-Type"] = content_type
-    part["Content-Disposition"] = "attachment"
-    part.set_param("filename", _ref_one_line(attachment.filename), header="Content-Disposition")
-    part["Content-Transfer-Encoding"] = "base64"
-    part.set_payload(base64.encodebytes(attachment.data).decode("ascii"))
-    return part
-
-
-def reference_build(sender: str, message: Outgoing, now: float) -> tuple[bytes, bool]:
-    """The stdlib build, as sent: aiosmtplib ends the data with a line break if it has none."""
-    try:
-        data, utf8 = _reference_build(sender, message, now)
-    except (ValueError, TypeError, email.errors.MessageError) as error:
-        raise PermanentDeliveryError(str(error)) from error
-    return data if data.endswith(b"\r\n") else data + b"\r\n", utf8
-
-
-def _reference_build(sender: str, message: Outgoing, now: float) -> tuple[bytes, bool]:
-    domain = parseaddr(sender)[1].rpartition("@")[2]
-    recipient = message.recipient
-    if not _REF_ADDRESS.fullmatch(recipient):
-        raise PermanentDeliveryError("not an email address")
-    utf8 = not recipient.isascii()
-    policy = _REF_UTF8 if utf8 else _REF_ASCII
-    body = _ref_text(policy, 'text/plain; charset="utf-8"', message.text)
-    if message.html is not None:
-        html = _ref_text(policy, 'text/html; charset="utf-8"', message.html)
-        body = _ref_multipart(policy, "alternative", [body, html])
-    if message.attachments:
-        parts = [body, *(_ref_attachment(policy, a) for a in message.attachments)]
-        body = _ref_multipart(policy, "mixed", parts)
-    mail = EmailMessage(policy=policy)
-    mail["From"] = _REF_ASCII.header_factory("From", _ref_one_line(sender))
-    mail["To"] = recipient
-    mail["Subject"] = _ref_one_line(message.subject)
-    mail["Date"] = formatdate(now)
-    mail["Message-ID"] = _RefVerbatim("Message-ID", _ref_id("", message.key, domain))
-    if message.thread is not None:
-        root = _ref_id("event.", message.thread, domain)
-        mail["In-Reply-To"] = _RefVerbatim("In-Reply-To", root)
-        mail["References"] = _RefVerbatim("References", root)
-    mail["Auto-Submitted"] = "auto-generated"
-    for name, value in message.headers:
-        if not _REF_FIELD_NAME.fullmatch(name) or name.lower() in _REF_OWN:
-            raise PermanentDeliveryError("header may not be set")
-        mail[name] = _RefVerbatim(name, _ref_one_line(value))
-    mail["MIME-Version"] = "1.0"
-    for name, value in body.items():
-        mail[name] = value
-    mail.set_payload(body.get_payload())
-    return mail.as_bytes(), utf8
-
-
-def same_boundaries(data: bytes) -> bytes:
-    """`data` with its random boundaries named by their order of appearance."""
-    names: dict[bytes, bytes] = {}
-    return BOUNDARY.sub(lambda m: names.setdefault(m[0], b"=_boundary%d" % len(names)), data)
+def lines_of(text: str) -> list[str]:
+    """Text as a reader gets it: CR, LF or CRLF all end a line (the last one ended or not)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 # --- examples ----------------------------------------------------------------------------------
@@ -293,20 +170,18 @@ def test_a_non_ascii_file_name_is_rfc2231_encoded() -> None:
     assert isinstance(invite, EmailMessage) and invite.get_filename() == "réunion.ics"
 
 
-def test_a_non_ascii_recipient_gets_raw_utf8_headers() -> None:
+def test_only_a_non_ascii_address_is_raw_utf8() -> None:
+    """SMTPUTF8 is for the address; other headers stay ASCII, which every reader decodes (the
+    stdlib parser would read a raw UTF-8 display name as surrogates)."""
     builder = MessageBuilder("Rengä <renga@example.org>")
-    data, utf8 = builder.build(mail("jöran@example.org", subject="Réunion samedi"), NOW)
-    assert utf8
-    assert "To: jöran@example.org\r\n".encode() in data
-    assert "Subject: Réunion samedi\r\n".encode() in data
-    assert "From: Rengä <renga@example.org>\r\n".encode() in data
-    got = parse(data)
-    assert got["Subject"] == "Réunion samedi"
-
-    data, utf8 = builder.build(mail(subject="Réunion samedi"), NOW)
-    assert not utf8 and data.isascii()  # RFC 2047 encoded words instead
-    got = parse(data)
-    assert (got["Subject"], got["From"]) == ("Réunion samedi", "Rengä <renga@example.org>")
+    for recipient in ("jöran@example.org", "alice@example.org"):
+        data, utf8 = builder.build(mail(recipient, subject="Réunion samedi"), NOW)
+        assert utf8 == (recipient != "alice@example.org")
+        head = data.partition(b"\r\n\r\n")[0]
+        assert head.replace(f"To: {recipient}\r\n".encode(), b"").isascii()
+        got = parse(data)
+        assert (got["Subject"], got["From"]) == ("Réunion samedi", "Rengä <renga@example.org>")
+        assert got["To"] == recipient
 
 
 def test_hostile_values_stay_in_their_header() -> None:
@@ -344,127 +219,230 @@ def test_unbuildable_messages_are_permanent_failures(sent: Outgoing) -> None:
         MessageBuilder(SENDER).build(sent, NOW)
 
 
+def test_the_issue_title_is_a_subject_and_nothing_else() -> None:
+    """Issue 9, defect 6: the title became `Reply-To:` and `From:` headers and body text."""
+    title = HOSTILE_TITLE + "\r\nFrom: boss@evil.example\r\n\r\nPay now"
+    data, _ = MessageBuilder(SENDER).build(mail(subject=f"alice invited you to {title}"), NOW)
+    got = parse(data)
+    assert got["Reply-To"] is None
+    assert got.get_all("From") == [SENDER]
+    assert got["Subject"] == f"alice invited you to {as_header(title)}"
+    assert content(got).splitlines() == ["Hi"]
+    assert b"\nReply-To:" not in data and data.startswith(b"From:")
+    assert b"\nFrom:" not in data
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "=?utf-8?q?x?=",
+        "a =?utf-8?b?w6k=?= b",
+        "=?iso-8859-1?q?=E9?==?utf-8?q?x?=",
+        "x=?utf-8?q?y?=z",
+        "=?utf-8?q?a?= =?utf-8?q?b?=",
+    ],
+)
+def test_text_like_an_encoded_word_reads_as_itself(subject: str) -> None:
+    data, _ = MessageBuilder(SENDER).build(mail(subject=subject), NOW)
+    assert parse(data)["Subject"] == subject
+
+
+@pytest.mark.parametrize("recipient", ["alice@example.org", "jöran@example.org"])
+def test_a_long_subject_is_never_folded_right_after_its_name(recipient: str) -> None:
+    for subject in ("z" * 75 + " end", "Lunch " + "y" * 100, "é" * 90, "x" * 69, "a " * 60):
+        data, _ = MessageBuilder(SENDER).build(mail(recipient, subject=subject), NOW)
+        head = data.partition(b"\r\n\r\n")[0]
+        first = re.search(rb"^Subject:(.*)$", head, re.MULTILINE)
+        assert first is not None and first[1].strip(b" \r"), head
+        assert parse(data)["Subject"] == subject
+
+
+def test_header_white_space_is_kept_exactly() -> None:
+    for subject in (" lead", "trail ", "two  spaces", "a\ttab", "   ", "é é", "é  x é"):
+        data, _ = MessageBuilder(SENDER).build(mail(subject=subject), NOW)
+        assert parse(data)["Subject"] == subject
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        '"=?utf-8?q?Boss=0D=0ABcc:_x@evil.example?=" <renga@example.org>',
+        '"Renga, the \\"bot\\"" <renga@example.org>',
+        "Rengä Bøt <renga@example.org>",
+        "Renga\u2028Bot <renga@example.org>",
+        "renga@example.org",
+    ],
+)
+@pytest.mark.parametrize("recipient", ["alice@example.org", "jöran@example.org"])
+def test_a_sender_display_name_reads_as_itself(sender: str, recipient: str) -> None:
+    data, _ = MessageBuilder(sender).build(mail(recipient), NOW)
+    got = parse(data)
+    assert got["Bcc"] is None and len(got.get_all("From") or []) == 1
+    (address,) = got["From"].addresses
+    assert (address.display_name, address.addr_spec) == parseaddr(as_header(sender))
+
+
+def test_a_file_name_is_plain_or_rfc2231_and_reads_as_itself() -> None:
+    for filename in ("event.ics", "a b.ics", "=?utf-8?q?x=0D=0A?=.ics", "é" * 70, 'q"uote\\.ics'):
+        sent = mail(attachments=(Attachment(filename, "text/calendar", ICS),))
+        data, _ = MessageBuilder(SENDER).build(sent, NOW)
+        _, part = parse(data).iter_parts()
+        assert isinstance(part, EmailMessage) and part.get_filename() == filename
+        assert part.get_payload(decode=True) == ICS
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/calendar; method=REQUEST\r\nX-Evil: 1",
+        'text/plain; name="=?utf-8?q?x?="',
+        'text/plain; name="é"',
+        "text/plain; charset=utf-8 junk",
+    ],
+)
+def test_a_content_type_that_is_not_plain_mime_is_refused(content_type: str) -> None:
+    with pytest.raises(PermanentDeliveryError):
+        MessageBuilder(SENDER).build(mail(attachments=(Attachment("a", content_type, b""),)), NOW)
+
+
+@pytest.mark.parametrize("recipient", ["=?utf-8?q?a?=@x.org", "a\x01b@x.org", "a\x85b@x.org"])
+def test_an_address_a_reader_would_read_differently_is_refused(recipient: str) -> None:
+    with pytest.raises(PermanentDeliveryError):
+        MessageBuilder(SENDER).build(mail(recipient), NOW)
+
+
 # --- the property ------------------------------------------------------------------------------
 
-_TRICKY = (
+_OWN = ["from", "to", "subject", "date", "message-id"]
+_FOLD_AFTER_NAME = re.compile(rb"^[!-9;-~]+:[ \t]*\r\n[ \t]", re.MULTILINE)
+
+
+def check_mail(data: bytes, message: Outgoing, sender: str = SENDER) -> None:
+    """What any mail the builder made for `message` must be, read by the stdlib parser."""
+    head, _, _ = data.partition(b"\r\n\r\n")
+    lines = data.split(b"\r\n")
+    assert lines.pop() == b""  # every line ends in CRLF
+    assert all(b"\r" not in line and b"\n" not in line and len(line) <= 998 for line in lines)
+    assert not _FOLD_AFTER_NAME.search(head), head
+    subject = re.search(rb"^Subject:[^\r]*(?:\r\n[ \t][^\r]*)*", head, re.MULTILINE)
+    assert subject is not None
+    assert all(len(line.decode()) <= 78 for line in subject[0].split(b"\r\n")), subject[0]
+
+    got = parse(data)
+    names = [*_OWN, *(["in-reply-to", "references"] if message.thread is not None else [])]
+    names += ["auto-submitted", *(name.lower() for name, _ in message.headers), "mime-version"]
+    names += ["content-type"]
+    if message.html is None and not message.attachments:
+        names += ["content-transfer-encoding"]
+    assert [name.lower() for name in got.keys()] == names  # noqa: SIM118 (values not parsed)
+    assert not got.defects
+    assert got.get_all("From") == [sender]
+    assert got["To"] == message.recipient
+    assert got["Subject"] == as_header(message.subject)
+    for name, value in message.headers:
+        assert got[name] == as_header(value), name
+
+    parts = list(got.iter_parts()) if message.attachments else [got]
+    body = parts[0]
+    texts = list(body.iter_parts()) if message.html is not None else [body]
+    expected = [message.text] if message.html is None else [message.text, message.html]
+    assert len(texts) == len(expected)
+    for part, text in zip(texts, expected, strict=True):
+        assert isinstance(part, EmailMessage)
+        assert lines_of(content(part)) == lines_of(text)
+    for part, attachment in zip(parts[1:], message.attachments, strict=True):
+        assert isinstance(part, EmailMessage)
+        filename = as_header(attachment.filename).strip()  # readers strip a file name
+        params = part["Content-Disposition"].params  # get_filename() also drops <>
+        assert params.get("filename") == (filename or None)
+        assert part.get_payload(decode=True) == attachment.data
+        assert part.get_content_type() == attachment.content_type.partition(";")[0].lower()
+
+
+TRICKY = (
+    HOSTILE_TITLE,
     "=?utf-8?q?x?=",
     "=?utf-8?b?w6k=?=",
+    "=?UTF-8?Q?=0D=0ABcc:_e@x.org?=",
     "=?",
     "?=",
     ", ",
+    "; ",
     "\r\n",
-    "\n",
+    "\r\nBcc: evil@example.org\r\n",
+    "\n\n",
     "\r",
     "\t",
     "\x00",
     "\x0b",
     "\x1c",
     "\x85",
+    "\x9b",
     "\u2028",
+    "\u2029",
     " ",
+    "  ",
     "é",
     "日本",
+    "\u00a0",
+    "\u200b",
     "\U0001f600",
     "x" * 80,
     "y" * 1000,
     "<https://example.org/u?t=1>",
+    "%",
+    '"',
+    "\\",
 )
 _PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
-_CHARS = st.one_of(st.characters(max_codepoint=0x7F), st.characters())  # ASCII more often
-_PIECES = st.one_of(st.sampled_from(_TRICKY), st.text(_CHARS, max_size=30))
-_ASCII_PIECES = st.one_of(
-    st.sampled_from(["\n", "\r\n", "\r", "\t", "\x0b", "\x7f", "=?", "x" * 990]),
-    st.text(_PRINTABLE, max_size=60),
+_CHARS = st.one_of(
+    st.characters(max_codepoint=0x7F),  # ASCII more often
+    st.characters(blacklist_categories=("Cs",)),  # any Unicode but lone surrogates
 )
+_PIECES = st.one_of(st.sampled_from(TRICKY), st.text(_CHARS, max_size=30))
 _TEXT = st.one_of(
     st.lists(_PIECES, max_size=8).map("".join),
-    st.lists(_ASCII_PIECES, max_size=8).map("".join),  # 7bit, or base64 for a reason
-    st.text(_PRINTABLE, min_size=60, max_size=80),  # about where headers fold
+    st.text(_PRINTABLE, min_size=60, max_size=90),  # about where headers fold
+    st.lists(st.sampled_from(["ab", "c", " ", "x" * 70, "é"]), max_size=30).map("".join),
 )
-# Now and then with a lone surrogate of the kind a header encodes as unknown-8bit (or refuses,
-# next to other non-ASCII characters).
-_HEADER = st.one_of(
-    _TEXT, _TEXT, _TEXT, st.lists(st.one_of(_PIECES, st.just("\udc80")), max_size=8).map("".join)
-)
+_DOT_ATOM_ADDRESS = r"[a-z0-9+=?-]{1,30}(\.[a-z0-9+=?-]{1,30})?@[a-z0-9-]{1,20}(\.[a-z]{2,9})?"
 _RECIPIENTS = st.one_of(
-    st.sampled_from(
-        [
-            "alice@example.org",
-            "jöran@example.org",
-            "a..b@x.org",
-            "=?utf-8?q?a?=@x.org",
-            "a!#$%&'*+/=?^_`{|}~-@x.org",
-            "a\x01b@x.org",
-            "l" * 80 + "@example.org",
-            "not an address",
-        ]
-    ),
-    st.from_regex(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+", fullmatch=True),
-    st.from_regex(r"[a-z0-9.+=-]{1,70}@[a-z0-9.-]{1,20}", fullmatch=True),
+    st.sampled_from(["alice@example.org", "jöran@example.org", "l" * 80 + "@example.org"]),
+    st.from_regex(_DOT_ATOM_ADDRESS, fullmatch=True).filter(lambda address: "=?" not in address),
 )
-_NAMES = st.sampled_from(
-    ["List-Unsubscribe", "List-Unsubscribe-Post", "List-Id", "X-Note", "Keywords", "Reply-To"]
-)
+_NAMES = st.sampled_from(["List-Unsubscribe", "List-Unsubscribe-Post", "List-Id", "X-Note"])
 _CONTENT_TYPES = st.sampled_from(
-    [
-        "text/calendar; method=REQUEST",
-        "application/pdf",
-        'text/plain; name="é"',
-        "x/y; a=" + "b" * 90,
-    ]
+    ["text/calendar; method=REQUEST", 'text/calendar; charset="utf-8"; method=PUBLISH', "x/y"]
 )
 _MESSAGES = st.builds(
     Outgoing,
     key=_TEXT,
     channel=st.just("email"),
     recipient=_RECIPIENTS,
-    subject=_HEADER,
+    subject=_TEXT,
     text=_TEXT,
     html=st.none() | _TEXT,
     thread=st.none() | _TEXT,
-    headers=st.lists(st.tuples(_NAMES, _HEADER), max_size=3).map(tuple),
+    headers=st.lists(st.tuples(_NAMES, _TEXT), max_size=3, unique_by=lambda h: h[0]).map(tuple),
     attachments=st.lists(st.builds(Attachment, _TEXT, _CONTENT_TYPES, st.binary()), max_size=2).map(
         tuple
     ),
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(_MESSAGES, st.floats(min_value=0, max_value=4e9))
-def test_the_builder_writes_what_the_stdlib_would(message: Outgoing, now: float) -> None:
-    try:
-        expected, expected_utf8 = reference_build(SENDER, message, now)
-    except PermanentDeliveryError:
-        with pytest.raises(PermanentDeliveryError):
-            MessageBuilder(SENDER).build(message, now)
-        return
+def test_any_text_reads_back_as_itself_in_its_own_header(message: Outgoing, now: float) -> None:
     data, utf8 = MessageBuilder(SENDER).build(message, now)
-    assert utf8 == expected_utf8
-    assert same_boundaries(data) == same_boundaries(expected)
-
-    lines = data.split(b"\r\n")
-    assert lines.pop() == b""  # every line ends in CRLF
-    assert all(b"\r" not in line and b"\n" not in line and len(line) <= 998 for line in lines)
+    assert utf8 == (not message.recipient.isascii())
     assert utf8 or data.isascii()
-
-    got = parse(data)  # no header of its own for any value, whatever it holds
-    names = ["from", "to", "subject", "date", "message-id"]
-    if message.thread is not None:
-        names += ["in-reply-to", "references"]
-    names += ["auto-submitted", *(name.lower() for name, _ in message.headers), "mime-version"]
-    names += ["content-type"]
-    if message.html is None and not message.attachments:
-        names += ["content-transfer-encoding"]
-    assert list(map(str.lower, got.keys())) == names  # keys(): values unparsed
-    subject = _ref_one_line(message.subject)
-    if subject.isascii() and subject.isprintable() and "=?" not in subject and len(subject) < 70:
-        assert got["Subject"] == subject.lstrip(" ")  # one line; the parser drops leading blanks
+    check_mail(data, message)
+    assert parse(data)["Date"] == formatdate(now)
 
 
 @pytest.mark.parametrize("breaker", ["\u2028", "\u2029", "\x85"])
 def test_unicode_line_breaks_in_a_subject_become_spaces(breaker: str) -> None:
-    """The email policy takes them for line breaks and would refuse the header: a title that
-    holds one must still be mailed."""
+    """The email policy takes them for line breaks: a title that holds one must still be
+    mailed, on one line."""
     data, _ = MessageBuilder(SENDER).build(mail(subject=f"line{breaker}separator"), NOW)
-    parsed = email.message_from_bytes(data, policy=email.policy.default)
-    assert parsed["Subject"] == "line separator"
+    assert parse(data)["Subject"] == "line separator"
