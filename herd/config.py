@@ -124,7 +124,7 @@ class LimitsConfig:
     listen_backlog: int = 1024  # connections the kernel queues before the server accepts
 
 
-LIMIT_RANGES: dict[str, tuple[float, float]] = {
+LIMIT_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
     "output_budget": (4096, 1 << 30),
     "input_budget": (1024, 1 << 30),
     "replies_pending": (1, 1 << 20),
@@ -362,7 +362,7 @@ def _limits(table: _Table) -> LimitsConfig:
         else:
             value = table.integer(key, default)
         if not low <= value <= high:
-            raise table.error(key, f"must be between {low:g} and {high:g}, got {value:g}")
+            raise table.error(key, f"must be between {low} and {high}, got {value}")
         values[key] = value
     if values["slice_ms"] > values["turn_ms"]:
         raise table.error("slice_ms", "must not be more than turn_ms")
