@@ -119,8 +119,8 @@ class LimitsConfig:
     replies_pending: int = 64  # replies not yet written (places lookups) before lines wait
     slice_lines: int = 32  # lines a connection runs before the next connection's turn
     slice_ms: float = 2.0  # ... or once its turn has taken this long
-    turn_ms: float = 10.0  # the reactor serves I/O at least this often while lines wait
-    auth_per_address: int = 16  # AUTH checks waiting from one client address
+    turn_ms: float = 5.0  # the reactor serves I/O at least this often while lines wait
+    auth_per_address: int = 32  # AUTH checks waiting from one client address
     listen_backlog: int = 1024  # connections the kernel queues before the server accepts
 
 

@@ -24,6 +24,7 @@ interface.
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ class Framing:
 
 
 CLIENT_FRAMING = Framing()
+LINE_OVERHEAD = 64  # what Python holds per queued line beyond its bytes (object, deque slot)
+PEER_SEND_BUFFER = 4 * 1024 * 1024  # a peer link's kernel send buffer: floods and catch-ups
 
 
 class SliceScheduler:
@@ -89,13 +92,18 @@ class SliceScheduler:
     too, so one expensive command after another cannot hold the reactor."""
 
     def __init__(
-        self, clock: IReactorTime, slice_seconds: float = 0.002, turn_seconds: float = 0.01
+        self, clock: IReactorTime, slice_seconds: float = 0.002, turn_seconds: float = 0.005
     ) -> None:
         self.clock = clock
         self.slice_seconds = slice_seconds
         self.turn_seconds = turn_seconds
         self._ready: deque[LineConnection] = deque()
         self._call: IDelayedCall | None = None
+
+    @property
+    def idle(self) -> bool:
+        """No connection waits for its turn (fresh input may run at once)."""
+        return not self._ready
 
     def want(self, connection: LineConnection) -> None:
         """`connection` has lines it may run: give it a slice in a coming turn."""
@@ -188,6 +196,10 @@ class LineConnection(Protocol):
         if hasattr(transport, "bufferSize"):
             # The write buffer pauses us (`pauseProducing`) past the output budget.
             setattr(transport, "bufferSize", self.limits.output_budget)  # noqa: B010
+        if self.pause_reading_when_full:
+            # And the kernel's send buffer holds about as much (Linux doubles the figure)
+            # instead of growing to megabytes of replies nobody reads.
+            _set_send_buffer(transport, self.limits.output_budget)
         transport.registerProducer(self, True)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
@@ -212,14 +224,14 @@ class LineConnection(Protocol):
                     break
                 continue
             queue.append(line[:-1] if line.endswith(b"\r") else line)
-            self._queued_bytes += len(line) + 1
+            self._queued_bytes += len(line) + LINE_OVERHEAD
         if len(self._buffer) > max_line + 1:
             if self.framing.close_on_overlong:
                 self._overflow(len(self._buffer))
             else:
                 self._buffer = b""
                 self._skipping = True
-        self._proceed()
+        self._proceed(now=True)
 
     def readConnectionLost(self) -> None:
         """The client half-closed: its last line is answered (if the framing says so), then
@@ -232,8 +244,8 @@ class LineConnection(Protocol):
             elif self.framing.last_line_at_eof:
                 self._log_received([line])
                 self._lines.append(line)
-                self._queued_bytes += len(line)
-        self._proceed()
+                self._queued_bytes += len(line) + LINE_OVERHEAD
+        self._proceed(now=True)
 
     def writeConnectionLost(self) -> None:
         self.transport.loseConnection()  # type: ignore[union-attr]
@@ -262,9 +274,11 @@ class LineConnection(Protocol):
 
     # --- running lines in order, in slices, within the budgets -----------------------------
 
-    def _proceed(self) -> None:
-        """Run one slice now if this connection is not waiting for its turn; then go on."""
-        if self._lines and not self.scheduled:
+    def _proceed(self, now: bool = False) -> None:
+        """Go on with the waiting lines: a slice at once (`now`, for fresh input) when no other
+        connection waits for its turn, else in the scheduler's turns."""
+        scheduler = self.scheduler
+        if now and self._lines and not self.scheduled and (scheduler is None or scheduler.idle):
             self._run_lines()
         self._flow()
 
@@ -304,7 +318,7 @@ class LineConnection(Protocol):
                 if not lines or self._blocked():
                     break
                 line = lines.popleft()
-                self._queued_bytes -= len(line) + 1
+                self._queued_bytes -= len(line) + LINE_OVERHEAD
                 pending = self.handler.line_received(self, line)
                 if pending is not None and not pending.called:
                     self._waiting = True
@@ -460,6 +474,7 @@ class LineConnection(Protocol):
         """From now on, never stop reading for a full write buffer (a peer link: its own
         bound is the backlog it may leave unsent, see `herd.peers`)."""
         self.pause_reading_when_full = False
+        _set_send_buffer(self.transport, PEER_SEND_BUFFER)
         if self._reading_paused and not self._closing and not self._read_closed:
             self._reading_paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
@@ -467,6 +482,17 @@ class LineConnection(Protocol):
 
     def stopProducing(self) -> None:
         self._closing = True
+
+
+def _set_send_buffer(transport: object, size: int) -> None:
+    """SO_SNDBUF of a TCP transport (nothing for the in-memory ones of tests and `run_as`)."""
+    get_handle = getattr(transport, "getHandle", None)
+    handle = get_handle() if get_handle is not None else None
+    if isinstance(handle, socket.socket):
+        try:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        except OSError:
+            return
 
 
 class LineTooLong(Exception):

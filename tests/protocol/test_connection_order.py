@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from herd.planning import auth_delay
-from herd.protocol import LineConnection
+from herd.protocol import LINE_OVERHEAD, LineConnection
 from tests.protocol.harness import Node, make_node
 from tests.protocol.test_planning_protocol import TOKENS, add_user
 
@@ -143,7 +143,9 @@ def test_lines_run_in_slices_and_other_connections_get_turns(node: Node) -> None
     assert len(table) == slice_lines  # the rest waits for the scheduler's turns
     other, other_transport = node.client()
     other.dataReceived(b"IAMAT other +1.0+1.0 1700000000\n")
-    assert len(table) == slice_lines + 1 and table.get(b"other") is not None
+    assert len(table) == slice_lines  # the server is busy: it waits for its turn
+    node.server.slices._turn()  # one turn: a slice of each, in order
+    assert len(table) == 2 * slice_lines + 1 and table.get(b"other") is not None
     node.clock.advance(0)
     assert len(replies(busy_transport)) == 200
     assert len(replies(other_transport)) == 1
@@ -161,11 +163,11 @@ def test_a_turn_of_slices_ends_after_its_time(node: Node) -> None:
     busy = [node.client() for _ in range(3)]
     for connection, _ in busy:
         connection.dataReceived(b"STATUS\n" * 500)
+    before = sum(len(connection._lines) for connection, _ in busy)
     clock.seconds = seconds  # type: ignore[method-assign]
     slices._turn()  # what the reactor calls: one turn, then back to I/O
-    first_slices = 3 * (500 - node.server.connection_limits.slice_lines)
     left = [len(connection._lines) for connection, _ in busy]
-    assert 0 < first_slices - sum(left) < 20  # the turn ran a few lines, then yielded
+    assert 0 < before - sum(left) < 20  # the turn ran a few lines, then yielded
     assert all(count > 400 for count in left)
 
 
@@ -201,15 +203,26 @@ def test_input_waiting_to_run_is_bounded(node: Node) -> None:
     held = held_checks(node)
     connection, transport = node.client()
     connection.dataReceived(b"AUTH alice wrong\n")
-    budget = node.server.connection_limits.input_budget
-    connection.dataReceived(b"STATUS\n" * (budget // 7 + 1))
+    limits = node.server.connection_limits
+    count = limits.input_budget // (len(b"STATUS") + LINE_OVERHEAD) + 1
+    connection.dataReceived(b"STATUS\n" * count)
     assert transport.producerState == "paused"  # behind the AUTH, and over the input budget
     finish(held)
     node.clock.advance(auth_delay(1))
-    for _ in range(budget // 7 // node.server.connection_limits.slice_lines + 2):
+    for _ in range(count // limits.slice_lines + 2):
         node.clock.advance(0)
     assert transport.producerState == "producing"
-    assert len(replies(transport)) == budget // 7 + 2
+    assert len(replies(transport)) == count + 1
+
+
+def test_input_under_the_budget_keeps_being_read(node: Node) -> None:
+    held = held_checks(node)
+    connection, transport = node.client()
+    connection.dataReceived(b"AUTH alice wrong\n")
+    limits = node.server.connection_limits
+    connection.dataReceived(b"STATUS\n" * (limits.input_budget // (6 + LINE_OVERHEAD)))
+    assert transport.producerState == "producing"
+    assert len(held) == 1
 
 
 def test_unsubscribe_with_an_argument_is_a_shape_error(node: Node) -> None:
