@@ -271,6 +271,9 @@ class LineConnection(Protocol):
         self._close_after_lines = True
         self._buffer = b""
         self._lost_reason = Failure(LineTooLong(length, self.max_line))
+        if not self._read_closed and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
 
     # --- running lines in order, in slices, within the budgets -----------------------------
 
