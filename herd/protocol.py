@@ -211,27 +211,38 @@ class LineConnection(Protocol):
                 return
             self._skipping = False
             data = data[end + 1 :]
-        lines = (self._buffer + data if self._buffer else data).split(b"\n")
-        self._buffer = lines.pop()
+        whole = self._buffer + data if self._buffer else data
+        lines = whole.split(b"\n")
+        self._buffer = rest = lines.pop()
         if lines:
             self._log_received(lines)
-        max_line = self.max_line
-        queue = self._lines
-        for line in lines:
-            if len(line) > max_line + 1 or (len(line) == max_line + 1 and not line.endswith(b"\r")):
-                if self.framing.close_on_overlong:
-                    self._overflow(len(line))
-                    break
-                continue
-            queue.append(line[:-1] if line.endswith(b"\r") else line)
-            self._queued_bytes += len(line) + LINE_OVERHEAD
-        if len(self._buffer) > max_line + 1:
+            if len(whole) - len(rest) > self.max_line + 2:  # a line may be too long
+                lines = self._fitting(lines)
+            if b"\r" in whole:
+                lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+            self._lines.extend(lines)
+            self._queued_bytes += sum(map(len, lines)) + len(lines) * LINE_OVERHEAD
+        if len(rest) > self.max_line + 1:
             if self.framing.close_on_overlong:
-                self._overflow(len(self._buffer))
+                self._overflow(len(rest))
             else:
                 self._buffer = b""
                 self._skipping = True
         self._proceed(now=True)
+
+    def _fitting(self, lines: list[bytes]) -> list[bytes]:
+        """The lines up to the first too-long one (which closes the connection), or every line
+        that is not too long (when the framing skips them)."""
+        limit = self.max_line + 1
+        kept: list[bytes] = []
+        for line in lines:
+            if len(line) > limit or (len(line) == limit and not line.endswith(b"\r")):
+                if self.framing.close_on_overlong:
+                    self._overflow(len(line))
+                    break
+                continue
+            kept.append(line)
+        return kept
 
     def readConnectionLost(self) -> None:
         """The client half-closed: its last line is answered (if the framing says so), then
@@ -316,9 +327,22 @@ class LineConnection(Protocol):
         clock, deadline = None, 0.0
         if scheduler is not None:
             clock, deadline = scheduler.clock, scheduler.clock.seconds() + scheduler.slice_seconds
+        limits = self.limits
+        client = self.pause_reading_when_full
         try:
-            for _ in range(self.limits.slice_lines):
-                if not lines or self._blocked():
+            for _ in range(limits.slice_lines):
+                if not lines or self._waiting or self._closing or self.disconnected:
+                    break
+                slots = self._slots
+                if client and (
+                    self._output_paused
+                    or (
+                        slots
+                        and (
+                            self._held > limits.output_budget or len(slots) > limits.replies_pending
+                        )
+                    )
+                ):
                     break
                 line = lines.popleft()
                 self._queued_bytes -= len(line) + LINE_OVERHEAD
