@@ -4,6 +4,7 @@
     propagation  time until an update sent to Bailey is visible one and two hops away
     idle         memory per idle client connection (19,000 held), and IAMAT latency meanwhile
     catchup      time for a SIGKILLed server to learn the 10,000 updates it missed
+    hostile      a normal client's IAMAT and AUTH while 30 connections flood one server
 
   Not in the default suite (each takes minutes, or needs Prosody):
     planning     10,000 events x 10 invitees, 100,000 votes: convergence, commands/s
@@ -26,7 +27,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("iamat", "propagation", "idle", "catchup")
+BENCHMARKS = ("iamat", "propagation", "idle", "catchup", "hostile")
 EXTRA = ("planning", "digests", "compose", "push", "xmpp_fanout", "chat")
 TOOLS = ("floor", "twisted_floor", "loadgen", "holder", "smtpsink", "xmppclients")
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "ConfigError",
     "HerdConfig",
+    "LimitsConfig",
     "LogConfig",
     "PlacesConfig",
     "ServerConfig",
@@ -133,6 +134,33 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What one client connection may make a server hold and do (`[limits]`); see
+    docs/operations.md for how they bound a server's memory and delays."""
+
+    output_budget: int = 64 * 1024  # reply bytes held for a connection before its lines wait
+    input_budget: int = 64 * 1024  # received bytes waiting to run before reading stops
+    replies_pending: int = 64  # replies not yet written (places lookups) before lines wait
+    slice_lines: int = 32  # lines a connection runs before the next connection's turn
+    slice_ms: float = 2.0  # ... or once its turn has taken this long
+    turn_ms: float = 5.0  # the reactor serves I/O at least this often while lines wait
+    auth_per_address: int = 32  # AUTH checks waiting from one client address
+    listen_backlog: int = 1024  # connections the kernel queues before the server accepts
+
+
+LIMIT_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
+    "output_budget": (4096, 1 << 30),
+    "input_budget": (1024, 1 << 30),
+    "replies_pending": (1, 1 << 20),
+    "slice_lines": (1, 1 << 20),
+    "slice_ms": (0.1, 1000.0),
+    "turn_ms": (0.1, 1000.0),
+    "auth_per_address": (1, 1 << 20),
+    "listen_backlog": (1, 65535),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class HerdConfig:
     """A whole herd: every server of it loads the same file and picks itself by name."""
 
@@ -146,6 +174,7 @@ class HerdConfig:
     xmpp: XmppConfig | None
     smtp: SmtpConfig | None
     log: LogConfig = LogConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     def with_secret(self, secret: bytes) -> HerdConfig:
         """This config with the secret its servers really use (the generated one, when the
@@ -187,7 +216,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     """
     path = Path(path).resolve()
     root = _Table(path, "", _read_toml(path))
-    root.only("herd", "servers", "places", "xmpp", "smtp", "log", what="table")
+    root.only("herd", "servers", "places", "xmpp", "smtp", "log", "limits", what="table")
 
     herd = root.table("herd") or _Table(path, "herd", {})
     herd.only("data_dir", "secret", "max_line")
@@ -209,6 +238,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     xmpp_table = root.table("xmpp")
     smtp_table = root.table("smtp")
     log_table = root.table("log")
+    limits_table = root.table("limits")
     return HerdConfig(
         path=path,
         data_dir=data_dir,
@@ -220,6 +250,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
         xmpp=_xmpp(xmpp_table, env) if xmpp_table else None,
         smtp=_smtp(smtp_table, env) if smtp_table else None,
         log=_log(log_table) if log_table else LogConfig(),
+        limits=_limits(limits_table) if limits_table else LimitsConfig(),
     )
 
 
@@ -377,6 +408,25 @@ def _log(table: _Table) -> LogConfig:
     return LogConfig(max_bytes, backups, rate, line_bytes)
 
 
+def _limits(table: _Table) -> LimitsConfig:
+    """Each limit a number in its range: 0 or a negative would switch a protection off."""
+    table.only(*LIMIT_RANGES)
+    defaults = LimitsConfig()
+    values: dict[str, float] = {}
+    for key, (low, high) in LIMIT_RANGES.items():
+        default = getattr(defaults, key)
+        if isinstance(default, float):
+            value: float = table.number(key, default)
+        else:
+            value = table.integer(key, default)
+        if not low <= value <= high:
+            raise table.error(key, f"must be between {low} and {high}, got {value}")
+        values[key] = value
+    if values["slice_ms"] > values["turn_ms"]:
+        raise table.error("slice_ms", "must not be more than turn_ms")
+    return LimitsConfig(**values)  # type: ignore[arg-type]
+
+
 def _host(table: _Table, host: str) -> str:
     """`host` as given, once it is at least plausible as a name or address."""
     if not host or any(char.isspace() for char in host):
@@ -465,6 +515,15 @@ class _Table:
     def integer(self, key: str, default: int | None) -> int:
         """An integer; `default` None means the key is required."""
         return self._required(key, self._get(key, int, "an integer"), default)
+
+    def number(self, key: str, default: float) -> float:
+        """An integer or a float (`2` and `2.0` are both fine for milliseconds)."""
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be a number, got {_type_name(value)}")
+        return float(value)
 
     def port(self, key: str, default: int | None) -> int:
         port = self.integer(key, default)

@@ -230,7 +230,10 @@ class DialFactory(Factory):
 
     def buildProtocol(self, addr: object) -> _DialConnection:
         dialer = Dialer(self.server, self.peer, self.clock)
-        connection = _DialConnection(dialer, self.server.max_line, self.server.log, self.peer)
+        server = self.server
+        connection = _DialConnection(
+            dialer, server.max_line, server.log, self.peer, scheduler=server.slices
+        )
         connection.pause_reading_when_full = False
         return connection
 

@@ -1,19 +1,42 @@
-"""Twisted adapters for the line protocol: framing, reply ordering, backpressure (thin).
+"""Twisted adapters for the line protocol: framing, strict line order, budgets, reply order (thin).
 
-`LineConnection` does what every connection on the client port shares: split lines (`\\n`, with
-an optional `\\r`), refuse an over-long line by closing, answer a last line that had no newline
-when the client half-closes, keep replies in request order even when some are answered later,
-and stop reading from a client that does not read its replies.  What a line *means* is decided
-elsewhere (`herd.server`), through the small `LineHandler` interface.
+`LineConnection` does what every connection on the client port shares:
+
+- framing: split lines (`\\n`, with an optional `\\r`); what an over-long line or an
+  unterminated last line at EOF does is the connection's `Framing`;
+- order: complete lines wait in a per-connection queue and run strictly one after another; a
+  handler that answers a line with a Deferred (an `AUTH` being checked) holds every later line
+  of the connection until it fires, so each line sees the effect of every line before it;
+- fairness: a connection runs at most `slice_lines` lines at once; the rest wait for their turn
+  in the server's `SliceScheduler`, which runs the waiting connections round robin for at most
+  `turn_seconds` per reactor turn, then lets the reactor serve I/O (other clients, peer
+  keepalives, store commits);
+- budgets: a client connection whose replies are not being read (its transport's write buffer
+  is over `output_budget`, or replies held for it in order are) runs no line and is not read
+  until they drain; and it is not read while more than `input_budget` bytes of its lines wait
+  to run.  A peer link (`keep_reading()`) is never stopped from reading, since two ends waiting
+  for each other to read would never move, but its lines run in slices too;
+- replies: kept in request order even when some are answered later.
+
+What a line *means* is decided elsewhere (`herd.server`), through the small `LineHandler`
+interface.
 """
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -22,9 +45,10 @@ from zope.interface import implementer
 class LineHandler(TypingProtocol):
     """What a connection's lines are handed to; replaced when a connection becomes a peer link."""
 
-    def line_received(self, connection: LineConnection, line: bytes) -> None:
+    def line_received(self, connection: LineConnection, line: bytes) -> Deferred[None] | None:
         """`line` is without its terminator (`\n`, or `\r\n`); a last line that had none
-        before the client half-closed comes as it was."""
+        before the client half-closed comes as it was.  A Deferred means the line's effect is
+        not complete yet: the connection's next line runs once it fires."""
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None: ...
 
@@ -35,6 +59,73 @@ class Traffic(TypingProtocol):
     def received(self, who: str, lines: list[bytes]) -> None: ...
 
     def sent(self, who: str, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one connection may hold and run at once (`[limits]` in the config)."""
+
+    output_budget: int = 64 * 1024  # reply bytes held for a client before its lines stop
+    input_budget: int = 64 * 1024  # received bytes waiting to run before reading stops
+    slice_lines: int = 32  # lines run before another connection gets a turn
+    replies_pending: int = 64  # replies not yet written (say, places lookups) before lines stop
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """Per-role framing rules: what an over-long line does (close the connection, or skip it
+    to the next newline) and whether an unterminated last line at EOF is a line."""
+
+    close_on_overlong: bool = True
+    last_line_at_eof: bool = True
+
+
+CLIENT_FRAMING = Framing()
+LINE_OVERHEAD = 64  # what Python holds per queued line beyond its bytes (object, deque slot)
+PEER_SEND_BUFFER = 4 * 1024 * 1024  # a peer link's kernel send buffer: floods and catch-ups
+
+
+class SliceScheduler:
+    """Runs the connections that have lines waiting, round robin, a slice each, for at most
+    `turn_seconds` per reactor turn; then yields to the reactor (`callLater(0)`) so that I/O,
+    commits and keepalives are served between turns.  A slice ends after `slice_seconds`
+    too, so one expensive command after another cannot hold the reactor."""
+
+    def __init__(
+        self, clock: IReactorTime, slice_seconds: float = 0.002, turn_seconds: float = 0.005
+    ) -> None:
+        self.clock = clock
+        self.slice_seconds = slice_seconds
+        self.turn_seconds = turn_seconds
+        self._ready: deque[LineConnection] = deque()
+        self._call: IDelayedCall | None = None
+
+    @property
+    def idle(self) -> bool:
+        """No connection waits for its turn (fresh input may run at once)."""
+        return not self._ready
+
+    def want(self, connection: LineConnection) -> None:
+        """`connection` has lines it may run: give it a slice in a coming turn."""
+        if connection.scheduled:
+            return
+        connection.scheduled = True
+        self._ready.append(connection)
+        if self._call is None:
+            self._call = self.clock.callLater(0, self._turn)
+
+    def _turn(self) -> None:
+        self._call = None
+        ready = self._ready
+        deadline = self.clock.seconds() + self.turn_seconds
+        for _ in range(len(ready)):
+            connection = ready.popleft()
+            connection.scheduled = False
+            connection.run_slice()
+            if self.clock.seconds() >= deadline:
+                break
+        if ready and self._call is None:
+            self._call = self.clock.callLater(0, self._turn)
 
 
 class Slot:
@@ -61,17 +152,33 @@ class LineConnection(Protocol):
         traffic: Traffic | None = None,
         log_label: str = "",
         redact: Callable[[bytes], bytes] | None = None,
+        scheduler: SliceScheduler | None = None,
+        limits: ConnectionLimits = ConnectionLimits(),
     ) -> None:
         self.handler = handler
         self.max_line = max_line
         self.traffic = traffic
         self.label = log_label
         self.redact = redact
+        self.scheduler = scheduler
+        self.limits = limits
+        self.framing = CLIENT_FRAMING
+        self.scheduled = False  # in the scheduler's ready queue
         self._buffer = b""
+        self._skipping = False  # discarding an over-long line up to its newline
+        self._lines: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._waiting = False  # a line's Deferred has not fired yet
+        self._running = False
         self._slots: deque[Slot] | None = None
+        self._held = 0  # reply bytes in slots, not yet written
         self._gathering: Slot | None = None
         self._closing = False
+        self._close_after_lines = False  # an over-long line: run what came before, then close
         self._read_closed = False
+        self._reading_paused = False
+        self._output_paused = False
+        self._lost_reason: Failure | None = None
         self.disconnected = False
         self._unregistered = False
         self.backlog = 0
@@ -82,38 +189,74 @@ class LineConnection(Protocol):
     # --- framing ---------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        transport = self.transport
         if not self.label:
-            peer = self.transport.getPeer()  # type: ignore[union-attr]
+            peer = transport.getPeer()  # type: ignore[union-attr]
             self.label = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        if hasattr(transport, "bufferSize"):
+            # The write buffer pauses us (`pauseProducing`) past the output budget.
+            setattr(transport, "bufferSize", self.limits.output_budget)  # noqa: B010
+        if self.pause_reading_when_full:
+            # And the kernel's send buffer holds about as much (Linux doubles the figure)
+            # instead of growing to megabytes of replies nobody reads.
+            _set_send_buffer(transport, self.limits.output_budget)
+        transport.registerProducer(self, True)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._close_after_lines:
             return
-        lines = (self._buffer + data if self._buffer else data).split(b"\n")
-        self._buffer = lines.pop()
+        if self._skipping:
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            self._skipping = False
+            data = data[end + 1 :]
+        whole = self._buffer + data if self._buffer else data
+        lines = whole.split(b"\n")
+        self._buffer = rest = lines.pop()
         if lines:
             self._log_received(lines)
+            if len(whole) - len(rest) > self.max_line + 2:  # a line may be too long
+                lines = self._fitting(lines)
+            if b"\r" in whole:
+                lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+            self._lines.extend(lines)
+            self._queued_bytes += sum(map(len, lines)) + len(lines) * LINE_OVERHEAD
+        if len(rest) > self.max_line + 1:
+            if self.framing.close_on_overlong:
+                self._overflow(len(rest))
+            else:
+                self._buffer = b""
+                self._skipping = True
+        self._proceed(now=True)
+
+    def _fitting(self, lines: list[bytes]) -> list[bytes]:
+        """The lines up to the first too-long one (which closes the connection), or every line
+        that is not too long (when the framing skips them)."""
+        limit = self.max_line + 1
+        kept: list[bytes] = []
         for line in lines:
-            if len(line) > self.max_line + 1 or (
-                len(line) == self.max_line + 1 and not line.endswith(b"\r")
-            ):
-                self._overflow(len(line))
-                return
-            self.handler.line_received(self, line[:-1] if line.endswith(b"\r") else line)
-            if self._closing:
-                return
-        if len(self._buffer) > self.max_line + 1:
-            self._overflow(len(self._buffer))
+            if len(line) > limit or (len(line) == limit and not line.endswith(b"\r")):
+                if self.framing.close_on_overlong:
+                    self._overflow(len(line))
+                    break
+                continue
+            kept.append(line)
+        return kept
 
     def readConnectionLost(self) -> None:
-        """The client half-closed: answer its last line, then close once every reply is out."""
+        """The client half-closed: its last line is answered (if the framing says so), then
+        the connection closes once every line has run and every reply is out."""
         self._read_closed = True
-        if self._buffer and not self._closing:
+        if self._buffer and not self._closing and not self._close_after_lines:
             line, self._buffer = self._buffer, b""
-            self._log_received([line])
-            self.handler.line_received(self, line)
-        self._close_when_drained()
+            if len(line) > self.max_line:
+                self._overflow(len(line))
+            elif self.framing.last_line_at_eof:
+                self._log_received([line])
+                self._lines.append(line)
+                self._queued_bytes += len(line) + LINE_OVERHEAD
+        self._proceed(now=True)
 
     def writeConnectionLost(self) -> None:
         self.transport.loseConnection()  # type: ignore[union-attr]
@@ -122,7 +265,9 @@ class LineConnection(Protocol):
         self.disconnected = True
         self._slots = None
         self._gathering = None
-        self.handler.connection_lost(self, reason)
+        self._lines.clear()
+        self._queued_bytes = 0
+        self.handler.connection_lost(self, self._lost_reason or reason)
 
     def _log_received(self, lines: list[bytes]) -> None:
         if self.traffic is None:
@@ -132,11 +277,115 @@ class LineConnection(Protocol):
         self.traffic.received(self.label, lines)
 
     def _overflow(self, length: int) -> None:
-        self._closing = True
+        """An over-long line: the lines before it still run, nothing after it is read, and
+        the connection closes without answering it."""
+        self._close_after_lines = True
         self._buffer = b""
-        self.handler.connection_lost(self, Failure(LineTooLong(length, self.max_line)))
-        self.handler = _Closed()
-        self._lose()
+        self._lost_reason = Failure(LineTooLong(length, self.max_line))
+        if not self._read_closed and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    # --- running lines in order, in slices, within the budgets -----------------------------
+
+    def _proceed(self, now: bool = False) -> None:
+        """Go on with the waiting lines: a slice at once (`now`, for fresh input) when no other
+        connection waits for its turn, else in the scheduler's turns."""
+        scheduler = self.scheduler
+        if now and self._lines and not self.scheduled and (scheduler is None or scheduler.idle):
+            self._run_lines()
+        self._flow()
+
+    def _output_full(self) -> bool:
+        """Whether this client's replies are backing up (never true of a peer link)."""
+        if not self.pause_reading_when_full:
+            return False
+        slots = self._slots
+        return self._output_paused or (
+            slots is not None
+            and (self._held > self.limits.output_budget or len(slots) > self.limits.replies_pending)
+        )
+
+    def _blocked(self) -> bool:
+        """Whether this connection may not run a line now."""
+        return self._waiting or self._closing or self.disconnected or self._output_full()
+
+    def run_slice(self) -> None:
+        """The scheduler's turn for this connection."""
+        self._run_lines()
+        self._flow()
+
+    def _run_lines(self) -> None:
+        """Run up to `slice_lines` waiting lines (for at most the scheduler's slice time), in
+        order, stopping at a line that has to be waited for or once the output budget is
+        spent."""
+        if self._running:
+            return
+        self._running = True
+        lines = self._lines
+        scheduler = self.scheduler
+        clock, deadline = None, 0.0
+        if scheduler is not None:
+            clock, deadline = scheduler.clock, scheduler.clock.seconds() + scheduler.slice_seconds
+        limits = self.limits
+        client = self.pause_reading_when_full
+        try:
+            for _ in range(limits.slice_lines):
+                if not lines or self._waiting or self._closing or self.disconnected:
+                    break
+                slots = self._slots
+                if client and (
+                    self._output_paused
+                    or (
+                        slots
+                        and (
+                            self._held > limits.output_budget or len(slots) > limits.replies_pending
+                        )
+                    )
+                ):
+                    break
+                line = lines.popleft()
+                self._queued_bytes -= len(line) + LINE_OVERHEAD
+                pending = self.handler.line_received(self, line)
+                if pending is not None and not pending.called:
+                    self._waiting = True
+                    pending.addBoth(self._done_waiting)
+                if clock is not None and clock.seconds() >= deadline:
+                    break
+        finally:
+            self._running = False
+
+    def _done_waiting(self, result: object) -> None:
+        self._waiting = False
+        if not self.disconnected:
+            self._proceed()
+
+    def _flow(self) -> None:
+        """Ask for another slice if lines may still run, pause or resume reading, and close a
+        half-closed (or overflowed) connection once everything is answered."""
+        if self.disconnected:
+            return
+        if self.scheduler is None:
+            while self._lines and not self._blocked() and not self._running:
+                self._run_lines()
+        elif self._lines and not self._blocked():
+            self.scheduler.want(self)
+        if (
+            self.pause_reading_when_full
+            and not self._read_closed
+            and not self._closing
+            and not self._close_after_lines
+            and not self._unregistered
+        ):
+            full = self._queued_bytes > self.limits.input_budget or self._output_full()
+            if full != self._reading_paused:
+                self._reading_paused = full
+                if full:
+                    self.transport.pauseProducing()  # type: ignore[union-attr]
+                else:
+                    self.transport.resumeProducing()  # type: ignore[union-attr]
+        if (self._read_closed or self._close_after_lines) and not self._lines:
+            self._close_when_drained()
 
     # --- replies in request order ----------------------------------------------------------
 
@@ -146,6 +395,7 @@ class LineConnection(Protocol):
             slot = Slot()
             slot.data = data
             self._slots.append(slot)
+            self._held += len(data)
         else:
             self._write(data)
 
@@ -178,24 +428,33 @@ class LineConnection(Protocol):
         """Append a reply to the slot `gather` last returned."""
         assert self._gathering is not None
         self._gathering.parts.append(data)
+        self._held += len(data)
 
     def release(self, slot: Slot) -> None:
         """The slot's gathered replies are ready: write them (in order) with one write."""
         if self._gathering is slot:
             self._gathering = None
-        self.fill(slot, b"".join(slot.parts))
+        slot.data = b"".join(slot.parts)
+        slot.parts = []
+        self._drain(slot)
 
     def fill(self, slot: Slot, data: bytes) -> None:
         slot.data = data
+        self._held += len(data)
+        self._drain(slot)
+
+    def _drain(self, slot: Slot) -> None:
         slots = self._slots
         if not slots or slots[0] is not slot:
             return
         ready: list[bytes] = []
         while slots and slots[0].data is not None:
             ready.append(slots.popleft().data or b"")
-        self._write(b"".join(ready))
-        if self._read_closed:
-            self._close_when_drained()
+        data = b"".join(ready)
+        self._held -= len(data)
+        self._write(data)
+        if self._lines or self._read_closed or self._close_after_lines:
+            self._proceed()
 
     def _write(self, data: bytes) -> None:
         if self.disconnected or not data:
@@ -207,7 +466,7 @@ class LineConnection(Protocol):
         self.transport.write(data)  # type: ignore[union-attr]
 
     def _close_when_drained(self) -> None:
-        if not self._slots and not self.disconnected:
+        if not self._slots and not self._waiting and not self.disconnected:
             self._lose()
 
     def close(self) -> None:
@@ -226,25 +485,41 @@ class LineConnection(Protocol):
     # --- backpressure: the transport tells us when its write buffer is full ----------------
 
     def pauseProducing(self) -> None:
-        """The peer is not reading: stop reading its requests until it catches up."""
+        """The peer is not reading: run none of its lines, and stop reading them, until it
+        catches up (a peer link keeps reading and running, see `keep_reading`)."""
         self.backlog = 1
-        if self.pause_reading_when_full:
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._output_paused = True
+        self._flow()
 
     def resumeProducing(self) -> None:
         self.backlog = 0
-        if not self._closing and not self._read_closed:
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._output_paused = False
+        if not self._closing:
+            self._proceed()
 
     def keep_reading(self) -> None:
         """From now on, never stop reading for a full write buffer (a peer link: its own
         bound is the backlog it may leave unsent, see `herd.peers`)."""
         self.pause_reading_when_full = False
-        if self.backlog and not self._closing and not self._read_closed:
+        _set_send_buffer(self.transport, PEER_SEND_BUFFER)
+        if self._reading_paused and not self._closing and not self._read_closed:
+            self._reading_paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._proceed()
 
     def stopProducing(self) -> None:
         self._closing = True
+
+
+def _set_send_buffer(transport: object, size: int) -> None:
+    """SO_SNDBUF of a TCP transport (nothing for the in-memory ones of tests and `run_as`)."""
+    get_handle = getattr(transport, "getHandle", None)
+    handle = get_handle() if get_handle is not None else None
+    if isinstance(handle, socket.socket):
+        try:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        except OSError:
+            return
 
 
 class LineTooLong(Exception):
@@ -252,13 +527,3 @@ class LineTooLong(Exception):
 
     def __init__(self, length: int, max_line: int) -> None:
         super().__init__(f"line of {length}+ bytes exceeds max_line {max_line}")
-
-
-class _Closed:
-    """The handler of a connection being closed: lines still buffered are ignored."""
-
-    def line_received(self, connection: LineConnection, line: bytes) -> None:
-        return
-
-    def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
-        return

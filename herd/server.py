@@ -28,7 +28,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from herd.config import LimitsConfig
 from herd.events import OPERATOR, AddPlace, Change, ChangeFeed, Op, PlanningState
+from herd.fairness import FairQueue
 from herd.model import (
     Location,
     LocationTable,
@@ -55,7 +57,7 @@ from herd.planning import (
     suggestion_query,
     verify_token,
 )
-from herd.protocol import LineConnection, LineTooLong, Slot
+from herd.protocol import ConnectionLimits, LineConnection, LineTooLong, SliceScheduler, Slot
 from herd.store import GroupCommitter, Snapshot
 from herd.wire import (
     CLIENT_WORDS,
@@ -157,6 +159,7 @@ class HerdServer:
         clock: IReactorTime,
         now_ns: Callable[[], int],
         run_cpu: RunBlocking[bool],
+        limits: LimitsConfig = LimitsConfig(),  # noqa: B008 (frozen)
     ) -> None:
         self.name = name
         self.name_bytes = name.encode()
@@ -174,6 +177,14 @@ class HerdServer:
         self.clock = clock
         self.now_ns = now_ns
         self.run_cpu = run_cpu
+        self.connection_limits = ConnectionLimits(
+            output_budget=limits.output_budget,
+            input_budget=limits.input_budget,
+            slice_lines=limits.slice_lines,
+            replies_pending=limits.replies_pending,
+        )
+        self.slices = SliceScheduler(clock, limits.slice_ms / 1000, limits.turn_ms / 1000)
+        self.auth_checks = AuthChecks(run_cpu, limits.auth_per_address)
         self.feed = ChangeFeed()
         self.line_push: LinePush | None = None
         self.link_codes: Callable[[str, str, int], tuple[str, int]] | None = None
@@ -201,36 +212,51 @@ class HerdServer:
     def client_handler(self) -> ClientHandler:
         return ClientHandler(self)
 
-    def client_connection(self) -> LineConnection:
-        """A new connection on the client port."""
-        return LineConnection(self.client_handler(), self.max_line, self.log, redact=redact_secrets)
+    def client_connection(
+        self, kind: type[LineConnection] = LineConnection, label: str = ""
+    ) -> LineConnection:
+        """A new connection on the client port, with the server's budgets and scheduler."""
+        return kind(
+            self.client_handler(),
+            self.max_line,
+            self.log,
+            label,
+            redact_secrets,
+            self.slices,
+            self.connection_limits,
+        )
 
     # --- client commands -------------------------------------------------------------------
 
-    def client_line(self, connection: LineConnection, session: ClientHandler, line: bytes) -> None:
+    def client_line(
+        self, connection: LineConnection, session: ClientHandler, line: bytes
+    ) -> Deferred[None] | None:
+        """Run one line; a Deferred when its effect on the session comes later (`AUTH`): the
+        connection runs its next line only after that."""
         fields = line.split()
         if not fields:
-            return
+            return None
         if fields[0] in CLIENT_WORDS:
             self._classic(connection, fields, line)
-            return
+            return None
         if fields[0] in (b"SUBSCRIBE", b"UNSUBSCRIBE"):
             self._subscribe(connection, session, fields, line)
-            return
+            return None
         if fields[0] == b"LINK":
             self._link(connection, session, fields, line)
-            return
+            return None
         if fields[0] == b"OPTOUT":
             self._opt_out(connection, fields, line)
-            return
+            return None
         if fields[0] in PLANNING_WORDS:
             try:
-                self._planning_line(connection, session, line)
+                return self._planning_line(connection, session, line)
             except Exception:
                 _log.failure("internal error handling a {word!r} line", word=fields[0])
                 self.reply(connection, error_reply(line))
-            return
+            return None
         self.reply(connection, error_reply(line))
+        return None
 
     def _classic(self, connection: LineConnection, fields: list[bytes], line: bytes) -> None:
         try:
@@ -314,6 +340,8 @@ class HerdServer:
             return
         nonce = new_nonce()
         mac = peer_mac(self.secret, b"acceptor", hello.sender, self.name_bytes, hello.nonce, nonce)
+        if isinstance(connection.handler, ClientHandler):
+            connection.handler.unsubscribe()  # the client role, and what it asked for, end here
         connection.handler = _AwaitingAuth(self, dialer, hello, nonce)
         self.reply(connection, Challenge(nonce, mac).to_line())
 
@@ -321,30 +349,30 @@ class HerdServer:
 
     def _planning_line(
         self, connection: LineConnection, session: ClientHandler, line: bytes
-    ) -> None:
+    ) -> Deferred[None] | None:
         try:
             command = parse_planning_line(line)
         except WireError:
             self.reply(connection, error_reply(line))
-            return
+            return None
         if command is None:
-            return
+            return None
         if isinstance(command, Login):
-            self._login(connection, session, command)
-            return
+            return self._login(connection, session, command)
         if isinstance(command, Suggest):
             self._suggest(connection, session, command)
-            return
+            return None
         result = execute(self.planning, session.user, command, self.now_ns(), self.new_op_id)
         if isinstance(result, PlanningError):
             self.reply(connection, result.line())
-            return
+            return None
         for op in result:
             self.accept_op(op)
         assert session.user is not None
         self.reply(
             connection, respond(self.planning, session.user, command, result, self.position_of)
         )
+        return None
 
     def _subscribe(
         self, connection: LineConnection, session: ClientHandler, fields: list[bytes], line: bytes
@@ -352,11 +380,11 @@ class HerdServer:
         """`SUBSCRIBE [<checkpoint>]`: push the user's notifications as `PUSH <checkpoint>
         <line>` lines (first those after the checkpoint) until `UNSUBSCRIBE` or disconnection;
         answered `SUBSCRIBED <user> <latest checkpoint or ->`."""
-        if fields[0] == b"UNSUBSCRIBE" and len(fields) == 1:
-            session.unsubscribe()
-            self.reply(connection, b"UNSUBSCRIBED\n")
-            return
-        if len(fields) > 2 or self.line_push is None:
+        if fields[0] == b"UNSUBSCRIBE" or len(fields) > 2 or self.line_push is None:
+            if fields == [b"UNSUBSCRIBE"]:
+                session.unsubscribe()
+                self.reply(connection, b"UNSUBSCRIBED\n")
+                return
             self.reply(connection, error_reply(line))
             return
         if session.user is None:
@@ -367,10 +395,13 @@ class HerdServer:
         user, push = session.user, self.line_push
         latest = push.latest(user) or "-"
         self.reply(connection, f"SUBSCRIBED {user} {latest}\n".encode())
+        starting = session.starting = object()
 
         def start() -> None:
-            # After the reply is out (it may wait for a commit), so no PUSH line overtakes it.
-            if not connection.disconnected and session.user == user:
+            # After the reply is out (it may wait for a commit), so no PUSH line overtakes it;
+            # unless a later line (UNSUBSCRIBE, AUTH as another user, HERD-HELLO) ended it.
+            if not connection.disconnected and session.starting is starting:
+                session.starting = None
                 session.stop_push = push.subscribe(user, since, connection.send)
 
         self.committer.after_commit(start)
@@ -413,9 +444,10 @@ class HerdServer:
         """Run one line as `user`, as if they had sent it on an authenticated connection (the
         Jabber bot speaks the line protocol for the people it talks to); fires with the reply."""
         answered: Deferred[bytes] = Deferred()
-        handler = ClientHandler(self)
+        connection = self.client_connection(label=f"bot:{user}")
+        handler = connection.handler
+        assert isinstance(handler, ClientHandler)
         handler.user = user
-        connection = LineConnection(handler, self.max_line, self.log, f"bot:{user}", redact_secrets)
         connection.makeConnection(_Answer(answered))  # type: ignore[no-untyped-call]
         connection.dataReceived(line + b"\n")
         return answered
@@ -435,12 +467,18 @@ class HerdServer:
         self._flood(OpUpdate(logged.seq, payload).to_line(), source, _op_origin(op.op_id))
         self.feed.publish(changes)
 
-    def _login(self, connection: LineConnection, session: ClientHandler, command: Login) -> None:
-        """Check the token off the reactor (scrypt costs milliseconds); a wrong one is answered
-        after a delay that grows with each failure on this connection."""
+    def _login(
+        self, connection: LineConnection, session: ClientHandler, command: Login
+    ) -> Deferred[None]:
+        """Check the token off the reactor (scrypt costs milliseconds), in a fair turn among
+        client addresses (`AuthChecks`); a wrong one is answered after a delay that grows with
+        each failure on this connection.  The connection's next line runs once the session is
+        changed (or, for a refusal, once the delay is over), so lines after `AUTH` run as the
+        user it logged in, and a connection has one check at a time."""
         user = self.planning.user(command.user)
         stored = None if user is None else user.token_hash
         slot = connection.reserve()
+        done: Deferred[None] = Deferred()
 
         def checked(valid: bool) -> None:
             if valid:
@@ -450,24 +488,32 @@ class HerdServer:
                 session.auth_failures = 0
                 reply = respond(self.planning, command.user, command, [], self.position_of)
                 self.reply_later(connection, slot, reply)
+                done.callback(None)
                 return
+            refuse("unknown user or wrong token")
+
+        def refuse(why: str) -> None:
             session.auth_failures += 1
-            refusal = PlanningError("auth-failed", "unknown user or wrong token").line()
-            self.clock.callLater(
-                auth_delay(session.auth_failures),
-                self.reply_later,
-                connection,
-                slot,
-                refusal,
-            )
+
+            def answer() -> None:
+                self.reply_later(connection, slot, PlanningError("auth-failed", why).line())
+                done.callback(None)
+
+            self.clock.callLater(auth_delay(session.auth_failures), answer)
 
         def failed(failure: Failure) -> None:
             _log.failure("token check failed", failure)
             connection.fill(slot, PlanningError("auth-failed", "try again later").line())
+            done.callback(None)
 
-        self.run_cpu(lambda: verify_token(stored, command.token)).addCallback(checked).addErrback(
-            failed
+        check = self.auth_checks.check(
+            _address(connection), lambda: not connection.disconnected, stored, command.token
         )
+        if check is None:
+            refuse("too many logins waiting from your address; try again later")
+        else:
+            check.addCallbacks(checked, failed)
+        return done
 
     def _suggest(
         self, connection: LineConnection, session: ClientHandler, command: Suggest
@@ -659,6 +705,55 @@ class _Answer:
         return _BOT_ADDRESS
 
 
+class AuthChecks:
+    """Token checks (scrypt) on the CPU thread one at a time, taken round robin over client
+    addresses: a flood of `AUTH` lines from one address (whose connections each have one
+    check at a time) delays another address's login by at most one check per flooding
+    address, and an address has at most `per_address` checks waiting."""
+
+    def __init__(self, run_cpu: RunBlocking[bool], per_address: int) -> None:
+        self.run_cpu = run_cpu
+        self._queue: FairQueue[tuple[Callable[[], bool], str | None, str, Deferred[bool]]] = (
+            FairQueue(per_address)
+        )
+        self._running = False
+
+    def check(
+        self, address: str, wanted: Callable[[], bool], stored: str | None, token: str
+    ) -> Deferred[bool] | None:
+        """Whether `token` matches `stored`, once its turn comes (skipped if `wanted()` is
+        false by then: the connection is gone); None if `address` has its share waiting."""
+        result: Deferred[bool] = Deferred()
+        if not self._queue.push(address, (wanted, stored, token, result)):
+            return None
+        self._next()
+        return result
+
+    def _next(self) -> None:
+        while not self._running:
+            item = self._queue.pop()
+            if item is None:
+                return
+            wanted, stored, token, result = item
+            if not wanted():
+                continue
+            self._running = True
+            checking = self.run_cpu(partial(verify_token, stored, token))
+            checking.addBoth(self._finished).addCallbacks(result.callback, result.errback)
+
+    def _finished(self, outcome: T) -> T:
+        self._running = False
+        self._next()
+        return outcome
+
+
+def _address(connection: LineConnection) -> str:
+    """The client's IP address (the unit of fairness for logins); the label for others."""
+    peer = connection.transport.getPeer()  # type: ignore[union-attr]
+    host = getattr(peer, "host", None)
+    return host if isinstance(host, str) else connection.label
+
+
 def _op_origin(op_id: str) -> bytes:
     """The server that accepted an operation (its id is `<server>.<instance>.<n>`)."""
     return op_id.partition(".")[0].encode()
@@ -693,11 +788,13 @@ class ClientHandler:
         self.user: str | None = None
         self.auth_failures = 0
         self.stop_push: Callable[[], None] = _nothing
+        self.starting: object = None  # a SUBSCRIBE whose pushes start after its reply
 
-    def line_received(self, connection: LineConnection, line: bytes) -> None:
-        self.server.client_line(connection, self, line)
+    def line_received(self, connection: LineConnection, line: bytes) -> Deferred[None] | None:
+        return self.server.client_line(connection, self, line)
 
     def unsubscribe(self) -> None:
+        self.starting = None
         self.stop_push()
         self.stop_push = _nothing
 
@@ -719,7 +816,7 @@ class _AwaitingAuth:
         self.hello = hello
         self.nonce = nonce
 
-    def line_received(self, connection: LineConnection, line: bytes) -> None:
+    def line_received(self, connection: LineConnection, line: bytes) -> Deferred[None] | None:
         server = self.server
         try:
             message = parse_peer_line(line)
@@ -727,7 +824,7 @@ class _AwaitingAuth:
             message = None
         else:
             if message is None:
-                return
+                return None
         if isinstance(message, Auth):
             expected = peer_mac(
                 server.secret,
@@ -740,14 +837,14 @@ class _AwaitingAuth:
             if hmac.compare_digest(expected, message.mac):
                 if self.dialer == OPERATOR:
                     connection.handler = OperatorHandler(server)
-                    return
+                    return None
                 connection.label = self.dialer
                 PeerSession(self.dialer, connection, server, server.clock).start()
-                return
+                return None
             _log.warn("failed peer authentication from {client}", client=connection.label)
         handler = server.client_handler()
         connection.handler = handler
-        server.client_line(connection, handler, line)
+        return server.client_line(connection, handler, line)
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
         return

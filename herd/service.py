@@ -34,7 +34,6 @@ from herd.secretfile import choose_secret, read_or_create_secret
 from herd.server import HerdServer, ProposedVenues, Replica
 from herd.store import GroupCommitter, Store
 from herd.traffic import TrafficLog
-from herd.wire import redact_secrets
 from notifier.bot import issue_link_code
 from notifier.botglue import BotGlue
 from notifier.channels import Channel
@@ -60,12 +59,8 @@ class ClientFactory(Factory):
         self.connections: set[LineConnection] = set()
 
     def buildProtocol(self, addr: object) -> LineConnection:
-        connection = _TrackedConnection(
-            self.server.client_handler(),
-            self.server.max_line,
-            self.server.log,
-            redact=redact_secrets,
-        )
+        connection = self.server.client_connection(_TrackedConnection)
+        assert isinstance(connection, _TrackedConnection)
         connection.factory_ref = self
         return connection
 
@@ -174,6 +169,7 @@ class HerdService(Service):
             clock=self.reactor,
             now_ns=self.now_ns,
             run_cpu=self._on_thread(self._cpu_pool),
+            limits=self.config.limits,
         )
         if isinstance(self.places, OfflinePlaces):
             venues = ProposedVenues(self.places)
@@ -186,6 +182,7 @@ class HerdService(Service):
         endpoint = TCP4ServerEndpoint(
             self.reactor,
             self.server_config.port,
+            backlog=self.config.limits.listen_backlog,
             interface=self.server_config.host,
         )
         self.port = await endpoint.listen(self.factory)

@@ -289,8 +289,12 @@ class Client:
 
 def at_line(port: int, client: bytes) -> bytes | None:
     """The AT line a server has stored for `client` (without newline), None if it does not know
-    the client, by `WHATSAT client 1 0`."""
-    reply = exchange(port, b"WHATSAT " + client + b" 1 0\n")
+    the client, by `WHATSAT client 1 0`.  No answer in time counts as not known yet (a first
+    WHATSAT waits for the places index to be built, seconds on a busy machine)."""
+    try:
+        reply = exchange(port, b"WHATSAT " + client + b" 1 0\n")
+    except HerdError:
+        return None
     first, _, _ = reply.partition(b"\n")
     if first.startswith(b"? "):
         return None

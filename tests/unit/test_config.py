@@ -10,6 +10,7 @@ from herd.config import (
     SECRET_REQUIRED,
     ConfigError,
     HerdConfig,
+    LimitsConfig,
     LogConfig,
     PlacesConfig,
     ServerConfig,
@@ -549,3 +550,62 @@ def test_bad_log_limits_are_refused(tmp_path: Path, table: str, key: str, proble
     error = refusal(tmp_path, ONE_SERVER + "[log]\n" + table)
     assert error.key == key
     assert problem in error.problem
+
+
+# [limits]
+
+
+def test_limits_default_when_absent(tmp_path: Path) -> None:
+    assert load(tmp_path, ONE_SERVER).limits == LimitsConfig()
+
+
+def test_limits_are_read(tmp_path: Path) -> None:
+    limits = load(
+        tmp_path,
+        ONE_SERVER
+        + """
+[limits]
+output_budget = 131072
+input_budget = 8192
+replies_pending = 8
+slice_lines = 4
+slice_ms = 1
+turn_ms = 2.5
+auth_per_address = 3
+listen_backlog = 4096
+""",
+    ).limits
+    assert limits == LimitsConfig(
+        output_budget=131072,
+        input_budget=8192,
+        replies_pending=8,
+        slice_lines=4,
+        slice_ms=1.0,
+        turn_ms=2.5,
+        auth_per_address=3,
+        listen_backlog=4096,
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "problem"),
+    [
+        ("output_budget = 0", "limits.output_budget", "must be between 4096 and 1073741824, got 0"),
+        ("input_budget = -1", "limits.input_budget", "must be between 1024 and 1073741824, got -1"),
+        ("slice_lines = 0", "limits.slice_lines", "must be between 1 and 1048576, got 0"),
+        ("slice_lines = 2.5", "limits.slice_lines", "must be an integer, got a float"),
+        ("turn_ms = true", "limits.turn_ms", "must be a number, got a boolean"),
+        ("slice_ms = 20", "limits.slice_ms", "must not be more than turn_ms"),
+        (
+            "listen_backlog = 70000",
+            "limits.listen_backlog",
+            "must be between 1 and 65535, got 70000",
+        ),
+        ("auth_per_address = 0", "limits.auth_per_address", "must be between 1 and 1048576, got 0"),
+        ("max_conns = 5", "limits.max_conns", "unknown key 'max_conns'"),
+    ],
+)
+def test_refused_limits(tmp_path: Path, table: str, key: str, problem: str) -> None:
+    error = refusal(tmp_path, ONE_SERVER + "[limits]\n" + table + "\n")
+    assert error.key == key
+    assert error.problem.startswith(problem)

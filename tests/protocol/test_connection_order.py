@@ -1,0 +1,248 @@
+"""One connection's lines run strictly in order, in slices, within its budgets (fake transport)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from herd.planning import auth_delay
+from herd.protocol import LINE_OVERHEAD, LineConnection
+from tests.protocol.harness import Node, make_node
+from tests.protocol.test_planning_protocol import TOKENS, add_user
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    node = make_node(tmp_path, "Bailey", (), Clock())
+    add_user(node, "alice")
+    add_user(node, "bob")
+    yield node
+    node.close()
+
+
+def client_from(node: Node, host: str) -> tuple[LineConnection, StringTransport]:
+    connection = node.server.client_connection()
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+    connection.makeConnection(transport)
+    return connection, transport
+
+
+def replies(transport: StringTransport) -> list[bytes]:
+    return transport.value().splitlines()
+
+
+def whoami(reply: bytes) -> object:
+    assert reply.startswith(b"USER "), reply
+    return json.loads(reply[5:])["id"]
+
+
+def held_checks(node: Node) -> list[tuple[Callable[[], bool], Deferred[bool]]]:
+    """Token checks are queued here instead of run, so a test decides when each ends."""
+    held: list[tuple[Callable[[], bool], Deferred[bool]]] = []
+
+    def run_cpu(work: Callable[[], bool]) -> Deferred[bool]:
+        done: Deferred[bool] = Deferred()
+        held.append((work, done))
+        return done
+
+    node.server.auth_checks.run_cpu = run_cpu
+    return held
+
+
+def finish(held: list[tuple[Callable[[], bool], Deferred[bool]]]) -> None:
+    work, done = held.pop(0)
+    done.callback(work())
+
+
+def test_lines_after_auth_in_the_same_write_run_as_the_new_user(node: Node) -> None:
+    connection, transport = node.client()
+    connection.dataReceived(f"AUTH bob {TOKENS['bob']}\nWHOAMI\nPLAN Dinner\n".encode())
+    node.clock.advance(0)
+    auth, who, plan = replies(transport)
+    assert whoami(auth) == whoami(who) == "bob"
+    assert plan.startswith(b"EVENT ")
+    assert json.loads(plan[6:])["organiser"] == "bob"
+
+
+def test_auth_as_another_user_changes_the_lines_after_it(node: Node) -> None:
+    connection, transport = node.client()
+    connection.dataReceived(f"AUTH alice {TOKENS['alice']}\n".encode())
+    node.clock.advance(0)
+    transport.clear()
+    connection.dataReceived(f"WHOAMI\nAUTH bob {TOKENS['bob']}\nWHOAMI\n".encode())
+    node.clock.advance(0)
+    before, auth, after = replies(transport)
+    assert [whoami(before), whoami(auth), whoami(after)] == ["alice", "bob", "bob"]
+
+
+def test_a_connection_has_one_token_check_at_a_time(node: Node) -> None:
+    held = held_checks(node)
+    connection, transport = node.client()
+    connection.dataReceived(b"AUTH alice wrong-1\nAUTH alice wrong-2\nAUTH alice wrong-3\n")
+    assert len(held) == 1
+    finish(held)
+    assert held == []  # the next AUTH waits for the refusal, after the failure delay
+    node.clock.advance(auth_delay(1))
+    assert len(held) == 1
+    assert replies(transport) == [b"ERR auth-failed: unknown user or wrong token"]
+
+
+def test_token_checks_go_round_robin_over_addresses(node: Node) -> None:
+    held = held_checks(node)
+    flooders = [client_from(node, "10.0.0.1") for _ in range(5)]
+    for connection, _ in flooders:
+        connection.dataReceived(b"AUTH alice wrong\n")
+    victim, transport = client_from(node, "10.0.0.2")
+    victim.dataReceived(f"AUTH bob {TOKENS['bob']}\n".encode())
+    assert len(held) == 1  # one check runs at a time (the CPU thread)
+    for _ in range(3):  # at most one more of the flooding address's before the other's turn
+        finish(held)
+    node.clock.advance(0)
+    assert whoami(transport.value().rstrip(b"\n")) == "bob"
+    assert len(held) == 1
+    assert len(node.server.auth_checks._queue) == 2  # two flooders still wait
+
+
+def test_an_address_with_its_share_waiting_is_refused_at_once(node: Node) -> None:
+    held = held_checks(node)
+    share = node.server.auth_checks._queue.per_key
+    for _ in range(share + 1):  # the first one is taken off the queue and runs
+        client_from(node, "10.0.0.1")[0].dataReceived(b"AUTH alice wrong\n")
+    late, transport = client_from(node, "10.0.0.1")
+    late.dataReceived(f"AUTH bob {TOKENS['bob']}\n".encode())
+    node.clock.advance(auth_delay(1))
+    assert replies(transport) == [
+        b"ERR auth-failed: too many logins waiting from your address; try again later"
+    ]
+    assert len(held) == 1
+
+
+def test_a_check_for_a_closed_connection_is_skipped(node: Node) -> None:
+    held = held_checks(node)
+    first, _ = client_from(node, "10.0.0.1")
+    first.dataReceived(b"AUTH alice wrong\n")
+    gone, _ = client_from(node, "10.0.0.1")
+    gone.dataReceived(b"AUTH alice wrong\n")
+    gone.connectionLost()
+    finish(held)
+    assert held == []
+
+
+def test_lines_run_in_slices_and_other_connections_get_turns(node: Node) -> None:
+    table = node.server.table
+    slice_lines = node.server.connection_limits.slice_lines
+    busy, busy_transport = node.client()
+    busy.dataReceived(b"".join(b"IAMAT c%d +1.0+1.0 1700000000\n" % i for i in range(200)))
+    assert len(table) == slice_lines  # the rest waits for the scheduler's turns
+    other, other_transport = node.client()
+    other.dataReceived(b"IAMAT other +1.0+1.0 1700000000\n")
+    assert len(table) == slice_lines  # the server is busy: it waits for its turn
+    node.server.slices._turn()  # one turn: a slice of each, in order
+    assert len(table) == 2 * slice_lines + 1 and table.get(b"other") is not None
+    node.clock.advance(0)
+    assert len(replies(busy_transport)) == 200
+    assert len(replies(other_transport)) == 1
+
+
+def test_a_turn_of_slices_ends_after_its_time(node: Node) -> None:
+    clock = node.clock
+    slices = node.server.slices
+    ticking = clock.seconds
+
+    def seconds() -> float:  # every look at the clock finds a millisecond gone
+        clock.rightNow += 0.001
+        return ticking()
+
+    busy = [node.client() for _ in range(3)]
+    for connection, _ in busy:
+        connection.dataReceived(b"STATUS\n" * 500)
+    before = sum(len(connection._lines) for connection, _ in busy)
+    clock.seconds = seconds  # type: ignore[method-assign]
+    slices._turn()  # what the reactor calls: one turn, then back to I/O
+    left = [len(connection._lines) for connection, _ in busy]
+    assert 0 < before - sum(left) < 20  # the turn ran a few lines, then yielded
+    assert all(count > 400 for count in left)
+
+
+def test_a_client_not_reading_runs_nothing_and_is_not_read(node: Node) -> None:
+    connection, transport = node.client()
+    connection.pauseProducing()  # its write buffer is over the output budget
+    assert transport.producerState == "paused"
+    connection.dataReceived(b"STATUS\nSTATUS\n")
+    node.clock.advance(0)
+    assert transport.value() == b""
+    connection.resumeProducing()
+    node.clock.advance(0)
+    assert len(replies(transport)) == 2
+    assert transport.producerState == "producing"
+
+
+def test_replies_waiting_for_places_are_bounded(node: Node) -> None:
+    node.ask(b"IAMAT kiwi +34.068930-118.445127 1700000000.5\n")
+    node.places.hold = True
+    pending = node.server.connection_limits.replies_pending
+    connection, transport = node.client()
+    connection.dataReceived(b"WHATSAT kiwi 10 5\n" * (pending * 3))
+    node.clock.advance(0)
+    assert len(node.places.pending) == pending + 1
+    assert transport.producerState == "paused"
+    for answer in node.places.pending[:]:
+        answer.callback({"html_attributions": [], "results": [], "status": "OK"})
+    node.clock.advance(0)
+    assert len(node.places.pending) > pending + 1
+
+
+def test_input_waiting_to_run_is_bounded(node: Node) -> None:
+    held = held_checks(node)
+    connection, transport = node.client()
+    connection.dataReceived(b"AUTH alice wrong\n")
+    limits = node.server.connection_limits
+    count = limits.input_budget // (len(b"STATUS") + LINE_OVERHEAD) + 1
+    connection.dataReceived(b"STATUS\n" * count)
+    assert transport.producerState == "paused"  # behind the AUTH, and over the input budget
+    finish(held)
+    node.clock.advance(auth_delay(1))
+    for _ in range(count // limits.slice_lines + 2):
+        node.clock.advance(0)
+    assert transport.producerState == "producing"
+    assert len(replies(transport)) == count + 1
+
+
+def test_input_under_the_budget_keeps_being_read(node: Node) -> None:
+    held = held_checks(node)
+    connection, transport = node.client()
+    connection.dataReceived(b"AUTH alice wrong\n")
+    limits = node.server.connection_limits
+    connection.dataReceived(b"STATUS\n" * (limits.input_budget // (6 + LINE_OVERHEAD)))
+    assert transport.producerState == "producing"
+    assert len(held) == 1
+
+
+def test_unsubscribe_with_an_argument_is_a_shape_error(node: Node) -> None:
+    assert node.ask(b"UNSUBSCRIBE x\n") == b"? UNSUBSCRIBE x\n"
+    assert node.ask(b"UNSUBSCRIBE\n") == b"UNSUBSCRIBED\n"
+
+
+def test_an_over_long_last_line_before_half_close_closes_unanswered(node: Node) -> None:
+    connection, transport = node.client()
+    connection.dataReceived(b"STATUS\n" + b"x" * (node.server.max_line + 1))
+    connection.readConnectionLost()
+    node.clock.advance(0)
+    assert replies(transport) == [replies(transport)[0]]
+    assert transport.value().startswith(b"STATUS ")
+    assert transport.disconnecting
+
+
+def test_lines_before_an_over_long_line_are_still_answered(node: Node) -> None:
+    connection, transport = node.client()
+    connection.dataReceived(b"STATUS\n" + b"y" * (node.server.max_line + 2) + b"\nSTATUS\n")
+    node.clock.advance(0)
+    assert len(replies(transport)) == 1
+    assert transport.disconnecting
