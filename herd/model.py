@@ -8,17 +8,97 @@ arrival, and equal times still converge.
 Every accepted change gets this server's next sequence number.  The log keeps only the current
 entry per key, ordered by sequence number, so a peer that has seen everything up to `seq`
 catches up with exactly `since(seq)`: the changes it lacks, oldest first.
+
+Both kinds of record are also summed into a `DigestIndex` (per origin server and bucket), so
+two servers can find where they differ by comparing a few numbers (anti-entropy).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
 from herd.wire import At, time_key
+
+BUCKETS = 16  # per origin: a differing bucket costs sending ~1/16 of that origin's records
+_BUCKET_MASK = BUCKETS - 1
+
+
+def record_hash(line: bytes) -> int:
+    """A record's contribution to its bucket's digest (64 bits of BLAKE2b: equal sets give
+    equal digests; different ones collide with negligible probability)."""
+    return int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "big")
+
+
+def bucket_of(key: bytes) -> int:
+    """The bucket of a client id or op id: the same on every server (CRC-32, not `hash()`)."""
+    return zlib.crc32(key) & _BUCKET_MASK
+
+
+class DigestIndex:
+    """For each origin server and bucket: the XOR of the hashes of the records held, and their
+    keys.  Kept up to date on every store or replacement, so a digest exchange costs
+    O(origins x buckets) and a differing bucket's records are found without a scan.
+
+    A record longer than `max_record` (one stored before such records were refused: no peer
+    can take it) is left out, so it never makes two servers' digests differ for good."""
+
+    def __init__(self, max_record: int | None = None) -> None:
+        self.max_record = max_record
+        self._sums: dict[bytes, list[int]] = {}
+        self._members: dict[tuple[bytes, int], set[bytes]] = {}
+
+    def add(self, origin: bytes, key: bytes, line: bytes) -> None:
+        if self.max_record is not None and len(line) > self.max_record:
+            return
+        bucket = bucket_of(key)
+        sums = self._sums.get(origin)
+        if sums is None:
+            sums = self._sums[origin] = [0] * BUCKETS
+        sums[bucket] ^= record_hash(line)
+        members = self._members.get((origin, bucket))
+        if members is None:
+            self._members[(origin, bucket)] = {key}
+        else:
+            members.add(key)
+
+    def remove(self, origin: bytes, key: bytes, line: bytes) -> None:
+        bucket = bucket_of(key)
+        members = self._members.get((origin, bucket))
+        if members is None or key not in members:
+            return
+        members.discard(key)
+        self._sums[origin][bucket] ^= record_hash(line)
+        if not members:
+            del self._members[(origin, bucket)]
+            if not any(other in self._members for other in _buckets(origin)):
+                del self._sums[origin]
+
+    def digests(self) -> dict[bytes, tuple[int, ...]]:
+        """Every origin held, with its per-bucket digests."""
+        return {origin: tuple(sums) for origin, sums in self._sums.items()}
+
+    def keys(self, origin: bytes, bucket: int) -> frozenset[bytes]:
+        return frozenset(self._members.get((origin, bucket), ()))
+
+    def differing(self, theirs: Mapping[bytes, Sequence[int]]) -> list[tuple[bytes, int]]:
+        """Where a peer whose digests are `theirs` may lack (or hold older) records that this
+        index holds: each (origin, bucket) with records here and a digest that differs."""
+        zeros = (0,) * BUCKETS
+        return [
+            (origin, bucket)
+            for origin, bucket in self._members
+            if theirs.get(origin, zeros)[bucket] != self._sums[origin][bucket]
+        ]
+
+
+def _buckets(origin: bytes) -> Iterator[tuple[bytes, int]]:
+    return ((origin, bucket) for bucket in range(BUCKETS))
 
 
 class Outcome(Enum):
@@ -62,9 +142,16 @@ class LocationTable:
     `since()` a walk from the end that stops at the first entry the peer already has.
     """
 
-    def __init__(self, sequencer: Sequencer | None = None) -> None:
+    def __init__(self, sequencer: Sequencer | None = None, max_record: int | None = None) -> None:
         self._by_client: dict[bytes, Location] = {}
         self.sequencer = sequencer if sequencer is not None else Sequencer()
+        self.digests = DigestIndex(max_record)
+
+    def limit_records(self, max_record: int) -> None:
+        """Leave records longer than `max_record` out of the digests (see `DigestIndex`)."""
+        self.digests = DigestIndex(max_record)
+        for location in self._by_client.values():
+            self.digests.add(location.at.server, location.at.client, location.at.line)
 
     @property
     def last_seq(self) -> int:
@@ -86,9 +173,7 @@ class LocationTable:
         if current is not None and key <= current.key:
             return Outcome.STALE, current
         location = Location(at, key, self.sequencer.next())
-        if current is not None:
-            del self._by_client[at.client]
-        self._by_client[at.client] = location
+        self._replace(current, location)
         return Outcome.STORED, location
 
     def is_newer_report(self, client: bytes, time: bytes) -> bool:
@@ -101,17 +186,27 @@ class LocationTable:
         """Store a client's own report, already known to be newer than `current` (the hot
         path of IAMAT: the newness check was made on the time alone)."""
         location = Location(at, (*time_key(at.time), at.line), self.sequencer.next())
+        self._replace(current, location)
+        return location
+
+    def _replace(self, current: Location | None, location: Location) -> None:
+        """Make `location` its client's entry, last in the log, and update the digests."""
+        at = location.at
         if current is not None:
             del self._by_client[at.client]
+            self.digests.remove(current.at.server, at.client, current.at.line)
         self._by_client[at.client] = location
-        return location
+        self.digests.add(at.server, at.client, at.line)
 
     def restore(self, location: Location) -> None:
         """Put back a location loaded from the store (any order; keeps the log ordered)."""
         current = self._by_client.get(location.at.client)
         if current is not None and current.key >= location.key:
             return
+        if current is not None:
+            self.digests.remove(current.at.server, current.at.client, current.at.line)
         self._by_client[location.at.client] = location
+        self.digests.add(location.at.server, location.at.client, location.at.line)
         self.sequencer.saw(location.seq)
 
     def reorder(self) -> None:
@@ -132,6 +227,11 @@ class LocationTable:
     def __iter__(self) -> Iterator[Location]:
         return iter(self._by_client.values())
 
+    def in_bucket(self, origin: bytes, bucket: int) -> list[Location]:
+        """The current locations of one digest bucket (for anti-entropy)."""
+        found = (self._by_client.get(client) for client in self.digests.keys(origin, bucket))
+        return [location for location in found if location is not None]
+
 
 @dataclass(frozen=True, slots=True)
 class LoggedOp:
@@ -147,9 +247,29 @@ class OpLog:
     """Every planning operation this server holds, in sequence order (operations are never
     replaced, so the order is the order of arrival)."""
 
-    def __init__(self, sequencer: Sequencer) -> None:
+    def __init__(self, sequencer: Sequencer, max_record: int | None = None) -> None:
         self._ops: dict[str, LoggedOp] = {}
         self.sequencer = sequencer
+        self.digests = DigestIndex(max_record)
+
+    def limit_records(self, max_record: int) -> None:
+        """Leave operations longer than `max_record` out of the digests (see `DigestIndex`)."""
+        self.digests = DigestIndex(max_record)
+        for logged in self._ops.values():
+            self._digest(logged)
+
+    def _digest(self, logged: LoggedOp) -> None:
+        if self.digests.max_record is None or len(logged.line) <= self.digests.max_record:
+            key = logged.op_id.encode()
+            self.digests.add(op_origin(logged.op_id), key, key)
+
+    def get(self, op_id: str) -> LoggedOp | None:
+        return self._ops.get(op_id)
+
+    def in_bucket(self, origin: bytes, bucket: int) -> list[LoggedOp]:
+        """The operations of one digest bucket (for anti-entropy)."""
+        found = (self._ops.get(key.decode()) for key in self.digests.keys(origin, bucket))
+        return [logged for logged in found if logged is not None]
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -163,11 +283,13 @@ class OpLog:
     def add(self, op_id: str, line: bytes) -> LoggedOp:
         logged = LoggedOp(op_id, self.sequencer.next(), line)
         self._ops[op_id] = logged
+        self._digest(logged)
         return logged
 
     def restore(self, logged: LoggedOp) -> None:
         """Put back an operation loaded from the store (in sequence order)."""
         self._ops[logged.op_id] = logged
+        self._digest(logged)
         self.sequencer.saw(logged.seq)
 
     def since(self, seq: int) -> list[LoggedOp]:
@@ -178,6 +300,11 @@ class OpLog:
             newer.append(logged)
         newer.reverse()
         return newer
+
+
+def op_origin(op_id: str) -> bytes:
+    """The server that accepted an operation (its id is `<server>.<instance>.<n>`)."""
+    return op_id.partition(".")[0].encode()
 
 
 def changes_since(table: LocationTable, ops: OpLog, seq: int) -> list[Location | LoggedOp]:

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+SKIPPED_HEAD: Final = 64  # bytes of a skipped peer line kept: enough for `U <seq> `
+
+LineSkipped = Callable[[bytes, int, bool], None]
+"""Told of a peer line that is not handed on: its head, its length so far, and whether it was
+terminated (over-long) or not (cut by the end of the connection)."""
 
 
 class LineHandler(TypingProtocol):
@@ -78,6 +85,9 @@ class LineConnection(Protocol):
         # A client that does not read its replies stops being read; a peer link never does:
         # both ends write, and two ends waiting for each other to read would never move.
         self.pause_reading_when_full = True
+        # A peer link's framing (set by `keep_reading`): lines it cannot take go here instead.
+        self._skipped: LineSkipped | None = None
+        self._skipping: tuple[bytes, int] | None = None  # head and length of a line being cut
 
     # --- framing ---------------------------------------------------------------------------
 
@@ -90,6 +100,8 @@ class LineConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._skipped is not None:
+            data = self._skip_over_long(data)
         lines = (self._buffer + data if self._buffer else data).split(b"\n")
         self._buffer = lines.pop()
         if lines:
@@ -109,7 +121,9 @@ class LineConnection(Protocol):
     def readConnectionLost(self) -> None:
         """The client half-closed: answer its last line, then close once every reply is out."""
         self._read_closed = True
-        if self._buffer and not self._closing:
+        if self._skipped is not None:
+            self._cut_at_eof()
+        elif self._buffer and not self._closing:
             line, self._buffer = self._buffer, b""
             self._log_received([line])
             self.handler.line_received(self, line)
@@ -130,6 +144,55 @@ class LineConnection(Protocol):
         if self.redact is not None:
             lines = [self.redact(line) for line in lines]
         self.traffic.received(self.label, lines)
+
+    def _skip_over_long(self, data: bytes) -> bytes:
+        """A peer link: cut out of `data` every line longer than `max_line`, telling `_skipped`
+        its head and length, with bounded memory (a line being cut is dropped as it comes)."""
+        skipped = self._skipped
+        assert skipped is not None
+        if self._skipping is not None:
+            head, length = self._skipping
+            end = data.find(b"\n")
+            if end < 0:
+                self._skipping = (head, length + len(data))
+                return b""
+            self._skipping = None
+            skipped(head, length + end, True)
+            data = data[end + 1 :]
+        limit = self.max_line + 1
+        if len(self._buffer) + len(data) <= limit:
+            return data
+        pieces = (self._buffer + data).split(b"\n")
+        tail = pieces.pop()
+
+        def too_long(line: bytes) -> bool:
+            return len(line) > limit or (len(line) == limit and not line.endswith(b"\r"))
+
+        if len(tail) <= limit and not any(too_long(line) for line in pieces):
+            return data
+        self._buffer = b""
+        kept: list[bytes] = []
+        for line in pieces:
+            if too_long(line):
+                skipped(line[:SKIPPED_HEAD], len(line), True)
+            else:
+                kept.append(line + b"\n")
+        if len(tail) > limit:
+            self._skipping = (tail[:SKIPPED_HEAD], len(tail))
+            tail = b""
+        return b"".join(kept) + tail
+
+    def _cut_at_eof(self) -> None:
+        """A peer link ended in the middle of a line: that line is never a command (its sender
+        died while writing it); `_skipped` is told, and it is dropped."""
+        assert self._skipped is not None
+        if self._skipping is not None:
+            head, length = self._skipping
+            self._skipping = None
+            self._skipped(head, length, False)
+        elif self._buffer and not self._closing:
+            line, self._buffer = self._buffer, b""
+            self._skipped(line[:SKIPPED_HEAD], len(line), False)
 
     def _overflow(self, length: int) -> None:
         self._closing = True
@@ -236,10 +299,13 @@ class LineConnection(Protocol):
         if not self._closing and not self._read_closed:
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
-    def keep_reading(self) -> None:
+    def keep_reading(self, skipped: LineSkipped | None = None) -> None:
         """From now on, never stop reading for a full write buffer (a peer link: its own
-        bound is the backlog it may leave unsent, see `herd.peers`)."""
+        bound is the backlog it may leave unsent, see `herd.peers`).  With `skipped`, also
+        frame as a peer link: an over-long line is skipped instead of closing, and a last
+        line without its newline is dropped instead of answered (both go to `skipped`)."""
         self.pause_reading_when_full = False
+        self._skipped = skipped
         if self.backlog and not self._closing and not self._read_closed:
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
