@@ -516,3 +516,36 @@ def test_smtp_without_tls_to_a_relay_without_auth_is_allowed(tmp_path: Path) -> 
 
     assert smtp is not None
     assert (smtp.host, smtp.port, smtp.tls) == ("smtp.example.org", 25, "none")
+
+
+# Anti-entropy between peers
+
+
+def test_anti_entropy_interval_has_a_default_and_takes_integers_and_floats(
+    tmp_path: Path,
+) -> None:
+    assert load(tmp_path, ONE_SERVER).anti_entropy_seconds == 30.0
+    config = load(tmp_path, "[herd]\nanti_entropy_seconds = 5\n" + ONE_SERVER)
+    assert config.anti_entropy_seconds == 5.0
+    config = load(tmp_path, "[herd]\nanti_entropy_seconds = 0.5\n" + ONE_SERVER)
+    assert config.anti_entropy_seconds == 0.5
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("'30'", "must be a number, got a string"),
+        ("true", "must be a number, got a boolean"),
+        ("0", "between 0.1 and 86400"),
+        ("-1", "between 0.1 and 86400"),
+        ("nan", "between 0.1 and 86400"),
+        ("inf", "between 0.1 and 86400"),
+        ("86401", "between 0.1 and 86400"),
+    ],
+)
+def test_anti_entropy_interval_is_refused_unless_a_sensible_number(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    error = refusal(tmp_path, f"[herd]\nanti_entropy_seconds = {value}\n" + ONE_SERVER)
+    assert error.key == "herd.anti_entropy_seconds"
+    assert problem in error.problem
