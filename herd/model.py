@@ -15,35 +15,36 @@ two servers can find where they differ by comparing a few numbers (anti-entropy)
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
+
+from xxhash import xxh3_64_intdigest
 
 from herd.wire import At, time_key
 
 BUCKETS = 16  # per origin: a differing bucket costs sending ~1/16 of that origin's records
 _BUCKET_MASK = BUCKETS - 1
+_BUCKET_SEED = 1  # so a key's bucket is not made of the bits of its record hash (ops hash ids)
 
 
 def record_hash(line: bytes) -> int:
-    """A record's contribution to its bucket's digest (64 bits of BLAKE2b: equal sets give
-    equal digests; different ones collide with negligible probability)."""
-    return int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "big")
+    """A record's contribution to its bucket's digest: 64-bit XXH3 (fast enough for the hot
+    path; equal sets give equal digests, and an accidental collision is a 1 in 2^64 chance)."""
+    return xxh3_64_intdigest(line)
 
 
 def bucket_of(key: bytes) -> int:
-    """The bucket of a client id or op id: the same on every server (CRC-32, not `hash()`)."""
-    return zlib.crc32(key) & _BUCKET_MASK
+    """The bucket of a client id or op id: the same on every server."""
+    return xxh3_64_intdigest(key, _BUCKET_SEED) & _BUCKET_MASK
 
 
 class DigestIndex:
-    """For each origin server and bucket: the XOR of the hashes of the records held, and their
-    keys.  Kept up to date on every store or replacement, so a digest exchange costs
-    O(origins x buckets) and a differing bucket's records are found without a scan.
+    """For each origin server and bucket, the XOR of the hashes of the records held: kept up to
+    date on every store or replacement (one hash each), so a digest exchange costs
+    O(origins x buckets), not a pass over the data.
 
     A record longer than `max_record` (one stored before such records were refused: no peer
     can take it) is left out, so it never makes two servers' digests differ for good."""
@@ -51,54 +52,30 @@ class DigestIndex:
     def __init__(self, max_record: int | None = None) -> None:
         self.max_record = max_record
         self._sums: dict[bytes, list[int]] = {}
-        self._members: dict[tuple[bytes, int], set[bytes]] = {}
 
-    def add(self, origin: bytes, key: bytes, line: bytes) -> None:
+    def toggle(self, origin: bytes, key: bytes, line: bytes) -> None:
+        """Add a record, or take it out again (XOR is its own inverse)."""
         if self.max_record is not None and len(line) > self.max_record:
             return
-        bucket = bucket_of(key)
         sums = self._sums.get(origin)
         if sums is None:
             sums = self._sums[origin] = [0] * BUCKETS
-        sums[bucket] ^= record_hash(line)
-        members = self._members.get((origin, bucket))
-        if members is None:
-            self._members[(origin, bucket)] = {key}
-        else:
-            members.add(key)
-
-    def remove(self, origin: bytes, key: bytes, line: bytes) -> None:
-        bucket = bucket_of(key)
-        members = self._members.get((origin, bucket))
-        if members is None or key not in members:
-            return
-        members.discard(key)
-        self._sums[origin][bucket] ^= record_hash(line)
-        if not members:
-            del self._members[(origin, bucket)]
-            if not any(other in self._members for other in _buckets(origin)):
-                del self._sums[origin]
+        # bucket_of(key) and record_hash(line), inlined: this runs for every report
+        sums[xxh3_64_intdigest(key, _BUCKET_SEED) & _BUCKET_MASK] ^= xxh3_64_intdigest(line)
 
     def digests(self) -> dict[bytes, tuple[int, ...]]:
         """Every origin held, with its per-bucket digests."""
-        return {origin: tuple(sums) for origin, sums in self._sums.items()}
-
-    def keys(self, origin: bytes, bucket: int) -> frozenset[bytes]:
-        return frozenset(self._members.get((origin, bucket), ()))
+        return {origin: tuple(sums) for origin, sums in self._sums.items() if any(sums)}
 
     def differing(self, theirs: Mapping[bytes, Sequence[int]]) -> list[tuple[bytes, int]]:
         """Where a peer whose digests are `theirs` may lack (or hold older) records that this
         index holds: each (origin, bucket) with records here and a digest that differs."""
         zeros = (0,) * BUCKETS
-        return [
-            (origin, bucket)
-            for origin, bucket in self._members
-            if theirs.get(origin, zeros)[bucket] != self._sums[origin][bucket]
-        ]
-
-
-def _buckets(origin: bytes) -> Iterator[tuple[bytes, int]]:
-    return ((origin, bucket) for bucket in range(BUCKETS))
+        found = []
+        for origin, sums in self._sums.items():
+            other = theirs.get(origin, zeros)
+            found += [(origin, b) for b in range(BUCKETS) if sums[b] and sums[b] != other[b]]
+        return found
 
 
 class Outcome(Enum):
@@ -151,7 +128,7 @@ class LocationTable:
         """Leave records longer than `max_record` out of the digests (see `DigestIndex`)."""
         self.digests = DigestIndex(max_record)
         for location in self._by_client.values():
-            self.digests.add(location.at.server, location.at.client, location.at.line)
+            self.digests.toggle(location.at.server, location.at.client, location.at.line)
 
     @property
     def last_seq(self) -> int:
@@ -186,7 +163,11 @@ class LocationTable:
         """Store a client's own report, already known to be newer than `current` (the hot
         path of IAMAT: the newness check was made on the time alone)."""
         location = Location(at, (*time_key(at.time), at.line), self.sequencer.next())
-        self._replace(current, location)
+        if current is not None:
+            del self._by_client[at.client]
+            self.digests.toggle(current.at.server, at.client, current.at.line)
+        self._by_client[at.client] = location
+        self.digests.toggle(at.server, at.client, at.line)
         return location
 
     def _replace(self, current: Location | None, location: Location) -> None:
@@ -194,9 +175,9 @@ class LocationTable:
         at = location.at
         if current is not None:
             del self._by_client[at.client]
-            self.digests.remove(current.at.server, at.client, current.at.line)
+            self.digests.toggle(current.at.server, at.client, current.at.line)
         self._by_client[at.client] = location
-        self.digests.add(at.server, at.client, at.line)
+        self.digests.toggle(at.server, at.client, at.line)
 
     def restore(self, location: Location) -> None:
         """Put back a location loaded from the store (any order; keeps the log ordered)."""
@@ -204,9 +185,9 @@ class LocationTable:
         if current is not None and current.key >= location.key:
             return
         if current is not None:
-            self.digests.remove(current.at.server, current.at.client, current.at.line)
+            self.digests.toggle(current.at.server, current.at.client, current.at.line)
         self._by_client[location.at.client] = location
-        self.digests.add(location.at.server, location.at.client, location.at.line)
+        self.digests.toggle(location.at.server, location.at.client, location.at.line)
         self.sequencer.saw(location.seq)
 
     def reorder(self) -> None:
@@ -227,10 +208,17 @@ class LocationTable:
     def __iter__(self) -> Iterator[Location]:
         return iter(self._by_client.values())
 
+    def scan(self, wanted: Collection[tuple[bytes, int]]) -> Iterator[Location | None]:
+        """For each location held when the scan starts: itself if it is still current and in
+        one of the `wanted` (origin, bucket)s, else None (one item per location, so that a
+        caller can bound the work of each step of a long scan)."""
+        for location in list(self._by_client.values()):
+            at = location.at
+            in_wanted = (at.server, bucket_of(at.client)) in wanted
+            yield location if in_wanted and self._by_client.get(at.client) is location else None
+
     def in_bucket(self, origin: bytes, bucket: int) -> list[Location]:
-        """The current locations of one digest bucket (for anti-entropy)."""
-        found = (self._by_client.get(client) for client in self.digests.keys(origin, bucket))
-        return [location for location in found if location is not None]
+        return [location for location in self.scan({(origin, bucket)}) if location is not None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,17 +247,19 @@ class OpLog:
             self._digest(logged)
 
     def _digest(self, logged: LoggedOp) -> None:
+        """Count an operation in the digests by its id (an operation never changes)."""
         if self.digests.max_record is None or len(logged.line) <= self.digests.max_record:
             key = logged.op_id.encode()
-            self.digests.add(op_origin(logged.op_id), key, key)
+            self.digests.toggle(op_origin(logged.op_id), key, key)
 
-    def get(self, op_id: str) -> LoggedOp | None:
-        return self._ops.get(op_id)
+    def scan(self, wanted: Collection[tuple[bytes, int]]) -> Iterator[LoggedOp | None]:
+        """As `LocationTable.scan`, for operations."""
+        for logged in list(self._ops.values()):
+            in_wanted = (op_origin(logged.op_id), bucket_of(logged.op_id.encode())) in wanted
+            yield logged if in_wanted else None
 
     def in_bucket(self, origin: bytes, bucket: int) -> list[LoggedOp]:
-        """The operations of one digest bucket (for anti-entropy)."""
-        found = (self._ops.get(key.decode()) for key in self.digests.keys(origin, bucket))
-        return [logged for logged in found if logged is not None]
+        return [logged for logged in self.scan({(origin, bucket)}) if logged is not None]
 
     def __len__(self) -> int:
         return len(self._ops)

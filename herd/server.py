@@ -100,7 +100,7 @@ RunBlocking = Callable[[Callable[[], T]], Deferred[T]]
 SUGGEST_LIMIT = 20
 RECENT_OPS = 5000  # replayed at start into what needs them (the line pushes' history)
 DEFAULT_ANTI_ENTROPY_SECONDS = 30.0
-REPAIR_CHUNK = 256  # anti-entropy records written per reactor turn
+REPAIR_CHUNK = 1024  # records scanned for anti-entropy per reactor turn
 REPAIR_WAIT = 0.05  # seconds to wait while the link's write buffer is full
 MAX_DIGEST_LINES = 4096  # per round from a peer; more are ignored (a peer gone wrong)
 
@@ -712,19 +712,25 @@ class HerdServer:
                 count=len(persistent),
             )
             session.repairing = True
-            lines = itertools.chain.from_iterable(map(self._bucket_lines, persistent))
-            self._send_repair(session, lines)
+            self._send_repair(session, self._repair_lines(set(persistent)))
 
-    def _bucket_lines(self, bucket: tuple[bytes, bytes, int]) -> Iterator[bytes]:
-        """The `R` lines of one bucket, read when the sending reaches it."""
-        kind, origin, number = bucket
-        if kind == b"AT":
-            for location in self.table.in_bucket(origin, number):
-                if len(location.at.line) <= self.max_at_line:
+    def _repair_lines(self, wanted: set[tuple[bytes, bytes, int]]) -> Iterator[bytes]:
+        """The `R` lines of the `wanted` (kind, origin, bucket)s, found by scanning what is
+        held: one item per record scanned (`b""` for those not wanted), so each step of the
+        sending does bounded work."""
+        locations = {(origin, bucket) for kind, origin, bucket in wanted if kind == b"AT"}
+        if locations:
+            for location in self.table.scan(locations):
+                if location is None or len(location.at.line) > self.max_at_line:
+                    yield b""
+                else:
                     yield Record(location.at).to_line()
-        else:
-            for logged in self.replica.ops.in_bucket(origin, number):
-                if len(logged.line) <= self.max_op_payload:
+        ops = {(origin, bucket) for kind, origin, bucket in wanted if kind == b"OP"}
+        if ops:
+            for logged in self.replica.ops.scan(ops):
+                if logged is None or len(logged.line) > self.max_op_payload:
+                    yield b""
+                else:
                     yield OpRecord(logged.line).to_line()
 
     def _send_repair(self, session: PeerSession, lines: Iterator[bytes]) -> None:
@@ -735,11 +741,13 @@ class HerdServer:
         if session.connection.backlog:
             self.clock.callLater(REPAIR_WAIT, self._send_repair, session, lines)
             return
-        chunk = b"".join(itertools.islice(lines, REPAIR_CHUNK))
-        if not chunk:
+        step = list(itertools.islice(lines, REPAIR_CHUNK))
+        if not step:
             session.repairing = False
             return
-        session.send(chunk)
+        chunk = b"".join(step)
+        if chunk:
+            session.send(chunk)
         self.clock.callLater(0, self._send_repair, session, lines)
 
     def peer_record(self, session: PeerSession, record: Record) -> None:
