@@ -67,14 +67,19 @@ class DigestIndex:
         """Every origin held, with its per-bucket digests."""
         return {origin: tuple(sums) for origin, sums in self._sums.items() if any(sums)}
 
-    def differing(self, theirs: Mapping[bytes, Sequence[int]]) -> list[tuple[bytes, int]]:
+    def differing(
+        self, theirs: Mapping[bytes, Sequence[int]]
+    ) -> dict[tuple[bytes, int], tuple[int, int]]:
         """Where a peer whose digests are `theirs` may lack (or hold older) records that this
-        index holds: each (origin, bucket) with records here and a digest that differs."""
+        index holds: each (origin, bucket) with records here and a digest that differs, with
+        both digests (this one's, then theirs)."""
         zeros = (0,) * BUCKETS
-        found = []
+        found = {}
         for origin, sums in self._sums.items():
             other = theirs.get(origin, zeros)
-            found += [(origin, b) for b in range(BUCKETS) if sums[b] and sums[b] != other[b]]
+            for bucket in range(BUCKETS):
+                if sums[bucket] and sums[bucket] != other[bucket]:
+                    found[(origin, bucket)] = (sums[bucket], other[bucket])
         return found
 
 

@@ -99,9 +99,10 @@ class PeerSession:
         self._keepalive.clock = clock
         self.clock = clock
         # anti-entropy: the peer's digests of the round being received, the buckets that
-        # differed in the last round, whether a repair is being sent, records it brought
+        # differed in its last round (with both digests), whether a repair is being sent, and
+        # how many records the peer's repairs brought
         self.digests: dict[tuple[bytes, bytes], tuple[int, ...]] = {}
-        self.differed: set[tuple[bytes, bytes, int]] = set()
+        self.differed: dict[tuple[bytes, bytes, int], tuple[int, int]] = {}
         self.repairing = False
         self.brought = 0
         self._round: IDelayedCall | None = None

@@ -688,9 +688,11 @@ class HerdServer:
         session.digests[(digest.kind, digest.origin)] = digest.sums
 
     def peer_digest_end(self, session: PeerSession) -> None:
-        """The peer's round is complete: send it the records of each bucket that differed in
-        this round and the one before (a difference seen once is most often an update still in
-        flight on the link; a real one persists)."""
+        """The peer's round is complete: send it the records of each bucket that differs, and
+        differed the same way in its previous round (neither side's digest of it changed in
+        between).  A bucket whose digests move is being updated: its difference is most often
+        an update still in flight, and sending the bucket at every round of a busy herd would
+        cost more than the updates.  A real difference persists once the bucket is quiet."""
         theirs, session.digests = session.digests, {}
         if session.brought:
             _log.info(
@@ -699,12 +701,13 @@ class HerdServer:
                 count=session.brought,
             )
             session.brought = 0
-        differing: set[tuple[bytes, bytes, int]] = set()
+        differing: dict[tuple[bytes, bytes, int], tuple[int, int]] = {}
         for kind, digests in ((b"AT", self.table.digests), (b"OP", self.replica.ops.digests)):
-            mine = {origin: sums for (k, origin), sums in theirs.items() if k == kind}
-            differing.update((kind, origin, bucket) for origin, bucket in digests.differing(mine))
-        persistent = sorted(differing & session.differed)
-        session.differed = differing
+            of_kind = {origin: sums for (k, origin), sums in theirs.items() if k == kind}
+            for (origin, bucket), pair in digests.differing(of_kind).items():
+                differing[(kind, origin, bucket)] = pair
+        previous, session.differed = session.differed, differing
+        persistent = sorted(key for key, pair in differing.items() if previous.get(key) == pair)
         if persistent and not session.repairing:
             _log.info(
                 "link to {peer}: {count} buckets differ: sending their records",

@@ -88,7 +88,7 @@ def test_a_truncated_record_differs_and_the_whole_one_replaces_it() -> None:
     good, bad = LocationTable(), LocationTable()
     good.offer(whole)
     bad.offer(cut)
-    assert good.digests.differing(bad.digests.digests()) == [(b"A", bucket_of(b"c"))]
+    assert list(good.digests.differing(bad.digests.digests())) == [(b"A", bucket_of(b"c"))]
     exchange(good, bad)
     assert contents(bad) == contents(good)
 
