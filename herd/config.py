@@ -37,6 +37,9 @@ DEFAULT_DATA_DIR = "var"
 SECRET_FILE = "herd.secret"  # under data_dir, when no secret is configured (herd.secretfile)
 DEFAULT_MAX_LINE = 65536
 MIN_MAX_LINE = 1024
+# Anti-entropy between linked peers (docs/operations.md "Peer links").
+DEFAULT_ANTI_ENTROPY_SECONDS = 30.0
+MIN_ANTI_ENTROPY_SECONDS = 0.1
 PLACES_PROVIDERS = ("offline", "google")
 TLS_MODES = ("starttls", "direct", "none")
 XMPP_PORTS = {"starttls": 5222, "direct": 5223, "none": 5222}
@@ -170,6 +173,7 @@ class HerdConfig:
     secret_warning: str | None
     max_line: int
     servers: dict[str, ServerConfig]
+    anti_entropy_seconds: float
     places: PlacesConfig
     xmpp: XmppConfig | None
     smtp: SmtpConfig | None
@@ -219,12 +223,13 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     root.only("herd", "servers", "places", "xmpp", "smtp", "log", "limits", what="table")
 
     herd = root.table("herd") or _Table(path, "herd", {})
-    herd.only("data_dir", "secret", "max_line")
+    herd.only("data_dir", "secret", "max_line", "anti_entropy_seconds")
     data_dir = (path.parent / herd.string("data_dir", DEFAULT_DATA_DIR)).resolve()
     max_line = herd.integer("max_line", DEFAULT_MAX_LINE)
     if max_line < MIN_MAX_LINE:
         raise herd.error("max_line", f"must be at least {MIN_MAX_LINE}, got {max_line}")
 
+    anti_entropy_seconds = _anti_entropy_seconds(herd)
     file_secret = herd.string("secret", "")
     servers = _servers(root)
     secret = (env.get("HERD_SECRET") or file_secret).encode()
@@ -246,12 +251,26 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
         secret_warning=secret_warning,
         max_line=max_line,
         servers=servers,
+        anti_entropy_seconds=anti_entropy_seconds,
         places=_places(places_table, env) if places_table else PlacesConfig(),
         xmpp=_xmpp(xmpp_table, env) if xmpp_table else None,
         smtp=_smtp(smtp_table, env) if smtp_table else None,
         log=_log(log_table) if log_table else LogConfig(),
         limits=_limits(limits_table) if limits_table else LimitsConfig(),
     )
+
+
+def _anti_entropy_seconds(herd: _Table) -> float:
+    """How often each peer link compares digests (seconds, each round jittered by +-50%)."""
+    value = herd.data.get("anti_entropy_seconds", DEFAULT_ANTI_ENTROPY_SECONDS)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise herd.error("anti_entropy_seconds", f"must be a number, got {_type_name(value)}")
+    if not MIN_ANTI_ENTROPY_SECONDS <= value <= 86400:
+        raise herd.error(
+            "anti_entropy_seconds",
+            f"must be between {MIN_ANTI_ENTROPY_SECONDS} and 86400 seconds, got {value}",
+        )
+    return float(value)
 
 
 def _read_toml(path: Path) -> dict[str, object]:

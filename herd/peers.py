@@ -8,6 +8,7 @@ never crosses the wire:
     dialer   -> HERD-AUTH <mac("dialer")>
     both     -> SYNC <instance> <known instance of the other> <seq seen>
     both     -> U <seq> AT ...   (what the other lacks, oldest first, then live updates)
+    both     -> DIGEST ... DIGEST-END, R ...   (anti-entropy, every `anti_entropy_seconds`)
 
 where mac(role) = HMAC-SHA256(secret, "renga-peer-v1|role|dialer|acceptor|nonce_d|nonce_a").
 Until `HERD-AUTH` checks out, the acceptor treats the connection as an ordinary client, so a
@@ -23,7 +24,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -33,14 +34,19 @@ from herd.protocol import LineConnection
 from herd.wire import (
     Auth,
     Challenge,
+    Digest,
+    DigestEnd,
     Hello,
+    OpRecord,
     OpUpdate,
     Ping,
     Pong,
+    Record,
     Sync,
     Update,
     WireError,
     parse_peer_line,
+    update_seq,
 )
 
 if TYPE_CHECKING:
@@ -91,12 +97,35 @@ class PeerSession:
         self._missed = 0
         self._keepalive = LoopingCall(self._tick)
         self._keepalive.clock = clock
+        self.clock = clock
+        # anti-entropy: the peer's digests of the round being received, the buckets that
+        # differed in its last round (with both digests), whether a repair is being sent, and
+        # how many records the peer's repairs brought
+        self.digests: dict[tuple[bytes, bytes], tuple[int, ...]] = {}
+        self.differed: dict[tuple[bytes, bytes, int], tuple[int, int]] = {}
+        self.repairing = False
+        self.brought = 0
+        self._round: IDelayedCall | None = None
 
     def start(self) -> None:
         self.connection.handler = self
-        self.connection.keep_reading()
+        self.connection.keep_reading(self.line_skipped)
         self.server.link_up(self)
         self._keepalive.start(KEEPALIVE_SECONDS, now=False)
+        self._schedule_round()
+
+    def _schedule_round(self) -> None:
+        """The next digest exchange, after the configured interval give or take half of it
+        (jitter, so the links of a herd started together do not all compare at once)."""
+        delay = self.server.anti_entropy_seconds * (0.5 + self.server.jitter())
+        self._round = self.clock.callLater(delay, self._anti_entropy)
+
+    def _anti_entropy(self) -> None:
+        if self.closed:
+            return
+        if self.ready:
+            self.server.send_digests(self)
+        self._schedule_round()
 
     def send(self, data: bytes) -> None:
         """Write to the peer; a peer that stops reading for too long is dropped (it will catch
@@ -119,14 +148,31 @@ class PeerSession:
         try:
             message = parse_peer_line(line)
         except WireError as error:
-            _log.warn("peer {peer} sent a bad line ({error}): ignored", peer=self.name, error=error)
+            self.server.peer_skipped(self, update_seq(line), f"a bad line ({error})")
             return
+        try:
+            self._dispatch(message)
+        except Exception:
+            # A bug must not cost the link: the line is skipped (and marked read) like a bad one.
+            _log.failure("peer {peer}: internal error on {line!r}", peer=self.name, line=line[:200])
+            self.server.peer_skipped(self, update_seq(line), "a line that failed")
+
+    def _dispatch(self, message: object) -> None:
+        server = self.server
         if isinstance(message, Update):
-            self.server.peer_update(self, message)
+            server.peer_update(self, message)
         elif isinstance(message, OpUpdate):
-            self.server.peer_op(self, message)
+            server.peer_op(self, message)
+        elif isinstance(message, Record):
+            server.peer_record(self, message)
+        elif isinstance(message, OpRecord):
+            server.peer_op_record(self, message)
+        elif isinstance(message, Digest):
+            server.peer_digest(self, message)
+        elif isinstance(message, DigestEnd):
+            server.peer_digest_end(self)
         elif isinstance(message, Sync):
-            self.server.peer_sync(self, message)
+            server.peer_sync(self, message)
         elif isinstance(message, Ping):
             self.send(Pong().to_line())
         elif isinstance(message, Pong | None):
@@ -134,10 +180,28 @@ class PeerSession:
         else:
             _log.warn("peer {peer} sent an unexpected {kind}", peer=self.name, kind=type(message))
 
+    def line_skipped(self, head: bytes, length: int, terminated: bool) -> None:
+        """The connection cut a line out: an over-long one is skipped (and if it is an update,
+        marked read); one cut by the end of the connection was never complete, so it is not
+        applied and its update not marked (the peer sends it again at the next catch-up)."""
+        self._heard = True
+        if terminated:
+            self.server.peer_skipped(self, update_seq(head), f"a line of {length} bytes")
+        else:
+            _log.warn(
+                "peer {peer} closed the link in the middle of a line ({length} bytes, {head!r}):"
+                " dropped, not applied",
+                peer=self.name,
+                length=length,
+                head=head,
+            )
+
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
         self.closed = True
         if self._keepalive.running:
             self._keepalive.stop()
+        if self._round is not None and self._round.active():
+            self._round.cancel()
         self.server.link_down(self, reason)
 
     def _tick(self) -> None:

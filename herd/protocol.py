@@ -28,6 +28,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
@@ -40,6 +41,22 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+SKIPPED_HEAD: Final = 64  # bytes of a skipped peer line kept: enough for `U <seq> `
+
+LineSkipped = Callable[[bytes, int, bool], None]
+"""Told of a peer line that is not handed on: its head, its length so far, and whether it was
+terminated (over-long) or not (cut by the end of the connection)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Skipped:
+    """A line the framing cut out, kept in the queue so it is reported in line order (a peer
+    link marks an over-long update read only after every update before it has been applied)."""
+
+    head: bytes
+    length: int
+    terminated: bool
 
 
 class LineHandler(TypingProtocol):
@@ -81,6 +98,7 @@ class Framing:
 
 
 CLIENT_FRAMING = Framing()
+PEER_FRAMING = Framing(close_on_overlong=False, last_line_at_eof=False)
 LINE_OVERHEAD = 64  # what Python holds per queued line beyond its bytes (object, deque slot)
 PEER_SEND_BUFFER = 4 * 1024 * 1024  # a peer link's kernel send buffer: floods and catch-ups
 
@@ -165,8 +183,9 @@ class LineConnection(Protocol):
         self.framing = CLIENT_FRAMING
         self.scheduled = False  # in the scheduler's ready queue
         self._buffer = b""
-        self._skipping = False  # discarding an over-long line up to its newline
-        self._lines: deque[bytes] = deque()
+        self._skipping: tuple[bytes, int] | None = None  # head and length of a line being cut
+        self._skipped: LineSkipped | None = None  # told of lines the peer framing cuts out
+        self._lines: deque[bytes | _Skipped] = deque()
         self._queued_bytes = 0
         self._waiting = False  # a line's Deferred has not fired yet
         self._running = False
@@ -205,54 +224,71 @@ class LineConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing or self._close_after_lines:
             return
-        if self._skipping:
+        if self._skipping is not None:
+            head, length = self._skipping
             end = data.find(b"\n")
             if end < 0:
+                self._skipping = (head, length + len(data))
                 return
-            self._skipping = False
+            self._skipping = None
+            self._skip(head, length + end, terminated=True)
             data = data[end + 1 :]
         whole = self._buffer + data if self._buffer else data
         lines = whole.split(b"\n")
         self._buffer = rest = lines.pop()
         if lines:
             self._log_received(lines)
-            if len(whole) - len(rest) > self.max_line + 2:  # a line may be too long
-                lines = self._fitting(lines)
             if b"\r" in whole:
                 lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
-            self._lines.extend(lines)
-            self._queued_bytes += sum(map(len, lines)) + len(lines) * LINE_OVERHEAD
-        if len(rest) > self.max_line + 1:
+            if len(whole) - len(rest) > self.max_line + 2:  # a line may be too long
+                self._queue_fitting(lines)
+            else:
+                self._lines.extend(lines)
+                self._queued_bytes += sum(map(len, lines)) + len(lines) * LINE_OVERHEAD
+        # An unfinished line is too long once it cannot end within the limit, even with a CR.
+        if len(rest) > self.max_line + 1 or (
+            len(rest) == self.max_line + 1 and not rest.endswith(b"\r")
+        ):
             if self.framing.close_on_overlong:
                 self._overflow(len(rest))
             else:
                 self._buffer = b""
-                self._skipping = True
+                self._skipping = (rest[:SKIPPED_HEAD], len(rest))
         self._proceed(now=True)
 
-    def _fitting(self, lines: list[bytes]) -> list[bytes]:
-        """The lines up to the first too-long one (which closes the connection), or every line
-        that is not too long (when the framing skips them)."""
-        limit = self.max_line + 1
-        kept: list[bytes] = []
+    def _queue_fitting(self, lines: list[bytes]) -> None:
+        """Queue the lines up to the first too-long one (which closes the connection), or, when
+        the framing skips them, every line, each too-long one as a `_Skipped`."""
+        limit = self.max_line
         for line in lines:
-            if len(line) > limit or (len(line) == limit and not line.endswith(b"\r")):
-                if self.framing.close_on_overlong:
-                    self._overflow(len(line))
-                    break
-                continue
-            kept.append(line)
-        return kept
+            if len(line) <= limit:
+                self._lines.append(line)
+                self._queued_bytes += len(line) + LINE_OVERHEAD
+            elif self.framing.close_on_overlong:
+                self._overflow(len(line))
+                break
+            else:
+                self._skip(line[:SKIPPED_HEAD], len(line), terminated=True)
+
+    def _skip(self, head: bytes, length: int, terminated: bool) -> None:
+        self._lines.append(_Skipped(head, length, terminated))
+        self._queued_bytes += len(head) + LINE_OVERHEAD
 
     def readConnectionLost(self) -> None:
         """The client half-closed: its last line is answered (if the framing says so), then
         the connection closes once every line has run and every reply is out."""
         self._read_closed = True
-        if self._buffer and not self._closing and not self._close_after_lines:
+        if self._skipping is not None:
+            head, length = self._skipping
+            self._skipping = None
+            self._skip(head, length, terminated=False)
+        elif self._buffer and not self._closing and not self._close_after_lines:
             line, self._buffer = self._buffer, b""
-            if len(line) > self.max_line:
+            if not self.framing.last_line_at_eof:
+                self._skip(line[:SKIPPED_HEAD], len(line), terminated=False)
+            elif len(line) > self.max_line:
                 self._overflow(len(line))
-            elif self.framing.last_line_at_eof:
+            else:
                 self._log_received([line])
                 self._lines.append(line)
                 self._queued_bytes += len(line) + LINE_OVERHEAD
@@ -345,6 +381,12 @@ class LineConnection(Protocol):
                 ):
                     break
                 line = lines.popleft()
+                if type(line) is _Skipped:
+                    self._queued_bytes -= len(line.head) + LINE_OVERHEAD
+                    if self._skipped is not None:
+                        self._skipped(line.head, line.length, line.terminated)
+                    continue
+                assert type(line) is bytes
                 self._queued_bytes -= len(line) + LINE_OVERHEAD
                 pending = self.handler.line_received(self, line)
                 if pending is not None and not pending.called:
@@ -497,10 +539,16 @@ class LineConnection(Protocol):
         if not self._closing:
             self._proceed()
 
-    def keep_reading(self) -> None:
+    def keep_reading(self, skipped: LineSkipped | None = None) -> None:
         """From now on, never stop reading for a full write buffer (a peer link: its own
-        bound is the backlog it may leave unsent, see `herd.peers`)."""
+        bound is the backlog it may leave unsent, see `herd.peers`).  With `skipped`, also
+        frame as a peer link: an over-long line is skipped instead of closing, and a last
+        line without its newline is dropped instead of answered (both go to `skipped`, in
+        line order)."""
         self.pause_reading_when_full = False
+        if skipped is not None:
+            self.framing = PEER_FRAMING
+            self._skipped = skipped
         _set_send_buffer(self.transport, PEER_SEND_BUFFER)
         if self._reading_paused and not self._closing and not self._read_closed:
             self._reading_paused = False

@@ -13,9 +13,11 @@ committer, floods to peers, replies in request order.  Ordering rules kept here:
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
+import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
@@ -32,6 +34,7 @@ from herd.config import LimitsConfig
 from herd.events import OPERATOR, AddPlace, Change, ChangeFeed, Op, PlanningState
 from herd.fairness import FairQueue
 from herd.model import (
+    BUCKETS,
     Location,
     LocationTable,
     LoggedOp,
@@ -39,6 +42,7 @@ from herd.model import (
     Outcome,
     Sequencer,
     changes_since,
+    op_origin,
 )
 from herd.peers import PeerSession, new_nonce, peer_mac
 from herd.planning import (
@@ -64,10 +68,14 @@ from herd.wire import (
     Auth,
     Challenge,
     ClientCommand,
+    Digest,
+    DigestEnd,
     Hello,
     IAmAt,
     OperatorLineError,
+    OpRecord,
     OpUpdate,
+    Record,
     Status,
     Sync,
     Update,
@@ -76,6 +84,8 @@ from herd.wire import (
     error_reply,
     format_at,
     format_whatsat_reply,
+    max_at_line,
+    max_op_payload,
     parse_client_fields,
     parse_operator_line,
     parse_peer_line,
@@ -92,6 +102,10 @@ T = TypeVar("T")
 RunBlocking = Callable[[Callable[[], T]], Deferred[T]]
 SUGGEST_LIMIT = 20
 RECENT_OPS = 5000  # replayed at start into what needs them (the line pushes' history)
+DEFAULT_ANTI_ENTROPY_SECONDS = 30.0
+REPAIR_CHUNK = 1024  # records scanned for anti-entropy per reactor turn
+REPAIR_WAIT = 0.05  # seconds to wait while the link's write buffer is full
+MAX_DIGEST_LINES = 4096  # per round from a peer; more are ignored (a peer gone wrong)
 
 
 @dataclass(slots=True)
@@ -107,14 +121,15 @@ class Replica:
     recent_changes: list[Change] = field(default_factory=list)  # of the newest operations
 
     @classmethod
-    def restore(cls, snapshot: Snapshot) -> Replica:
-        """Rebuild the state from the store (blocking work: run it off the reactor)."""
+    def restore(cls, snapshot: Snapshot, max_line: int | None = None) -> Replica:
+        """Rebuild the state from the store (blocking work: run it off the reactor).  With
+        `max_line`, records no peer could take are left out of the digests (`DigestIndex`)."""
         sequencer = Sequencer()
-        table = LocationTable(sequencer)
+        table = LocationTable(sequencer, None if max_line is None else max_at_line(max_line))
         for location in snapshot.locations:
             table.restore(location)
         table.reorder()
-        ops = OpLog(sequencer)
+        ops = OpLog(sequencer, None if max_line is None else max_op_payload(max_line))
         planning = PlanningState()
         recent: deque[list[Change]] = deque(maxlen=RECENT_OPS)
         for logged in snapshot.ops:
@@ -160,12 +175,23 @@ class HerdServer:
         now_ns: Callable[[], int],
         run_cpu: RunBlocking[bool],
         limits: LimitsConfig = LimitsConfig(),  # noqa: B008 (frozen)
+        anti_entropy_seconds: float = DEFAULT_ANTI_ENTROPY_SECONDS,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.name = name
         self.name_bytes = name.encode()
         self.peers = peers
         self.secret = secret
         self.max_line = max_line
+        self.max_at_line = max_at_line(max_line)
+        self.max_op_payload = max_op_payload(max_line)
+        self.anti_entropy_seconds = anti_entropy_seconds
+        self.jitter = jitter
+        self.skipped_lines = 0  # peer lines skipped (over-long, unreadable, failed): logged
+        if replica.table.digests.max_record is None:
+            replica.table.limit_records(self.max_at_line)
+        if replica.ops.digests.max_record is None:
+            replica.ops.limit_records(self.max_op_payload)
         self.replica = replica
         self.table = replica.table
         self.planning = replica.planning
@@ -296,6 +322,10 @@ class HerdServer:
             self.reply(connection, current.at.line + b"\n")
             return
         at = format_at(self.name_bytes, self.now_ns(), report)
+        if len(at.line) > self.max_at_line:
+            # No peer could take its update: refused, so that nothing unfloodable is stored.
+            self.reply(connection, error_reply(line))
+            return
         location = table.report(at, current)
         self.committer.add_location(location)
         self._flood(b"U %d %s\n" % (location.seq, at.line), None, self.name_bytes)
@@ -363,6 +393,8 @@ class HerdServer:
             self._suggest(connection, session, command)
             return None
         result = execute(self.planning, session.user, command, self.now_ns(), self.new_op_id)
+        if not isinstance(result, PlanningError):
+            result = self._floodable(result)
         if isinstance(result, PlanningError):
             self.reply(connection, result.line())
             return None
@@ -457,6 +489,14 @@ class HerdServer:
         self._op_counter += 1
         return f"{self.op_prefix}{self._op_counter}"
 
+    def _floodable(self, ops: list[Op]) -> list[Op] | PlanningError:
+        """`ops`, or `ERR too-long` if one of them could not be flooded (its JSON, where text
+        outside ASCII takes up to 12 bytes a character, is over what a peer line holds)."""
+        for op in ops:
+            if len(op.to_json()) > self.max_op_payload:
+                return PlanningError("too-long", "the change would not fit a line between servers")
+        return ops
+
     def accept_op(self, op: Op, source: PeerSession | None = None) -> None:
         """Apply, store and flood a new operation, and tell the change feed's listeners (they
         may add durable writes, such as notifications, to the same transaction)."""
@@ -464,7 +504,7 @@ class HerdServer:
         logged = self.replica.ops.add(op.op_id, payload)
         self.committer.add_op(logged)
         changes = self.planning.apply(op)
-        self._flood(OpUpdate(logged.seq, payload).to_line(), source, _op_origin(op.op_id))
+        self._flood(OpUpdate(logged.seq, payload).to_line(), source, op_origin(op.op_id))
         self.feed.publish(changes)
 
     def _login(
@@ -595,6 +635,16 @@ class HerdServer:
             # newer).  A peer with a new store (its data was lost) gets everything back.
             name = session.name_bytes
             missing = [entry for entry in missing if _origin(entry) != name]
+        floodable = [entry for entry in missing if self._fits(entry)]
+        if len(floodable) < len(missing):
+            # Stored before such records were refused: kept here, never sent (no peer can
+            # read the line, and resending it at every catch-up would be for nothing).
+            _log.warn(
+                "link to {peer}: {count} stored records too long to send, left out",
+                peer=session.name,
+                count=len(missing) - len(floodable),
+            )
+            missing = floodable
         if missing:
             session.send(b"".join(_update_line(entry) for entry in missing))
         _log.info(
@@ -604,9 +654,17 @@ class HerdServer:
         )
         session.ready = True
 
+    def _fits(self, entry: Location | LoggedOp) -> bool:
+        if isinstance(entry, Location):
+            return len(entry.at.line) <= self.max_at_line
+        return len(entry.line) <= self.max_op_payload
+
     def peer_update(self, session: PeerSession, update: Update) -> None:
         if session.instance is None:
             _log.warn("peer {peer} sent an update before SYNC: ignored", peer=session.name)
+            return
+        if len(update.at.line) > self.max_at_line:
+            self.peer_skipped(session, update.seq, "an update too long to flood on")
             return
         outcome, location = self.table.offer(update.at)
         self._mark(session, update.seq)
@@ -618,13 +676,146 @@ class HerdServer:
         if session.instance is None:
             _log.warn("peer {peer} sent an operation before SYNC: ignored", peer=session.name)
             return
+        if len(update.payload) > self.max_op_payload:
+            self.peer_skipped(session, update.seq, "an operation too long to flood on")
+            return
         try:
             op = Op.from_json(update.payload)
         except WireError as error:
-            _log.warn("peer {peer} sent a bad operation: {error}", peer=session.name, error=error)
+            self.peer_skipped(session, update.seq, f"a bad operation ({error})")
             return
         self._mark(session, update.seq)
         if op.op_id not in self.replica.ops:
+            self.accept_op(op, session)
+
+    def peer_skipped(self, session: PeerSession, seq: int | None, what: str) -> None:
+        """A line from a peer that cannot be taken (over-long, unreadable, or failing): logged
+        and counted, and if it was update `seq`, marked as read, so that no catch-up sends it
+        again: one bad update never holds a link (anti-entropy still compares what is held)."""
+        self.skipped_lines += 1
+        _log.warn(
+            "peer {peer} sent {what}: skipped{update} ({count} peer lines skipped so far)",
+            peer=session.name,
+            what=what,
+            update="" if seq is None else f" update {seq}",
+            count=self.skipped_lines,
+        )
+        if seq is not None and session.instance is not None:
+            self._mark(session, seq)
+
+    # --- anti-entropy ------------------------------------------------------------------------
+
+    def send_digests(self, session: PeerSession) -> None:
+        """One round: tell the peer what we hold, per kind, origin and bucket (`DIGEST` lines
+        then `DIGEST-END`); it answers with the records of the buckets where it differs."""
+        lines: list[bytes] = []
+        for kind, digests in ((b"AT", self.table.digests), (b"OP", self.replica.ops.digests)):
+            for origin, sums in digests.digests().items():
+                try:
+                    line = Digest(kind, origin, sums).to_line()
+                except WireError:
+                    continue  # an origin name no line can carry: its records are not compared
+                if len(line) <= self.max_line:
+                    lines.append(line)
+        lines.append(DigestEnd().to_line())
+        session.send(b"".join(lines))
+
+    def peer_digest(self, session: PeerSession, digest: Digest) -> None:
+        if len(digest.sums) != BUCKETS or len(session.digests) >= MAX_DIGEST_LINES:
+            self.peer_skipped(session, None, f"a digest of {len(digest.sums)} buckets")
+            return
+        session.digests[(digest.kind, digest.origin)] = digest.sums
+
+    def peer_digest_end(self, session: PeerSession) -> None:
+        """The peer's round is complete: send it the records of each bucket that differs, and
+        differed the same way in its previous round (neither side's digest of it changed in
+        between).  A bucket whose digests move is being updated: its difference is most often
+        an update still in flight, and sending the bucket at every round of a busy herd would
+        cost more than the updates.  A real difference persists once the bucket is quiet."""
+        theirs, session.digests = session.digests, {}
+        if session.brought:
+            _log.info(
+                "link to {peer}: anti-entropy brought {count} records",
+                peer=session.name,
+                count=session.brought,
+            )
+            session.brought = 0
+        differing: dict[tuple[bytes, bytes, int], tuple[int, int]] = {}
+        for kind, digests in ((b"AT", self.table.digests), (b"OP", self.replica.ops.digests)):
+            of_kind = {origin: sums for (k, origin), sums in theirs.items() if k == kind}
+            for (origin, bucket), pair in digests.differing(of_kind).items():
+                differing[(kind, origin, bucket)] = pair
+        previous, session.differed = session.differed, differing
+        persistent = sorted(key for key, pair in differing.items() if previous.get(key) == pair)
+        if persistent and not session.repairing:
+            _log.info(
+                "link to {peer}: {count} buckets differ: sending their records",
+                peer=session.name,
+                count=len(persistent),
+            )
+            session.repairing = True
+            self._send_repair(session, self._repair_lines(set(persistent)))
+
+    def _repair_lines(self, wanted: set[tuple[bytes, bytes, int]]) -> Iterator[bytes]:
+        """The `R` lines of the `wanted` (kind, origin, bucket)s, found by scanning what is
+        held: one item per record scanned (`b""` for those not wanted), so each step of the
+        sending does bounded work."""
+        locations = {(origin, bucket) for kind, origin, bucket in wanted if kind == b"AT"}
+        if locations:
+            for location in self.table.scan(locations):
+                if location is None or len(location.at.line) > self.max_at_line:
+                    yield b""
+                else:
+                    yield Record(location.at).to_line()
+        ops = {(origin, bucket) for kind, origin, bucket in wanted if kind == b"OP"}
+        if ops:
+            for logged in self.replica.ops.scan(ops):
+                if logged is None or len(logged.line) > self.max_op_payload:
+                    yield b""
+                else:
+                    yield OpRecord(logged.line).to_line()
+
+    def _send_repair(self, session: PeerSession, lines: Iterator[bytes]) -> None:
+        """Write `lines` a chunk per reactor turn (waiting while the link's buffer is full),
+        so a large repair never holds the reactor or the link's other traffic for long."""
+        if session.closed:
+            return
+        if session.connection.backlog:
+            self.clock.callLater(REPAIR_WAIT, self._send_repair, session, lines)
+            return
+        step = list(itertools.islice(lines, REPAIR_CHUNK))
+        if not step:
+            session.repairing = False
+            return
+        chunk = b"".join(step)
+        if chunk:
+            session.send(chunk)
+        self.clock.callLater(0, self._send_repair, session, lines)
+
+    def peer_record(self, session: PeerSession, record: Record) -> None:
+        """A location sent by anti-entropy: merged by the usual rule (newer wins), and if it is
+        new here, stored and flooded on like any update."""
+        if len(record.at.line) > self.max_at_line:
+            self.peer_skipped(session, None, "a record too long to flood on")
+            return
+        outcome, location = self.table.offer(record.at)
+        if outcome is Outcome.STORED:
+            session.brought += 1
+            self.committer.add_location(location)
+            self._flood(Update(location.seq, location.at).to_line(), session, location.at.server)
+
+    def peer_op_record(self, session: PeerSession, record: OpRecord) -> None:
+        """An operation sent by anti-entropy: accepted if it is new here."""
+        if len(record.payload) > self.max_op_payload:
+            self.peer_skipped(session, None, "an operation too long to flood on")
+            return
+        try:
+            op = Op.from_json(record.payload)
+        except WireError as error:
+            self.peer_skipped(session, None, f"a bad operation ({error})")
+            return
+        if op.op_id not in self.replica.ops:
+            session.brought += 1
             self.accept_op(op, session)
 
     def _mark(self, session: PeerSession, seq: int) -> None:
@@ -754,13 +945,8 @@ def _address(connection: LineConnection) -> str:
     return host if isinstance(host, str) else connection.label
 
 
-def _op_origin(op_id: str) -> bytes:
-    """The server that accepted an operation (its id is `<server>.<instance>.<n>`)."""
-    return op_id.partition(".")[0].encode()
-
-
 def _origin(entry: Location | LoggedOp) -> bytes:
-    return entry.at.server if isinstance(entry, Location) else _op_origin(entry.op_id)
+    return entry.at.server if isinstance(entry, Location) else op_origin(entry.op_id)
 
 
 def _update_line(entry: Location | LoggedOp) -> bytes:

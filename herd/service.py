@@ -138,7 +138,7 @@ class HerdService(Service):
 
     def _load(self) -> Replica:
         """Read the store back and rebuild the state (on the store thread)."""
-        return Replica.restore(self.store.open())
+        return Replica.restore(self.store.open(), self.config.max_line)
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -170,6 +170,8 @@ class HerdService(Service):
             now_ns=self.now_ns,
             run_cpu=self._on_thread(self._cpu_pool),
             limits=self.config.limits,
+            anti_entropy_seconds=self.config.anti_entropy_seconds,
+            jitter=self.jitter,
         )
         if isinstance(self.places, OfflinePlaces):
             venues = ProposedVenues(self.places)

@@ -20,13 +20,17 @@ __all__ = [
     "At",
     "Auth",
     "Challenge",
+    "Digest",
+    "DigestEnd",
     "Hello",
     "IAmAt",
+    "OpRecord",
     "OpUpdate",
     "OperatorCommand",
     "OperatorLineError",
     "Ping",
     "Pong",
+    "Record",
     "Status",
     "Sync",
     "Update",
@@ -40,6 +44,8 @@ __all__ = [
     "format_whatsat_reply",
     "is_email",
     "is_jid",
+    "max_at_line",
+    "max_op_payload",
     "parse_at",
     "parse_client_fields",
     "parse_client_line",
@@ -48,6 +54,7 @@ __all__ = [
     "redact_secrets",
     "time_key",
     "time_ns",
+    "update_seq",
 ]
 
 
@@ -441,7 +448,90 @@ class Pong:
         return b"PONG\n"
 
 
-PeerMessage = Challenge | Auth | Sync | Update | OpUpdate | Ping | Pong
+SEQ_DIGITS: Final = 19
+_UPDATE_HEAD: Final = re.compile(rb"[ \t]*U[ \t]+([0-9]{1,19})[ \t]")
+_DIGEST_KINDS: Final = (b"AT", b"OP")
+_DIGEST_SUM: Final = re.compile(rb"[0-9a-f]{16}\Z")
+
+
+def max_at_line(max_line: int) -> int:
+    """The longest AT line that a peer can take as `U <seq> <AT line>` whatever the sequence
+    number: a report making a longer one is refused, as nothing could flood it."""
+    return max_line - len(b"U  ") - SEQ_DIGITS
+
+
+def max_op_payload(max_line: int) -> int:
+    """The longest operation JSON that a peer can take as `U <seq> OP <json>`."""
+    return max_line - len(b"U  OP ") - SEQ_DIGITS
+
+
+def update_seq(head: bytes) -> int | None:
+    """The sequence number at the head of a `U <seq> ...` line too long to be read whole (so
+    the catch-up mark can move past it); None if the head is not that of an update."""
+    match = _UPDATE_HEAD.match(head)
+    return None if match is None else int(match[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """`DIGEST <kind> <origin> <sum>...`: anti-entropy, what the sender holds of one origin.
+
+    `kind` is `AT` (locations) or `OP` (planning operations); each `sum` is 16 lowercase hex
+    digits, the XOR of a 64-bit hash of every record of that origin in one bucket."""
+
+    kind: bytes
+    origin: bytes
+    sums: tuple[int, ...]
+
+    def to_line(self) -> bytes:
+        if self.kind not in _DIGEST_KINDS:
+            raise WireError(f"not a digest kind: {self.kind!r}")
+        sums = b" ".join(b"%016x" % value for value in self.sums)
+        return b"DIGEST %s %s %s\n" % (self.kind, _token(self.origin), sums)
+
+
+@dataclass(frozen=True, slots=True)
+class DigestEnd:
+    """`DIGEST-END`: the sender's digests are complete (an origin not listed: it holds none)."""
+
+    def to_line(self) -> bytes:
+        return b"DIGEST-END\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """`R AT <server> <diff> <client> <position> <time>`: a location sent by anti-entropy.
+    Unsequenced: it moves no catch-up mark; the receiver merges it by the usual rule."""
+
+    at: At
+
+    def to_line(self) -> bytes:
+        return b"R %s\n" % self.at.line
+
+
+@dataclass(frozen=True, slots=True)
+class OpRecord:
+    """`R OP <json>`: a planning operation sent by anti-entropy (unsequenced)."""
+
+    payload: bytes
+
+    def to_line(self) -> bytes:
+        return b"R OP %s\n" % _token(self.payload)
+
+
+PeerMessage = (
+    Challenge
+    | Auth
+    | Sync
+    | Update
+    | OpUpdate
+    | Ping
+    | Pong
+    | Digest
+    | DigestEnd
+    | Record
+    | OpRecord
+)
 
 
 def parse_peer_line(line: bytes) -> PeerMessage | None:
@@ -450,6 +540,19 @@ def parse_peer_line(line: bytes) -> PeerMessage | None:
     if not fields:
         return None
     kind = fields[0]
+    if kind == b"R" and len(fields) >= 2:
+        if fields[1] == b"OP":
+            if len(fields) != 3:
+                raise WireError("R OP takes one JSON field")
+            return OpRecord(fields[2])
+        return Record(parse_at(fields[1:]))
+    if kind == b"DIGEST" and len(fields) >= 4 and fields[1] in _DIGEST_KINDS:
+        sums = fields[3:]
+        if len(sums) > 64 or not all(_DIGEST_SUM.match(value) for value in sums):
+            raise WireError("DIGEST sums are 16 hex digits each")
+        return Digest(fields[1], fields[2], tuple(int(value, 16) for value in sums))
+    if kind == b"DIGEST-END" and len(fields) == 1:
+        return DigestEnd()
     if kind == b"U":
         if len(fields) < 3 or _SEQ.match(fields[1]) is None:
             raise WireError("U takes <seq> AT ... or <seq> OP <json>")

@@ -99,10 +99,20 @@ def test_over_long_line_closes_without_reply_and_spares_others(node: Node) -> No
 
 
 def test_line_of_exactly_max_line_is_served(node: Node) -> None:
+    """Read and answered, not closed; the report itself is refused, its flooded update
+    (`U <seq> AT Bailey <diff> ...`) being longer than any peer takes."""
     client = b"c" * (1024 - len(b"IAMAT  +1.0+1.0 1700000000"))
     line = b"IAMAT " + client + b" +1.0+1.0 1700000000"
     assert len(line) == 1024
-    assert node.ask(line + b"\r\n").startswith(b"AT Bailey")
+    assert node.ask(line + b"\r\n") == b"? " + line + b"\n"
+
+
+def test_longest_floodable_report_is_stored(node: Node) -> None:
+    overhead = len(b"U 1234567890123456789 AT Bailey +0.000000000  +1.0+1.0 1700000000")
+    client = b"c" * (1024 - overhead)
+    reply = node.ask(b"IAMAT " + client + b" +1.0+1.0 1700000000\n")
+    assert reply == b"AT Bailey +0.000000000 " + client + b" +1.0+1.0 1700000000\n"
+    assert node.ask(b"IAMAT " + client + b"c +1.0+1.0 1700000001\n").startswith(b"? IAMAT")
 
 
 def test_non_utf8_client_id_round_trips(node: Node) -> None:

@@ -609,3 +609,36 @@ def test_refused_limits(tmp_path: Path, table: str, key: str, problem: str) -> N
     error = refusal(tmp_path, ONE_SERVER + "[limits]\n" + table + "\n")
     assert error.key == key
     assert error.problem.startswith(problem)
+
+
+# Anti-entropy between peers
+
+
+def test_anti_entropy_interval_has_a_default_and_takes_integers_and_floats(
+    tmp_path: Path,
+) -> None:
+    assert load(tmp_path, ONE_SERVER).anti_entropy_seconds == 30.0
+    config = load(tmp_path, "[herd]\nanti_entropy_seconds = 5\n" + ONE_SERVER)
+    assert config.anti_entropy_seconds == 5.0
+    config = load(tmp_path, "[herd]\nanti_entropy_seconds = 0.5\n" + ONE_SERVER)
+    assert config.anti_entropy_seconds == 0.5
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("'30'", "must be a number, got a string"),
+        ("true", "must be a number, got a boolean"),
+        ("0", "between 0.1 and 86400"),
+        ("-1", "between 0.1 and 86400"),
+        ("nan", "between 0.1 and 86400"),
+        ("inf", "between 0.1 and 86400"),
+        ("86401", "between 0.1 and 86400"),
+    ],
+)
+def test_anti_entropy_interval_is_refused_unless_a_sensible_number(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    error = refusal(tmp_path, f"[herd]\nanti_entropy_seconds = {value}\n" + ONE_SERVER)
+    assert error.key == "herd.anti_entropy_seconds"
+    assert problem in error.problem
