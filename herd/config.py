@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "ConfigError",
     "HerdConfig",
+    "NotificationsConfig",
     "PlacesConfig",
     "ServerConfig",
     "SmtpConfig",
@@ -109,6 +110,17 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NotificationsConfig:
+    """When held notifications go out and who sends them (`[notifications]`; seconds)."""
+
+    lease_renew: float = 10.0  # a server announces it is running this often
+    lease_valid: float = 30.0  # silent this long, its users' duties pass to the next server
+    look_every: float = 60.0  # due digests and reminders are looked for this often
+    coalesce_window: float = 60.0  # a vote notice waits this long for more votes
+    digest_at: time = time(8, 0)  # digests go out at this local time
+
+
+@dataclass(frozen=True, slots=True)
 class HerdConfig:
     """A whole herd: every server of it loads the same file and picks itself by name."""
 
@@ -121,6 +133,7 @@ class HerdConfig:
     places: PlacesConfig
     xmpp: XmppConfig | None
     smtp: SmtpConfig | None
+    notifications: NotificationsConfig = NotificationsConfig()
 
     def server(self, name: str) -> ServerConfig:
         """The server called `name`; a ConfigError (not KeyError) so `herd run` can report it."""
@@ -155,7 +168,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     """
     path = Path(path).resolve()
     root = _Table(path, "", _read_toml(path))
-    root.only("herd", "servers", "places", "xmpp", "smtp", what="table")
+    root.only("herd", "servers", "places", "xmpp", "smtp", "notifications", what="table")
 
     herd = root.table("herd") or _Table(path, "herd", {})
     herd.only("data_dir", "secret", "max_line")
@@ -176,6 +189,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     places_table = root.table("places")
     xmpp_table = root.table("xmpp")
     smtp_table = root.table("smtp")
+    notifications_table = root.table("notifications")
     return HerdConfig(
         path=path,
         data_dir=data_dir,
@@ -186,6 +200,9 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
         places=_places(places_table, env) if places_table else PlacesConfig(),
         xmpp=_xmpp(xmpp_table, env) if xmpp_table else None,
         smtp=_smtp(smtp_table, env) if smtp_table else None,
+        notifications=_notifications(notifications_table)
+        if notifications_table
+        else NotificationsConfig(),
     )
 
 
@@ -319,6 +336,30 @@ def _smtp(table: _Table, env: Mapping[str, str]) -> SmtpConfig:
     )
 
 
+def _notifications(table: _Table) -> NotificationsConfig:
+    table.only("lease_renew", "lease_valid", "look_every", "coalesce_window", "digest_at")
+    defaults = NotificationsConfig()
+    lease_renew = table.seconds("lease_renew", defaults.lease_renew, 3600.0)
+    lease_valid = table.seconds("lease_valid", defaults.lease_valid, 86400.0)
+    if lease_valid < 2 * lease_renew:
+        problem = f"must be at least twice lease_renew ({lease_renew}), got {lease_valid}"
+        raise table.error("lease_valid", problem)
+    text = table.string("digest_at", defaults.digest_at.strftime("%H:%M"))
+    try:
+        digest_at = time.fromisoformat(text)
+    except ValueError:
+        digest_at = None
+    if digest_at is None or digest_at.tzinfo is not None or len(text) not in (5, 8):
+        raise table.error("digest_at", f"must be a local time HH:MM or HH:MM:SS, got {text!r}")
+    return NotificationsConfig(
+        lease_renew=lease_renew,
+        lease_valid=lease_valid,
+        look_every=table.seconds("look_every", defaults.look_every, 3600.0),
+        coalesce_window=table.seconds("coalesce_window", defaults.coalesce_window, 86400.0),
+        digest_at=digest_at,
+    )
+
+
 def _host(table: _Table, host: str) -> str:
     """`host` as given, once it is at least plausible as a name or address."""
     if not host or any(char.isspace() for char in host):
@@ -407,6 +448,15 @@ class _Table:
     def integer(self, key: str, default: int | None) -> int:
         """An integer; `default` None means the key is required."""
         return self._required(key, self._get(key, int, "an integer"), default)
+
+    def seconds(self, key: str, default: float, most: float) -> float:
+        """A duration in seconds, integer or not, above 0 and at most `most`."""
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be a number of seconds, got {_type_name(value)}")
+        if not 0 < value <= most:
+            raise self.error(key, f"must be above 0 and at most {most:g}, got {value}")
+        return float(value)
 
     def port(self, key: str, default: int | None) -> int:
         port = self.integer(key, default)

@@ -34,6 +34,7 @@ from herd.wire import (
     Auth,
     Challenge,
     Hello,
+    Lease,
     OpUpdate,
     Ping,
     Pong,
@@ -127,6 +128,8 @@ class PeerSession:
             self.server.peer_op(self, message)
         elif isinstance(message, Sync):
             self.server.peer_sync(self, message)
+        elif isinstance(message, Lease):
+            self.server.peer_lease(self, message)
         elif isinstance(message, Ping):
             self.send(Pong().to_line())
         elif isinstance(message, Pong | None):

@@ -21,6 +21,7 @@ __all__ = [
     "Challenge",
     "Hello",
     "IAmAt",
+    "Lease",
     "OpUpdate",
     "Ping",
     "Pong",
@@ -421,7 +422,20 @@ class Pong:
         return b"PONG\n"
 
 
-PeerMessage = Challenge | Auth | Sync | Update | OpUpdate | Ping | Pong
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """`LEASE <server> <ns>`: `server` was running when its clock read `ns`; flooded when newer
+    and sent whole on each new link, so every server knows whose notification duties it holds
+    (see `herd.leases`).  A server that does not know the line ignores it."""
+
+    server: bytes
+    ns: int
+
+    def to_line(self) -> bytes:
+        return b"LEASE %s %d\n" % (_token(self.server), self.ns)
+
+
+PeerMessage = Challenge | Auth | Sync | Update | OpUpdate | Ping | Pong | Lease
 
 
 def parse_peer_line(line: bytes) -> PeerMessage | None:
@@ -444,6 +458,8 @@ def parse_peer_line(line: bytes) -> PeerMessage | None:
         return Challenge(_hex(fields[1]), _hex(fields[2]))
     if kind == b"HERD-AUTH" and len(fields) == 2:
         return Auth(_hex(fields[1]))
+    if kind == b"LEASE" and len(fields) == 3 and _SEQ.match(fields[2]) is not None:
+        return Lease(_token(fields[1]), int(fields[2]))
     if kind == b"PING" and len(fields) == 1:
         return Ping()
     if kind == b"PONG" and len(fields) == 1:
