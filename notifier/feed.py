@@ -201,10 +201,13 @@ class NotifierListener:
         self._look_every = look_every
         self._started_ns = self._now_ns()
         # Changes made (reminders due) after this, up to the start, fell to another server.
+        # One renewal later than the lease ran out at the peers, so that at the edge a notice
+        # goes out twice rather than not at all.
+        settings = leases.settings
         self._away_from = (
             None
             if saved.alive_ns is None
-            else saved.alive_ns + round(leases.settings.valid * _SECOND)
+            else saved.alive_ns + round((settings.valid + settings.renew) * _SECOND)
         )
         self._added: dict[str, Stamp] = {}  # user -> stamp of the first op that added them
         for line in op_lines:
