@@ -360,8 +360,8 @@ class NotifierListener:
     ) -> None:
         """Fold, render and place `routed`: email/XMPP to the outbox when `sends(placed)`, line
         pushes always, folded ones into the digests this server holds (those of everyone whose
-        last digest did not cover them).  One durable write
-        (with `mark_ns` as the reminders' mark, if given); effects after its commit."""
+        last digest did not cover them).  One durable write (with `mark_ns` as the reminders'
+        mark, if given); effects after its commit."""
         batches: list[_Batch] = []
         lines: list[Routed] = []
         cache = RenderCache(self._state)
