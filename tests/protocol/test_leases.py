@@ -91,3 +91,12 @@ def relayed(node: Node) -> int:
     """How many LEASE lines `node` received from B."""
     node.server.log.flush()
     return node.server.log._path.read_bytes().count(b" recv B LEASE ")
+
+
+def test_a_client_cannot_send_a_lease(chain: dict[str, Node]) -> None:
+    """Only an authenticated peer link carries leases: on the client port the line is an
+    error, so nobody can keep a down server's duties from passing on."""
+    b = chain["B"]
+    line = b"LEASE A 9999999999999999999"
+    assert b.ask(line + b"\n") == b"? " + line + b"\n"
+    assert leases(b).entries() == []
