@@ -24,6 +24,7 @@ __all__ = [
     "HerdConfig",
     "LimitsConfig",
     "LogConfig",
+    "NotificationsConfig",
     "PlacesConfig",
     "ServerConfig",
     "SmtpConfig",
@@ -164,6 +165,17 @@ LIMIT_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
 
 
 @dataclass(frozen=True, slots=True)
+class NotificationsConfig:
+    """When held notifications go out and who sends them (`[notifications]`; seconds)."""
+
+    lease_renew: float = 10.0  # a server announces it is running this often
+    lease_valid: float = 30.0  # silent this long, its users' duties pass to the next server
+    look_every: float = 60.0  # due digests and reminders are looked for this often
+    coalesce_window: float = 60.0  # a vote notice waits this long for more votes
+    digest_at: time = time(8, 0)  # digests go out at this local time
+
+
+@dataclass(frozen=True, slots=True)
 class HerdConfig:
     """A whole herd: every server of it loads the same file and picks itself by name."""
 
@@ -179,6 +191,7 @@ class HerdConfig:
     smtp: SmtpConfig | None
     log: LogConfig = LogConfig()
     limits: LimitsConfig = LimitsConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
 
     def with_secret(self, secret: bytes) -> HerdConfig:
         """This config with the secret its servers really use (the generated one, when the
@@ -220,7 +233,9 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     """
     path = Path(path).resolve()
     root = _Table(path, "", _read_toml(path))
-    root.only("herd", "servers", "places", "xmpp", "smtp", "log", "limits", what="table")
+    root.only(
+        "herd", "servers", "places", "xmpp", "smtp", "log", "limits", "notifications", what="table"
+    )
 
     herd = root.table("herd") or _Table(path, "herd", {})
     herd.only("data_dir", "secret", "max_line", "anti_entropy_seconds")
@@ -244,6 +259,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     smtp_table = root.table("smtp")
     log_table = root.table("log")
     limits_table = root.table("limits")
+    notifications_table = root.table("notifications")
     return HerdConfig(
         path=path,
         data_dir=data_dir,
@@ -257,6 +273,9 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
         smtp=_smtp(smtp_table, env) if smtp_table else None,
         log=_log(log_table) if log_table else LogConfig(),
         limits=_limits(limits_table) if limits_table else LimitsConfig(),
+        notifications=_notifications(notifications_table)
+        if notifications_table
+        else NotificationsConfig(),
     )
 
 
@@ -446,6 +465,30 @@ def _limits(table: _Table) -> LimitsConfig:
     return LimitsConfig(**values)  # type: ignore[arg-type]
 
 
+def _notifications(table: _Table) -> NotificationsConfig:
+    table.only("lease_renew", "lease_valid", "look_every", "coalesce_window", "digest_at")
+    defaults = NotificationsConfig()
+    lease_renew = table.seconds("lease_renew", defaults.lease_renew, 3600.0)
+    lease_valid = table.seconds("lease_valid", defaults.lease_valid, 86400.0)
+    if lease_valid < 2 * lease_renew:
+        problem = f"must be at least twice lease_renew ({lease_renew}), got {lease_valid}"
+        raise table.error("lease_valid", problem)
+    text = table.string("digest_at", defaults.digest_at.strftime("%H:%M"))
+    try:
+        digest_at = time.fromisoformat(text)
+    except ValueError:
+        digest_at = None
+    if digest_at is None or digest_at.tzinfo is not None or len(text) not in (5, 8):
+        raise table.error("digest_at", f"must be a local time HH:MM or HH:MM:SS, got {text!r}")
+    return NotificationsConfig(
+        lease_renew=lease_renew,
+        lease_valid=lease_valid,
+        look_every=table.seconds("look_every", defaults.look_every, 3600.0),
+        coalesce_window=table.seconds("coalesce_window", defaults.coalesce_window, 86400.0),
+        digest_at=digest_at,
+    )
+
+
 def _host(table: _Table, host: str) -> str:
     """`host` as given, once it is at least plausible as a name or address."""
     if not host or any(char.isspace() for char in host):
@@ -542,6 +585,15 @@ class _Table:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"must be a number, got {_type_name(value)}")
+        return float(value)
+
+    def seconds(self, key: str, default: float, most: float) -> float:
+        """A duration in seconds, integer or not, above 0 and at most `most`."""
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be a number of seconds, got {_type_name(value)}")
+        if not 0 < value <= most:
+            raise self.error(key, f"must be above 0 and at most {most:g}, got {value}")
         return float(value)
 
     def port(self, key: str, default: int | None) -> int:

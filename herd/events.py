@@ -7,7 +7,8 @@ The state is a function of the *set* of ops applied, whatever their order or rep
   owner of each client id, each (event, user) invitation, each (event, option, voter) vote, and
   each event's status together with its decision (so a decision is never half applied);
 - add-only sets keyed by op id: users, events, proposed options and comments (an event's id and
-  an option's id are the id of the op that created it, so they need no coordination).
+  an option's id are the id of the op that created it, so they need no coordination);
+- max registers: when each user's digest was last sent and the newest change it covered.
 
 `apply` never refuses a well-formed op: a rule checked on arrival would depend on what had
 arrived first, and replicas would diverge.  Rules are checked before an op exists (in
@@ -53,6 +54,7 @@ __all__ = [
     "Comment",
     "CreateEvent",
     "Decide",
+    "DigestSent",
     "Event",
     "Invite",
     "Op",
@@ -365,6 +367,25 @@ class Cancel:
         return cls(payload.ident("event"))
 
 
+@dataclass(frozen=True, slots=True)
+class DigestSent:
+    """`digest` `{"user": "carol", "upto": 1764950400000000000}`: a server sent the user's
+    digest (the op's time) holding every folded notification of a change made up to `upto`
+    (ns).  Made by the notifier in the transaction that enqueues the digest, so every server
+    drops those items and none sends them again, whichever server held the user's duties."""
+
+    KIND: ClassVar[str] = "digest"
+    user: str
+    upto: int
+
+    @classmethod
+    def from_payload(cls, payload: _Payload) -> Self:
+        upto = payload.raw("upto")
+        if type(upto) is not int or upto < 0:
+            raise WireError("upto must be a non-negative integer")
+        return cls(payload.ident("user"), upto)
+
+
 Body = (
     AddUser
     | SetUserField
@@ -379,6 +400,7 @@ Body = (
     | Decide
     | Reopen
     | Cancel
+    | DigestSent
 )
 
 _BODIES: Final[dict[str, Callable[[_Payload], Body]]] = {
@@ -397,6 +419,7 @@ _BODIES: Final[dict[str, Callable[[_Payload], Body]]] = {
         Decide,
         Reopen,
         Cancel,
+        DigestSent,
     )
 }
 _HEADER: Final = ("id", "ns", "actor", "kind")
@@ -661,6 +684,7 @@ class ChangeKind(StrEnum):
     DECIDED = "decided"
     REOPENED = "reopened"
     CANCELLED = "cancelled"
+    DIGEST_SENT = "digest_sent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -753,6 +777,7 @@ class PlanningState:
         self._devices: dict[str, tuple[Stamp, str | None]] = {}
         self._clients_of: dict[str, set[str]] = {}
         self._events: dict[str, _EventRecord] = {}
+        self._digests: dict[str, tuple[int, int]] = {}  # user -> (last sent, items up to), ns
         self._involved: dict[str, set[str]] = {}  # user -> events they organise or are invited to
         # Built on read and dropped when an op touches them: the notifier reads one event and
         # its participants once per recipient of a change, and a digest run reads each event
@@ -864,6 +889,13 @@ class PlanningState:
             case Cancel(event=event_id):
                 cancelled: _StatusValue = Status.CANCELLED, None, None
                 return self._set_status(event_id, stamp, cancelled, ChangeKind.CANCELLED)
+            case DigestSent(user=user, upto=upto):
+                sent, held = self._digests.get(user, (0, 0))
+                merged = max(sent, op.time_ns), max(held, upto)
+                if merged == (sent, held):
+                    return None
+                self._digests[user] = merged
+                return ChangeKind.DIGEST_SENT, {user}
 
     def _set_status(
         self, event_id: str, stamp: Stamp, value: _StatusValue, kind: ChangeKind
@@ -911,6 +943,12 @@ class PlanningState:
 
     def users(self) -> list[str]:
         return sorted(self._users)
+
+    def digest_sent(self, user_id: str) -> tuple[int, int]:
+        """(when the user's last digest was sent, the newest change it covered), ns; both 0
+        before the first.  Maxima over every `digest` op, so the same on every server that has
+        seen the same ops."""
+        return self._digests.get(user_id, (0, 0))
 
     def user_of_jid(self, jid: str) -> str | None:
         """The user whose JID this is (case-insensitively; the first by id should two have set
@@ -994,6 +1032,7 @@ class PlanningState:
             "user_fields": dict(self._user_fields),
             "devices": dict(self._devices),
             "events": {event_id: _record_snapshot(r) for event_id, r in self._events.items()},
+            "digests": dict(self._digests),
         }
 
 
@@ -1011,7 +1050,7 @@ def _record_snapshot(record: _EventRecord) -> dict[str, object]:
 
 def _event_of(op: Op) -> str | None:
     match op.body:
-        case AddUser() | SetUserField() | SetDevice():
+        case AddUser() | SetUserField() | SetDevice() | DigestSent():
             return None
         case CreateEvent():
             return op.op_id

@@ -37,6 +37,7 @@ from herd.wire import (
     Digest,
     DigestEnd,
     Hello,
+    Lease,
     OpRecord,
     OpUpdate,
     Ping,
@@ -173,6 +174,8 @@ class PeerSession:
             server.peer_digest_end(self)
         elif isinstance(message, Sync):
             server.peer_sync(self, message)
+        elif isinstance(message, Lease):
+            self.server.peer_lease(self, message)
         elif isinstance(message, Ping):
             self.send(Pong().to_line())
         elif isinstance(message, Pong | None):

@@ -31,8 +31,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from herd.config import LimitsConfig
-from herd.events import OPERATOR, AddPlace, Change, ChangeFeed, Op, PlanningState
+from herd.events import OPERATOR, AddPlace, Body, Change, ChangeFeed, Op, PlanningState
 from herd.fairness import FairQueue
+from herd.leases import Leases
 from herd.model import (
     BUCKETS,
     Location,
@@ -72,6 +73,7 @@ from herd.wire import (
     DigestEnd,
     Hello,
     IAmAt,
+    Lease,
     OperatorLineError,
     OpRecord,
     OpUpdate,
@@ -215,6 +217,7 @@ class HerdServer:
         self.line_push: LinePush | None = None
         self.link_codes: Callable[[str, str, int], tuple[str, int]] | None = None
         self.opt_out: Callable[[str, str], bool] | None = None
+        self.leases: Leases | None = None  # set by the wiring when the notifier runs
         self.links: dict[str, PeerSession] = {}
         self.position_of = position_lookup(self.planning, self.table)
         self.op_prefix = f"{name}.{replica.instance[:6].decode()}."
@@ -653,6 +656,9 @@ class HerdServer:
             count=len(missing),
         )
         session.ready = True
+        leases = [] if self.leases is None else self.leases.entries()
+        if leases:
+            session.send(b"".join(Lease(name.encode(), ns).to_line() for name, ns in leases))
 
     def _fits(self, entry: Location | LoggedOp) -> bool:
         if isinstance(entry, Location):
@@ -817,6 +823,34 @@ class HerdServer:
         if op.op_id not in self.replica.ops:
             session.brought += 1
             self.accept_op(op, session)
+
+    def accept_body(self, body: Body) -> None:
+        """Make an operation of this server's own (the notifier's records) and accept it."""
+        time_ns = self.planning.next_time(self.now_ns())
+        self.accept_op(Op(self.new_op_id(), time_ns, OPERATOR, body))
+
+    def renew_lease(self) -> None:
+        """Announce this server's lease anew to every ready peer (see `herd.leases`)."""
+        if self.leases is not None:
+            lease = Lease(self.name_bytes, self.leases.renew(self._clock_ns()))
+            self._send_lease(lease, None)
+
+    def peer_lease(self, session: PeerSession, lease: Lease) -> None:
+        """Keep a server's newer lease and pass it on, so that it crosses the herd."""
+        server = lease.server.decode("ascii")  # `parse_peer_line` let only ASCII through
+        if self.leases is not None and self.leases.offer(server, lease.ns, self._clock_ns()):
+            self._send_lease(lease, session)
+
+    def _clock_ns(self) -> int:
+        """The reactor's clock, which the notifier reads lease ages on too."""
+        return round(self.clock.seconds() * 1_000_000_000)
+
+    def _send_lease(self, lease: Lease, source: PeerSession | None) -> None:
+        """Not held for a commit: nothing about a lease is stored."""
+        line = lease.to_line()
+        for session in list(self.links.values()):
+            if session.ready and session is not source and session.name_bytes != lease.server:
+                session.send(line)
 
     def _mark(self, session: PeerSession, seq: int) -> None:
         """Remember (durably, with the update) how far we have read the peer's log."""

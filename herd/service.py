@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from herd.config import HerdConfig
+from herd.leases import Leases, LeaseSettings
 from herd.peers import DialFactory, retry_policy
 from herd.places import OfflinePlaces, PlacesProvider, make_provider
 from herd.protocol import LineConnection
@@ -44,7 +45,7 @@ from notifier.feed import NotifierListener
 from notifier.feed import load as load_notifier
 from notifier.outbox import Outbox
 from notifier.render import Unsubscribe, verify_unsubscribe
-from notifier.routing import offline
+from notifier.routing import Timing, offline
 
 T = TypeVar("T")
 _log = Logger()
@@ -265,6 +266,14 @@ class HerdService(Service):
             # an SMTP delivery holds one of the channel's pooled connections.
             concurrency={"email": OUTBOX_EMAIL_CONCURRENCY, "xmpp": 200},
         )
+        times = self.config.notifications
+        leases = Leases(
+            self.server_name,
+            list(self.config.servers),
+            LeaseSettings(times.lease_renew, times.lease_valid),
+            round(self.reactor.seconds() * 10**9),
+        )
+        server.leases = leases
         self.notifier = NotifierListener(
             server_name=self.server_name,
             op_prefix=server.op_prefix,
@@ -281,6 +290,11 @@ class HerdService(Service):
             presence=glue.presence if glue is not None else offline,
             saved=saved,
             op_lines=[logged.line for logged in replica.ops.since(0)],
+            leases=leases,
+            renew=server.renew_lease,
+            accept=server.accept_body,
+            timing=Timing(round(times.coalesce_window * 10**9), times.digest_at),
+            look_every=times.look_every,
         )
         server.feed.subscribe(self.notifier)
         self.notifier.replay_lines(replica.recent_changes)

@@ -24,6 +24,7 @@ __all__ = [
     "DigestEnd",
     "Hello",
     "IAmAt",
+    "Lease",
     "OpRecord",
     "OpUpdate",
     "OperatorCommand",
@@ -519,6 +520,19 @@ class OpRecord:
         return b"R OP %s\n" % _token(self.payload)
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """`LEASE <server> <ns>`: `server` was running when its clock read `ns`; flooded when newer
+    and sent whole on each new link, so every server knows whose notification duties it holds
+    (see `herd.leases`).  A server that does not know the line ignores it."""
+
+    server: bytes
+    ns: int
+
+    def to_line(self) -> bytes:
+        return b"LEASE %s %d\n" % (_token(self.server), self.ns)
+
+
 PeerMessage = (
     Challenge
     | Auth
@@ -531,6 +545,7 @@ PeerMessage = (
     | DigestEnd
     | Record
     | OpRecord
+    | Lease
 )
 
 
@@ -567,6 +582,8 @@ def parse_peer_line(line: bytes) -> PeerMessage | None:
         return Challenge(_hex(fields[1]), _hex(fields[2]))
     if kind == b"HERD-AUTH" and len(fields) == 2:
         return Auth(_hex(fields[1]))
+    if kind == b"LEASE" and len(fields) == 3 and _SEQ.match(fields[2]) is not None:
+        return Lease(_token(fields[1]), int(fields[2]))
     if kind == b"PING" and len(fields) == 1:
         return Ping()
     if kind == b"PONG" and len(fields) == 1:

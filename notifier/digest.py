@@ -27,16 +27,17 @@ DIGEST_AT: Final = time(8, 0)
 _SECOND: Final = 10**9
 
 
-def next_digest_at(recipient: Recipient, after_ns: int) -> int:
-    """The first digest time strictly after `after_ns` (ns): the next 08:00 local (a Monday's
-    for weekly digests), or the end of quiet hours that cover it.  Wall-clock arithmetic in
-    the user's zone, so it stays 08:00 across DST changes."""
+def next_digest_at(recipient: Recipient, after_ns: int, at_time: time = DIGEST_AT) -> int:
+    """The first digest time strictly after `after_ns` (ns): the next `at_time` local (08:00
+    unless the operator set `[notifications] digest_at`; a Monday's for weekly digests), or the
+    end of quiet hours that cover it.  Wall-clock arithmetic in the user's zone, so it stays
+    08:00 across DST changes."""
     if recipient.digest is Digest.OFF:
         raise ValueError(f"{recipient.user} takes no digest")
     zone = recipient.zone
     day = datetime.fromtimestamp(after_ns // _SECOND, zone).date()
     while True:
-        at = int(datetime.combine(day, DIGEST_AT, tzinfo=zone).timestamp()) * _SECOND
+        at = int(datetime.combine(day, at_time, tzinfo=zone).timestamp()) * _SECOND
         if at > after_ns and (recipient.digest is Digest.DAILY or day.weekday() == 0):
             return recipient.out_of_quiet(at)
         day += timedelta(days=1)

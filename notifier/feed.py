@@ -3,17 +3,23 @@ the messages to the outbox (email, XMPP), the line hub (line) or the user's next
 
 Who does what, so that each message goes out once though every server applies every op:
 
-- email and XMPP: only the server that accepted the op (its id starts with this server's op
-  prefix).  It enqueues the messages inside the transaction of the change (`add_write`), so the
-  change and its notifications are durable together or not at all, and wakes the outbox once
-  that commits;
+- email and XMPP sent at once: only the server that accepted the op (its id starts with this
+  server's op prefix).  It enqueues the messages inside the transaction of the change
+  (`add_write`), so the change and its notifications are durable together or not at all, and
+  wakes the outbox once that commits;
 - line: every server, for every change, pushes to its own subscribers after the commit.
   `route` is deterministic and checkpoints are the same everywhere, so a subscriber may move
   to another server and resume;
-- digests: the server named in the user's `user_add` op id.  It keeps that user's folded
-  notifications, from changes accepted anywhere, durably until their local digest hour;
-- reminders and nudges: every server looks every minute at what fell due since its last look;
-  the server that created the event sends them, every server pushes them on the line.
+- what is held for a user (their digest, the coalesced vote notices to an organiser, their
+  reminders and nudges): the server that holds the user's duties (`herd.leases`): their home
+  server (the one named in their `user_add` op id) while its lease is alive, else the next
+  one.  Every server keeps every digest reader's folded notifications durably, so whichever
+  holds the duties at the digest hour composes the digest, and records it with a `digest` op
+  in the transaction that enqueues it: every server then drops what it covered;
+- a server that comes back leaves to the others what fell to them while it was away: it takes
+  up digests only once the start grace is over (the peers have caught it up with their `digest`
+  ops by then), and skips the vote notices and reminders of changes made, or due, after its
+  lease had expired (its last renewal is marked durably) and before it started.
 
 Everything the listener needs at run time is in memory (the planning state, what `load` read
 back at start), so nothing here reads the database on the reactor.
@@ -34,22 +40,33 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.events import AddUser, Change, ChangeKind, Op, PlanningState, Stamp, User
+from herd.events import (
+    AddUser,
+    Body,
+    Change,
+    ChangeKind,
+    DigestSent,
+    Op,
+    PlanningState,
+    Stamp,
+    User,
+)
+from herd.leases import Leases
 from herd.planning import PositionOf, timezone_of
 from herd.store import DurableWrite
 from herd.wire import WireError
 from notifier.channels import Outgoing
 from notifier.channels.line import LinePush, checkpoint
 from notifier.digest import DigestItem, compose_digest, next_digest_at
-from notifier.message import Digest, Kind, Medium, Notification, Recipient, Routed
+from notifier.message import Digest, Kind, Medium, Recipient, Routed
 from notifier.outbox import OUTBOX_SCHEMA, enqueue
 from notifier.render import RenderCache, Unsubscribe, render
-from notifier.routing import Presence, due_reminders, offline, route
+from notifier.routing import Presence, Timing, due_reminders, offline, route
 
 __all__ = ["DIGESTS_PER_TURN", "SCHEMA", "TICK", "NotifierListener", "Saved", "load"]
 
 TICK: Final = 60.0
-"""Seconds between looks for due reminders and digests."""
+"""Seconds between looks for due reminders and digests, unless `[notifications] look_every`."""
 DIGESTS_PER_TURN: Final = 25
 """Digests composed in one reactor turn: ~20 ms of work with ten events each."""
 _LOOKS_PER_TURN: Final = 20 * DIGESTS_PER_TURN
@@ -74,7 +91,8 @@ CREATE TABLE IF NOT EXISTS notifier_digest_sent (
     at_ns INTEGER NOT NULL                  -- the last digest was made then
 );
 CREATE TABLE IF NOT EXISTS notifier_marks (
-    name TEXT PRIMARY KEY,                  -- 'reminders': looked up to at_ns
+    name TEXT PRIMARY KEY,                  -- 'reminders': looked up to at_ns;
+                                            -- 'alive': the lease was last renewed at_ns
     at_ns INTEGER NOT NULL
 );
 """
@@ -98,6 +116,7 @@ class Saved:
     digest_items: Mapping[str, Mapping[str, DigestItem]]  # user -> notification id -> item
     digest_sent: Mapping[str, int]  # user -> when their last digest was made (ns)
     reminders_ns: int | None  # reminders were looked for up to then
+    alive_ns: int | None  # this server last renewed its lease then
 
 
 def load(path: Path) -> Saved:
@@ -118,8 +137,8 @@ def load(path: Path) -> Saved:
             item = DigestItem(item_id, Kind(kind), event_id, actor, option_id, cause, at_ns)
             items.setdefault(user_id, {})[item_id] = item
         sent = dict(db.execute("SELECT user_id, at_ns FROM notifier_digest_sent"))
-        mark = db.execute("SELECT at_ns FROM notifier_marks WHERE name = 'reminders'").fetchone()
-    return Saved(items, sent, None if mark is None else mark[0])
+        marks = dict(db.execute("SELECT name, at_ns FROM notifier_marks"))
+    return Saved(items, sent, marks.get("reminders"), marks.get("alive"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +155,10 @@ class NotifierListener:
 
     `add_write`/`after_commit` are the server's group committer's; `wake` is the outbox's;
     `saved` is what `load` read back; `op_lines` are the op log's JSON lines, read once to learn
-    which server added each user.  `start()` begins the minute loops, `stop()` ends them.
+    which server added each user.  `leases` is this server's view of who holds which duties,
+    shared with the server, whose `renew` announces this server's lease; `accept` makes and
+    accepts an op of the given body (the `digest` records).  `start()` begins the loops,
+    `stop()` ends them.
     """
 
     def __init__(
@@ -155,6 +177,11 @@ class NotifierListener:
         *,
         saved: Saved,
         op_lines: Iterable[bytes],
+        leases: Leases,
+        renew: Callable[[], None],
+        accept: Callable[[Body], None],
+        timing: Timing,
+        look_every: float,
     ) -> None:
         self._server_name = server_name
         self._op_prefix = op_prefix
@@ -167,6 +194,21 @@ class NotifierListener:
         self._unsubscribe = unsubscribe
         self._clock = clock
         self._presence = presence
+        self._leases = leases
+        self._renew = renew
+        self._accept = accept
+        self._timing = timing
+        self._look_every = look_every
+        self._started_ns = self._now_ns()
+        # Changes made (reminders due) after this, up to the start, fell to another server.
+        # One renewal later than the lease ran out at the peers, so that at the edge a notice
+        # goes out twice rather than not at all.
+        settings = leases.settings
+        self._away_from = (
+            None
+            if saved.alive_ns is None
+            else saved.alive_ns + round((settings.valid + settings.renew) * _SECOND)
+        )
         self._added: dict[str, Stamp] = {}  # user -> stamp of the first op that added them
         for line in op_lines:
             if _USER_ADD in line:
@@ -174,7 +216,12 @@ class NotifierListener:
                     self._learn_user(Op.from_json(line))
                 except WireError:
                     continue  # the herd skipped it too when it restored its state
-        self._items = {user: dict(held) for user, held in saved.digest_items.items() if held}
+        self._items: dict[str, dict[str, DigestItem]] = {}
+        for user, held in saved.digest_items.items():
+            upto = state.digest_sent(user)[1]
+            kept = {item_id: item for item_id, item in held.items() if item.at_ns > upto}
+            if kept:
+                self._items[user] = kept
         self._sent = dict(saved.digest_sent)
         self._digest_due: dict[str, int] = {}  # user -> digest time (ns), checked when reached
         self._reminders_ns = saved.reminders_ns
@@ -182,6 +229,8 @@ class NotifierListener:
         self._reminders.clock = clock
         self._digests = LoopingCall(self._send_digests)
         self._digests.clock = clock
+        self._lease = LoopingCall(self._renew_lease)
+        self._lease.clock = clock
         self._digest_run: IDelayedCall | None = None  # the next turn of a digest run
 
     # --- the change feed ------------------------------------------------------------------
@@ -195,14 +244,34 @@ class NotifierListener:
             for user in change.users:  # zone, quiet hours or digest frequency may have changed
                 self._digest_due.pop(user, None)
             return
+        if change.kind is ChangeKind.DIGEST_SENT:
+            self._digest_sent(change.users)
+            return
         now_ns = self._now_ns()
         try:
-            routed = route(change, self._state, now_ns, self._presence, zone_of=self._zone_of)
+            routed = self._route(change, now_ns)
         except Exception:
             _log.failure("notifier: could not route op {op_id}", op_id=change.op.op_id)
             return
         accepted_here = change.op.op_id.startswith(self._op_prefix)
-        self._dispatch(routed, now_ns, lambda _: accepted_here)
+        made_ns = change.op.time_ns
+
+        def sends(placed: Routed) -> bool:
+            if placed.coalesce is None:
+                return accepted_here
+            return self._owes(placed.notification.recipient.user, made_ns, now_ns)
+
+        self._dispatch(routed, now_ns, sends)
+
+    def _route(self, change: Change, now_ns: int) -> list[Routed]:
+        return route(
+            change,
+            self._state,
+            now_ns,
+            self._presence,
+            zone_of=self._zone_of,
+            timing=self._timing,
+        )
 
     def replay_lines(self, changes: Iterable[Change]) -> None:
         """Refill the line hub after a start from the newest operations (the hub keeps its
@@ -213,7 +282,7 @@ class NotifierListener:
             if change.kind in (ChangeKind.USER_ADDED, ChangeKind.USER_UPDATED):
                 continue
             try:
-                routed = route(change, self._state, now_ns, self._presence, zone_of=self._zone_of)
+                routed = self._route(change, now_ns)
             except Exception:
                 _log.failure("notifier: could not route op {op_id}", op_id=change.op.op_id)
                 continue
@@ -227,16 +296,48 @@ class NotifierListener:
                     self._push.publish(notification.recipient.user, mark, message.text)
 
     def _learn_user(self, op: Op) -> None:
-        """Remember which op added a user: the server in its id sends the user's digests.
-        Should two servers add one user concurrently, the earliest stamp seen wins."""
+        """Remember which op added a user: the server in its id is the user's home.  Should
+        two servers add one user concurrently, the earliest stamp seen wins."""
         if isinstance(op.body, AddUser):
             known = self._added.get(op.body.user)
             if known is None or op.stamp < known:
                 self._added[op.body.user] = op.stamp
 
-    def _sends_digest_of(self, user: str) -> bool:
+    def _home(self, user: str) -> str:
         added = self._added.get(user)
-        return added is not None and added[1].rsplit(".", 2)[0] == self._server_name
+        return "" if added is None else added[1].rsplit(".", 2)[0]
+
+    def _owes(self, user: str, made_ns: int, now_ns: int) -> bool:
+        """Whether this server sends a held notice to `user` about something made (or due) at
+        `made_ns`: it holds their duties now, and did not leave this one to another."""
+        if self._leases.responsible(self._home(user), now_ns) != self._server_name:
+            return False
+        away = self._away_from
+        return away is None or not away < made_ns <= self._started_ns
+
+    def _digest_sent(self, users: Iterable[str]) -> None:
+        """A `digest` op arrived (or was made here): drop the items it covered."""
+        gone: list[tuple[str, str]] = []
+        for user in users:
+            held = self._items.get(user)
+            if held is None:
+                continue
+            upto = self._state.digest_sent(user)[1]
+            covered = [item_id for item_id, item in held.items() if item.at_ns <= upto]
+            for item_id in covered:
+                del held[item_id]
+                gone.append((user, item_id))
+            if not held:
+                del self._items[user]
+            self._digest_due.pop(user, None)
+        if gone:
+
+            def forget(db: sqlite3.Connection) -> None:
+                db.executemany(
+                    "DELETE FROM notifier_digest_items WHERE user_id = ? AND id = ?", gone
+                )
+
+            self._add_write(forget)
 
     def _zone_of(self, user: User) -> str:
         return timezone_of(user.tz, self._position_of(user.id))
@@ -254,12 +355,13 @@ class NotifierListener:
         self,
         routed: Sequence[Routed],
         now_ns: int,
-        sends: Callable[[Notification], bool],
+        sends: Callable[[Routed], bool],
         mark_ns: int | None = None,
     ) -> None:
-        """Fold, render and place `routed`: email/XMPP to the outbox when `sends(notification)`,
-        line pushes always, folded ones into the digests this server sends.  One durable write
-        (with `mark_ns` as the reminders' mark, if given); effects after its commit."""
+        """Fold, render and place `routed`: email/XMPP to the outbox when `sends(placed)`, line
+        pushes always, folded ones into the digests this server holds (those of everyone whose
+        last digest did not cover them).  One durable write (with `mark_ns` as the reminders'
+        mark, if given); effects after its commit."""
         batches: list[_Batch] = []
         lines: list[Routed] = []
         cache = RenderCache(self._state)
@@ -268,7 +370,7 @@ class NotifierListener:
             notification = placed.notification
             user = notification.recipient.user
             if placed.digest:
-                if self._sends_digest_of(user):
+                if notification.at_ns > self._state.digest_sent(user)[1]:
                     item = DigestItem.of(placed)
                     held = self._items.setdefault(user, {})
                     if item.id not in held:
@@ -279,7 +381,7 @@ class NotifierListener:
             if Medium.LINE in placed.channels:  # `route` places the line on its own
                 lines.append(placed)
                 continue
-            if not sends(notification):
+            if not sends(placed):
                 continue
             messages = self._render(placed, cache)
             if messages:
@@ -334,16 +436,17 @@ class NotifierListener:
     # --- the minute loops ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Begin looking for due reminders and digests every `TICK` seconds; reminders that
-        fell due while no server of this store was running are caught up at the first look
-        (those still ahead of their event)."""
+        """Begin renewing the lease and looking for due reminders and digests every
+        `look_every` seconds; reminders that fell due while this server was away and no other
+        held its duties are caught up at the first look (those still ahead of their event)."""
         if self._reminders_ns is None:
             self._reminders_ns = self._now_ns()
+        self._lease.start(self._leases.settings.renew).addErrback(self._loop_failed, "lease")
         for loop, name in ((self._reminders, "reminders"), (self._digests, "digests")):
-            loop.start(TICK, now=False).addErrback(self._loop_failed, name)
+            loop.start(self._look_every, now=False).addErrback(self._loop_failed, name)
 
     def stop(self) -> None:
-        for loop in (self._reminders, self._digests):
+        for loop in (self._lease, self._reminders, self._digests):
             if loop.running:
                 loop.stop()
         if self._digest_run is not None:
@@ -353,21 +456,42 @@ class NotifierListener:
     def _loop_failed(self, failure: Failure, name: str) -> None:
         _log.failure("notifier: the {name} loop stopped", failure, name=name)
 
+    def _renew_lease(self) -> None:
+        """Announce this server's lease, and mark when durably: after a crash, what was made
+        from a lease's length after that on fell to another server."""
+        now_ns = self._now_ns()
+        self._renew()
+
+        def mark(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO notifier_marks (name, at_ns) VALUES ('alive', ?)",
+                (now_ns,),
+            )
+
+        self._add_write(mark)
+
     def _remind(self) -> None:
         now_ns = self._now_ns()
         last_ns = now_ns if self._reminders_ns is None else self._reminders_ns
         try:
             routed = due_reminders(
-                self._state, now_ns, last_ns, self._presence, zone_of=self._zone_of
+                self._state,
+                now_ns,
+                last_ns,
+                self._presence,
+                zone_of=self._zone_of,
+                timing=self._timing,
             )
         except Exception:
             _log.failure("notifier: could not look for reminders")
             return
         self._reminders_ns = now_ns
-        self._dispatch(routed, now_ns, self._created_here, mark_ns=now_ns)
 
-    def _created_here(self, notification: Notification) -> bool:
-        return notification.event_id.startswith(self._op_prefix)
+        def sends(placed: Routed) -> bool:
+            notification = placed.notification
+            return self._owes(notification.recipient.user, notification.at_ns, now_ns)
+
+        self._dispatch(routed, now_ns, sends, mark_ns=now_ns)
 
     def _send_digests(self) -> None:
         """Start composing the digests that are due, unless the last run is still at it.  Users
@@ -375,8 +499,13 @@ class NotifierListener:
         if self._digest_run is not None:
             return
         now_ns = self._now_ns()
-        known = self._digest_due
-        users = [u for u in self._items if (due := known.get(u)) is None or due <= now_ns]
+        known, leases = self._digest_due, self._leases
+        users = [
+            u
+            for u in self._items
+            if ((due := known.get(u)) is None or due <= now_ns)
+            and leases.mine(self._home(u), now_ns)
+        ]
         if users:
             users.sort(key=self._zone_of_id)
             self._compose_digests(deque(users), RenderCache(self._state))
@@ -388,7 +517,7 @@ class NotifierListener:
         would otherwise stop the server for seconds; sending starts after the first turn."""
         self._digest_run = None
         now_ns = self._now_ns()
-        made: list[tuple[str, list[str], Outgoing | None]] = []
+        made: list[tuple[str, int, Outgoing | None]] = []
         looked = 0
         while users and len(made) < DIGESTS_PER_TURN and looked < _LOOKS_PER_TURN:
             looked += 1
@@ -403,25 +532,22 @@ class NotifierListener:
 
         def write(db: sqlite3.Connection) -> None:
             enqueue(db, [message for _, _, message in made if message is not None], now)
-            for user_id, ids, _ in made:
-                db.executemany(
-                    "DELETE FROM notifier_digest_items WHERE user_id = ? AND id = ?",
-                    [(user_id, item_id) for item_id in ids],
-                )
             db.executemany(
                 "INSERT OR REPLACE INTO notifier_digest_sent (user_id, at_ns) VALUES (?, ?)",
                 [(user_id, now_ns) for user_id, _, _ in made],
             )
 
         self._add_write(write)
+        for user_id, upto, _ in made:  # in the same transaction; applying drops the items
+            self._accept(DigestSent(user_id, upto))
         if any(message is not None for _, _, message in made):
             self._after_commit(self._wake)
 
     def _compose_digest(
         self, user_id: str, now_ns: int, cache: RenderCache
-    ) -> tuple[str, list[str], Outgoing | None] | None:
-        """The user's digest, if it is due: (user, the ids of the items it took, the message or
-        None if there was nothing left to say or composing failed)."""
+    ) -> tuple[str, int, Outgoing | None] | None:
+        """The user's digest, if it is due: (user, the time of the newest change it covers, the
+        message or None if there was nothing left to say or composing failed)."""
         due = self._digest_due.get(user_id)
         if due is not None and due > now_ns:
             return None
@@ -432,7 +558,7 @@ class NotifierListener:
         self._digest_due[user_id] = due
         if due > now_ns:
             return None
-        items = self._items.pop(user_id)
+        items = self._items[user_id]
         del self._digest_due[user_id]
         self._sent[user_id] = now_ns
         try:
@@ -446,7 +572,7 @@ class NotifierListener:
                 count=len(items),
             )
             message = None
-        return user_id, list(items), message
+        return user_id, max(item.at_ns for item in items.values()), message
 
     def _digest_schedule(self, user_id: str) -> tuple[Recipient, int] | None:
         """The user as their digest is addressed, and its time: the first digest hour after
@@ -459,7 +585,8 @@ class NotifierListener:
         if recipient.digest is Digest.OFF:
             recipient = replace(recipient, digest=Digest.DAILY)
         oldest = min(item.at_ns for item in self._items[user_id].values())
-        return recipient, next_digest_at(recipient, max(self._sent.get(user_id, 0), oldest))
+        sent = max(self._sent.get(user_id, 0), self._state.digest_sent(user_id)[0])
+        return recipient, next_digest_at(recipient, max(sent, oldest), self._timing.digest_at)
 
 
 def _item_row(user: str, item: DigestItem) -> tuple[object, ...]:

@@ -33,6 +33,8 @@ the digest, which is an email.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import time
 from typing import Final
 
 from herd.events import (
@@ -50,7 +52,7 @@ from herd.events import (
     Uninvite,
     User,
 )
-from notifier.digest import next_digest_at
+from notifier.digest import DIGEST_AT, next_digest_at
 from notifier.message import (
     URGENT,
     Digest,
@@ -67,6 +69,7 @@ __all__ = [
     "NUDGE_LEAD_NS",
     "REMINDER_LEAD_NS",
     "Presence",
+    "Timing",
     "ZoneOf",
     "due_reminders",
     "offline",
@@ -86,6 +89,15 @@ Presence = Callable[[str], str | None]
 
 ZoneOf = Callable[[User], str]
 """A user's effective IANA zone; the wiring passes `timezone_of(user.tz, position_of(user.id))`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The operator's `[notifications]` times: the coalescing window and the digest hour."""
+
+    coalesce_ns: int = COALESCE_WINDOW_NS
+    digest_at: time = DIGEST_AT
+
 
 _ONLINE: Final = frozenset({"", "available", "chat"})
 _COALESCED: Final = frozenset({Kind.VOTES})
@@ -108,6 +120,7 @@ def route(
     presence: Presence = offline,
     *,
     zone_of: ZoneOf = utc_unless_set,
+    timing: Timing = Timing(),
 ) -> list[Routed]:
     """The notifications one applied change causes, placed on channels and in time."""
     event = None if change.event_id is None else state.event(change.event_id)
@@ -153,7 +166,7 @@ def route(
             option_id,
             op.time_ns,
         )
-        routed.extend(_place(notification, now_ns, presence))
+        routed.extend(_place(notification, now_ns, presence, timing))
     return routed
 
 
@@ -180,7 +193,9 @@ def _reaches_quorum(event: Event, option_id: str) -> bool:
     return not any(_has_quorum(event, t.id) for t in event.times if t.id != option_id)
 
 
-def _place(notification: Notification, now_ns: int, presence: Presence) -> Iterator[Routed]:
+def _place(
+    notification: Notification, now_ns: int, presence: Presence, timing: Timing
+) -> Iterator[Routed]:
     """The Routed of one notification: the personal channel (if any) and the line feed."""
     recipient, kind = notification.recipient, notification.kind
     coalesce = f"{kind}/{notification.event_id}/{recipient.user}" if kind in _COALESCED else None
@@ -188,14 +203,17 @@ def _place(notification: Notification, now_ns: int, presence: Presence) -> Itera
     if personal is not None:
         if kind not in URGENT and recipient.digest is not Digest.OFF and recipient.by_email:
             yield Routed(
-                notification, (Medium.EMAIL,), next_digest_at(recipient, now_ns), digest=True
+                notification,
+                (Medium.EMAIL,),
+                next_digest_at(recipient, now_ns, timing.digest_at),
+                digest=True,
             )
         else:
-            wait = COALESCE_WINDOW_NS if coalesce is not None else 0
+            wait = timing.coalesce_ns if coalesce is not None else 0
             at = recipient.out_of_quiet(now_ns + wait)
             yield Routed(notification, (personal,), at, coalesce=coalesce)
     if Medium.LINE in recipient.channels:
-        wait = COALESCE_WINDOW_NS if coalesce is not None else 0
+        wait = timing.coalesce_ns if coalesce is not None else 0
         yield Routed(notification, (Medium.LINE,), now_ns + wait, coalesce=coalesce)
 
 
@@ -216,6 +234,7 @@ def due_reminders(
     presence: Presence = offline,
     *,
     zone_of: ZoneOf = utc_unless_set,
+    timing: Timing = Timing(),
 ) -> list[Routed]:
     """The reminders and nudges that fell due in `(last_run_ns, now_ns]`.  Their ids are keyed
     on the event and option, so overlapping runs repeat only what the outbox ignores.  One that
@@ -244,7 +263,7 @@ def due_reminders(
                 )
                 routed.extend(
                     r
-                    for r in _place(notification, now_ns, presence)
+                    for r in _place(notification, now_ns, presence, timing)
                     if r.deliver_at < starts * SECOND
                 )
     return routed

@@ -40,7 +40,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 
-from .harness import HOST, REPO, Client, Herd, HerdError, free_ports, wait_until
+from .harness import HOST, LINKS, NAMES, REPO, Client, Herd, HerdError, free_ports, wait_until
 
 SENDER = "Renga <renga@example.org>"
 CLI_SECONDS = 30.0
@@ -63,16 +63,26 @@ def smtp_table(port: int) -> str:
 
 
 class NotifyHerd(Herd):
-    """The default five-server herd, its config with an `[smtp]` table for `smtp_port`."""
+    """A herd (the default five servers unless `names` and `links` say otherwise), its config
+    with an `[smtp]` table for `smtp_port` and the `notifications` text (TOML) after it."""
 
-    def __init__(self, root: Path, smtp_port: int, seed: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        smtp_port: int,
+        seed: Path | None = None,
+        names: tuple[str, ...] = NAMES,
+        links: tuple[tuple[str, str], ...] = LINKS,
+    ) -> None:
         self.smtp_port = smtp_port
-        super().__init__(root, seed=seed)
+        self.notifications = ""
+        super().__init__(root, names=names, links=links, seed=seed)
 
     def write_config(self, path: Path, links: Iterable[tuple[str, str]]) -> Path:
         super().write_config(path, links)
         with path.open("a") as config:
             config.write(smtp_table(self.smtp_port))
+            config.write(self.notifications)
         return path
 
     def database(self, name: str) -> Path:
@@ -96,9 +106,10 @@ def herd_cli(config: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def add_user(config: Path, user: str, address: str) -> str:
-    """`herd user add USER --email ADDRESS`; the token it prints once."""
-    done = herd_cli(config, "user", "add", user, "--email", address)
+def add_user(config: Path, user: str, address: str, server: str | None = None) -> str:
+    """`herd user add USER --email ADDRESS [--server SERVER]`; the token it prints once."""
+    where = () if server is None else ("--server", server)
+    done = herd_cli(config, "user", "add", user, "--email", address, *where)
     assert done.returncode == 0, done.stdout + done.stderr
     match = re.search(rf"^user {re.escape(user)}: token (\S+)$", done.stdout, re.MULTILINE)
     assert match is not None, done.stdout + done.stderr
@@ -267,10 +278,15 @@ class SmtpProcess:
 
 
 @contextmanager
-def notify_setup(root: Path, seed: Path | None) -> Iterator[tuple[NotifyHerd, SmtpProcess]]:
+def notify_setup(
+    root: Path,
+    seed: Path | None,
+    names: tuple[str, ...] = NAMES,
+    links: tuple[tuple[str, str], ...] = LINKS,
+) -> Iterator[tuple[NotifyHerd, SmtpProcess]]:
     """A mail sink on a free port and a (not yet started) herd configured to send through it;
     every process is gone afterwards, whatever happened."""
-    herd = NotifyHerd(root / "herd", smtp_port=0, seed=seed)
+    herd = NotifyHerd(root / "herd", smtp_port=0, seed=seed, names=names, links=links)
     # The SMTP port comes from the same free-port choice as the herd's ports (below the
     # ephemeral range, distinct from them): rewrite the config with it.
     port = next(p for p in free_ports(len(herd.ports) + 1) if p not in herd.ports.values())

@@ -13,15 +13,16 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from herd.events import OPERATOR
+from herd.leases import Leases, LeaseSettings
 from herd.peers import new_nonce, peer_mac
 from herd.planning import hash_token
 from herd.wire import Challenge, Hello, parse_peer_line
 from notifier.channels import Outgoing
 from notifier.channels.line import LineHub
-from notifier.feed import NotifierListener, load
+from notifier.feed import TICK, NotifierListener, load
 from notifier.outbox import Outbox
 from notifier.render import Unsubscribe
-from notifier.routing import Presence, offline
+from notifier.routing import Presence, Timing, offline
 from tests.protocol.harness import SECRET, START_NS, Node, inline
 
 START_S = START_NS / 10**9  # the harness stamps ops from here: start the clock there too
@@ -93,6 +94,10 @@ def attach(node: Node, presence: Presence = offline, clock: Clock | None = None)
         node.store.path, {"email": email, "xmpp": xmpp}, node.clock, inline, lambda: 0.5
     )
     server = node.server
+    listening = node.clock if clock is None else clock
+    servers = sorted({node.name, *server.peers})
+    leases = Leases(node.name, servers, LeaseSettings(), round(listening.seconds() * 10**9))
+    server.leases = leases
     listener = NotifierListener(
         server_name=node.name,
         op_prefix=server.op_prefix,
@@ -107,6 +112,11 @@ def attach(node: Node, presence: Presence = offline, clock: Clock | None = None)
         presence=presence,
         saved=saved,
         op_lines=(logged.line for logged in server.replica.ops.since(0)),
+        leases=leases,
+        renew=server.renew_lease,
+        accept=server.accept_body,
+        timing=Timing(),
+        look_every=TICK,
     )
     server.feed.subscribe(listener)
     listener.start()

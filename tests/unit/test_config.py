@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from herd.config import (
     HerdConfig,
     LimitsConfig,
     LogConfig,
+    NotificationsConfig,
     PlacesConfig,
     ServerConfig,
     SmtpConfig,
@@ -641,4 +643,49 @@ def test_anti_entropy_interval_is_refused_unless_a_sensible_number(
 ) -> None:
     error = refusal(tmp_path, f"[herd]\nanti_entropy_seconds = {value}\n" + ONE_SERVER)
     assert error.key == "herd.anti_entropy_seconds"
+
+
+# [notifications]
+
+
+def test_notifications_default_to_a_minute_and_leases_of_ten_and_thirty_seconds(
+    tmp_path: Path,
+) -> None:
+    assert load(tmp_path, ONE_SERVER).notifications == NotificationsConfig(
+        lease_renew=10.0, lease_valid=30.0, look_every=60.0, coalesce_window=60.0
+    )
+    assert NotificationsConfig().digest_at == time(8, 0)
+
+
+def test_notifications_table(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        ONE_SERVER
+        + "[notifications]\nlease_renew = 0.5\nlease_valid = 2\nlook_every = 1\n"
+        + "coalesce_window = 3.5\ndigest_at = '07:30:15'\n",
+    )
+    assert config.notifications == NotificationsConfig(0.5, 2.0, 1.0, 3.5, time(7, 30, 15))
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "problem"),
+    [
+        ("lease_renew = 0\n", "notifications.lease_renew", "above 0"),
+        ("lease_renew = 'often'\n", "notifications.lease_renew", "number of seconds"),
+        ("lease_renew = true\n", "notifications.lease_renew", "number of seconds"),
+        ("lease_renew = nan\n", "notifications.lease_renew", "above 0"),
+        ("lease_renew = 20\n", "notifications.lease_valid", "twice lease_renew"),
+        ("lease_valid = 100000\n", "notifications.lease_valid", "at most 86400"),
+        ("look_every = -1\n", "notifications.look_every", "above 0"),
+        ("coalesce_window = inf\n", "notifications.coalesce_window", "at most 86400"),
+        ("digest_at = '8:00'\n", "notifications.digest_at", "HH:MM"),
+        ("digest_at = '25:00'\n", "notifications.digest_at", "HH:MM"),
+        ("digest_at = '08:00+01:00'\n", "notifications.digest_at", "HH:MM"),
+        ("digest_at = 8\n", "notifications.digest_at", "must be a string"),
+        ("lease = 3\n", "notifications.lease", "unknown key"),
+    ],
+)
+def test_refused_notifications(tmp_path: Path, table: str, key: str, problem: str) -> None:
+    error = refusal(tmp_path, ONE_SERVER + "[notifications]\n" + table)
+    assert error.key == key
     assert problem in error.problem

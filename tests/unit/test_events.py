@@ -29,6 +29,7 @@ from herd.events import (
     Choice,
     CreateEvent,
     Decide,
+    DigestSent,
     Invite,
     Op,
     PlanningState,
@@ -145,6 +146,7 @@ EVERY_KIND = [
     op("s1", "alice", Decide("e1", "t1", "p1")),
     op("s2", "alice", Reopen("e1")),
     op("s3", "alice", Cancel("e1")),
+    op("g1", OPERATOR, DigestSent("alice", T0 - 5)),
 ]
 
 
@@ -607,3 +609,33 @@ def test_reads_are_built_once_until_an_op_changes_them() -> None:
     assert state.user("ann").clients == ("phone-1",)  # type: ignore[union-attr]
     state.apply(op("v2", "bob", CastVote("e1", "t1", Choice.YES), T0 - 5))  # loses: no change
     assert state.event("e1") is voted
+
+
+# --- digests sent ---------------------------------------------------------------------------
+
+
+def test_digests_sent_are_max_registers_whatever_the_order() -> None:
+    first = op("g1", OPERATOR, DigestSent("carol", T0 - 50), T0)
+    later = op("g2", OPERATOR, DigestSent("carol", T0 - 10), T0 + 100)
+    assert state_of(first, later).snapshot() == state_of(later, first).snapshot()
+    assert state_of(later, first).digest_sent("carol") == (T0 + 100, T0 - 10)
+    assert PlanningState().digest_sent("carol") == (0, 0)
+
+
+def test_a_digest_op_is_a_change_only_when_it_moves_a_register() -> None:
+    state = state_of(op("g2", OPERATOR, DigestSent("carol", T0 - 10), T0 + 100))
+    [change] = state.apply(op("g3", OPERATOR, DigestSent("carol", T0 - 5), T0 + 50))
+    assert (change.kind, change.event_id, change.users) == (
+        ChangeKind.DIGEST_SENT,
+        None,
+        ("carol",),
+    )
+    assert state.apply(op("g4", OPERATOR, DigestSent("carol", T0 - 20), T0 + 10)) == []
+    assert state.digest_sent("carol") == (T0 + 100, T0 - 5)
+
+
+@pytest.mark.parametrize("upto", [-1, 1.5, "5", None, True])
+def test_a_digest_op_needs_a_time(upto: object) -> None:
+    document = {"id": "g1", "ns": 5, "actor": OPERATOR, "kind": "digest", "user": "carol"}
+    with pytest.raises(WireError):
+        Op.from_json(json.dumps({**document, "upto": upto}).encode())

@@ -21,6 +21,7 @@ from herd.wire import (
     Challenge,
     Hello,
     IAmAt,
+    Lease,
     Ping,
     Pong,
     Status,
@@ -658,6 +659,20 @@ def test_ping_pong_round_trip() -> None:
     assert Pong().to_line() == b"PONG\n"
     assert parse_peer_line(b"PING") == Ping()
     assert parse_peer_line(b"PONG\r") == Pong()
+
+
+def test_lease_round_trip() -> None:
+    lease = Lease(b"Bona", 1_796_555_722_165_310_982)
+    assert lease.to_line() == b"LEASE Bona 1796555722165310982\n"
+    assert parse_peer_line(lease.to_line()[:-1]) == lease
+
+
+@pytest.mark.parametrize(
+    "line", [b"LEASE", b"LEASE Bona", b"LEASE Bona -1", b"LEASE Bona 1.5", b"LEASE Bona 1 2"]
+)
+def test_parse_peer_line_rejects_a_bad_lease(line: bytes) -> None:
+    with pytest.raises(WireError):
+        parse_peer_line(line)
 
 
 def test_peer_line_examples() -> None:
