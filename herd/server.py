@@ -555,7 +555,7 @@ class HerdServer:
         if check is None:
             refuse("too many logins waiting from your address; try again later")
         else:
-            check.addCallbacks(checked, failed)
+            check.addCallback(checked).addErrback(failed)
         return done
 
     def _suggest(
