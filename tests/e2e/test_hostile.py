@@ -80,8 +80,8 @@ USERS = ("alice", "bob", "carol")
 SLOTS = 4  # client connections per example; slot i talks to NAMES[i % 3]
 CLIENTS_PER_SLOT = 4
 
-EXAMPLES = int(os.environ.get("RENGA_HOSTILE_EXAMPLES", "6"))
-STEPS = int(os.environ.get("RENGA_HOSTILE_STEPS", "25"))
+EXAMPLES = int(os.environ.get("RENGA_HOSTILE_EXAMPLES", "12"))
+STEPS = int(os.environ.get("RENGA_HOSTILE_STEPS", "30"))
 SHRINK = os.environ.get("RENGA_HOSTILE_SHRINK", "") not in ("", "0")
 
 PROBE_SECONDS = 1.0  # a probe's STATUS or IAMAT, after any step
@@ -311,8 +311,9 @@ class HostileHerd(RuleBasedStateMachine):
             try:
                 reply = self.read_reply(slot, expect)
             except HerdError as error:
+                local = slot.connection.sock.getsockname()[1]
                 raise AssertionError(
-                    f"no reply to {expect.sent!r} at {slot.server}: {error}"
+                    f"no reply to {expect.sent!r} at {slot.server} (from port {local}): {error}"
                 ) from None
             slot.pending.popleft()
             expect.check(reply)
@@ -552,7 +553,10 @@ class HostileHerd(RuleBasedStateMachine):
             wire += line + ending
             if expect is not None:
                 slot.pending.append(expect)
-        cuts = data.draw(st.lists(st.integers(1, max(1, len(wire))), max_size=6), label="cuts")
+        # drawn independently of the wire's length (client ids differ between runs)
+        cuts = [
+            cut % max(1, len(wire)) for cut in data.draw(st.lists(st.integers(1, 4096), max_size=6))
+        ]
         self.send(slot, bytes(wire), cuts)
         if read or len(slot.pending) > PENDING_LIMIT:
             self.drain_slot(slot)
