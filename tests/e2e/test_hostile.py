@@ -80,8 +80,8 @@ USERS = ("alice", "bob", "carol")
 SLOTS = 4  # client connections per example; slot i talks to NAMES[i % 3]
 CLIENTS_PER_SLOT = 4
 
-EXAMPLES = int(os.environ.get("RENGA_HOSTILE_EXAMPLES", "12"))
-STEPS = int(os.environ.get("RENGA_HOSTILE_STEPS", "30"))
+EXAMPLES = int(os.environ.get("RENGA_HOSTILE_EXAMPLES", "20"))
+STEPS = int(os.environ.get("RENGA_HOSTILE_STEPS", "40"))
 SHRINK = os.environ.get("RENGA_HOSTILE_SHRINK", "") not in ("", "0")
 
 PROBE_SECONDS = 1.0  # a probe's STATUS or IAMAT, after any step
@@ -317,6 +317,8 @@ class HostileHerd(RuleBasedStateMachine):
                 ) from None
             slot.pending.popleft()
             expect.check(reply)
+        # nothing but replies: whatever came with them and answers no line is unasked for
+        assert slot.connection.buffer == b"", f"unasked for: {slot.connection.buffer[:300]!r}"
 
     def send(self, slot: Slot, data: bytes, cuts: list[int] | None = None) -> None:
         """Write `data`, in one write or cut at `cuts` (partial lines on the wire)."""
