@@ -11,11 +11,13 @@ A "fake peer" here is a test client that knows the herd secret: it does the hand
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -208,13 +210,82 @@ def stored(herd: Herd, name: str) -> dict[bytes, bytes]:
     return {bytes(client): bytes(line) for client, line in rows}
 
 
+class HoldingProxy:
+    """A TCP relay in front of a server, for the links dialed to it.  While `hold` is set it
+    stops reading from the dialer, with a small receive buffer, so the dialer's writes back up
+    into its own memory: killing the dialer then cuts its stream at whatever byte its kernel
+    had taken, as a real peer that dies in the middle of a large flood does."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.hold = threading.Event()
+        self.stop = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                dialer, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:  # not listening yet: the dialer retries
+                dialer.close()
+                continue
+            self.sockets += [dialer, upstream]
+            for source, sink, holds in ((dialer, upstream, True), (upstream, dialer, False)):
+                thread = threading.Thread(
+                    target=self._pipe, args=(source, sink, holds), daemon=True
+                )
+                thread.start()
+                self.threads.append(thread)
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, holds: bool) -> None:
+        source.settimeout(0.1)
+        while not self.stop.is_set():
+            if holds and self.hold.is_set():
+                time.sleep(0.01)
+                continue
+            try:
+                data = source.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                with contextlib.suppress(OSError):
+                    sink.shutdown(socket.SHUT_WR)
+                return
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(2)
+        for sock in self.sockets:
+            sock.close()
+        self.listener.close()
+
+
 @pytest.mark.timeout(120)
 def test_after_a_kill_mid_flood_every_server_holds_what_the_origin_holds(
     tmp_path: Path, places_seed: Path
 ) -> None:
-    """The origin is SIGKILLed in the middle of a large flood to a neighbour that is behind
-    (stopped, so megabytes are still unsent and the kernel has taken part of a line). Once the
-    origin is back and the links have caught up, every store holds exactly the origin's."""
+    """Bailey is SIGKILLed in the middle of a large flood to Bona, its stream cut at a byte its
+    kernel had taken (Bona is behind a relay that stops reading). Once Bailey is back and the
+    links have caught up, every store holds exactly what Bailey's does."""
     links = (("Bailey", "Bona"), ("Bona", "Clark"))
     with running_herd(
         tmp_path,
@@ -223,12 +294,19 @@ def test_after_a_kill_mid_flood_every_server_holds_what_the_origin_holds(
         max_line=8192,
         seed=places_seed,
     ) as herd:
-        herd.up()
-        herd.pause("Bona")
+        proxy = HoldingProxy(herd.port("Bona"))
         try:
-            # 14 MB: more than the kernel buffers of a link whose reader is stopped, sent well
-            # within the 15 s after which Bailey would drop the silent link itself.  Nearly all
-            # of each line is its time, so the cut falls there and leaves a valid, wrong record.
+            # Bailey dials Bona; its own config sends it to the relay instead
+            ports = {**herd.ports, "Bona": proxy.port}
+            bailey_config = tmp_path / "bailey.toml"
+            bailey_config.write_text(config_text(ports, links, max_line=herd.max_line))
+            herd.start("Bona", "Clark")
+            herd.start("Bailey", config=bailey_config)
+            herd.wait_answering()
+            herd.wait_links()
+            proxy.hold.set()
+            # Nearly all of each line is its time, so the cut falls there and leaves a valid,
+            # wrong record if it were applied; 2,000 lines of 7 KB back up far past the relay.
             pipeline(
                 herd.port("Bailey"),
                 [
@@ -238,23 +316,24 @@ def test_after_a_kill_mid_flood_every_server_holds_what_the_origin_holds(
                 batch=100,
             )
             herd.kill("Bailey")
+            proxy.hold.clear()
+            herd.start("Bailey", config=bailey_config)
+            herd.wait_answering()
+            herd.wait_links()
+            origin = stored(herd, "Bailey")
+            assert len(origin) >= 2_000
+
+            def same_everywhere() -> bool:
+                return all(stored(herd, name) == origin for name in ("Bona", "Clark"))
+
+            wait_until(same_everywhere, 20.0, lambda: f"the stores to agree\n{herd.diagnose()}")
+            wait_until(
+                lambda: logged(herd, "Bona", b"in the middle of a line"),
+                5.0,
+                "the kill to cut a line (else the test did not test what it says)",
+            )
         finally:
-            herd.resume("Bona")
-        herd.start("Bailey")
-        herd.wait_answering()
-        herd.wait_links()
-        origin = stored(herd, "Bailey")
-        assert len(origin) >= 2_000
-
-        def same_everywhere() -> bool:
-            return all(stored(herd, name) == origin for name in ("Bona", "Clark"))
-
-        wait_until(same_everywhere, 20.0, lambda: f"the stores to agree\n{herd.diagnose()}")
-        wait_until(
-            lambda: logged(herd, "Bona", b"in the middle of a line"),
-            5.0,
-            "the kill to cut a line (else the test did not test what it says)",
-        )
+            proxy.close()
 
 
 # --- anti-entropy -------------------------------------------------------------------------------
