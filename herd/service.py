@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from herd.config import HerdConfig
+from herd.config import ConfigError, HerdConfig
 from herd.leases import Leases, LeaseSettings
 from herd.peers import DialFactory, retry_policy
 from herd.places import OfflinePlaces, PlacesProvider, make_provider
@@ -214,16 +214,21 @@ class HerdService(Service):
         smtp = self.config.smtp
         sender_address = f"renga@{self.server_name.lower()}.invalid"
         if smtp is not None:
-            channels["email"] = SmtpChannel(
-                smtp.host,
-                smtp.port,
-                smtp.sender,
-                smtp.username,
-                smtp.password,
-                _tls(smtp.tls),
-                pool_size=OUTBOX_EMAIL_CONCURRENCY,
-                now=self.reactor.seconds,
-            )
+            try:
+                channels["email"] = SmtpChannel(
+                    smtp.host,
+                    smtp.port,
+                    smtp.sender,
+                    smtp.username,
+                    smtp.password,
+                    _tls(smtp.tls),
+                    pool_size=OUTBOX_EMAIL_CONCURRENCY,
+                    now=self.reactor.seconds,
+                )
+            except ValueError as error:
+                # The mail builder is the judge of what a From header can carry (a display
+                # name too long for one encoded word, say): refused like any bad config key.
+                raise ConfigError(self.config.path, "smtp.sender", str(error)) from None
             sender_address = parseaddr(smtp.sender)[1] or sender_address
         glue: BotGlue | None = None
         xmpp = self.config.xmpp

@@ -110,3 +110,18 @@ def test_an_unreadable_config_is_refused_naming_the_file(
     assert result.returncode != 0
     assert str(config.resolve()) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_sender_name_no_from_header_can_carry_is_refused_naming_the_key(tmp_path: Path) -> None:
+    """The display name must fit one encoded word (several would read back with spaces in
+    between); found out at start, not at the first mail."""
+    config = tmp_path / "herd.toml"
+    name = "Рассылка планов и встреч нашей компании"
+    smtp = f'[smtp]\nhost = "127.0.0.1"\nport = 2525\nsender = "{name} <r@example.org>"\n'
+    smtp += 'tls = "none"\n'
+    config.write_text(two_servers() + smtp)
+    result = run(config)
+    assert result.returncode == 1, result.stderr
+    assert f"{config.resolve()}: smtp.sender: " in result.stderr, result.stderr
+    assert "too long to encode" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
