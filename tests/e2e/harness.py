@@ -347,6 +347,17 @@ def status(port: int, timeout: float = 2.0) -> dict[str, object] | None:
     return decoded
 
 
+def peer_states(port: int) -> dict[str, str] | None:
+    """The peer links a server's STATUS shows (`{"Bona": "up", ...}`), or None if it does not
+    answer."""
+    answer = status(port)
+    if answer is None:
+        return None
+    peers = answer["peers"]
+    assert isinstance(peers, dict)
+    return {str(peer): str(state) for peer, state in peers.items()}
+
+
 def now_time() -> bytes:
     """The current POSIX time as an IAMAT time field, 9 decimals."""
     return b"%d.%09d" % divmod(time.time_ns(), 1_000_000_000)

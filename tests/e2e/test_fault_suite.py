@@ -31,9 +31,9 @@ from .harness import (
     at_lines,
     free_ports,
     now_time,
+    peer_states,
     pipeline,
     running_herd,
-    status,
     stays_false,
     wait_until,
 )
@@ -258,7 +258,7 @@ def test_a_server_frozen_past_the_keepalive_bound_is_dropped_and_loses_nothing(
 
             def dropped() -> bool:
                 return all(
-                    (answer := herd_status_peers(herd, name)) is not None
+                    (answer := peer_states(herd.port(name))) is not None
                     and answer.get("Bona") == "down"
                     for name in ("Bailey", "Campbell")
                 )
@@ -288,15 +288,6 @@ def test_a_server_frozen_past_the_keepalive_bound_is_dropped_and_loses_nothing(
     herd.wait_links(timeout=15.0)
     herd.wait_converged(TRIO, acked, CONVERGE_SECONDS)
     wait_same_records(herd, TRIO, CONVERGE_SECONDS)
-
-
-def herd_status_peers(herd: Herd, name: str) -> dict[str, str] | None:
-    answer = status(herd.port(name))
-    if answer is None:
-        return None
-    peers = answer["peers"]
-    assert isinstance(peers, dict)
-    return {str(peer): str(state) for peer, state in peers.items()}
 
 
 # --- 3. an SMTP server that accepts and then stalls --------------------------------------------

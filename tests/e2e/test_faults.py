@@ -25,9 +25,9 @@ from .harness import (
     components,
     exchange,
     now_time,
+    peer_states,
     pipeline,
     running_herd,
-    status,
     stays_false,
     wait_until,
 )
@@ -36,21 +36,12 @@ POSITION = b"+34.068930-118.445127"
 PAIRS = list(itertools.combinations(NAMES, 2))
 
 
-def peer_states(herd: Herd, name: str) -> dict[str, str] | None:
-    answer = status(herd.port(name))
-    if answer is None:
-        return None
-    peers = answer["peers"]
-    assert isinstance(peers, dict)
-    return {str(peer): str(state) for peer, state in peers.items()}
-
-
 def wait_seen_down(herd: Herd, dead: tuple[str, ...]) -> None:
     """Until every running neighbour of a dead server shows its link `down`."""
 
     def seen() -> bool:
         for name in herd.running():
-            states = peer_states(herd, name)
+            states = peer_states(herd.port(name))
             if states is None:
                 return False
             if any(states.get(peer) != "down" for peer in herd.peers[name] & set(dead)):
