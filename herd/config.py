@@ -150,6 +150,7 @@ class LimitsConfig:
     turn_ms: float = 5.0  # the reactor serves I/O at least this often while lines wait
     auth_per_address: int = 32  # AUTH checks waiting from one client address
     listen_backlog: int = 1024  # connections the kernel queues before the server accepts
+    push_backlog: int = 4 * 1024 * 1024  # pushes waiting for a subscriber before it is dropped
 
 
 LIMIT_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
@@ -161,6 +162,7 @@ LIMIT_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
     "turn_ms": (0.1, 1000.0),
     "auth_per_address": (1, 1 << 20),
     "listen_backlog": (1, 65535),
+    "push_backlog": (4096, 1 << 30),
 }
 
 

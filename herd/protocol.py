@@ -39,6 +39,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -57,6 +58,9 @@ class _Skipped:
     head: bytes
     length: int
     terminated: bool
+
+
+_log = Logger()
 
 
 class LineHandler(TypingProtocol):
@@ -86,6 +90,7 @@ class ConnectionLimits:
     input_budget: int = 64 * 1024  # received bytes waiting to run before reading stops
     slice_lines: int = 32  # lines run before another connection gets a turn
     replies_pending: int = 64  # replies not yet written (say, places lookups) before lines stop
+    push_backlog: int = 4 * 1024 * 1024  # pushes waiting for a subscriber before it is dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +446,23 @@ class LineConnection(Protocol):
         else:
             self._write(data)
 
+    def push(self, data: bytes) -> None:
+        """Write what the client subscribed to (not a reply to a line, so no budget holds it
+        back): a subscriber that stopped reading while more than `push_backlog` bytes wait for
+        it is disconnected, so it cannot grow the server's memory; it resumes from the last
+        checkpoint it read when it subscribes again."""
+        if self.disconnected or self._closing:
+            return
+        self.send(data)
+        if self.backlog + self._held > self.limits.push_backlog:
+            _log.warn(
+                "closed {client}: a subscriber not reading ({count} bytes of pushes waiting)",
+                client=self.label,
+                count=self.backlog + self._held,
+            )
+            self._closing = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
     def reserve(self) -> Slot:
         """Hold this reply's place; later replies wait behind it."""
         slot = Slot()
@@ -528,8 +550,9 @@ class LineConnection(Protocol):
 
     def pauseProducing(self) -> None:
         """The peer is not reading: run none of its lines, and stop reading them, until it
-        catches up (a peer link keeps reading and running, see `keep_reading`)."""
-        self.backlog = 1
+        catches up (a peer link keeps reading and running, see `keep_reading`).  The transport
+        says so again at each write while its buffer is full: `backlog` keeps counting."""
+        self.backlog = self.backlog or 1
         self._output_paused = True
         self._flow()
 

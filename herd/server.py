@@ -210,6 +210,7 @@ class HerdServer:
             input_budget=limits.input_budget,
             slice_lines=limits.slice_lines,
             replies_pending=limits.replies_pending,
+            push_backlog=limits.push_backlog,
         )
         self.slices = SliceScheduler(clock, limits.slice_ms / 1000, limits.turn_ms / 1000)
         self.auth_checks = AuthChecks(run_cpu, limits.auth_per_address)
@@ -437,7 +438,7 @@ class HerdServer:
             # unless a later line (UNSUBSCRIBE, AUTH as another user, HERD-HELLO) ended it.
             if not connection.disconnected and session.starting is starting:
                 session.starting = None
-                session.stop_push = push.subscribe(user, since, connection.send)
+                session.stop_push = push.subscribe(user, since, connection.push)
 
         self.committer.after_commit(start)
 

@@ -15,7 +15,7 @@ import pytest
 
 from herd.events import OPERATOR
 
-from .harness import Client, Herd, connect, now_time, running_herd
+from .harness import Client, Herd, connect, now_time, running_herd, wait_until
 from .test_planning import Session, add_user
 
 WHATSAT_FLOOD = b"WHATSAT nyc 50 20\n" * (65536 // 18)
@@ -206,3 +206,51 @@ def test_a_burst_of_connects_is_accepted_at_once(bailey: Herd) -> None:
             sock.close()
     assert all(reply.startswith(b"STATUS ") for reply in replies)
     assert waited < 0.9, f"the burst took {waited:.2f} s (dropped SYNs are retried after 1 s)"
+
+
+def test_a_subscriber_that_never_reads_is_dropped_and_resumes_from_its_checkpoint(
+    tmp_path: Path, places_seed: Path
+) -> None:
+    """Pushes are not replies, so no budget holds them back: a subscriber that stops reading
+    is disconnected once `push_backlog` bytes wait for it (else every change would grow the
+    server's memory for as long as it stays connected), and subscribing again with the last
+    checkpoint it read gives it the rest."""
+    with running_herd(tmp_path, names=("Bailey",), links=(), seed=places_seed) as herd:
+        with herd.config_path.open("a") as config:
+            config.write("\n[limits]\noutput_budget = 4096\npush_backlog = 4096\n")
+        herd.up()
+        tokens = {user: add_user(herd, user) for user in ("alice", "bob")}
+        with Session(herd, "Bailey", "alice", tokens["alice"]) as alice:
+            event_id = str(alice.event("PLAN Games")["id"])
+            alice.event(f"INVITE {event_id} bob")
+            times = alice.event(f"PROPOSE {event_id} TIME 2031-01-01T19:00Z")["times"]
+        option = str(times[0]["id"])  # type: ignore[index]
+        port = herd.port("Bailey")
+        with never_reading(port) as stalled, Session(herd, "Bailey", "bob", tokens["bob"]) as bob:
+            stalled.sendall(f"AUTH alice {tokens['alice']}\nSUBSCRIBE\n".encode())
+            for round_number in range(400):
+                vote = ("YES", "NO")[round_number % 2]
+                bob.event(f"VOTE {event_id} {option} {vote}")
+                if _closed_by_server(stalled):
+                    break
+            else:
+                pytest.fail("a subscriber that never reads was never disconnected")
+        with Session(herd, "Bailey", "alice", tokens["alice"]) as again:
+            again.send(b"SUBSCRIBE 0\n")  # as if it had read nothing: all is replayed
+            assert again.line().startswith(b"SUBSCRIBED alice ")
+            assert again.line().startswith(b"PUSH "), "the history is still there to resume"
+        wait_until(
+            lambda: "a subscriber not reading" in herd.log_path("Bailey").read_text(),
+            5.0,
+            "the log to say why the subscriber was dropped",
+        )
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has reset or closed this connection (nothing is ever read from it,
+    so a send is how to find out)."""
+    try:
+        sock.send(b"\n")
+    except OSError:
+        return True
+    return False

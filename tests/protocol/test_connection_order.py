@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from herd.planning import auth_delay
-from herd.protocol import LINE_OVERHEAD, LineConnection
+from herd.protocol import LINE_OVERHEAD, ConnectionLimits, LineConnection
 from tests.protocol.harness import Node, make_node
 from tests.protocol.test_planning_protocol import TOKENS, add_user
 
@@ -246,3 +246,55 @@ def test_lines_before_an_over_long_line_are_still_answered(node: Node) -> None:
     node.clock.advance(0)
     assert len(replies(transport)) == 1
     assert transport.disconnecting
+
+
+class FullTransport(StringTransport):
+    """A transport whose buffer is full past `buffer_size`: like Twisted's own, it tells its
+    streaming producer to pause at every write while it is full."""
+
+    def __init__(self, buffer_size: int) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "10.0.0.9", 40000))
+        self.buffer_size = buffer_size
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) > self.buffer_size and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+def test_pushes_to_a_subscriber_that_does_not_read_are_bounded() -> None:
+    limits = ConnectionLimits(output_budget=4096, push_backlog=8192)
+    connection = LineConnection(_Ignore(), 1024, limits=limits)
+    transport = FullTransport(limits.output_budget)
+    connection.makeConnection(transport)
+    pushed = 0
+    while not transport.aborted and pushed < 1_000_000:
+        connection.push(b'PUSH 00000000000000000001.abc votes e1 "Games": t1 yes 1\n')
+        pushed += 57
+    assert transport.aborted, "a subscriber that never reads is never dropped"
+    assert pushed <= limits.output_budget + limits.push_backlog + 2 * 57, pushed
+    assert connection.backlog > limits.push_backlog
+
+
+def test_a_peer_link_counts_everything_written_while_its_transport_is_full() -> None:
+    """`backlog` is what a peer link is dropped by (herd.peers): every write past the full
+    buffer counts, though the transport says "pause" again at each one."""
+    connection = LineConnection(_Ignore(), 1024)
+    transport = FullTransport(4096)
+    connection.makeConnection(transport)
+    connection.keep_reading()
+    for _ in range(200):
+        connection.send(b"U 1 AT Bailey +0.000000001 c +1.0+1.0 1\n" * 10)
+    assert connection.backlog > 200 * 400 - 8192
+
+
+class _Ignore:
+    def line_received(self, connection: LineConnection, line: bytes) -> None:
+        return None
+
+    def connection_lost(self, connection: LineConnection, reason: object) -> None:
+        return None
