@@ -57,7 +57,6 @@ class _Skipped:
 
     head: bytes
     length: int
-    terminated: bool
 
 
 _log = Logger()
@@ -236,7 +235,7 @@ class LineConnection(Protocol):
                 self._skipping = (head, length + len(data))
                 return
             self._skipping = None
-            self._skip(head, length + end, terminated=True)
+            self._skip(head, length + end)
             data = data[end + 1 :]
         whole = self._buffer + data if self._buffer else data
         lines = whole.split(b"\n")
@@ -245,7 +244,7 @@ class LineConnection(Protocol):
             self._log_received(lines)
             if b"\r" in whole:
                 lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
-            if len(whole) - len(rest) > self.max_line + 2:  # a line may be too long
+            if len(whole) - len(rest) > self.max_line + 1:  # a line may be too long
                 self._queue_fitting(lines)
             else:
                 self._lines.extend(lines)
@@ -273,10 +272,17 @@ class LineConnection(Protocol):
                 self._overflow(len(line))
                 break
             else:
-                self._skip(line[:SKIPPED_HEAD], len(line), terminated=True)
+                self._skip(line[:SKIPPED_HEAD], len(line))
 
-    def _skip(self, head: bytes, length: int, terminated: bool) -> None:
-        self._lines.append(_Skipped(head, length, terminated))
+    def _cut_at_eof(self, head: bytes, length: int) -> None:
+        """A peer link ended in the middle of a line: it is never a command and marks nothing,
+        so it is reported at once (the lines still queued before it may never run: the link
+        is going)."""
+        if self._skipped is not None:
+            self._skipped(head, length, False)
+
+    def _skip(self, head: bytes, length: int) -> None:
+        self._lines.append(_Skipped(head, length))
         self._queued_bytes += len(head) + LINE_OVERHEAD
 
     def readConnectionLost(self) -> None:
@@ -286,11 +292,11 @@ class LineConnection(Protocol):
         if self._skipping is not None:
             head, length = self._skipping
             self._skipping = None
-            self._skip(head, length, terminated=False)
+            self._cut_at_eof(head, length)
         elif self._buffer and not self._closing and not self._close_after_lines:
             line, self._buffer = self._buffer, b""
             if not self.framing.last_line_at_eof:
-                self._skip(line[:SKIPPED_HEAD], len(line), terminated=False)
+                self._cut_at_eof(line[:SKIPPED_HEAD], len(line))
             elif len(line) > self.max_line:
                 self._overflow(len(line))
             else:
@@ -389,7 +395,7 @@ class LineConnection(Protocol):
                 if type(line) is _Skipped:
                     self._queued_bytes -= len(line.head) + LINE_OVERHEAD
                     if self._skipped is not None:
-                        self._skipped(line.head, line.length, line.terminated)
+                        self._skipped(line.head, line.length, True)
                     continue
                 assert type(line) is bytes
                 self._queued_bytes -= len(line) + LINE_OVERHEAD
@@ -517,7 +523,7 @@ class LineConnection(Protocol):
         data = b"".join(ready)
         self._held -= len(data)
         self._write(data)
-        if self._lines or self._read_closed or self._close_after_lines:
+        if self._lines or self._reading_paused or self._read_closed or self._close_after_lines:
             self._proceed()
 
     def _write(self, data: bytes) -> None:

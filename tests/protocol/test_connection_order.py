@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from herd.planning import auth_delay
-from herd.protocol import LINE_OVERHEAD, ConnectionLimits, LineConnection
+from herd.protocol import LINE_OVERHEAD, ConnectionLimits, LineConnection, Slot
 from tests.protocol.harness import Node, make_node
 from tests.protocol.test_planning_protocol import TOKENS, add_user
 
@@ -298,3 +298,56 @@ class _Ignore:
 
     def connection_lost(self, connection: LineConnection, reason: object) -> None:
         return None
+
+
+@pytest.mark.parametrize("terminator", [b"\n", b"\r\n", b""])
+def test_a_line_one_byte_over_the_limit_closes_unanswered_however_it_ends(
+    node: Node, terminator: bytes
+) -> None:
+    """One byte over: the edge where "a CR may still come" must not let it through."""
+    connection, transport = node.client()
+    connection.dataReceived(b"STATUS\n")
+    connection.dataReceived(b"x" * (node.server.max_line + 1) + terminator)
+    node.clock.advance(0)
+    assert len(replies(transport)) == 1 and transport.value().startswith(b"STATUS ")
+    assert transport.disconnecting
+
+
+@pytest.mark.parametrize("terminator", [b"\n", b"\r\n"])
+def test_a_line_of_exactly_the_limit_is_answered(node: Node, terminator: bytes) -> None:
+    connection, transport = node.client()
+    line = b"STATUS" + b" " * (node.server.max_line - len(b"STATUS"))
+    connection.dataReceived(line + terminator + b"STATUS\n")
+    node.clock.advance(0)
+    assert [reply[:7] for reply in replies(transport)] == [b"STATUS ", b"STATUS "]
+    assert not transport.disconnecting
+
+
+class _HoldFirst:
+    """Holds the first line's reply open and answers the second at once with a big reply, so
+    the second waits behind the first, over the output budget, with no line left to run."""
+
+    def __init__(self) -> None:
+        self.first: Slot | None = None
+
+    def line_received(self, connection: LineConnection, line: bytes) -> None:
+        if self.first is None:
+            self.first = connection.reserve()
+        else:
+            connection.send(b"x" * 5000 + b"\n")
+
+    def connection_lost(self, connection: LineConnection, reason: object) -> None:
+        return None
+
+
+def test_reading_resumes_once_held_replies_are_written_with_no_line_waiting() -> None:
+    handler = _HoldFirst()
+    connection = LineConnection(handler, 1024, limits=ConnectionLimits(output_budget=4096))
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.dataReceived(b"first\nsecond\n")
+    assert transport.producerState == "paused", "replies held over the budget stop reading"
+    assert handler.first is not None
+    connection.fill(handler.first, b"ok\n")
+    assert transport.value() == b"ok\n" + b"x" * 5000 + b"\n"
+    assert transport.producerState == "producing", "reading never resumed: the client hangs"
