@@ -33,7 +33,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 STOP_GRACE_SECONDS = 10.0
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-# The default herd (DESIGN.md §3): names and undirected links.
+# The default herd (config/herd.toml): names and undirected links.
 HERD_NAMES: tuple[str, ...] = ("Bailey", "Bona", "Campbell", "Clark", "Jaquez")
 HERD_LINKS: tuple[tuple[str, str], ...] = (
     ("Clark", "Jaquez"),

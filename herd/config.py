@@ -1,4 +1,4 @@
-"""Load and validate a herd config (DESIGN.md §3).
+"""Load and validate a herd config (docs/operations.md, "Configuration").
 
 The config is a contract that users and outside programs write against, so every key name is
 exact and anything unexpected is refused at start with the file, the key and what is wrong:

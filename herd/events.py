@@ -117,7 +117,8 @@ def is_text(value: str, limit: int) -> bool:
 
 
 def client_text(client: bytes) -> str:
-    """A client id (any non-whitespace bytes, DESIGN §4) as text that round-trips exactly."""
+    """A client id (any non-whitespace bytes, docs/protocol.md §1) as text that round-trips
+    exactly."""
     return client.decode("utf-8", "surrogateescape")
 
 

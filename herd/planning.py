@@ -1,6 +1,6 @@
 """Planning commands on the line, pure: parse them, check them, turn them into ops, answer them.
 
-A planning line is parsed like every client line (DESIGN §4): a command word in capitals,
+A planning line is parsed like every client line (docs/protocol.md §1): a command word in capitals,
 whitespace-separated fields, free text last.  A line that does not have the command's shape is
 a `WireError` (answered `? <line>`); a well-formed command that breaks a rule gets one line
 `ERR <code>: <message>`.  Rules are checked here, on the state of the server that accepts the

@@ -151,7 +151,7 @@ def test_a_killed_server_catches_up_on_restart_without_new_traffic(fresh_herd: H
 
         herd.start(victim)
         herd.wait_answering(victim)
-        # DESIGN §4: a link is up within 2 s of both ends listening
+        # docs/protocol.md §7.2: a link is up within 2 s of both ends listening
         herd.wait_links(timeout=2.0)
         # only queries from here: it must learn everything by itself
         herd.wait_converged([victim], expected, timeout=5.0)

@@ -2,7 +2,7 @@
 
 The lines go to Bailey over a few pipelined connections (a writer and a reader thread each).
 Replies come in request order, so reply i answers line i.  An independent oracle, written from
-DESIGN.md §4 rather than from herd/wire.py, says what each line is:
+docs/protocol.md §1-§5 rather than from herd/wire.py, says what each line is:
 
 - not a valid command: the reply must be exactly `? <line as received>`;
 - a valid IAMAT: an AT line for that client; a new report's AT line has Bailey's name, a diff
@@ -75,7 +75,7 @@ def _in_range(text: bytes, bound: int) -> bool:
 
 
 def classify(line: bytes) -> Expect:
-    """What DESIGN.md §4 says `line` (as the server received it) is."""
+    """What docs/protocol.md says `line` (as the server received it) is."""
     fields = tuple(line.split())
     command, count = fields[0], len(fields)
     if command == b"STATUS" and count == 1:

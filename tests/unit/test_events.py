@@ -1,4 +1,4 @@
-"""The replicated planning state (DESIGN §5): op JSON, merge rules, change feed, views.
+"""The replicated planning state (docs/protocol.md §13): op JSON, merge rules, change feed, views.
 
 Pure.  The property tests deliver one set of ops to several replicas in different orders, with
 duplicates, and require identical state; the reference is the same ops applied in stamp order.

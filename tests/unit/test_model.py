@@ -1,4 +1,4 @@
-"""The location table's merge rule and replication log (DESIGN §4, §5).
+"""The location table's merge rule and replication log (docs/protocol.md §7).
 
 Pure.  The oracle for "newer" is (client time as an exact `Decimal`, AT text as bytes).
 """

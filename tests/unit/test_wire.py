@@ -1,4 +1,5 @@
-"""The line protocol's parsers and formatters (DESIGN §4): examples, rejections, round trips.
+"""The line protocol's parsers and formatters (docs/protocol.md): examples, rejections, round
+trips.
 
 Pure: bytes in, commands out.  Numeric oracles use `Decimal` (exact), never floats.
 """
