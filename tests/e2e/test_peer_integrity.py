@@ -283,9 +283,9 @@ class HoldingProxy:
 def test_after_a_kill_mid_flood_every_server_holds_what_the_origin_holds(
     tmp_path: Path, places_seed: Path
 ) -> None:
-    """Bailey is SIGKILLed in the middle of a large flood to Bona, its stream cut at a byte its
-    kernel had taken (Bona is behind a relay that stops reading). Once Bailey is back and the
-    links have caught up, every store holds exactly what Bailey's does."""
+    """Bailey is SIGKILLed in the middle of a large flood to Bona (Bona is behind a relay that
+    stops reading, so megabytes are still unsent). Once Bailey is back and the links have
+    caught up, every store holds exactly what Bailey's does."""
     links = (("Bailey", "Bona"), ("Bona", "Clark"))
     with running_herd(
         tmp_path,
@@ -327,11 +327,10 @@ def test_after_a_kill_mid_flood_every_server_holds_what_the_origin_holds(
                 return all(stored(herd, name) == origin for name in ("Bona", "Clark"))
 
             wait_until(same_everywhere, 20.0, lambda: f"the stores to agree\n{herd.diagnose()}")
-            wait_until(
-                lambda: logged(herd, "Bona", b"in the middle of a line"),
-                5.0,
-                "the kill to cut a line (else the test did not test what it says)",
-            )
+            # Whether the kill leaves half a line at Bona depends on the kernel: a FIN sends
+            # what Bailey's kernel held (ending mid-line), an RST (Bailey had unread input, a
+            # LEASE say) drops it. The half line itself is tested deterministically by
+            # test_a_line_cut_by_the_end_of_a_peer_link_is_neither_applied_nor_marked.
         finally:
             proxy.close()
 
