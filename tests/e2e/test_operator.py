@@ -110,7 +110,10 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
 
 
 def test_herd_user_refuses_fields_that_would_split_and_sends_nothing(pair: Herd) -> None:
+    before = hello_count(pair)
     alice = add_user(pair, "alice")
+    # The log is written in batches: count from once alice's handshake is in it.
+    wait_until(lambda: hello_count(pair) > before, 5, "alice's handshake in the log")
     hellos = hello_count(pair)
     refused = {
         "a space in the id": ("add", "bad id"),
