@@ -40,8 +40,6 @@ import os
 import re
 import socket
 import string
-import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -63,7 +61,6 @@ from hypothesis.stateful import (
 )
 
 from .harness import (
-    REPO,
     Client,
     Herd,
     HerdError,
@@ -72,6 +69,7 @@ from .harness import (
     running_herd,
     wait_until,
 )
+from .test_planning import add_user
 
 NAMES = ("Bailey", "Bona", "Campbell")
 LINKS = (("Bailey", "Bona"), ("Bona", "Campbell"))  # Campbell learns Bailey's news via Bona
@@ -111,21 +109,6 @@ class Stage:
     herd: Herd
     tokens: dict[str, str]
     base: int  # a POSIX time a little before the suite started
-
-
-def add_user(herd: Herd, user: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "herd", "user", "add", user, "--config", str(herd.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    match = re.search(r"token (\S+)", done.stdout)
-    assert match is not None, done.stdout
-    return match[1]
 
 
 def logs_in(port: int, user: str, token: str) -> bool:
