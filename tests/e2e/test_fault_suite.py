@@ -16,7 +16,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -29,7 +29,6 @@ from .harness import (
     Herd,
     HerdError,
     at_lines,
-    free_ports,
     now_time,
     peer_states,
     pipeline,
@@ -37,7 +36,14 @@ from .harness import (
     stays_false,
     wait_until,
 )
-from .notify_harness import Session, SmtpProcess, add_user, outbox_rows, smtp_table
+from .notify_harness import (
+    NotifyHerd,
+    Session,
+    SmtpProcess,
+    add_user,
+    notify_setup,
+    outbox_rows,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -328,48 +334,22 @@ class StallingListener:
                 connection.close()
 
 
-class SmtpTrio(Herd):
-    """Three servers, all linked, their config with an `[smtp]` table for `smtp_port`."""
-
-    def __init__(self, root: Path, seed: Path) -> None:
-        self.smtp_port = 0
-        super().__init__(root, TRIO, TRIANGLE, seed=seed)
-        self.smtp_port = next(p for p in free_ports(4) if p not in self.ports.values())
-        self.write_config(self.config_path, self.links)
-
-    def write_config(self, path: Path, links: Iterable[tuple[str, str]]) -> Path:
-        super().write_config(path, links)
-        with path.open("a") as config:
-            config.write(smtp_table(self.smtp_port))
-        return path
-
-    def database(self, name: str) -> Path:
-        return self.data_dir / f"{name}.sqlite"
-
-
 @pytest.fixture
-def notify(tmp_path: Path, places_seed: Path) -> Iterator[tuple[SmtpTrio, SmtpProcess]]:
+def notify(tmp_path: Path, places_seed: Path) -> Iterator[tuple[NotifyHerd, SmtpProcess]]:
     """A three-server herd configured with `[smtp]`, and an SMTP server (not started) on its
     port; every process is gone afterwards."""
-    herd = SmtpTrio(tmp_path / "herd", places_seed)
-    smtp = SmtpProcess(tmp_path / "smtp", herd.smtp_port)
-    try:
-        yield herd, smtp
-    finally:
-        try:
-            herd.close()
-        finally:
-            smtp.close()
+    with notify_setup(tmp_path, places_seed, names=TRIO, links=TRIANGLE) as started:
+        yield started
 
 
-def invite(herd: SmtpTrio, tokens: dict[str, str], title: str) -> str:
+def invite(herd: NotifyHerd, tokens: dict[str, str], title: str) -> str:
     with Session(herd.port("Bailey"), "alice", tokens["alice"]) as alice:
         event_id = str(alice.event(f"PLAN {title}")["id"])
         alice.event(f"INVITE {event_id} bob")
     return event_id
 
 
-def bailey_rows(herd: SmtpTrio, subject: str) -> list[str]:
+def bailey_rows(herd: NotifyHerd, subject: str) -> list[str]:
     return [row.state for row in outbox_rows(herd.database("Bailey")) if row.subject == subject]
 
 
@@ -378,7 +358,7 @@ def mails_to(smtp: SmtpProcess, subject: str) -> list[str]:
 
 
 def test_an_smtp_server_that_accepts_and_stalls_delays_no_client_and_loses_no_mail(
-    notify: tuple[SmtpTrio, SmtpProcess],
+    notify: tuple[NotifyHerd, SmtpProcess],
 ) -> None:
     """First a listener that accepts and never says a word, then the real SMTP server frozen
     with SIGSTOP: the herd answers its clients all along, the outbox keeps each mail, and each is
