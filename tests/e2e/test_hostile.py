@@ -230,6 +230,11 @@ def document_of(reply: bytes, word: bytes) -> dict[str, Any]:
     return decoded
 
 
+def wrong_token(token: str) -> str:
+    """The token with its first character changed (to another one: a token may begin with x)."""
+    return ("y" if token.startswith("x") else "x") + token[1:]
+
+
 def received(line: bytes) -> bytes:
     """The line as the server sees it: a CR before the LF belongs to the terminator."""
     return line[:-1] if line.endswith(b"\r") else line
@@ -408,7 +413,7 @@ class HostileHerd(RuleBasedStateMachine):
     def _auth(self, slot: Slot, index: int, data: st.DataObject) -> tuple[bytes, Expect | None]:
         user = data.draw(st.sampled_from(USERS), label="user")
         right = slot.auth_failures > 0 or data.draw(st.booleans(), label="right token")
-        token = self.stage.tokens[user] if right else "x" + self.stage.tokens[user][1:]
+        token = self.stage.tokens[user] if right else wrong_token(self.stage.tokens[user])
         line = f"AUTH {user} {token}".encode()
         if not right:
             slot.auth_failures += 1  # the user stays; its reply comes after a delay
