@@ -17,7 +17,8 @@ import signal
 import time
 from typing import cast
 
-from herd.wire import IAmAt, WireError, error_reply, format_at, parse_client_line
+from herd.wire.client import IAmAt, error_reply, format_at, parse_client_line
+from herd.wire.grammar import WireError
 
 SERVER_NAME = b"Floor"
 MAX_LINE = 65536

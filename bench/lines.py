@@ -22,7 +22,9 @@ from bench.harness import HOST, BenchError
 from herd.events import OPERATOR
 from herd.peers import new_nonce, peer_mac
 from herd.planning import hash_token, new_token
-from herd.wire import Challenge, Hello, WireError, parse_peer_line
+from herd.wire.client import Hello
+from herd.wire.grammar import WireError
+from herd.wire.peer import Challenge, parse_peer_line
 
 REPLY_TIMEOUT = 120.0
 PushHandler = Callable[[bytes, int], None]

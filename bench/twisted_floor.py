@@ -16,7 +16,8 @@ import asyncio
 import time
 from typing import Any
 
-from herd.wire import IAmAt, WireError, error_reply, format_at, parse_client_line
+from herd.wire.client import IAmAt, error_reply, format_at, parse_client_line
+from herd.wire.grammar import WireError
 
 SERVER_NAME = b"Floor"
 MAX_LINE = 65536

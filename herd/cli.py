@@ -293,7 +293,7 @@ def user(config: HerdConfig, arguments: argparse.Namespace) -> int:
     from herd.operator import OperatorError, operator_command
     from herd.planning import hash_token, new_token
     from herd.secretfile import SecretFileError, choose_secret, read_secret
-    from herd.wire import OperatorCommand, OperatorLineError, UserAdd, UserToken
+    from herd.wire.operator import OperatorCommand, OperatorLineError, UserAdd, UserToken
 
     token = new_token(secrets.token_bytes(32))
     digest = hash_token(token, os.urandom(16))

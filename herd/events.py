@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import ClassVar, Final, Protocol, Self, TypeVar
 
-from herd.wire import WireError
+from herd.wire.grammar import WireError
 
 __all__ = [
     "DEFAULT_CHANNELS",

@@ -22,7 +22,7 @@ from herd.operator import OperatorError, operator_command
 from herd.planning import hash_token, new_token
 from herd.processes import die_with_parent
 from herd.secretfile import SecretFileError, choose_secret, read_secret
-from herd.wire import UserAdd, UserToken
+from herd.wire.operator import UserAdd, UserToken
 from notifier.localxmpp import LocalProsody
 
 BOT_USER = "renga"

@@ -23,7 +23,8 @@ from typing import NamedTuple
 
 from xxhash import xxh3_64_intdigest
 
-from herd.wire import At, time_key
+from herd.wire.client import At
+from herd.wire.grammar import time_key
 
 BUCKETS = 16  # per origin: a differing bucket costs sending ~1/16 of that origin's records
 _BUCKET_MASK = BUCKETS - 1

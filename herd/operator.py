@@ -10,7 +10,10 @@ import socket
 from herd.config import HerdConfig
 from herd.events import OPERATOR
 from herd.peers import new_nonce, peer_mac
-from herd.wire import Challenge, Hello, OperatorCommand, WireError, parse_peer_line
+from herd.wire.client import Hello
+from herd.wire.grammar import WireError
+from herd.wire.operator import OperatorCommand
+from herd.wire.peer import Challenge, parse_peer_line
 
 TIMEOUT = 5.0
 

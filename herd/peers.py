@@ -31,12 +31,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.protocol import LineConnection
-from herd.wire import (
+from herd.wire.client import Hello
+from herd.wire.grammar import WireError
+from herd.wire.peer import (
     Auth,
     Challenge,
     Digest,
     DigestEnd,
-    Hello,
     Lease,
     OpRecord,
     OpUpdate,
@@ -45,7 +46,6 @@ from herd.wire import (
     Record,
     Sync,
     Update,
-    WireError,
     parse_peer_line,
     update_seq,
 )

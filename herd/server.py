@@ -47,52 +47,47 @@ from herd.model import (
 )
 from herd.peers import PeerSession, new_nonce, peer_mac
 from herd.planning import (
-    PLANNING_WORDS,
-    Login,
-    PlanningError,
-    Suggest,
     Venue,
     auth_delay,
     execute,
     execute_operator,
-    parse_planning_line,
     position_lookup,
-    respond,
-    suggest_reply,
     suggestion_query,
     verify_token,
 )
 from herd.protocol import ConnectionLimits, LineConnection, LineTooLong, SliceScheduler, Slot
+from herd.replies import respond, suggest_reply
 from herd.store import GroupCommitter, Snapshot
-from herd.wire import (
+from herd.wire.client import (
     CLIENT_WORDS,
-    Auth,
-    Challenge,
     ClientCommand,
-    Digest,
-    DigestEnd,
     Hello,
     IAmAt,
-    Lease,
-    OperatorLineError,
-    OpRecord,
-    OpUpdate,
-    Record,
     Status,
-    Sync,
-    Update,
     WhatsAt,
-    WireError,
     error_reply,
     format_at,
     format_whatsat_reply,
+    parse_client_fields,
+)
+from herd.wire.grammar import WireError, redact_secrets
+from herd.wire.operator import OperatorLineError, parse_operator_line
+from herd.wire.peer import (
+    Auth,
+    Challenge,
+    Digest,
+    DigestEnd,
+    Lease,
+    OpRecord,
+    OpUpdate,
+    Record,
+    Sync,
+    Update,
     max_at_line,
     max_op_payload,
-    parse_client_fields,
-    parse_operator_line,
     parse_peer_line,
-    redact_secrets,
 )
+from herd.wire.planning import PLANNING_WORDS, Login, PlanningError, Suggest, parse_planning_line
 
 if TYPE_CHECKING:
     from herd.places import OfflinePlaces, PlacesAnswer, PlacesProvider

@@ -20,7 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.model import Location, LoggedOp, location_key
-from herd.wire import WireError, parse_at
+from herd.wire.client import parse_at
+from herd.wire.grammar import WireError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from herd.config import LogConfig
 from herd.logrules import LineBudget, cut
-from herd.wire import REDACTED, SECRET_LINE_START, redact_secrets
+from herd.wire.grammar import REDACTED, SECRET_LINE_START, redact_secrets
 
 RunBlocking = Callable[[Callable[[], None]], Deferred[None]]
 

@@ -54,7 +54,7 @@ from herd.events import (
 from herd.leases import Leases
 from herd.planning import PositionOf, timezone_of
 from herd.store import DurableWrite
-from herd.wire import WireError
+from herd.wire.grammar import WireError
 from notifier.channels import Outgoing
 from notifier.channels.line import LinePush, checkpoint
 from notifier.digest import DigestItem, compose_digest, next_digest_at

@@ -19,7 +19,7 @@ import pytest
 from herd.events import OPERATOR
 from herd.peers import new_nonce, peer_mac
 from herd.planning import hash_token
-from herd.wire import Challenge, parse_peer_line
+from herd.wire.peer import Challenge, parse_peer_line
 
 from .harness import (
     NAMES,

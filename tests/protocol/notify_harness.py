@@ -16,7 +16,8 @@ from herd.events import OPERATOR
 from herd.leases import Leases, LeaseSettings
 from herd.peers import new_nonce, peer_mac
 from herd.planning import hash_token
-from herd.wire import Challenge, Hello, parse_peer_line
+from herd.wire.client import Hello
+from herd.wire.peer import Challenge, parse_peer_line
 from notifier.channels import Outgoing
 from notifier.channels.line import LineHub
 from notifier.feed import TICK, NotifierListener, load

@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from herd.leases import Leases, LeaseSettings
-from herd.wire import Lease
+from herd.wire.peer import Lease
 from tests.protocol.harness import Node, link, make_node, settle
 
 TOPOLOGY = {"A": ("B",), "B": ("A", "C"), "C": ("B",)}

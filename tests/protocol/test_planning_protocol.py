@@ -12,7 +12,8 @@ from twisted.internet.task import Clock
 from herd.events import OPERATOR
 from herd.peers import new_nonce, peer_mac
 from herd.planning import auth_delay, hash_token
-from herd.wire import Challenge, Hello, parse_peer_line
+from herd.wire.client import Hello
+from herd.wire.peer import Challenge, parse_peer_line
 from tests.protocol.harness import SECRET, Node, link, make_node, settle
 
 TOPOLOGY = {"A": ("B",), "B": ("A", "C"), "C": ("B",)}

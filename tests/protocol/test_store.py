@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from herd.model import Location, LoggedOp, location_key
 from herd.store import Batch, GroupCommitter, Store
 from herd.traffic import format_records
-from herd.wire import IAmAt, format_at
+from herd.wire.client import IAmAt, format_at
 from tests.protocol.harness import inline
 
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from herd.model import BUCKETS, DigestIndex, LocationTable, OpLog, Sequencer, bucket_of
-from herd.wire import At, IAmAt, format_at
+from herd.wire.client import At, IAmAt, format_at
 
 SERVERS = (b"A", b"B", b"C")
 

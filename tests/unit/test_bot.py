@@ -20,18 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from herd.events import Op, PlanningState
-from herd.planning import (
-    PlanningError,
-    Position,
-    Suggest,
-    Venue,
-    add_user,
-    execute,
-    parse_planning_line,
-    respond,
-    suggest_reply,
-    suggestion_query,
-)
+from herd.planning import Position, Venue, add_user, execute, suggestion_query
+from herd.replies import respond, suggest_reply
+from herd.wire.planning import PlanningError, Suggest, parse_planning_line
 from notifier.bot import (
     LINK_WINDOW,
     BotStep,

@@ -46,7 +46,7 @@ from herd.events import (
     is_id,
     is_text,
 )
-from herd.wire import WireError
+from herd.wire.grammar import WireError
 
 T0 = 1_780_000_000_000_000_000  # ns, 2026-05-28
 

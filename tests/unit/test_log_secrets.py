@@ -11,7 +11,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from herd.traffic import format_records
-from herd.wire import redact_secrets
+from herd.wire.grammar import redact_secrets
 
 WHEN = 1_700_000_000.25
 WHO = "127.0.0.1:5"

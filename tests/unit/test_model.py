@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from herd.model import Location, LocationTable, Outcome, location_key
-from herd.wire import At, IAmAt, format_at, parse_client_line
+from herd.wire.client import At, IAmAt, format_at, parse_client_line
 
 POSITION = b"+34.068930-118.445127"
 

@@ -14,24 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from herd.events import MAX_COMMENT, is_id
-from herd.planning import (
-    PlanningError,
-    execute_operator,
-    hash_token,
-    is_free_text,
-    verify_token,
-)
-from herd.wire import (
-    TOKEN_HASH,
-    USER_ID,
-    OperatorLineError,
-    UserAdd,
-    UserToken,
-    WireError,
-    is_email,
-    is_jid,
-    parse_operator_line,
-)
+from herd.planning import execute_operator, hash_token, is_free_text, verify_token
+from herd.wire.grammar import TOKEN_HASH, USER_ID, WireError, is_email, is_jid
+from herd.wire.operator import OperatorLineError, UserAdd, UserToken, parse_operator_line
+from herd.wire.planning import PlanningError
 from tests.unit.test_planning import NOW_NS, World
 
 HASH = hash_token("a-token", bytes(16))

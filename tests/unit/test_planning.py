@@ -21,6 +21,27 @@ from hypothesis import strategies as st
 from herd.events import OPERATOR, Choice, Op, PlanningState, UserField
 from herd.model import LocationTable
 from herd.planning import (
+    Position,
+    SuggestionQuery,
+    Venue,
+    add_user,
+    auth_delay,
+    execute,
+    hash_token,
+    new_token,
+    parse_time,
+    position_lookup,
+    rank_venues,
+    reset_token,
+    suggestion_query,
+    timezone_of,
+    verify_token,
+    who_is_near,
+)
+from herd.replies import respond, suggest_reply
+from herd.wire.client import IAmAt, format_at, parse_client_line
+from herd.wire.grammar import WireError
+from herd.wire.planning import (
     PLANNING_WORDS,
     AddDevice,
     CancelEvent,
@@ -32,7 +53,6 @@ from herd.planning import (
     PlanEvent,
     PlanningCommand,
     PlanningError,
-    Position,
     ProposePlace,
     ProposeTime,
     RemoveDevice,
@@ -42,30 +62,12 @@ from herd.planning import (
     ShowUser,
     StateCommand,
     Suggest,
-    SuggestionQuery,
     UninviteUsers,
     UnsetUser,
-    Venue,
     VoteOn,
     WhoAmI,
-    add_user,
-    auth_delay,
-    execute,
-    hash_token,
-    new_token,
     parse_planning_line,
-    parse_time,
-    position_lookup,
-    rank_venues,
-    reset_token,
-    respond,
-    suggest_reply,
-    suggestion_query,
-    timezone_of,
-    verify_token,
-    who_is_near,
 )
-from herd.wire import IAmAt, WireError, format_at, parse_client_line
 
 NOW_NS = 1_780_000_000_000_000_000  # 2026-05-28T20:26:40Z
 DEGREE_M = 111_195.0802  # one degree of a great circle, by hand: 6371008.8 * pi / 180

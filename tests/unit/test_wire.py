@@ -16,29 +16,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from herd.wire import (
+from herd.wire.client import (
     At,
-    Auth,
-    Challenge,
     Hello,
     IAmAt,
-    Lease,
-    Ping,
-    Pong,
     Status,
-    Sync,
-    Update,
     WhatsAt,
-    WireError,
-    diff_field,
     error_reply,
     format_at,
     format_whatsat_reply,
     parse_at,
     parse_client_line,
-    parse_peer_line,
-    time_key,
 )
+from herd.wire.grammar import WireError, diff_field, time_key
+from herd.wire.peer import Auth, Challenge, Lease, Ping, Pong, Sync, Update, parse_peer_line
 
 WHITESPACE = b" \t\n\r\x0b\x0c"  # what `bytes.split()` separates on
 DIFF = re.compile(rb"[+-][0-9]+\.[0-9]{9}\Z")
