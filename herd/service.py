@@ -27,6 +27,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from herd.config import ConfigError, HerdConfig
+from herd.extensions import JidLinks, LinePushes, OptOuts
+from herd.handlers.core import ServerSettings
 from herd.leases import Leases, LeaseSettings
 from herd.peers import DialFactory, retry_policy
 from herd.places import OfflinePlaces, PlacesProvider, make_provider
@@ -159,10 +161,7 @@ class HerdService(Service):
         )
         self.places = make_provider(self.config.places, self.data_dir, self.reactor)
         server = HerdServer(
-            name=self.server_name,
-            peers=self.server_config.peers,
-            secret=self.config.secret,
-            max_line=self.config.max_line,
+            settings=ServerSettings.from_config(self.config, self.server_name, self.jitter),
             replica=replica,
             committer=committer,
             places=self.places,
@@ -170,9 +169,6 @@ class HerdService(Service):
             clock=self.reactor,
             now_ns=self.now_ns,
             run_cpu=self._on_thread(self._cpu_pool),
-            limits=self.config.limits,
-            anti_entropy_seconds=self.config.anti_entropy_seconds,
-            jitter=self.jitter,
         )
         if isinstance(self.places, OfflinePlaces):
             venues = ProposedVenues(self.places)
@@ -208,8 +204,8 @@ class HerdService(Service):
         line pushes, digests and reminders."""
         saved = await self._on_thread(self._store_pool)(lambda: load_notifier(self.store.path))
         secret = self.config.secret
-        server.link_codes = partial(issue_link_code, secret)
-        server.opt_out = partial(verify_unsubscribe, secret)
+        server.register(JidLinks(partial(issue_link_code, secret)))
+        server.register(OptOuts(partial(verify_unsubscribe, secret)))
         channels: dict[str, Channel] = {}
         smtp = self.config.smtp
         sender_address = f"renga@{self.server_name.lower()}.invalid"
@@ -260,7 +256,7 @@ class HerdService(Service):
             )
         self.channels = channels
         self.line_hub = LineHub()
-        server.line_push = self.line_hub
+        server.register(LinePushes(self.line_hub))
         self.outbox = Outbox(
             self.store.path,
             channels,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Final, NamedTuple
 
 from herd.wire.grammar import (
@@ -44,11 +46,14 @@ class IAmAt(NamedTuple):
     longitude: float
 
     @classmethod
-    def from_fields(cls, fields: list[bytes]) -> IAmAt:
+    def parse(cls, fields: list[bytes], line: bytes) -> IAmAt:
         if len(fields) != 4:
             raise WireError("IAMAT takes 3 fields")
         latitude, longitude = position_field(fields[2])
         return cls(fields[1], fields[2], time_field(fields[3]), latitude, longitude)
+
+    def to_line(self) -> bytes:
+        return b"IAMAT %s %s %s\n" % (self.client, self.position, self.time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +68,7 @@ class WhatsAt:
     max_items: int
 
     @classmethod
-    def from_fields(cls, fields: list[bytes]) -> WhatsAt:
+    def parse(cls, fields: list[bytes], line: bytes) -> WhatsAt:
         if len(fields) != 4:
             raise WireError("WHATSAT takes 3 fields")
         radius = DECIMAL.match(fields[2])
@@ -77,6 +82,10 @@ class WhatsAt:
             raise WireError("WHATSAT count out of range")
         return cls(fields[1], float(fields[2]), int(fields[3].lstrip(b"0") or b"0"))
 
+    def to_line(self) -> bytes:
+        radius = format(Decimal(repr(self.radius_km)), "f").encode()
+        return b"WHATSAT %s %s %d\n" % (self.client, radius, self.max_items)
+
 
 @dataclass(frozen=True, slots=True)
 class Status:
@@ -84,10 +93,13 @@ class Status:
     `STATUS <json>` where json is `{"server": NAME, "peers": {PEER: "up"|"down"}}`."""
 
     @classmethod
-    def from_fields(cls, fields: list[bytes]) -> Status:
+    def parse(cls, fields: list[bytes], line: bytes) -> Status:
         if len(fields) != 1:
             raise WireError("STATUS takes no fields")
         return cls()
+
+    def to_line(self) -> bytes:
+        return b"STATUS\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +112,7 @@ class Hello:
     nonce: bytes
 
     @classmethod
-    def from_fields(cls, fields: list[bytes]) -> Hello:
+    def parse(cls, fields: list[bytes], line: bytes) -> Hello:
         if len(fields) != 4 or HEX.match(fields[3]) is None:
             raise WireError("HERD-HELLO takes <from> <to> <hex nonce>")
         return cls(fields[1], fields[2], fields[3])
@@ -115,29 +127,31 @@ class Hello:
 
 ClientCommand = IAmAt | WhatsAt | Status | Hello
 
-_CLIENT_COMMANDS: Final[dict[bytes, type[IAmAt] | type[WhatsAt] | type[Status] | type[Hello]]] = {
-    b"IAMAT": IAmAt,
-    b"WHATSAT": WhatsAt,
-    b"STATUS": Status,
-    b"HERD-HELLO": Hello,
+CLIENT_PARSERS: Final[dict[bytes, Callable[[list[bytes], bytes], ClientCommand]]] = {
+    b"IAMAT": IAmAt.parse,
+    b"WHATSAT": WhatsAt.parse,
+    b"STATUS": Status.parse,
+    b"HERD-HELLO": Hello.parse,
 }
-
-
-CLIENT_WORDS: Final = frozenset(_CLIENT_COMMANDS)
+"""The location service's words, each with the parser of its fields."""
 
 
 def parse_client_line(line: bytes) -> ClientCommand | None:
-    """One line from a client (without its terminator) to a command; None for a blank line."""
+    """One line of the location service (without its terminator) to a command; None for a
+    blank line."""
     fields = line.split()
-    return parse_client_fields(fields) if fields else None
-
-
-def parse_client_fields(fields: list[bytes]) -> ClientCommand:
-    """A client line already split into (at least one) fields."""
-    command = _CLIENT_COMMANDS.get(fields[0])
-    if command is None:
+    if not fields:
+        return None
+    parse = CLIENT_PARSERS.get(fields[0])
+    if parse is None:
         raise WireError("unknown command")
-    return command.from_fields(fields)
+    return parse(fields, line)
+
+
+def status_reply(server: str, peers: dict[str, str]) -> bytes:
+    """`STATUS <json>`: `{"server": NAME, "peers": {PEER: "up"|"down"}}`, compact."""
+    body = json.dumps({"server": server, "peers": peers}, separators=(",", ":"))
+    return b"STATUS " + body.encode() + b"\n"
 
 
 def error_reply(line: bytes) -> bytes:
@@ -164,6 +178,10 @@ class At(NamedTuple):
     latitude: float
     longitude: float
     line: bytes
+
+    def to_line(self) -> bytes:
+        """The AT line as a reply."""
+        return self.line + b"\n"
 
 
 def format_at(server: bytes, received_ns: int, report: IAmAt) -> At:

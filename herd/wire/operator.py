@@ -3,6 +3,7 @@ that proved it knows the herd secret, and their `ERR <code>: <message>` refusals
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
@@ -131,6 +132,12 @@ class UserToken:
 
 OperatorCommand = UserAdd | UserToken
 
+OPERATOR_PARSERS: Final[dict[bytes, Callable[[bytes], OperatorCommand]]] = {
+    b"USER-ADD": UserAdd.parse,
+    b"USER-TOKEN": UserToken.parse,
+}
+"""The operator's words, each with the parser of its whole line."""
+
 
 def parse_operator_line(line: bytes) -> OperatorCommand | None:
     """One line on an authenticated operator connection; None if blank.  `OperatorLineError`
@@ -138,8 +145,7 @@ def parse_operator_line(line: bytes) -> OperatorCommand | None:
     fields = line.split(None, 1)
     if not fields:
         return None
-    if fields[0] == b"USER-ADD":
-        return UserAdd.parse(line)
-    if fields[0] == b"USER-TOKEN":
-        return UserToken.parse(line)
-    raise WireError("not an operator command")
+    parse = OPERATOR_PARSERS.get(fields[0])
+    if parse is None:
+        raise WireError("not an operator command")
+    return parse(line)

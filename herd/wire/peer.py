@@ -58,7 +58,12 @@ class Update:
     at: At
 
     def to_line(self) -> bytes:
-        return b"U %d %s\n" % (self.seq, self.at.line)
+        return update_line(self.seq, self.at)
+
+
+def update_line(seq: int, at: At) -> bytes:
+    """`Update(seq, at).to_line()` without the object, for the IAMAT path."""
+    return b"U %d %s\n" % (seq, at.line)
 
 
 @dataclass(frozen=True, slots=True)

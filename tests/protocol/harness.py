@@ -17,6 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
+from herd.handlers.core import ServerSettings
 from herd.peers import DialFactory
 from herd.protocol import LineConnection
 from herd.server import HerdServer, Replica
@@ -102,10 +103,7 @@ def make_node(
     places = FixedPlaces()
     ticks = iter(range(START_NS, START_NS * 2, 1_000_000))
     server = HerdServer(
-        name=name,
-        peers=peers,
-        secret=secret,
-        max_line=max_line,
+        settings=ServerSettings(name, peers, secret, max_line),
         replica=replica,
         committer=committer,
         places=places,

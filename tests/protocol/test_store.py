@@ -18,7 +18,7 @@ from tests.protocol.harness import inline
 
 
 def location(client: bytes, seq: int, time: bytes = b"1700000000") -> Location:
-    report = IAmAt.from_fields([b"IAMAT", client, b"+1.0-2.0", time])
+    report = IAmAt.parse([b"IAMAT", client, b"+1.0-2.0", time], b"")
     at = format_at(b"Bailey", 1_700_000_000_000_000_000, report)
     return Location(at, location_key(at), seq)
 
