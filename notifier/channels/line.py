@@ -23,6 +23,8 @@ from typing import Final, Protocol
 
 from twisted.logger import Logger
 
+from herd.extensions import LinePush as ServerLinePush
+
 __all__ = ["HISTORY", "LineHub", "LinePush", "checkpoint"]
 
 _ONE_FIELD: Final = re.compile(r"\S+")
@@ -32,21 +34,9 @@ HISTORY: Final = 1000
 _log = Logger()
 
 
-class LinePush(Protocol):
-    """`herd.server.LinePush` (what the server calls to serve SUBSCRIBE), plus `publish`, which
-    the notifier calls (the herd core does not import the notifier, so each side says what it
-    needs)."""
-
-    def subscribe(
-        self, user: str, since: str | None, push: Callable[[bytes], None]
-    ) -> Callable[[], None]:
-        """Start pushing `user`'s notifications (after replaying those after checkpoint
-        `since`); returns the unsubscribe function."""
-        ...
-
-    def latest(self, user: str) -> str | None:
-        """The newest checkpoint for `user`, if any."""
-        ...
+class LinePush(ServerLinePush, Protocol):
+    """What the server calls to serve SUBSCRIBE (`herd.extensions.LinePush`), plus `publish`,
+    which the notifier calls."""
 
     def publish(self, user: str, checkpoint: str, line: str) -> None: ...
 

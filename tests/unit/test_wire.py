@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from herd.events import Choice, UserField, client_bytes, client_text
 from herd.wire.client import (
     At,
     Hello,
@@ -27,9 +28,43 @@ from herd.wire.client import (
     format_whatsat_reply,
     parse_at,
     parse_client_line,
+    status_reply,
 )
+from herd.wire.commands import CLIENT_PORT, parse_client_port_line
 from herd.wire.grammar import WireError, diff_field, time_key
 from herd.wire.peer import Auth, Challenge, Lease, Ping, Pong, Sync, Update, parse_peer_line
+from herd.wire.planning import (
+    PLANNING_WORDS,
+    UNSUBSCRIBED,
+    AddDevice,
+    CancelEvent,
+    CommentOn,
+    DecideEvent,
+    InviteUsers,
+    Link,
+    ListEvents,
+    Login,
+    OptOut,
+    PlanEvent,
+    ProposePlace,
+    ProposeTime,
+    RemoveDevice,
+    ReopenEvent,
+    SetUser,
+    ShowEvent,
+    ShowUser,
+    Subscribe,
+    Suggest,
+    UninviteUsers,
+    UnsetUser,
+    Unsubscribe,
+    VoteOn,
+    WhoAmI,
+    linkcode_reply,
+    optout_reply,
+    subscribed_reply,
+    user_ok,
+)
 
 WHITESPACE = b" \t\n\r\x0b\x0c"  # what `bytes.split()` separates on
 DIFF = re.compile(rb"[+-][0-9]+\.[0-9]{9}\Z")
@@ -896,3 +931,142 @@ def test_format_whatsat_reply_survives_any_decoded_json() -> None:
     )
     reply = format_whatsat_reply(b"AT x +0.000000000 k +1.0+1.0 1", answer)
     assert reply.endswith(b"}\n\n")
+
+
+# --- every command of the client port: parse(to_line(x)) == x --------------------------------
+
+# A field as text: what a client id decodes to (any bytes without whitespace round-trip).
+text_fields = client_ids.map(client_text)
+# Free text: fields joined by single spaces (inner runs of whitespace are kept too, but a
+# parser cannot tell leading or trailing whitespace from the gaps around the text).
+free_texts = st.lists(text_fields, min_size=1, max_size=4).map(" ".join)
+events = text_fields
+radii = st.decimals(min_value=Decimal("0.001"), max_value=50, places=3).map(str)
+
+
+def port_round_trip(command: object) -> None:
+    line = command.to_line()  # type: ignore[attr-defined]
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert parse_client_port_line(line[:-1]) == command
+
+
+@given(client_ids, positions, times())
+def test_iamat_round_trip(client: bytes, position: bytes, time: bytes) -> None:
+    report = iamat(client, position, time)
+    assert report.to_line() == b"IAMAT %s %s %s\n" % (client, position, time)
+    port_round_trip(report)
+
+
+@given(
+    client_ids,
+    st.decimals(min_value=Decimal("0.000001"), max_value=50, places=6),
+    st.integers(0, 20),
+)
+def test_whatsat_round_trip(client: bytes, radius: Decimal, count: int) -> None:
+    query = parse_client_line(b"WHATSAT %s %s %d" % (client, str(radius).encode(), count))
+    assert isinstance(query, WhatsAt)
+    port_round_trip(query)
+
+
+def test_status_round_trip() -> None:
+    assert Status().to_line() == b"STATUS\n"
+    port_round_trip(Status())
+
+
+@given(client_ids, client_ids)
+def test_login_round_trip(user: bytes, token: bytes) -> None:
+    port_round_trip(Login(client_text(user), client_text(token)))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [WhoAmI(), ShowUser(), ListEvents(), Unsubscribe(), Subscribe(None)],
+)
+def test_commands_without_fields_round_trip(command: object) -> None:
+    port_round_trip(command)
+
+
+@given(st.sampled_from([field for field in UserField if field is not UserField.TOKEN]), free_texts)
+def test_user_set_and_unset_round_trip(field: UserField, value: str) -> None:
+    port_round_trip(SetUser(field, value))
+    port_round_trip(UnsetUser(field))
+
+
+@given(text_fields)
+def test_device_round_trip(client: str) -> None:
+    port_round_trip(AddDevice(client))
+    port_round_trip(RemoveDevice(client))
+
+
+@given(events, free_texts, st.lists(text_fields, min_size=1, max_size=4).map(tuple))
+def test_event_commands_round_trip(event: str, text: str, users: tuple[str, ...]) -> None:
+    for command in (
+        PlanEvent(text),
+        InviteUsers(event, users),
+        UninviteUsers(event, users),
+        CommentOn(event, text),
+        ReopenEvent(event),
+        CancelEvent(event),
+        ShowEvent(event),
+        Suggest(event, None),
+    ):
+        port_round_trip(command)
+
+
+@given(events, text_fields, text_fields, st.sampled_from(list(Choice)), radii)
+def test_option_commands_round_trip(
+    event: str, first: str, second: str, choice: Choice, radius: str
+) -> None:
+    port_round_trip(ProposeTime(event, first))
+    port_round_trip(VoteOn(event, first, choice))
+    port_round_trip(DecideEvent(event, first, second))
+    port_round_trip(Suggest(event, radius))
+
+
+@given(events, positions, free_texts)
+def test_propose_place_round_trip(event: str, position: bytes, name: str) -> None:
+    port_round_trip(ProposePlace(event, position.decode(), name))
+    if parse_client_port_line(b"PROPOSE e PLACE " + client_bytes(name)) == ProposePlace(
+        "e", None, name
+    ):  # a name whose first word is not a position
+        port_round_trip(ProposePlace(event, None, name))
+
+
+printable = st.text(
+    st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc")), min_size=1, max_size=16
+).filter(lambda value: value == value.strip() and len(value.encode().split()) == 1)
+
+
+@given(tokens, printable, tokens)
+def test_notifier_commands_round_trip(since: str, jid: str, token: str) -> None:
+    port_round_trip(Subscribe(since))
+    port_round_trip(Link(jid))
+    port_round_trip(OptOut(jid, token))
+
+
+def test_notifier_commands_keep_their_shapes() -> None:
+    for line in (b"SUBSCRIBE a b", b"UNSUBSCRIBE now", b"LINK", b"LINK a b", b"OPTOUT alice"):
+        with pytest.raises(WireError):
+            parse_client_port_line(line)
+
+
+def test_the_client_port_table_holds_every_word() -> None:
+    assert set(CLIENT_PORT) == {
+        *(b"IAMAT WHATSAT STATUS HERD-HELLO".split()),
+        *PLANNING_WORDS,
+        *(b"SUBSCRIBE UNSUBSCRIBE LINK OPTOUT".split()),
+    }
+
+
+def test_replies() -> None:
+    assert status_reply("Bailey", {"Bona": "up"}) == (
+        b'STATUS {"server":"Bailey","peers":{"Bona":"up"}}\n'
+    )
+    assert subscribed_reply("alice", None) == b"SUBSCRIBED alice -\n"
+    assert subscribed_reply("alice", "0001.n") == b"SUBSCRIBED alice 0001.n\n"
+    assert linkcode_reply("ABCD-EFGH", 1700000000) == b"LINKCODE ABCD-EFGH 1700000000\n"
+    assert optout_reply("alice") == b"OPTOUT alice\n"
+    assert user_ok("alice") == b"OK alice\n"
+    assert UNSUBSCRIBED == b"UNSUBSCRIBED\n"
+    at = format_at(b"Bailey", 5_000_000_000, iamat(b"kiwi", b"+1.0-2.0", b"4"))
+    assert at.to_line() == b"AT Bailey +1.000000000 kiwi +1.0-2.0 4\n"
