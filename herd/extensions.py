@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from herd.events import PlanningState
+from herd.events import PlanningState, UserField
 from herd.handlers.sessions import ClientHandler
 from herd.protocol import LineConnection
 from herd.wire.client import error_reply
@@ -18,6 +18,7 @@ from herd.wire.planning import (
     Link,
     OptOut,
     PlanningError,
+    SetUser,
     Subscribe,
     linkcode_reply,
     optout_reply,
@@ -141,7 +142,8 @@ class OptOuts:
                 host.reply(connection, error_reply(line))
                 return
             kept = sorted(set(user.channels) - {"email"}) or ["none"]
-            reply = host.run_as(command.user, b"USER SET channels " + ",".join(kept).encode())
+            unset_email = SetUser(UserField.CHANNELS, ",".join(kept)).to_line().rstrip(b"\n")
+            reply = host.run_as(command.user, unset_email)
             slot = connection.reserve()
             reply.addCallback(
                 lambda answer: connection.fill(

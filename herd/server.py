@@ -225,7 +225,7 @@ class HerdServer:
         except Exception:
             # A bug must not cost the client its connection or the others their server: the
             # line gets the defined answer and the traceback goes to the log.
-            _log.failure("internal error handling {line!r}", line=line)
+            _log.failure("internal error handling {line!r}", line=redact_secrets(line))
             self.reply(connection, error_reply(line))
             return None
 

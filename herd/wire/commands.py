@@ -13,6 +13,7 @@ from typing import Final
 from herd.wire.client import CLIENT_PARSERS, ClientCommand
 from herd.wire.grammar import WireError
 from herd.wire.operator import OPERATOR_PARSERS, OperatorCommand
+from herd.wire.peer import PEER_PARSERS, PeerMessage
 from herd.wire.planning import NOTIFIER_PARSERS, PLANNING_PARSERS, NotifierCommand, PlanningCommand
 
 ClientPortCommand = ClientCommand | PlanningCommand | NotifierCommand
@@ -26,8 +27,11 @@ CLIENT_PORT: Final[dict[bytes, Callable[[list[bytes], bytes], ClientPortCommand]
 """The client port: the location service, planning, and the notifier's commands (served where
 an extension registered them)."""
 
+PEER_LINK: Final[dict[bytes, Callable[[list[bytes], bytes], PeerMessage]]] = PEER_PARSERS
+"""An authenticated peer link (`parse_peer_line`)."""
+
 OPERATOR: Final[dict[bytes, Callable[[bytes], OperatorCommand]]] = OPERATOR_PARSERS
-"""An authenticated operator connection (`herd user`)."""
+"""An authenticated operator connection (`parse_operator_line`: the parser takes the line)."""
 
 
 def parse_client_port_line(line: bytes) -> ClientPortCommand | None:

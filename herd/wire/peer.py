@@ -4,6 +4,7 @@ updates (U), keepalive (PING/PONG), anti-entropy (DIGEST, DIGEST-END, R) and LEA
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -19,6 +20,12 @@ class Challenge:
     nonce: bytes
     mac: bytes
 
+    @classmethod
+    def parse(cls, fields: list[bytes], line: bytes) -> Challenge:
+        if len(fields) != 3:
+            raise WireError("not a peer message")
+        return cls(hex_field(fields[1]), hex_field(fields[2]))
+
     def to_line(self) -> bytes:
         return b"HERD-CHALLENGE %s %s\n" % (hex_field(self.nonce), hex_field(self.mac))
 
@@ -28,6 +35,12 @@ class Auth:
     """`HERD-AUTH <mac>`: the dialer's proof of the herd secret over both nonces."""
 
     mac: bytes
+
+    @classmethod
+    def parse(cls, fields: list[bytes], line: bytes) -> Auth:
+        if len(fields) != 2:
+            raise WireError("not a peer message")
+        return cls(hex_field(fields[1]))
 
     def to_line(self) -> bytes:
         return b"HERD-AUTH %s\n" % hex_field(self.mac)
@@ -44,6 +57,12 @@ class Sync:
     instance: bytes
     known: bytes
     seq: int
+
+    @classmethod
+    def parse(cls, fields: list[bytes], line: bytes) -> Sync:
+        if len(fields) != 4 or SEQ.match(fields[3]) is None:
+            raise WireError("not a peer message")
+        return cls(fields[1], fields[2], int(fields[3]))
 
     def to_line(self) -> bytes:
         return b"SYNC %s %s %d\n" % (one_field(self.instance), one_field(self.known), self.seq)
@@ -82,6 +101,12 @@ class OpUpdate:
 class Ping:
     """`PING`: keepalive on a peer link; answered with `PONG`."""
 
+    @classmethod
+    def parse(cls, fields: list[bytes], line: bytes) -> Ping:
+        if len(fields) != 1:
+            raise WireError("not a peer message")
+        return cls()
+
     def to_line(self) -> bytes:
         return b"PING\n"
 
@@ -89,6 +114,12 @@ class Ping:
 @dataclass(frozen=True, slots=True)
 class Pong:
     """`PONG`: the answer to `PING`."""
+
+    @classmethod
+    def parse(cls, fields: list[bytes], line: bytes) -> Pong:
+        if len(fields) != 1:
+            raise WireError("not a peer message")
+        return cls()
 
     def to_line(self) -> bytes:
         return b"PONG\n"
@@ -129,6 +160,15 @@ class Digest:
     origin: bytes
     sums: tuple[int, ...]
 
+    @classmethod
+    def parse(cls, fields: list[bytes], line: bytes) -> Digest:
+        if len(fields) < 4 or fields[1] not in _DIGEST_KINDS:
+            raise WireError("not a peer message")
+        sums = fields[3:]
+        if len(sums) > 64 or not all(_DIGEST_SUM.match(value) for value in sums):
+            raise WireError("DIGEST sums are 16 hex digits each")
+        return cls(fields[1], fields[2], tuple(int(value, 16) for value in sums))
+
     def to_line(self) -> bytes:
         if self.kind not in _DIGEST_KINDS:
             raise WireError(f"not a digest kind: {self.kind!r}")
@@ -139,6 +179,12 @@ class Digest:
 @dataclass(frozen=True, slots=True)
 class DigestEnd:
     """`DIGEST-END`: the sender's digests are complete (an origin not listed: it holds none)."""
+
+    @classmethod
+    def parse(cls, fields: list[bytes], line: bytes) -> DigestEnd:
+        if len(fields) != 1:
+            raise WireError("not a peer message")
+        return cls()
 
     def to_line(self) -> bytes:
         return b"DIGEST-END\n"
@@ -174,6 +220,12 @@ class Lease:
     server: bytes
     ns: int
 
+    @classmethod
+    def parse(cls, fields: list[bytes], line: bytes) -> Lease:
+        if len(fields) != 3 or SEQ.match(fields[2]) is None:
+            raise WireError("not a peer message")
+        return cls(one_field(fields[1]), int(fields[2]))
+
     def to_line(self) -> bytes:
         return b"LEASE %s %d\n" % (one_field(self.server), self.ns)
 
@@ -194,43 +246,49 @@ PeerMessage = (
 )
 
 
+def parse_update(fields: list[bytes], line: bytes) -> Update | OpUpdate:
+    """`U <seq> AT ...` or `U <seq> OP <json>`."""
+    if len(fields) < 3 or SEQ.match(fields[1]) is None:
+        raise WireError("U takes <seq> AT ... or <seq> OP <json>")
+    if fields[2] == b"OP":
+        if len(fields) != 4:
+            raise WireError("U <seq> OP takes one JSON field")
+        return OpUpdate(int(fields[1]), fields[3])
+    return Update(int(fields[1]), parse_at(fields[2:]))
+
+
+def parse_record(fields: list[bytes], line: bytes) -> Record | OpRecord:
+    """`R AT ...` or `R OP <json>`."""
+    if len(fields) < 2:
+        raise WireError("not a peer message")
+    if fields[1] == b"OP":
+        if len(fields) != 3:
+            raise WireError("R OP takes one JSON field")
+        return OpRecord(fields[2])
+    return Record(parse_at(fields[1:]))
+
+
+PEER_PARSERS: Final[dict[bytes, Callable[[list[bytes], bytes], PeerMessage]]] = {
+    b"U": parse_update,
+    b"R": parse_record,
+    b"DIGEST": Digest.parse,
+    b"DIGEST-END": DigestEnd.parse,
+    b"SYNC": Sync.parse,
+    b"HERD-CHALLENGE": Challenge.parse,
+    b"HERD-AUTH": Auth.parse,
+    b"LEASE": Lease.parse,
+    b"PING": Ping.parse,
+    b"PONG": Pong.parse,
+}
+"""The peer link's words, each with the parser of its fields."""
+
+
 def parse_peer_line(line: bytes) -> PeerMessage | None:
     """One line on a peer link; None for a blank line."""
     fields = line.split()
     if not fields:
         return None
-    kind = fields[0]
-    if kind == b"R" and len(fields) >= 2:
-        if fields[1] == b"OP":
-            if len(fields) != 3:
-                raise WireError("R OP takes one JSON field")
-            return OpRecord(fields[2])
-        return Record(parse_at(fields[1:]))
-    if kind == b"DIGEST" and len(fields) >= 4 and fields[1] in _DIGEST_KINDS:
-        sums = fields[3:]
-        if len(sums) > 64 or not all(_DIGEST_SUM.match(value) for value in sums):
-            raise WireError("DIGEST sums are 16 hex digits each")
-        return Digest(fields[1], fields[2], tuple(int(value, 16) for value in sums))
-    if kind == b"DIGEST-END" and len(fields) == 1:
-        return DigestEnd()
-    if kind == b"U":
-        if len(fields) < 3 or SEQ.match(fields[1]) is None:
-            raise WireError("U takes <seq> AT ... or <seq> OP <json>")
-        if fields[2] == b"OP":
-            if len(fields) != 4:
-                raise WireError("U <seq> OP takes one JSON field")
-            return OpUpdate(int(fields[1]), fields[3])
-        return Update(int(fields[1]), parse_at(fields[2:]))
-    if kind == b"SYNC" and len(fields) == 4 and SEQ.match(fields[3]) is not None:
-        return Sync(fields[1], fields[2], int(fields[3]))
-    if kind == b"HERD-CHALLENGE" and len(fields) == 3:
-        return Challenge(hex_field(fields[1]), hex_field(fields[2]))
-    if kind == b"HERD-AUTH" and len(fields) == 2:
-        return Auth(hex_field(fields[1]))
-    if kind == b"LEASE" and len(fields) == 3 and SEQ.match(fields[2]) is not None:
-        return Lease(one_field(fields[1]), int(fields[2]))
-    if kind == b"PING" and len(fields) == 1:
-        return Ping()
-    if kind == b"PONG" and len(fields) == 1:
-        return Pong()
-    raise WireError("not a peer message")
+    parse = PEER_PARSERS.get(fields[0])
+    if parse is None:
+        raise WireError("not a peer message")
+    return parse(fields, line)

@@ -30,9 +30,24 @@ from herd.wire.client import (
     parse_client_line,
     status_reply,
 )
-from herd.wire.commands import CLIENT_PORT, parse_client_port_line
+from herd.wire.commands import CLIENT_PORT, OPERATOR, PEER_LINK, parse_client_port_line
 from herd.wire.grammar import WireError, diff_field, time_key
-from herd.wire.peer import Auth, Challenge, Lease, Ping, Pong, Sync, Update, parse_peer_line
+from herd.wire.peer import (
+    Auth,
+    Challenge,
+    Digest,
+    DigestEnd,
+    Lease,
+    OpRecord,
+    OpUpdate,
+    Ping,
+    Pong,
+    Record,
+    Sync,
+    Update,
+    parse_peer_line,
+    update_line,
+)
 from herd.wire.planning import (
     PLANNING_WORDS,
     UNSUBSCRIBED,
@@ -1070,3 +1085,41 @@ def test_replies() -> None:
     assert UNSUBSCRIBED == b"UNSUBSCRIBED\n"
     at = format_at(b"Bailey", 5_000_000_000, iamat(b"kiwi", b"+1.0-2.0", b"4"))
     assert at.to_line() == b"AT Bailey +1.000000000 kiwi +1.0-2.0 4\n"
+
+
+# --- the peer link's anti-entropy lines, and its table ---------------------------------------
+
+op_payloads = token_bytes
+
+
+@given(
+    st.sampled_from([b"AT", b"OP"]),
+    servers,
+    st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=64),
+)
+def test_digest_round_trip(kind: bytes, origin: bytes, sums: list[int]) -> None:
+    digest = Digest(kind, origin, tuple(sums))
+    assert parse_peer_line(digest.to_line()[:-1]) == digest
+
+
+@given(st.integers(0, 10**19 - 1), servers, client_ids, positions, times(), op_payloads)
+def test_records_and_updates_round_trip(
+    seq: int, server: bytes, client: bytes, position: bytes, time: bytes, payload: bytes
+) -> None:
+    at = format_at(server, 1_621_464_827_000_000_000, iamat(client, position, time))
+    for message in (
+        Update(seq, at),
+        OpUpdate(seq, payload),
+        Record(at),
+        OpRecord(payload),
+        DigestEnd(),
+    ):
+        assert parse_peer_line(message.to_line()[:-1]) == message
+    assert update_line(seq, at) == Update(seq, at).to_line()
+
+
+def test_the_peer_link_table_holds_every_word() -> None:
+    assert set(PEER_LINK) == set(
+        b"U R DIGEST DIGEST-END SYNC HERD-CHALLENGE HERD-AUTH LEASE PING PONG".split()
+    )
+    assert set(OPERATOR) == {b"USER-ADD", b"USER-TOKEN"}
