@@ -10,6 +10,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from herd.events import OPERATOR
+from herd.extensions import JidLinks, OptOuts
 from herd.peers import new_nonce, peer_mac
 from herd.planning import auth_delay, hash_token
 from herd.wire.client import Hello
@@ -187,3 +188,33 @@ def test_unknown_user_cannot_log_in(herd: dict[str, Node]) -> None:
 
 def test_malformed_planning_lines_are_echoed(herd: dict[str, Node]) -> None:
     assert herd["A"].ask(b"VOTE\n") == b"? VOTE\n"
+
+
+def test_extension_commands_are_served_only_once_registered(herd: dict[str, Node]) -> None:
+    """SUBSCRIBE, LINK and OPTOUT belong to extensions: a server without them answers
+    `? <line>` (UNSUBSCRIBE is the session's own, served either way); once registered, each
+    answers with its own reply."""
+    node = herd["A"]
+    add_user(node, "alice")
+    alice = Session(node, "alice")
+    for line in ("SUBSCRIBE", "LINK alice@example.org", "OPTOUT alice x"):
+        assert alice.send(line) == f"? {line}\n".encode()
+    assert alice.send("UNSUBSCRIBE") == b"UNSUBSCRIBED\n"
+
+    issued: list[tuple[str, str]] = []
+
+    def codes(user: str, jid: str, now_ns: int) -> tuple[str, int]:
+        issued.append((user, jid))
+        return "ABCD-EFGH", 1_800_000_000
+
+    node.server.register(JidLinks(codes))
+    node.server.register(OptOuts(lambda user, token: token == "right"))
+    assert alice.send("LINK Alice@Example.org") == b"LINKCODE ABCD-EFGH 1800000000\n"
+    assert issued == [("alice", "alice@example.org")]
+    assert alice.send("OPTOUT alice wrong") == b"? OPTOUT alice wrong\n"
+    assert alice.send("OPTOUT alice right") == b"OPTOUT alice\n"
+    assert alice.json("USER", b"USER")["channels"] == ["line", "xmpp"]
+    stranger = node.client()
+    stranger[0].dataReceived(b"LINK alice@example.org\n")
+    node.clock.advance(0)
+    assert stranger[1].value() == b"ERR not-authenticated: AUTH first\n"
