@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 from bench.harness import HOST, BenchError
-from herd.events import OPERATOR
+from herd.ops import OPERATOR
 from herd.peers import new_nonce, peer_mac
-from herd.planning import hash_token, new_token
+from herd.tokens import hash_token, new_token
 from herd.wire import Challenge, Hello, WireError, parse_peer_line
 
 REPLY_TIMEOUT = 120.0

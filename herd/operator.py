@@ -8,7 +8,7 @@ import hmac
 import socket
 
 from herd.config import HerdConfig
-from herd.events import OPERATOR
+from herd.ops import OPERATOR
 from herd.peers import new_nonce, peer_mac
 from herd.wire import Challenge, Hello, OperatorCommand, WireError, parse_peer_line
 

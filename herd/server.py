@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from herd.config import LimitsConfig
-from herd.events import OPERATOR, AddPlace, Body, Change, ChangeFeed, Op, PlanningState
+from herd.events import Change, ChangeFeed
 from herd.fairness import FairQueue
 from herd.leases import Leases
 from herd.model import (
@@ -45,25 +45,23 @@ from herd.model import (
     changes_since,
     op_origin,
 )
+from herd.ops import OPERATOR, AddPlace, Body, Op
 from herd.peers import PeerSession, new_nonce, peer_mac
 from herd.planning import (
     PLANNING_WORDS,
     Login,
     PlanningError,
     Suggest,
-    Venue,
-    auth_delay,
-    execute,
-    execute_operator,
     parse_planning_line,
-    position_lookup,
     respond,
     suggest_reply,
-    suggestion_query,
-    verify_token,
 )
 from herd.protocol import ConnectionLimits, LineConnection, LineTooLong, SliceScheduler, Slot
+from herd.rules import execute, execute_operator, suggestion_query
+from herd.state import PlanningState
 from herd.store import GroupCommitter, Snapshot
+from herd.tokens import auth_delay, verify_token
+from herd.venues import Venue
 from herd.wire import (
     CLIENT_WORDS,
     Auth,
@@ -93,6 +91,7 @@ from herd.wire import (
     parse_peer_line,
     redact_secrets,
 )
+from herd.zones import position_lookup
 
 if TYPE_CHECKING:
     from herd.places import OfflinePlaces, PlacesAnswer, PlacesProvider

@@ -36,19 +36,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from herd.events import (
-    Choice,
-    Event,
-    PlaceOption,
-    PlanningState,
-    Status,
-    TimeOption,
-    User,
-    client_bytes,
-    client_text,
-    format_utc,
-    is_id,
-)
+from herd.ops import Choice, client_bytes, client_text, is_id
+from herd.state import PlanningState
+from herd.views import Event, PlaceOption, Status, TimeOption, User, format_utc
 from notifier.message import Recipient
 from notifier.naturaltime import Moment, NotATime, parse_clock, parse_when
 from notifier.render import OptionView, event_view, render_text

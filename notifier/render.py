@@ -34,7 +34,9 @@ import icalendar
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, meta, select_autoescape
 from markupsafe import Markup
 
-from herd.events import Choice, Event, PlaceOption, PlanningState, TimeOption
+from herd.ops import Choice
+from herd.state import PlanningState
+from herd.views import Event, PlaceOption, TimeOption
 from notifier.channels import Attachment, Outgoing
 from notifier.message import Kind, Medium, Notification, Recipient, Routed
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from herd.events import OPERATOR
+from herd.ops import OPERATOR
 from herd.peers import new_nonce, peer_mac
-from herd.planning import hash_token
+from herd.tokens import hash_token
 from herd.wire import Challenge, parse_peer_line
 
 from .harness import (

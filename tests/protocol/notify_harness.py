@@ -12,10 +12,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from herd.events import OPERATOR
 from herd.leases import Leases, LeaseSettings
+from herd.ops import OPERATOR
 from herd.peers import new_nonce, peer_mac
-from herd.planning import hash_token
+from herd.tokens import hash_token
 from herd.wire import Challenge, Hello, parse_peer_line
 from notifier.channels import Outgoing
 from notifier.channels.line import LineHub

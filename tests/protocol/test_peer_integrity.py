@@ -14,9 +14,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test.iosim import IOPump
 
-from herd.planning import add_user, hash_token
 from herd.protocol import LineConnection
+from herd.rules import add_user
 from herd.server import DEFAULT_ANTI_ENTROPY_SECONDS
+from herd.tokens import hash_token
 from tests.protocol.harness import Node, link, make_node, settle
 
 POSITION = b"+34.068930-118.445127"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from herd.events import OPERATOR
+from herd.ops import OPERATOR
 from herd.peers import new_nonce, peer_mac
-from herd.planning import auth_delay, hash_token
+from herd.tokens import auth_delay, hash_token
 from herd.wire import Challenge, Hello, parse_peer_line
 from tests.protocol.harness import SECRET, Node, link, make_node, settle
 

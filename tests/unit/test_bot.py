@@ -19,19 +19,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herd.events import Op, PlanningState
-from herd.planning import (
-    PlanningError,
-    Position,
-    Suggest,
-    Venue,
-    add_user,
-    execute,
-    parse_planning_line,
-    respond,
-    suggest_reply,
-    suggestion_query,
-)
+from herd.ops import Op
+from herd.planning import PlanningError, Suggest, parse_planning_line, respond, suggest_reply
+from herd.rules import add_user, execute, suggestion_query
+from herd.state import PlanningState
+from herd.venues import Venue
+from herd.zones import Position
 from notifier.bot import (
     LINK_WINDOW,
     BotStep,

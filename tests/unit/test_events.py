@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herd.events import (
+from herd.events import Change, ChangeFeed, ChangeKind
+from herd.ops import (
     OPERATOR,
     AddComment,
     AddPlace,
@@ -23,29 +24,25 @@ from herd.events import (
     Body,
     Cancel,
     CastVote,
-    Change,
-    ChangeFeed,
-    ChangeKind,
     Choice,
     CreateEvent,
     Decide,
     DigestSent,
     Invite,
     Op,
-    PlanningState,
     Reopen,
     SetDevice,
     SetUserField,
-    Status,
     Uninvite,
     UserField,
     client_bytes,
     client_text,
-    format_utc,
     is_client,
     is_id,
     is_text,
 )
+from herd.state import PlanningState
+from herd.views import Status, format_utc
 from herd.wire import WireError
 
 T0 = 1_780_000_000_000_000_000  # ns, 2026-05-28

@@ -13,14 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herd.events import MAX_COMMENT, is_id
-from herd.planning import (
-    PlanningError,
-    execute_operator,
-    hash_token,
-    is_free_text,
-    verify_token,
-)
+from herd.ops import MAX_COMMENT, is_id
+from herd.planning import PlanningError
+from herd.rules import execute_operator, is_free_text
+from herd.tokens import hash_token, verify_token
 from herd.wire import (
     TOKEN_HASH,
     USER_ID,

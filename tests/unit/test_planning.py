@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herd.events import OPERATOR, Choice, Op, PlanningState, UserField
 from herd.model import LocationTable
+from herd.ops import OPERATOR, Choice, Op, UserField
 from herd.planning import (
     PLANNING_WORDS,
     AddDevice,
@@ -32,7 +32,6 @@ from herd.planning import (
     PlanEvent,
     PlanningCommand,
     PlanningError,
-    Position,
     ProposePlace,
     ProposeTime,
     RemoveDevice,
@@ -42,30 +41,20 @@ from herd.planning import (
     ShowUser,
     StateCommand,
     Suggest,
-    SuggestionQuery,
     UninviteUsers,
     UnsetUser,
-    Venue,
     VoteOn,
     WhoAmI,
-    add_user,
-    auth_delay,
-    execute,
-    hash_token,
-    new_token,
     parse_planning_line,
-    parse_time,
-    position_lookup,
-    rank_venues,
-    reset_token,
     respond,
     suggest_reply,
-    suggestion_query,
-    timezone_of,
-    verify_token,
-    who_is_near,
 )
+from herd.rules import add_user, execute, parse_time, reset_token, suggestion_query
+from herd.state import PlanningState
+from herd.tokens import auth_delay, hash_token, new_token, verify_token
+from herd.venues import SuggestionQuery, Venue, rank_venues, who_is_near
 from herd.wire import IAmAt, WireError, format_at, parse_client_line
+from herd.zones import Position, position_lookup, timezone_of
 
 NOW_NS = 1_780_000_000_000_000_000  # 2026-05-28T20:26:40Z
 DEGREE_M = 111_195.0802  # one degree of a great circle, by hand: 6371008.8 * pi / 180

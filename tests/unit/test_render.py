@@ -17,7 +17,8 @@ import icalendar
 import pytest
 from jinja2 import UndefinedError
 
-from herd.events import (
+from herd.events import Change
+from herd.ops import (
     OPERATOR,
     AddComment,
     AddPlace,
@@ -26,18 +27,17 @@ from herd.events import (
     Body,
     Cancel,
     CastVote,
-    Change,
     Choice,
     CreateEvent,
     Decide,
     Invite,
     Op,
-    PlanningState,
     Reopen,
     SetUserField,
     Uninvite,
     UserField,
 )
+from herd.state import PlanningState
 from notifier.channels import Outgoing
 from notifier.message import Kind, Medium, Notification, Recipient, Routed, notification_id
 from notifier.render import (

@@ -1,0 +1,77 @@
+"""Where to meet, pure: venues ranked by the trips people would make, who is near a place, and
+what `SUGGEST` asks the places provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from herd.geo import distance_m
+from herd.views import PlaceOption
+from herd.zones import Position
+
+__all__ = ["RankedVenue", "SuggestionQuery", "Venue", "rank_venues", "who_is_near"]
+
+
+@dataclass(frozen=True, slots=True)
+class Venue:
+    """A candidate place from the places provider."""
+
+    name: str
+    lat: float
+    lon: float
+
+
+@dataclass(frozen=True, slots=True)
+class RankedVenue:
+    """A venue with the great-circle distances (metres) the people would travel to it, and
+    its rank by the longest of those trips (1: the fairest)."""
+
+    venue: Venue
+    total_m: float
+    max_m: float
+    rank_max: int
+
+
+def rank_venues(venues: Iterable[Venue], people: Sequence[Position]) -> list[RankedVenue]:
+    """Venues by total trip of `people`, shortest first, each with its rank by longest trip.
+    Ties fall to the other measure, then name and position, so the order is deterministic."""
+    if not people:
+        raise ValueError("ranking venues needs at least one position")
+    measured = []
+    for venue in venues:
+        trips = [distance_m(lat, lon, venue.lat, venue.lon) for lat, lon in people]
+        measured.append((sum(trips), max(trips), venue.name, venue.lat, venue.lon, venue))
+    measured.sort(key=lambda m: m[:5])
+    by_max = sorted(range(len(measured)), key=lambda i: (measured[i][1], i))
+    rank_max = {index: rank for rank, index in enumerate(by_max, start=1)}
+    return [
+        RankedVenue(venue, total, longest, rank_max[index])
+        for index, (total, longest, _, _, _, venue) in enumerate(measured)
+    ]
+
+
+def who_is_near(place: Position, positions: Mapping[str, Position], radius_km: float) -> list[str]:
+    """The users within `radius_km` of a place, sorted."""
+    limit = radius_km * 1000.0
+    return sorted(
+        user
+        for user, (lat, lon) in positions.items()
+        if distance_m(lat, lon, place[0], place[1]) <= limit
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SuggestionQuery:
+    """What `SUGGEST` asks the places provider (venues within `radius_km` of `center`) and
+    what the answer is ranked with.  `people` are the users the trips are measured from: those
+    who said YES to the decided or leading time, else every participant; `positions` holds the
+    current position of every participant who has one."""
+
+    event_id: str
+    people: tuple[str, ...]
+    positions: Mapping[str, Position]
+    center: Position
+    radius_km: float
+    leading: PlaceOption | None
