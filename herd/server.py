@@ -34,17 +34,6 @@ from herd.config import LimitsConfig
 from herd.events import Change, ChangeFeed
 from herd.fairness import FairQueue
 from herd.leases import Leases
-from herd.model import (
-    BUCKETS,
-    Location,
-    LocationTable,
-    LoggedOp,
-    OpLog,
-    Outcome,
-    Sequencer,
-    changes_since,
-    op_origin,
-)
 from herd.ops import OPERATOR, AddPlace, Body, Op
 from herd.peers import PeerSession, new_nonce, peer_mac
 from herd.planning import (
@@ -57,6 +46,17 @@ from herd.planning import (
     suggest_reply,
 )
 from herd.protocol import ConnectionLimits, LineConnection, LineTooLong, SliceScheduler, Slot
+from herd.records import (
+    BUCKETS,
+    Location,
+    LocationTable,
+    LoggedOp,
+    OpLog,
+    Outcome,
+    Sequencer,
+    changes_since,
+    op_origin,
+)
 from herd.rules import execute, execute_operator, suggestion_query
 from herd.state import PlanningState
 from herd.store import GroupCommitter, Snapshot

@@ -14,7 +14,7 @@ from herd.state import PlanningState
 if TYPE_CHECKING:
     from timezonefinder import TimezoneFinder
 
-    from herd.model import LocationTable
+    from herd.records import LocationTable
 
 __all__ = ["Position", "PositionOf", "position_lookup", "timezone_of"]
 

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herd.model import LocationTable
 from herd.ops import OPERATOR, Choice, Op, UserField
 from herd.planning import (
     PLANNING_WORDS,
@@ -49,6 +48,7 @@ from herd.planning import (
     respond,
     suggest_reply,
 )
+from herd.records import LocationTable
 from herd.rules import add_user, execute, parse_time, reset_token, suggestion_query
 from herd.state import PlanningState
 from herd.tokens import auth_delay, hash_token, new_token, verify_token
