@@ -20,8 +20,7 @@ from typing import Any, cast
 
 from bench.harness import HOST, BenchError
 from herd.ops import OPERATOR
-from herd.peers import new_nonce, peer_mac
-from herd.tokens import hash_token, new_token
+from herd.tokens import hash_token, new_nonce, new_token, peer_mac
 from herd.wire import Challenge, Hello, WireError, parse_peer_line
 
 REPLY_TIMEOUT = 120.0

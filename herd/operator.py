@@ -9,7 +9,7 @@ import socket
 
 from herd.config import HerdConfig
 from herd.ops import OPERATOR
-from herd.peers import new_nonce, peer_mac
+from herd.tokens import new_nonce, peer_mac
 from herd.wire import Challenge, Hello, OperatorCommand, WireError, parse_peer_line
 
 TIMEOUT = 5.0

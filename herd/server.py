@@ -35,7 +35,7 @@ from herd.events import Change, ChangeFeed
 from herd.fairness import FairQueue
 from herd.leases import Leases
 from herd.ops import OPERATOR, AddPlace, Body, Op
-from herd.peers import PeerSession, new_nonce, peer_mac
+from herd.peers import PeerSession
 from herd.planning import (
     PLANNING_WORDS,
     Login,
@@ -60,7 +60,7 @@ from herd.records import (
 from herd.rules import execute, execute_operator, suggestion_query
 from herd.state import PlanningState
 from herd.store import GroupCommitter, Snapshot
-from herd.tokens import auth_delay, verify_token
+from herd.tokens import auth_delay, new_nonce, peer_mac, verify_token
 from herd.venues import Venue
 from herd.wire import (
     CLIENT_WORDS,

@@ -34,8 +34,8 @@ from herd.protocol import LineConnection
 from herd.secretfile import choose_secret, read_or_create_secret
 from herd.server import HerdServer, ProposedVenues, Replica
 from herd.store import GroupCommitter, Store
+from herd.tokens import issue_link_code, verify_unsubscribe
 from herd.traffic import TrafficLog
-from notifier.bot import issue_link_code
 from notifier.botglue import BotGlue
 from notifier.channels import Channel
 from notifier.channels.line import LineHub
@@ -44,7 +44,7 @@ from notifier.channels.xmpp import TlsMode, XmppChannel
 from notifier.feed import NotifierListener
 from notifier.feed import load as load_notifier
 from notifier.outbox import Outbox
-from notifier.render import Unsubscribe, verify_unsubscribe
+from notifier.render import Unsubscribe
 from notifier.routing import Timing, offline
 
 T = TypeVar("T")

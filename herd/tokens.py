@@ -1,5 +1,6 @@
-"""Line tokens, pure: issue, hash and verify the token a user authenticates with, and the delay
-after failed attempts.
+"""Every HMAC and scrypt use of the herd, so what a secret signs is written in one place: line
+tokens (scrypt hashes, the delay after failures), peer handshake MACs, unsubscribe tokens and
+Jabber link codes.
 """
 
 from __future__ import annotations
@@ -7,11 +8,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 from typing import Final
 
 from herd.ops import client_bytes
 
-__all__ = ["auth_delay", "hash_token", "new_token", "verify_token"]
+__all__ = [
+    "LINK_WINDOW",
+    "PROTOCOL_TAG",
+    "auth_delay",
+    "check_link_code",
+    "hash_token",
+    "issue_link_code",
+    "link_code",
+    "new_nonce",
+    "new_token",
+    "peer_mac",
+    "unsubscribe_token",
+    "verify_token",
+    "verify_unsubscribe",
+]
 
 _SCRYPT_N: Final = 2**10
 _SCRYPT_R: Final = 8
@@ -72,3 +88,70 @@ def auth_delay(failures: int) -> float:
     if failures <= 0:
         return 0.0
     return min(0.5 * 2.0 ** (min(failures, 8) - 1), 8.0)
+
+
+# --- peer handshake MACs ----------------------------------------------------------------------
+
+PROTOCOL_TAG = b"renga-peer-v1"
+
+
+def peer_mac(
+    secret: bytes, role: bytes, dialer: bytes, acceptor: bytes, nd: bytes, na: bytes
+) -> bytes:
+    message = b"|".join((PROTOCOL_TAG, role, dialer, acceptor, nd, na))
+    return hmac.new(secret, message, hashlib.sha256).hexdigest().encode()
+
+
+def new_nonce() -> bytes:
+    return secrets.token_hex(16).encode()
+
+
+# --- unsubscribe tokens ------------------------------------------------------------------------
+
+
+def unsubscribe_token(secret: bytes, user: str) -> str:
+    """An HMAC-SHA256 of the user id under the server secret, 128 bits in base64url: whoever
+    holds it may unsubscribe that user, and nobody can make one without the secret."""
+    mac = hmac.new(secret, b"renga-unsubscribe\0" + user.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:16]).rstrip(b"=").decode("ascii")
+
+
+def verify_unsubscribe(secret: bytes, user: str, token: str) -> bool:
+    return hmac.compare_digest(unsubscribe_token(secret, user), token)
+
+
+# --- link codes ------------------------------------------------------------------------------
+
+LINK_WINDOW: Final = 600
+"""Seconds per link-code window; a code is good in its window and the next."""
+
+_CROCKFORD: Final = str.maketrans(  # base 32 to Crockford's alphabet: no i, l, o, u
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789abcdefghjkmnpqrstvwxyz"
+)
+_LINK_READS: Final = str.maketrans("ilo", "110", "-_ ")
+
+
+def link_code(secret: bytes, user: str, jid: str, window: int) -> str:
+    """8 characters (40 bits) of HMAC-SHA256 over (user, JID, window), in Crockford's base 32
+    (no i, l, o, u to misread).  JIDs compare case-insensitively, as Jabber servers do."""
+    message = f"renga-link\0{user}\0{jid.casefold()}\0{window}".encode()
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    return base64.b32encode(digest[:5]).decode().translate(_CROCKFORD)
+
+
+def issue_link_code(secret: bytes, user: str, jid: str, now_ns: int) -> tuple[str, int]:
+    """The code for `LINKCODE <code> <expires>` and when it expires (POSIX seconds): the end of
+    the window after the current one."""
+    window = now_ns // 10**9 // LINK_WINDOW
+    return link_code(secret, user, jid, window), (window + 2) * LINK_WINDOW
+
+
+def check_link_code(secret: bytes, user: str, jid: str, code: str, now_ns: int) -> bool:
+    """Whether `code` (any case, dashes and spaces ignored, i/l read as 1 and o as 0) was made
+    in the current or the previous window, compared in constant time."""
+    typed = code.lower().translate(_LINK_READS)
+    window = now_ns // 10**9 // LINK_WINDOW
+    matches = [  # both windows, so that the time taken does not tell which one matched
+        hmac.compare_digest(link_code(secret, user, jid, w), typed) for w in (window, window - 1)
+    ]
+    return any(matches)

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from herd.ops import OPERATOR
-from herd.peers import new_nonce, peer_mac
-from herd.tokens import hash_token
+from herd.tokens import hash_token, new_nonce, peer_mac
 from herd.wire import Challenge, parse_peer_line
 
 from .harness import (

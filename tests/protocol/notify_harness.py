@@ -14,8 +14,7 @@ from twisted.internet.task import Clock
 
 from herd.leases import Leases, LeaseSettings
 from herd.ops import OPERATOR
-from herd.peers import new_nonce, peer_mac
-from herd.tokens import hash_token
+from herd.tokens import hash_token, new_nonce, peer_mac
 from herd.wire import Challenge, Hello, parse_peer_line
 from notifier.channels import Outgoing
 from notifier.channels.line import LineHub

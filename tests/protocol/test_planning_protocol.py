@@ -10,8 +10,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from herd.ops import OPERATOR
-from herd.peers import new_nonce, peer_mac
-from herd.tokens import auth_delay, hash_token
+from herd.tokens import auth_delay, hash_token, new_nonce, peer_mac
 from herd.wire import Challenge, Hello, parse_peer_line
 from tests.protocol.harness import SECRET, Node, link, make_node, settle
 
