@@ -34,7 +34,7 @@ from herd.config import LimitsConfig
 from herd.events import Change, ChangeFeed
 from herd.fairness import FairQueue
 from herd.leases import Leases
-from herd.ops import OPERATOR, AddPlace, Body, Op
+from herd.ops import OPERATOR, Body, Op
 from herd.peers import PeerSession
 from herd.planning import (
     PLANNING_WORDS,
@@ -94,7 +94,7 @@ from herd.wire import (
 from herd.zones import position_lookup
 
 if TYPE_CHECKING:
-    from herd.places import OfflinePlaces, PlacesAnswer, PlacesProvider
+    from herd.places import PlacesAnswer, PlacesProvider
     from herd.traffic import TrafficLog
 
 _log = Logger()
@@ -1081,21 +1081,3 @@ class OperatorHandler:
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
         return
-
-
-class ProposedVenues:
-    """Places proposed in events (with a position) become venues of the offline provider, so
-    WHATSAT and SUGGEST know the herd's own places."""
-
-    def __init__(self, places: OfflinePlaces) -> None:
-        self._places = places
-
-    def add_all(self, planning: PlanningState) -> None:
-        for place in planning.places():
-            if place.lat is not None and place.lon is not None:
-                self._places.add_venue(place.id, place.name, place.lat, place.lon)
-
-    def changed(self, change: Change) -> None:
-        body = change.op.body
-        if isinstance(body, AddPlace) and body.lat is not None and body.lon is not None:
-            self._places.add_venue(change.op.op_id, body.name, body.lat, body.lon)

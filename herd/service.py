@@ -32,10 +32,11 @@ from herd.peers import DialFactory, retry_policy
 from herd.places import OfflinePlaces, PlacesProvider, make_provider
 from herd.protocol import LineConnection
 from herd.secretfile import choose_secret, read_or_create_secret
-from herd.server import HerdServer, ProposedVenues, Replica
+from herd.server import HerdServer, Replica
 from herd.store import GroupCommitter, Store
 from herd.tokens import issue_link_code, verify_unsubscribe
 from herd.traffic import TrafficLog
+from herd.venues import ProposedVenues
 from notifier.botglue import BotGlue
 from notifier.channels import Channel
 from notifier.channels.line import LineHub

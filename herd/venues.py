@@ -6,12 +6,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from herd.events import Change
 from herd.geo import distance_m
+from herd.ops import AddPlace
+from herd.state import PlanningState
 from herd.views import PlaceOption
 from herd.zones import Position
 
-__all__ = ["RankedVenue", "SuggestionQuery", "Venue", "rank_venues", "who_is_near"]
+if TYPE_CHECKING:
+    from herd.places import OfflinePlaces
+
+__all__ = [
+    "ProposedVenues",
+    "RankedVenue",
+    "SuggestionQuery",
+    "Venue",
+    "rank_venues",
+    "who_is_near",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +89,21 @@ class SuggestionQuery:
     center: Position
     radius_km: float
     leading: PlaceOption | None
+
+
+class ProposedVenues:
+    """Places proposed in events (with a position) become venues of the offline provider, so
+    WHATSAT and SUGGEST know the herd's own places."""
+
+    def __init__(self, places: OfflinePlaces) -> None:
+        self._places = places
+
+    def add_all(self, planning: PlanningState) -> None:
+        for place in planning.places():
+            if place.lat is not None and place.lon is not None:
+                self._places.add_venue(place.id, place.name, place.lat, place.lon)
+
+    def changed(self, change: Change) -> None:
+        body = change.op.body
+        if isinstance(body, AddPlace) and body.lat is not None and body.lon is not None:
+            self._places.add_venue(change.op.op_id, body.name, body.lat, body.lon)
