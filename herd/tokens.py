@@ -29,6 +29,8 @@ __all__ = [
     "verify_unsubscribe",
 ]
 
+# --- line tokens ---------------------------------------------------------------------------------
+
 _SCRYPT_N: Final = 2**10
 _SCRYPT_R: Final = 8
 _SCRYPT_P: Final = 1
@@ -90,23 +92,27 @@ def auth_delay(failures: int) -> float:
     return min(0.5 * 2.0 ** (min(failures, 8) - 1), 8.0)
 
 
-# --- peer handshake MACs ----------------------------------------------------------------------
+# --- peer handshake MACs ------------------------------------------------------------------------
 
 PROTOCOL_TAG = b"renga-peer-v1"
+"""The first field of every peer MAC, so that no other HMAC under the herd secret matches one."""
 
 
 def peer_mac(
     secret: bytes, role: bytes, dialer: bytes, acceptor: bytes, nd: bytes, na: bytes
 ) -> bytes:
+    """The handshake proof of `role` (`dialer` or `acceptor`, see `herd.peers`), hex: it binds
+    both names and both nonces, so a proof is good for one link attempt only."""
     message = b"|".join((PROTOCOL_TAG, role, dialer, acceptor, nd, na))
     return hmac.new(secret, message, hashlib.sha256).hexdigest().encode()
 
 
 def new_nonce() -> bytes:
+    """A fresh handshake nonce: 128 random bits in hex, one field on the line."""
     return secrets.token_hex(16).encode()
 
 
-# --- unsubscribe tokens ------------------------------------------------------------------------
+# --- unsubscribe tokens --------------------------------------------------------------------------
 
 
 def unsubscribe_token(secret: bytes, user: str) -> str:
@@ -117,10 +123,11 @@ def unsubscribe_token(secret: bytes, user: str) -> str:
 
 
 def verify_unsubscribe(secret: bytes, user: str, token: str) -> bool:
+    """Whether `token` is the user's unsubscribe token, compared in constant time."""
     return hmac.compare_digest(unsubscribe_token(secret, user), token)
 
 
-# --- link codes ------------------------------------------------------------------------------
+# --- link codes ----------------------------------------------------------------------------------
 
 LINK_WINDOW: Final = 600
 """Seconds per link-code window; a code is good in its window and the next."""

@@ -1,5 +1,6 @@
-"""Where to meet, pure: venues ranked by the trips people would make, who is near a place, and
-what `SUGGEST` asks the places provider.
+"""Where to meet, pure: venues ranked by the trips people would make, who is near a place, what
+`SUGGEST` asks the places provider, and the places proposed in events as venues of the offline
+provider.
 """
 
 from __future__ import annotations
@@ -8,15 +9,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from herd.events import Change
 from herd.geo import distance_m
 from herd.ops import AddPlace
-from herd.state import PlanningState
 from herd.views import PlaceOption
 from herd.zones import Position
 
 if TYPE_CHECKING:
+    from herd.events import Change
     from herd.places import OfflinePlaces
+    from herd.state import PlanningState
 
 __all__ = [
     "ProposedVenues",

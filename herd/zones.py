@@ -9,12 +9,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from herd.ops import client_bytes
-from herd.state import PlanningState
 
 if TYPE_CHECKING:
     from timezonefinder import TimezoneFinder
 
     from herd.records import LocationTable
+    from herd.state import PlanningState
 
 __all__ = ["Position", "PositionOf", "position_lookup", "timezone_of"]
 
