@@ -73,8 +73,8 @@ from herd.planning import (
 )
 from herd.state import PlanningState
 from herd.tokens import verify_token
-from herd.venues import SuggestionQuery
-from herd.views import Event, PlaceOption, Status, format_utc
+from herd.venues import SuggestionQuery, coming, leading_place
+from herd.views import Event, Status, format_utc
 from herd.wire import (
     MAX_RADIUS_KM,
     NOT_A_USER_ID,
@@ -556,7 +556,7 @@ def suggestion_query(
         for user in sorted(event.participants)
         if (position := position_of(user)) is not None
     }
-    people = tuple(user for user in _coming(event) if user in positions) or tuple(positions)
+    people = tuple(user for user in coming(event) if user in positions) or tuple(positions)
     if not people:
         return PlanningError(
             "no-positions", f"nobody taking part in {event.id} has reported a position"
@@ -565,30 +565,4 @@ def suggestion_query(
         center = midpoint(positions[user] for user in people)
     except ValueError:
         return PlanningError("no-positions", f"the people of {event.id} have no middle on Earth")
-    return SuggestionQuery(event.id, people, positions, center, radius, _leading_place(event))
-
-
-def _coming(event: Event) -> tuple[str, ...]:
-    """Who said YES to the decided time, or to the time most said YES to."""
-    if event.decision is not None:
-        return event.tally(event.decision[0])[Choice.YES]
-    best: tuple[str, ...] = ()
-    for option in event.times:  # stamp order: the first of equals wins
-        yes = event.tally(option.id)[Choice.YES]
-        if len(yes) > len(best):
-            best = yes
-    return best
-
-
-def _leading_place(event: Event) -> PlaceOption | None:
-    """The decided place, else the one with most YES, then most MAYBE, then fewest NO, then
-    proposed first."""
-    if event.decision is not None:
-        return event.place(event.decision[1])
-    best, best_key = None, (0, 0, 0)
-    for option in event.places:
-        tally = event.tally(option.id)
-        key = (len(tally[Choice.YES]), len(tally[Choice.MAYBE]), -len(tally[Choice.NO]))
-        if best is None or key > best_key:
-            best, best_key = option, key
-    return best
+    return SuggestionQuery(event.id, people, positions, center, radius, leading_place(event))

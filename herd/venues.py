@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from herd.geo import distance_m
-from herd.ops import AddPlace
-from herd.views import PlaceOption
+from herd.ops import AddPlace, Choice
+from herd.views import Event, PlaceOption
 from herd.zones import Position
 
 if TYPE_CHECKING:
@@ -24,6 +24,8 @@ __all__ = [
     "RankedVenue",
     "SuggestionQuery",
     "Venue",
+    "coming",
+    "leading_place",
     "rank_venues",
     "who_is_near",
 ]
@@ -90,6 +92,32 @@ class SuggestionQuery:
     center: Position
     radius_km: float
     leading: PlaceOption | None
+
+
+def coming(event: Event) -> tuple[str, ...]:
+    """Who said YES to the decided time, or to the time most said YES to."""
+    if event.decision is not None:
+        return event.tally(event.decision[0])[Choice.YES]
+    best: tuple[str, ...] = ()
+    for option in event.times:  # stamp order: the first of equals wins
+        yes = event.tally(option.id)[Choice.YES]
+        if len(yes) > len(best):
+            best = yes
+    return best
+
+
+def leading_place(event: Event) -> PlaceOption | None:
+    """The decided place, else the one with most YES, then most MAYBE, then fewest NO, then
+    proposed first."""
+    if event.decision is not None:
+        return event.place(event.decision[1])
+    best, best_key = None, (0, 0, 0)
+    for option in event.places:
+        tally = event.tally(option.id)
+        key = (len(tally[Choice.YES]), len(tally[Choice.MAYBE]), -len(tally[Choice.NO]))
+        if best is None or key > best_key:
+            best, best_key = option, key
+    return best
 
 
 class ProposedVenues:

@@ -215,7 +215,7 @@ def interpret(
     text: str, user: User, state: PlanningState, conversation: Conversation, zone: str, now_ns: int
 ) -> BotStep:
     """What a linked user's message asks for.  `zone` is the user's effective time zone
-    (`herd.planning.timezone_of`); times are read in it, relative to `now_ns`."""
+    (`herd.zones.timezone_of`); times are read in it, relative to `now_ns`."""
     if len(text) > MAX_TEXT:
         return _mistake(f"That is too long for me: at most {MAX_TEXT} characters.", "status")
     if not _readable(text):

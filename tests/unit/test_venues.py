@@ -9,7 +9,9 @@ import math
 
 import pytest
 
-from herd.venues import Venue, rank_venues, who_is_near
+from herd.ops import Choice
+from herd.venues import Venue, coming, leading_place, rank_venues, who_is_near
+from herd.views import Event, PlaceOption, Status, TimeOption
 
 DEGREE_M = 111_195.0802  # one degree of a great circle, by hand: 6371008.8 * pi / 180
 
@@ -51,3 +53,39 @@ def test_who_is_near() -> None:
     # 0.01 degree is 1.111951 km.
     assert who_is_near((0.0, 0.0), positions, 1.12) == ["alice", "bob"]
     assert who_is_near((0.0, 0.0), positions, 1.11) == ["alice"]
+
+
+def event(votes: dict[str, dict[str, Choice]], decision: tuple[str, str] | None = None) -> Event:
+    """Two times t1, t2 and three places p1-p3 (stamp order), voted on by bob, carol and dave."""
+    times = tuple(TimeOption(f"t{n}", 1_796_493_600 + n, "alice", (n, f"t{n}")) for n in (1, 2))
+    places = tuple(
+        PlaceOption(f"p{n}", f"Place {n}", None, None, "alice", (10 + n, f"p{n}"))
+        for n in (1, 2, 3)
+    )
+    status = Status.PLANNING if decision is None else Status.DECIDED
+    invitees = ("bob", "carol", "dave")
+    return Event("e1", "Dinner", "alice", status, decision, invitees, times, places, votes, ())
+
+
+YES, MAYBE, NO = Choice.YES, Choice.MAYBE, Choice.NO
+
+
+def test_coming_are_the_yes_of_the_decided_time_else_of_the_most_wanted() -> None:
+    votes = {"t1": {"bob": YES}, "t2": {"bob": YES, "carol": YES, "dave": NO}}
+    assert coming(event(votes)) == ("bob", "carol")
+    assert coming(event(votes, decision=("t1", "p1"))) == ("bob",)
+    assert coming(event({"t1": {"bob": YES}, "t2": {"carol": YES}})) == ("bob",)  # first of equals
+    assert coming(event({})) == ()
+
+
+def test_the_leading_place_by_yes_then_maybe_then_fewest_no() -> None:
+    assert leading_place(event({"p2": {"bob": YES}, "p3": {"carol": YES, "dave": YES}})) == (
+        event({}).place("p3")
+    )
+    tie_on_yes = {"p1": {"bob": YES, "dave": NO}, "p2": {"bob": YES, "carol": MAYBE}}
+    assert leading_place(event(tie_on_yes)) == event({}).place("p2")
+    fewer_no = {"p1": {"bob": NO, "carol": NO}, "p2": {"bob": NO}, "p3": {"bob": NO, "dave": NO}}
+    assert leading_place(event(fewer_no)) == event({}).place("p2")
+    assert leading_place(event({})) == event({}).place("p1")  # proposed first
+    decided = event({"p3": {"bob": YES}}, decision=("t1", "p1"))
+    assert leading_place(decided) == decided.place("p1")
