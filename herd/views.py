@@ -1,7 +1,8 @@
 """Read-only views of the merged state: `User`, `Event` and its options and comments.
 
-Built by `PlanningState` from its registers; frozen, so a caller may keep one and compare it by
-identity.  Their `to_json` is what line replies show.
+Built by `PlanningState` from its registers and frozen: the state hands out the same object until
+an op changes it, so callers may cache what they derive from one by identity.  Their `to_json` is
+what line replies show.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from herd.wire import (
     is_jid,
     parse_operator_line,
 )
-from tests.unit.test_planning import NOW_NS, World
+from tests.unit.test_rules import NOW_NS, World
 
 HASH = hash_token("a-token", bytes(16))
 
