@@ -69,7 +69,8 @@ def jid_lookup_ms(users: int, repeat: int = 20) -> float:
     """In this process: one `user_of_jid` (what the bot runs, twice, for every chat: `is_known`
     and `on_command`) in a state of `users` users with JIDs, for the last user; best of
     `repeat`, in ms."""
-    from herd.events import OPERATOR, AddUser, Op, PlanningState, SetUserField, UserField
+    from herd.ops import OPERATOR, AddUser, Op, SetUserField, UserField
+    from herd.state import PlanningState
     from notifier.bot import user_of_jid
 
     state = PlanningState()

@@ -81,7 +81,7 @@ def build_state(users: int) -> tuple[Any, list[Any], list[list[Any]], list[bytes
     10 invitees with two times, a place, votes and a comment each, all made `AGO_NS` ago; each
     user's recipient and digest items (new options, votes, comments on up to three of their
     events); and the JSON lines of the `AddUser` ops (as the op log holds them)."""
-    from herd.events import (
+    from herd.ops import (
         OPERATOR,
         AddComment,
         AddPlace,
@@ -92,10 +92,10 @@ def build_state(users: int) -> tuple[Any, list[Any], list[list[Any]], list[bytes
         CreateEvent,
         Invite,
         Op,
-        PlanningState,
         SetUserField,
         UserField,
     )
+    from herd.state import PlanningState
     from notifier.digest import DigestItem
     from notifier.message import Kind, Recipient
 

@@ -19,9 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 from bench.harness import HOST, BenchError
-from herd.events import OPERATOR
-from herd.peers import new_nonce, peer_mac
-from herd.planning import hash_token, new_token
+from herd.ops import OPERATOR
+from herd.tokens import hash_token, new_nonce, new_token, peer_mac
 from herd.wire.client import Hello
 from herd.wire.grammar import WireError
 from herd.wire.peer import Challenge, parse_peer_line

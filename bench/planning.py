@@ -617,17 +617,8 @@ def reminder_look(options: Options, repeat: int = 3) -> dict[str, Any]:
     """Without a herd: the same users, events, options and votes built in this process, then
     one `due_reminders` look (what every server's notifier runs on its reactor every minute)
     and one `Replica`-free state build, timed.  Best of `repeat` looks."""
-    from herd.events import (
-        OPERATOR,
-        AddTime,
-        AddUser,
-        CastVote,
-        Choice,
-        CreateEvent,
-        Invite,
-        Op,
-        PlanningState,
-    )
+    from herd.ops import OPERATOR, AddTime, AddUser, CastVote, Choice, CreateEvent, Invite, Op
+    from herd.state import PlanningState
     from notifier.routing import due_reminders
 
     state = PlanningState()

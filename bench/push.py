@@ -278,7 +278,7 @@ def breakdown(participants: int, repeat: int = 3, decide: bool = False) -> dict[
     `NotifierListener._dispatch` does), then
     `LineHub.publish` of the line ones.  The change is a COMMENT (users without JIDs: line
     only), or with `decide` a DECIDE (users with JIDs: XMPP and line).  Best of `repeat`, ms."""
-    from herd.events import (
+    from herd.ops import (
         OPERATOR,
         AddComment,
         AddPlace,
@@ -288,11 +288,11 @@ def breakdown(participants: int, repeat: int = 3, decide: bool = False) -> dict[
         Decide,
         Invite,
         Op,
-        PlanningState,
         Reopen,
         SetUserField,
         UserField,
     )
+    from herd.state import PlanningState
     from notifier.channels.line import LineHub, checkpoint
     from notifier.render import RenderCache, Unsubscribe, render
     from notifier.routing import route

@@ -291,8 +291,8 @@ def user(config: HerdConfig, arguments: argparse.Namespace) -> int:
     (only its hash is sent and stored).  Every field is checked before anything is sent, and
     the secret is the configured one or the one the servers generated under data_dir."""
     from herd.operator import OperatorError, operator_command
-    from herd.planning import hash_token, new_token
     from herd.secretfile import SecretFileError, choose_secret, read_secret
+    from herd.tokens import hash_token, new_token
     from herd.wire.operator import OperatorCommand, OperatorLineError, UserAdd, UserToken
 
     token = new_token(secrets.token_bytes(32))

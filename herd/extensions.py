@@ -10,9 +10,10 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from herd.events import PlanningState, UserField
 from herd.handlers.sessions import ClientHandler
+from herd.ops import UserField
 from herd.protocol import LineConnection
+from herd.state import PlanningState
 from herd.wire.client import error_reply
 from herd.wire.planning import (
     Link,

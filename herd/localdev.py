@@ -19,9 +19,9 @@ from pathlib import Path
 
 from herd.config import HerdConfig
 from herd.operator import OperatorError, operator_command
-from herd.planning import hash_token, new_token
 from herd.processes import die_with_parent
 from herd.secretfile import SecretFileError, choose_secret, read_secret
+from herd.tokens import hash_token, new_token
 from herd.wire.operator import UserAdd, UserToken
 from notifier.localxmpp import LocalProsody
 

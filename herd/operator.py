@@ -8,8 +8,8 @@ import hmac
 import socket
 
 from herd.config import HerdConfig
-from herd.events import OPERATOR
-from herd.peers import new_nonce, peer_mac
+from herd.ops import OPERATOR
+from herd.tokens import new_nonce, peer_mac
 from herd.wire.client import Hello
 from herd.wire.grammar import WireError
 from herd.wire.operator import OperatorCommand

@@ -18,9 +18,7 @@ stranger cannot inject updates.  Of each linked pair, the server with the smalle
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -31,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.protocol import LineConnection
+from herd.tokens import new_nonce, peer_mac
 from herd.wire.client import Hello
 from herd.wire.grammar import WireError
 from herd.wire.peer import (
@@ -53,7 +52,6 @@ from herd.wire.peer import (
 if TYPE_CHECKING:
     from herd.server import HerdServer
 
-PROTOCOL_TAG = b"renga-peer-v1"
 KEEPALIVE_SECONDS = 5.0
 MISSED_KEEPALIVES = 3
 MAX_PEER_BACKLOG = 64 * 1024 * 1024
@@ -63,17 +61,6 @@ RETRY_JITTER = 0.25
 AUTH_FAILURE_HOLD_OFF = 5.0
 
 _log = Logger()
-
-
-def peer_mac(
-    secret: bytes, role: bytes, dialer: bytes, acceptor: bytes, nd: bytes, na: bytes
-) -> bytes:
-    message = b"|".join((PROTOCOL_TAG, role, dialer, acceptor, nd, na))
-    return hmac.new(secret, message, hashlib.sha256).hexdigest().encode()
-
-
-def new_nonce() -> bytes:
-    return secrets.token_hex(16).encode()
 
 
 class PeerSession:

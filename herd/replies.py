@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from herd.events import Op, PlanningState
-from herd.planning import PositionOf, SuggestionQuery, Venue, rank_venues, timezone_of, who_is_near
+from herd.ops import Op
+from herd.state import PlanningState
+from herd.venues import SuggestionQuery, Venue, rank_venues, who_is_near
 from herd.wire.planning import (
     AddDevice,
     CancelEvent,
@@ -31,6 +32,7 @@ from herd.wire.planning import (
     WhoAmI,
     format_reply,
 )
+from herd.zones import PositionOf, timezone_of
 
 
 def respond(

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.events import OPERATOR, AddPlace, Body, Change, ChangeFeed, Op, PlanningState
+from herd.events import Change, ChangeFeed
 from herd.extensions import CommandHandler, Extension
 from herd.handlers.core import ServerSettings
 from herd.handlers.flooding import Flooding
@@ -30,19 +30,22 @@ from herd.handlers.operator import OperatorCommands, OperatorHandler
 from herd.handlers.planning import OpIds, Planning, run_as
 from herd.handlers.sessions import AuthChecks, ClientHandler, RunBlocking, Sessions
 from herd.leases import Leases
-from herd.model import LocationTable, OpLog, Sequencer
-from herd.peers import PeerSession, new_nonce, peer_mac
-from herd.planning import position_lookup
+from herd.ops import OPERATOR, Body, Op
+from herd.peers import PeerSession
 from herd.protocol import ConnectionLimits, LineConnection, SliceScheduler, Slot
+from herd.records import LocationTable, OpLog, Sequencer
+from herd.state import PlanningState
 from herd.store import GroupCommitter, Snapshot
+from herd.tokens import new_nonce, peer_mac
 from herd.wire.client import Hello, IAmAt, Status, WhatsAt, error_reply
 from herd.wire.commands import CLIENT_PORT
 from herd.wire.grammar import WireError, redact_secrets
 from herd.wire.peer import Auth, Challenge, max_at_line, max_op_payload, parse_peer_line
 from herd.wire.planning import Login, StateCommand, Suggest, Unsubscribe
+from herd.zones import position_lookup
 
 if TYPE_CHECKING:
-    from herd.places import OfflinePlaces, PlacesProvider
+    from herd.places import PlacesProvider
     from herd.traffic import TrafficLog
 
 _log = Logger()
@@ -330,21 +333,3 @@ class _AwaitingAuth:
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
         return
-
-
-class ProposedVenues:
-    """Places proposed in events (with a position) become venues of the offline provider, so
-    WHATSAT and SUGGEST know the herd's own places."""
-
-    def __init__(self, places: OfflinePlaces) -> None:
-        self._places = places
-
-    def add_all(self, planning: PlanningState) -> None:
-        for place in planning.places():
-            if place.lat is not None and place.lon is not None:
-                self._places.add_venue(place.id, place.name, place.lat, place.lon)
-
-    def changed(self, change: Change) -> None:
-        body = change.op.body
-        if isinstance(body, AddPlace) and body.lat is not None and body.lon is not None:
-            self._places.add_venue(change.op.op_id, body.name, body.lat, body.lon)

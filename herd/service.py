@@ -34,10 +34,11 @@ from herd.peers import DialFactory, retry_policy
 from herd.places import OfflinePlaces, PlacesProvider, make_provider
 from herd.protocol import LineConnection
 from herd.secretfile import choose_secret, read_or_create_secret
-from herd.server import HerdServer, ProposedVenues, Replica
+from herd.server import HerdServer, Replica
 from herd.store import GroupCommitter, Store
+from herd.tokens import issue_link_code, verify_unsubscribe
 from herd.traffic import TrafficLog
-from notifier.bot import issue_link_code
+from herd.venues import ProposedVenues
 from notifier.botglue import BotGlue
 from notifier.channels import Channel
 from notifier.channels.line import LineHub
@@ -46,7 +47,7 @@ from notifier.channels.xmpp import TlsMode, XmppChannel
 from notifier.feed import NotifierListener
 from notifier.feed import load as load_notifier
 from notifier.outbox import Outbox
-from notifier.render import Unsubscribe, verify_unsubscribe
+from notifier.render import Unsubscribe
 from notifier.routing import Timing, offline
 
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.model import Location, LoggedOp, location_key
+from herd.records import Location, LoggedOp, location_key
 from herd.wire.client import parse_at
 from herd.wire.grammar import WireError
 

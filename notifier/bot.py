@@ -18,16 +18,13 @@ Option numbers: an event's times then its places, in the order of the event view
 Strangers: `interpret_stranger` answers JIDs linked to no user.  One proves a JID is theirs by
 sending, from it, `link <user> <code>`, where the code came from `LINK <jid>` on the line
 protocol as that user: an HMAC of (user, JID, 10-minute window) under the herd's secret, so any
-server can check it and it is good for 10 to 20 minutes (`link_code`).
+server can check it and it is good for 10 to 20 minutes (`herd.tokens.link_code`).
 """
 
 from __future__ import annotations
 
-import base64
 import difflib
 import functools
-import hashlib
-import hmac
 import json
 import re
 import zoneinfo
@@ -36,25 +33,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from herd.events import (
-    Choice,
-    Event,
-    PlaceOption,
-    PlanningState,
-    Status,
-    TimeOption,
-    User,
-    client_bytes,
-    client_text,
-    format_utc,
-    is_id,
-)
+from herd.ops import Choice, client_bytes, client_text, is_id
+from herd.state import PlanningState
+from herd.tokens import check_link_code
+from herd.views import Event, PlaceOption, Status, TimeOption, User, format_utc
 from notifier.message import Recipient
 from notifier.naturaltime import Moment, NotATime, parse_clock, parse_when
 from notifier.render import OptionView, event_view, render_text
 
 __all__ = [
-    "LINK_WINDOW",
     "MAX_TEXT",
     "BotStep",
     "Conversation",
@@ -64,11 +51,8 @@ __all__ = [
     "Say",
     "SetPosition",
     "StrangerStep",
-    "check_link_code",
     "interpret",
     "interpret_stranger",
-    "issue_link_code",
-    "link_code",
     "render_reply",
     "user_of_jid",
 ]
@@ -76,14 +60,7 @@ __all__ = [
 MAX_TEXT: Final = 2500
 """Longer messages are refused before parsing (a comment is at most 2000 characters)."""
 
-LINK_WINDOW: Final = 600
-"""Seconds per link-code window; a code is good in its window and the next."""
-
 _LISTED: Final = 20  # `my events` shows the newest ones, with their numbers
-_CROCKFORD: Final = str.maketrans(  # base 32 to Crockford's alphabet: no i, l, o, u
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789abcdefghjkmnpqrstvwxyz"
-)
-_LINK_READS: Final = str.maketrans("ilo", "110", "-_ ")
 _POSITION_6709: Final = re.compile(r"([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)/?\Z")
 _POSITION_PAIR: Final = re.compile(
     r"(?:geo:)?\s*([+-]?\d{1,2}(?:\.\d+)?)\s*(?:[,;]\s*|\s+)([+-]?\d{1,3}(?:\.\d+)?)(?:;.*)?\Z"
@@ -238,7 +215,7 @@ def interpret(
     text: str, user: User, state: PlanningState, conversation: Conversation, zone: str, now_ns: int
 ) -> BotStep:
     """What a linked user's message asks for.  `zone` is the user's effective time zone
-    (`herd.planning.timezone_of`); times are read in it, relative to `now_ns`."""
+    (`herd.zones.timezone_of`); times are read in it, relative to `now_ns`."""
     if len(text) > MAX_TEXT:
         return _mistake(f"That is too long for me: at most {MAX_TEXT} characters.", "status")
     if not _readable(text):
@@ -839,32 +816,6 @@ def interpret_stranger(
     if state.user(user) is None or not check_link_code(secret, user, bare_jid, words[2], now_ns):
         return Reply(_render("bad_code"))
     return LinkJid(user, bare_jid)
-
-
-def link_code(secret: bytes, user: str, jid: str, window: int) -> str:
-    """8 characters (40 bits) of HMAC-SHA256 over (user, JID, window), in Crockford's base 32
-    (no i, l, o, u to misread).  JIDs compare case-insensitively, as Jabber servers do."""
-    message = f"renga-link\0{user}\0{jid.casefold()}\0{window}".encode()
-    digest = hmac.new(secret, message, hashlib.sha256).digest()
-    return base64.b32encode(digest[:5]).decode().translate(_CROCKFORD)
-
-
-def issue_link_code(secret: bytes, user: str, jid: str, now_ns: int) -> tuple[str, int]:
-    """The code for `LINKCODE <code> <expires>` and when it expires (POSIX seconds): the end of
-    the window after the current one."""
-    window = now_ns // 10**9 // LINK_WINDOW
-    return link_code(secret, user, jid, window), (window + 2) * LINK_WINDOW
-
-
-def check_link_code(secret: bytes, user: str, jid: str, code: str, now_ns: int) -> bool:
-    """Whether `code` (any case, dashes and spaces ignored, i/l read as 1 and o as 0) was made
-    in the current or the previous window, compared in constant time."""
-    typed = code.lower().translate(_LINK_READS)
-    window = now_ns // 10**9 // LINK_WINDOW
-    matches = [  # both windows, so that the time taken does not tell which one matched
-        hmac.compare_digest(link_code(secret, user, jid, w), typed) for w in (window, window - 1)
-    ]
-    return any(matches)
 
 
 def user_of_jid(state: PlanningState, jid: str) -> User | None:

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from herd.events import PlanningState, User
-from herd.planning import Position, timezone_of
+from herd.state import PlanningState
+from herd.views import User
+from herd.zones import Position, timezone_of
 from notifier.bot import (
     Conversation,
     LinkJid,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Final
 
-from herd.events import Event, PlanningState, Status
+from herd.state import PlanningState
+from herd.views import Event, Status
 from notifier.channels import Outgoing
 from notifier.message import FOLDABLE, Digest, Kind, Medium, Recipient, Routed
 from notifier.render import EventView, RenderCache, Unsubscribe, render_email, render_text

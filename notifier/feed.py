@@ -40,21 +40,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.events import (
-    AddUser,
-    Body,
-    Change,
-    ChangeKind,
-    DigestSent,
-    Op,
-    PlanningState,
-    Stamp,
-    User,
-)
+from herd.events import Change, ChangeKind
 from herd.leases import Leases
-from herd.planning import PositionOf, timezone_of
+from herd.ops import AddUser, Body, DigestSent, Op, Stamp
+from herd.state import PlanningState
 from herd.store import DurableWrite
+from herd.views import User
 from herd.wire.grammar import WireError
+from herd.zones import PositionOf, timezone_of
 from notifier.channels import Outgoing
 from notifier.channels.line import LinePush, checkpoint
 from notifier.digest import DigestItem, compose_digest, next_digest_at

@@ -18,10 +18,7 @@ it is.  Mails carry `List-Unsubscribe` with a token that only the server can mak
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
-import hmac
 import re
 import zoneinfo
 from collections.abc import Mapping, Sequence
@@ -34,7 +31,10 @@ import icalendar
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, meta, select_autoescape
 from markupsafe import Markup
 
-from herd.events import Choice, Event, PlaceOption, PlanningState, TimeOption
+from herd.ops import Choice
+from herd.state import PlanningState
+from herd.tokens import unsubscribe_token
+from herd.views import Event, PlaceOption, TimeOption
 from notifier.channels import Attachment, Outgoing
 from notifier.message import Kind, Medium, Notification, Recipient, Routed
 
@@ -53,8 +53,6 @@ __all__ = [
     "render",
     "render_email",
     "render_text",
-    "unsubscribe_token",
-    "verify_unsubscribe",
 ]
 
 TEMPLATES: Final = Path(__file__).resolve().parent.parent / "templates"
@@ -136,17 +134,6 @@ def render_text(channel: str, name: str, part: str, context: Mapping[str, object
 
 
 # --- unsubscribing ----------------------------------------------------------------------------
-
-
-def unsubscribe_token(secret: bytes, user: str) -> str:
-    """An HMAC-SHA256 of the user id under the server secret, 128 bits in base64url: whoever
-    holds it may unsubscribe that user, and nobody can make one without the secret."""
-    mac = hmac.new(secret, b"renga-unsubscribe\0" + user.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac[:16]).rstrip(b"=").decode("ascii")
-
-
-def verify_unsubscribe(secret: bytes, user: str, token: str) -> bool:
-    return hmac.compare_digest(unsubscribe_token(secret, user), token)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,21 +37,10 @@ from dataclasses import dataclass
 from datetime import time
 from typing import Final
 
-from herd.events import (
-    AddComment,
-    AddPlace,
-    AddTime,
-    CastVote,
-    Change,
-    ChangeKind,
-    Choice,
-    Event,
-    Invite,
-    PlanningState,
-    Status,
-    Uninvite,
-    User,
-)
+from herd.events import Change, ChangeKind
+from herd.ops import AddComment, AddPlace, AddTime, CastVote, Choice, Invite, Uninvite
+from herd.state import PlanningState
+from herd.views import Event, Status, User
 from notifier.digest import DIGEST_AT, next_digest_at
 from notifier.message import (
     URGENT,

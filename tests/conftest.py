@@ -7,17 +7,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from herd import planning
+from herd import zones
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _time_zone_finder_released() -> Iterator[None]:
-    """The time zone finder lives as long as the process (`planning._finder`); a test run that
+    """The time zone finder lives as long as the process (`zones._finder`); a test run that
     made one releases it before the interpreter's exit, where its memory maps would otherwise
     be collected unclosed and print warnings after pytest's summary."""
     yield
-    if planning._finder.cache_info().currsize:
+    if zones._finder.cache_info().currsize:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
-            planning._finder().cleanup()
-        planning._finder.cache_clear()
+            zones._finder().cleanup()
+        zones._finder.cache_clear()

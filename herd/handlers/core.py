@@ -15,11 +15,11 @@ from herd.config import DEFAULT_ANTI_ENTROPY_SECONDS, HerdConfig, LimitsConfig
 from herd.wire.peer import max_at_line, max_op_payload
 
 if TYPE_CHECKING:
-    from herd.events import PlanningState
     from herd.leases import Leases
-    from herd.model import LocationTable, OpLog
     from herd.peers import PeerSession
     from herd.protocol import LineConnection, Slot
+    from herd.records import LocationTable, OpLog
+    from herd.state import PlanningState
     from herd.store import GroupCommitter
 
 

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.events import Op
 from herd.handlers.core import Core
-from herd.model import BUCKETS, Location, LoggedOp, Outcome, changes_since, op_origin
+from herd.ops import Op
+from herd.records import BUCKETS, Location, LoggedOp, Outcome, changes_since, op_origin
 from herd.wire.grammar import WireError
 from herd.wire.peer import (
     Digest,

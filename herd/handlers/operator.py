@@ -8,10 +8,10 @@ from typing import Protocol
 
 from twisted.python.failure import Failure
 
-from herd.events import Op
 from herd.handlers.core import Core
-from herd.planning import execute_operator
+from herd.ops import Op
 from herd.protocol import LineConnection
+from herd.rules import execute_operator
 from herd.wire.client import error_reply
 from herd.wire.grammar import WireError
 from herd.wire.operator import OperatorLineError, parse_operator_line

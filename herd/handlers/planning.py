@@ -14,16 +14,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from herd.events import OPERATOR, Body, ChangeFeed, Op
+from herd.events import ChangeFeed
 from herd.handlers.core import Core
 from herd.handlers.locations import Flood
 from herd.handlers.sessions import ClientHandler
-from herd.model import op_origin
-from herd.planning import PositionOf, Venue, execute, suggestion_query
+from herd.ops import OPERATOR, Body, Op
 from herd.protocol import LineConnection
+from herd.records import op_origin
 from herd.replies import respond, suggest_reply
+from herd.rules import execute, suggestion_query
+from herd.venues import Venue
 from herd.wire.peer import OpUpdate
 from herd.wire.planning import PlanningError, StateCommand, Suggest
+from herd.zones import PositionOf
 
 if TYPE_CHECKING:
     from herd.peers import PeerSession

@@ -14,10 +14,11 @@ from twisted.python.failure import Failure
 
 from herd.fairness import FairQueue
 from herd.handlers.core import Core
-from herd.planning import PositionOf, auth_delay, verify_token
 from herd.protocol import LineConnection, LineTooLong
 from herd.replies import respond
+from herd.tokens import auth_delay, verify_token
 from herd.wire.planning import UNSUBSCRIBED, Login, PlanningError, Unsubscribe
+from herd.zones import PositionOf
 
 _log = Logger()
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from herd.events import Choice, UserField, client_bytes, client_text
+from herd.ops import Choice, UserField, client_bytes, client_text
 from herd.wire.grammar import WireError
 
 _POSITION: Final = re.compile(r"([+-][0-9]+\.[0-9]+)([+-][0-9]+\.[0-9]+)\Z")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from herd.events import OPERATOR
+from herd.ops import OPERATOR
 
 from .harness import Client, Herd, connect, now_time, running_herd, wait_until
 from .test_planning import Session, add_user

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from herd.events import OPERATOR
-from herd.peers import new_nonce, peer_mac
-from herd.planning import hash_token
+from herd.ops import OPERATOR
+from herd.tokens import hash_token, new_nonce, peer_mac
 from herd.wire.peer import Challenge, parse_peer_line
 
 from .harness import (

@@ -42,7 +42,7 @@ NONCE = b"0123456789abcdef" * 2
 
 
 def peer_mac(role: bytes, dialer: bytes, acceptor: bytes, nd: bytes, na: bytes) -> bytes:
-    """As `herd.peers.peer_mac`, written out again so a change there cannot pass unnoticed."""
+    """As `herd.tokens.peer_mac`, written out again so a change there cannot pass unnoticed."""
     message = b"|".join((b"renga-peer-v1", role, dialer, acceptor, nd, na))
     return hmac.new(SECRET.encode(), message, hashlib.sha256).hexdigest().encode()
 

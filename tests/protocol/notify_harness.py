@@ -12,10 +12,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from herd.events import OPERATOR
 from herd.leases import Leases, LeaseSettings
-from herd.peers import new_nonce, peer_mac
-from herd.planning import hash_token
+from herd.ops import OPERATOR
+from herd.tokens import hash_token, new_nonce, peer_mac
 from herd.wire.client import Hello
 from herd.wire.peer import Challenge, parse_peer_line
 from notifier.channels import Outgoing

@@ -12,8 +12,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from herd.planning import auth_delay
 from herd.protocol import LINE_OVERHEAD, ConnectionLimits, LineConnection, Slot
+from herd.tokens import auth_delay
 from tests.protocol.harness import Node, make_node
 from tests.protocol.test_planning_protocol import TOKENS, add_user
 

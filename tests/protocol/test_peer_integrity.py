@@ -15,8 +15,9 @@ from twisted.internet.testing import StringTransport
 from twisted.test.iosim import IOPump
 
 from herd.config import DEFAULT_ANTI_ENTROPY_SECONDS
-from herd.planning import add_user, hash_token
 from herd.protocol import LineConnection
+from herd.rules import add_user
+from herd.tokens import hash_token
 from tests.protocol.harness import Node, link, make_node, settle
 
 POSITION = b"+34.068930-118.445127"

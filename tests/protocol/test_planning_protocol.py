@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from herd.events import OPERATOR
 from herd.extensions import JidLinks, OptOuts
-from herd.peers import new_nonce, peer_mac
-from herd.planning import auth_delay, hash_token
+from herd.ops import OPERATOR
+from herd.tokens import auth_delay, hash_token, new_nonce, peer_mac
 from herd.wire.client import Hello
 from herd.wire.peer import Challenge, parse_peer_line
 from tests.protocol.harness import SECRET, Node, link, make_node, settle

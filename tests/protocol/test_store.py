@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from herd.model import Location, LoggedOp, location_key
+from herd.records import Location, LoggedOp, location_key
 from herd.store import Batch, GroupCommitter, Store
 from herd.traffic import format_records
 from herd.wire.client import IAmAt, format_at

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herd.model import BUCKETS, DigestIndex, LocationTable, OpLog, Sequencer, bucket_of
+from herd.records import BUCKETS, DigestIndex, LocationTable, OpLog, Sequencer, bucket_of
 from herd.wire.client import At, IAmAt, format_at
 
 SERVERS = (b"A", b"B", b"C")

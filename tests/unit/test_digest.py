@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from herd.events import (
+from herd.ops import (
     OPERATOR,
     AddComment,
     AddTime,

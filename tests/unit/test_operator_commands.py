@@ -13,12 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herd.events import MAX_COMMENT, is_id
-from herd.planning import execute_operator, hash_token, is_free_text, verify_token
+from herd.ops import MAX_COMMENT, is_id
+from herd.rules import execute_operator, is_free_text
+from herd.tokens import hash_token, verify_token
 from herd.wire.grammar import TOKEN_HASH, USER_ID, WireError, is_email, is_jid
 from herd.wire.operator import OperatorLineError, UserAdd, UserToken, parse_operator_line
 from herd.wire.planning import PlanningError
-from tests.unit.test_planning import NOW_NS, World
+from tests.unit.test_rules import NOW_NS, World
 
 HASH = hash_token("a-token", bytes(16))
 

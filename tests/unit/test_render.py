@@ -17,7 +17,8 @@ import icalendar
 import pytest
 from jinja2 import UndefinedError
 
-from herd.events import (
+from herd.events import Change
+from herd.ops import (
     OPERATOR,
     AddComment,
     AddPlace,
@@ -26,18 +27,18 @@ from herd.events import (
     Body,
     Cancel,
     CastVote,
-    Change,
     Choice,
     CreateEvent,
     Decide,
     Invite,
     Op,
-    PlanningState,
     Reopen,
     SetUserField,
     Uninvite,
     UserField,
 )
+from herd.state import PlanningState
+from herd.tokens import unsubscribe_token
 from notifier.channels import Outgoing
 from notifier.message import Kind, Medium, Notification, Recipient, Routed, notification_id
 from notifier.render import (
@@ -50,8 +51,6 @@ from notifier.render import (
     names,
     one_line,
     render,
-    unsubscribe_token,
-    verify_unsubscribe,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -287,13 +286,8 @@ def test_the_environment_is_strict_and_escapes_html_only() -> None:
     assert env.autoescape("email/x.body.txt.j2") is False  # type: ignore[operator]
 
 
-def test_unsubscribe_tokens_are_bound_to_the_user_and_the_secret() -> None:
+def test_unsubscribe_urls_carry_the_token_of_their_user() -> None:
     token = unsubscribe_token(b"secret", "bob")
-    assert len(token) == 22 and token.isascii()
-    assert verify_unsubscribe(b"secret", "bob", token)
-    assert not verify_unsubscribe(b"secret", "alice", token)
-    assert not verify_unsubscribe(b"other", "bob", token)
-    assert not verify_unsubscribe(b"secret", "bob", token[:-1] + "A")
     web = Unsubscribe(b"secret", "https://renga.example.org/unsubscribe/{user}/{token}")
     assert web.headers("bob") == (
         ("List-Unsubscribe", f"<https://renga.example.org/unsubscribe/bob/{token}>"),

@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from herd.events import (
+from herd.events import Change
+from herd.ops import (
     OPERATOR,
     AddComment,
     AddPlace,
@@ -21,19 +22,18 @@ from herd.events import (
     Body,
     Cancel,
     CastVote,
-    Change,
     Choice,
     CreateEvent,
     Decide,
     Invite,
     Op,
-    PlanningState,
     Reopen,
     SetUserField,
     Uninvite,
-    User,
     UserField,
 )
+from herd.state import PlanningState
+from herd.views import User
 from notifier.message import Digest, Kind, Medium, QuietHours, Recipient, Routed
 from notifier.outbox import OUTBOX_SCHEMA, enqueue
 from notifier.render import Unsubscribe, render

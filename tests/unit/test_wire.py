@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from herd.events import Choice, UserField, client_bytes, client_text
+from herd.ops import Choice, UserField, client_bytes, client_text
 from herd.wire.client import (
     At,
     Hello,

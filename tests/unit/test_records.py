@@ -10,7 +10,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from herd.model import Location, LocationTable, Outcome, location_key
+from herd.records import Location, LocationTable, Outcome, location_key
 from herd.wire.client import At, IAmAt, format_at, parse_client_line
 
 POSITION = b"+34.068930-118.445127"

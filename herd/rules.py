@@ -1,33 +1,24 @@
-"""Planning commands on the line, pure: parse them, check them, turn them into ops, answer them.
+"""Planning rules, pure: a command and the state give the ops that carry it out, or the
+`PlanningError` that refuses it.
 
-A planning line is parsed like every client line (docs/protocol.md §1): a command word in capitals,
-whitespace-separated fields, free text last.  A line that does not have the command's shape is
-a `WireError` (answered `? <line>`); a well-formed command that breaks a rule gets one line
-`ERR <code>: <message>`.  Rules are checked here, on the state of the server that accepts the
-command, because `PlanningState.apply` must take any op in any order; each command becomes at
-most a few ops, which the server stores, applies and floods.  Replies are one line each, a word
-saying what follows and compact JSON: `USER {...}`, `EVENT {...}`, `EVENTS [...]`,
-`SUGGEST {...}`.
-
-Also here: line tokens (issue, hash, verify, the delay after failures), ISO 8601 times, time
-zones from positions, and venue ranking for `SUGGEST`.
+Rules are checked here, on the state of the server that accepts the command, because
+`PlanningState.apply` must take any op in any order; each command becomes at most a few ops,
+which the server stores, applies and floods.  Also here: the operator's commands (`herd user …`),
+the checks of typed values (times, positions, user fields), and what `SUGGEST` asks.
 """
 
 from __future__ import annotations
 
-import base64
-import functools
-import hashlib
-import hmac
 import re
 import zoneinfo
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 
-from herd.events import (
+from herd.geo import midpoint
+from herd.ops import (
     MAX_COMMENT,
     MAX_INVITES,
     MAX_NAME,
@@ -44,27 +35,25 @@ from herd.events import (
     Choice,
     CreateEvent,
     Decide,
-    Event,
     Invite,
     Op,
-    PlaceOption,
-    PlanningState,
     Reopen,
     SetDevice,
     SetUserField,
-    Status,
     Uninvite,
     UserField,
-    client_bytes,
-    format_utc,
     is_client,
     is_id,
     is_text,
 )
-from herd.geo import distance_m, midpoint
+from herd.state import PlanningState
+from herd.tokens import verify_token
+from herd.venues import SuggestionQuery, coming, leading_place
+from herd.views import Event, Status, format_utc
 from herd.wire.grammar import MAX_RADIUS_KM, NOT_A_USER_ID, is_email, is_jid
 from herd.wire.operator import OperatorCommand, OperatorLineError, UserAdd, UserToken
 from herd.wire.planning import (
+    _POSITION,
     AddDevice,
     CancelEvent,
     CommentOn,
@@ -88,47 +77,23 @@ from herd.wire.planning import (
     VoteOn,
     WhoAmI,
 )
-
-if TYPE_CHECKING:
-    from timezonefinder import TimezoneFinder
-
-    from herd.model import LocationTable
+from herd.zones import Position, PositionOf
 
 __all__ = [
-    "Position",
-    "PositionOf",
-    "RankedVenue",
-    "SuggestionQuery",
-    "Venue",
     "add_user",
-    "auth_delay",
     "execute",
     "execute_operator",
-    "hash_token",
     "is_free_text",
-    "new_token",
     "parse_time",
-    "position_lookup",
-    "rank_venues",
     "reset_token",
     "suggestion_query",
-    "timezone_of",
-    "verify_token",
-    "who_is_near",
 ]
-
-Position = tuple[float, float]
-"""(latitude, longitude) in degrees."""
-
-PositionOf = Callable[[str], Position | None]
-"""A user's current position, if any of their clients has reported one."""
 
 MAX_OPTIONS: Final = 50
 MAX_COMMENTS: Final = 500
 MAX_DEVICES: Final = 20
 DEFAULT_RADIUS_KM: Final = 5.0
 
-_POSITION: Final = re.compile(r"([+-][0-9]+\.[0-9]+)([+-][0-9]+\.[0-9]+)\Z")
 _RADIUS: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?\Z")
 _BREAKS: Final = re.compile("[\x80-\x9f\u2028\u2029]")
 _MAX_USER_VALUE: Final = 254
@@ -136,69 +101,6 @@ _QUIET: Final = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0
 _CHANNELS: Final = frozenset({"email", "line", "xmpp"})
 _DIGESTS: Final = frozenset({"daily", "weekly", "off"})
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-# --- tokens ------------------------------------------------------------------------------------
-
-_SCRYPT_N: Final = 2**10
-_SCRYPT_R: Final = 8
-_SCRYPT_P: Final = 1
-_DUMMY: Final = (_SCRYPT_N, _SCRYPT_R, _SCRYPT_P, bytes(16), bytes(32))
-
-
-def new_token(random: bytes) -> str:
-    """A line token from fresh random bytes (the caller's `secrets.token_bytes(32)`), in URL-safe
-    base64 so that it is one field on the line."""
-    if len(random) < 16:
-        raise ValueError("a token needs at least 16 random bytes")
-    return base64.urlsafe_b64encode(random).rstrip(b"=").decode()
-
-
-def hash_token(token: str, salt: bytes) -> str:
-    """`scrypt$<n>$<r>$<p>$<salt hex>$<hash hex>`, what the user record keeps.
-
-    Tokens are 32 random bytes, so the hash only has to make a stolen database useless, not
-    slow down guessing; a small scrypt (~4 ms) keeps `AUTH` off the reactor's critical path.
-    """
-    digest = _scrypt(token, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
-
-
-def verify_token(stored: str | None, token: str) -> bool:
-    """Whether `token` matches `stored`, in constant time; an unknown user or a malformed hash
-    costs the same hashing as a real check, so timing does not tell which users exist."""
-    parsed = _parse_hash(stored) if stored is not None else None
-    n, r, p, salt, expected = parsed or _DUMMY
-    actual = _scrypt(token, salt, n, r, p)
-    return hmac.compare_digest(actual, expected) and parsed is not None
-
-
-def _scrypt(token: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(client_bytes(token), salt=salt, n=n, r=r, p=p, dklen=32)
-
-
-def _parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
-    """The parameters of a stored hash, bounded (it came from a peer) so that checking it
-    can never cost more than a few milliseconds of CPU and memory."""
-    parts = stored.split("$")
-    if len(parts) != 6 or parts[0] != "scrypt" or not all(x.isdigit() for x in parts[1:4]):
-        return None
-    n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-    if n not in (2**10, 2**11, 2**12, 2**13, 2**14) or not (1 <= r <= 8 and 1 <= p <= 2):
-        return None
-    try:
-        salt, digest = bytes.fromhex(parts[4]), bytes.fromhex(parts[5])
-    except ValueError:
-        return None
-    return (n, r, p, salt, digest) if len(digest) == 32 else None
-
-
-def auth_delay(failures: int) -> float:
-    """Seconds to wait before answering a failed `AUTH`, after `failures` failures on this
-    connection: 0.5, 1, 2, 4, then 8 s each, so guessing is slow and a typo is not."""
-    if failures <= 0:
-        return 0.0
-    return min(0.5 * 2.0 ** (min(failures, 8) - 1), 8.0)
 
 
 # --- values --------------------------------------------------------------------------------------
@@ -622,107 +524,7 @@ def _bad_user(user: str) -> PlanningError:
     return PlanningError("bad-user", f"{user!r} {NOT_A_USER_ID}")
 
 
-# --- positions and time zones ------------------------------------------------------------------
-
-
-def position_lookup(state: PlanningState, table: LocationTable) -> PositionOf:
-    """Where each user is now: the newest report among their clients."""
-
-    def position_of(user_id: str) -> Position | None:
-        newest = None
-        for client in state.clients_of(user_id):
-            location = table.get(client_bytes(client))
-            if location is not None and (newest is None or location.key > newest.key):
-                newest = location
-        return None if newest is None else (newest.at.latitude, newest.at.longitude)
-
-    return position_of
-
-
-@functools.cache
-def _finder() -> TimezoneFinder:
-    """One lookup for the process, made on first use: importing and loading it costs ~0.15 s
-    and ~30 MB, which servers that never need a time zone should not pay."""
-    from timezonefinder import TimezoneFinder
-
-    return TimezoneFinder()
-
-
-def timezone_of(explicit: str | None, position: Position | None) -> str:
-    """A user's time zone: the one they set, else the zone at their position, else UTC."""
-    if explicit is not None:
-        return explicit
-    if position is not None:
-        found = _finder().timezone_at(lat=position[0], lng=position[1])
-        if found is not None:
-            return found
-    return "UTC"
-
-
-# --- where to meet -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Venue:
-    """A candidate place from the places provider."""
-
-    name: str
-    lat: float
-    lon: float
-
-
-@dataclass(frozen=True, slots=True)
-class RankedVenue:
-    """A venue with the great-circle distances (metres) the people would travel to it, and
-    its rank by the longest of those trips (1: the fairest)."""
-
-    venue: Venue
-    total_m: float
-    max_m: float
-    rank_max: int
-
-
-def rank_venues(venues: Iterable[Venue], people: Sequence[Position]) -> list[RankedVenue]:
-    """Venues by total trip of `people`, shortest first, each with its rank by longest trip.
-    Ties fall to the other measure, then name and position, so the order is deterministic."""
-    if not people:
-        raise ValueError("ranking venues needs at least one position")
-    measured = []
-    for venue in venues:
-        trips = [distance_m(lat, lon, venue.lat, venue.lon) for lat, lon in people]
-        measured.append((sum(trips), max(trips), venue.name, venue.lat, venue.lon, venue))
-    measured.sort(key=lambda m: m[:5])
-    by_max = sorted(range(len(measured)), key=lambda i: (measured[i][1], i))
-    rank_max = {index: rank for rank, index in enumerate(by_max, start=1)}
-    return [
-        RankedVenue(venue, total, longest, rank_max[index])
-        for index, (total, longest, _, _, _, venue) in enumerate(measured)
-    ]
-
-
-def who_is_near(place: Position, positions: Mapping[str, Position], radius_km: float) -> list[str]:
-    """The users within `radius_km` of a place, sorted."""
-    limit = radius_km * 1000.0
-    return sorted(
-        user
-        for user, (lat, lon) in positions.items()
-        if distance_m(lat, lon, place[0], place[1]) <= limit
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class SuggestionQuery:
-    """What `SUGGEST` asks the places provider (venues within `radius_km` of `center`) and
-    what the answer is ranked with.  `people` are the users the trips are measured from: those
-    who said YES to the decided or leading time, else every participant; `positions` holds the
-    current position of every participant who has one."""
-
-    event_id: str
-    people: tuple[str, ...]
-    positions: Mapping[str, Position]
-    center: Position
-    radius_km: float
-    leading: PlaceOption | None
+# --- suggestions -------------------------------------------------------------------------------
 
 
 def suggestion_query(
@@ -746,7 +548,7 @@ def suggestion_query(
         for user in sorted(event.participants)
         if (position := position_of(user)) is not None
     }
-    people = tuple(user for user in _coming(event) if user in positions) or tuple(positions)
+    people = tuple(user for user in coming(event) if user in positions) or tuple(positions)
     if not people:
         return PlanningError(
             "no-positions", f"nobody taking part in {event.id} has reported a position"
@@ -755,30 +557,4 @@ def suggestion_query(
         center = midpoint(positions[user] for user in people)
     except ValueError:
         return PlanningError("no-positions", f"the people of {event.id} have no middle on Earth")
-    return SuggestionQuery(event.id, people, positions, center, radius, _leading_place(event))
-
-
-def _coming(event: Event) -> tuple[str, ...]:
-    """Who said YES to the decided time, or to the time most said YES to."""
-    if event.decision is not None:
-        return event.tally(event.decision[0])[Choice.YES]
-    best: tuple[str, ...] = ()
-    for option in event.times:  # stamp order: the first of equals wins
-        yes = event.tally(option.id)[Choice.YES]
-        if len(yes) > len(best):
-            best = yes
-    return best
-
-
-def _leading_place(event: Event) -> PlaceOption | None:
-    """The decided place, else the one with most YES, then most MAYBE, then fewest NO, then
-    proposed first."""
-    if event.decision is not None:
-        return event.place(event.decision[1])
-    best, best_key = None, (0, 0, 0)
-    for option in event.places:
-        tally = event.tally(option.id)
-        key = (len(tally[Choice.YES]), len(tally[Choice.MAYBE]), -len(tally[Choice.NO]))
-        if best is None or key > best_key:
-            best, best_key = option, key
-    return best
+    return SuggestionQuery(event.id, people, positions, center, radius, leading_place(event))

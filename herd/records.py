@@ -1,4 +1,5 @@
-"""The herd's replicated state, pure: locations and the per-server replication log.
+"""What each server stores and floods, pure: the location table, the per-server replication log
+(locations and ops, by sequence number) and the digests that compare them.
 
 Merge rule for locations: an update replaces the stored one only if it is newer by
 (client time as a number, AT text as bytes), compared in that order.  That order is total, so
