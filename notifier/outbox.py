@@ -44,6 +44,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from herd.backoff import Backoff
 from notifier.channels import (
     Attachment,
     Channel,
@@ -151,13 +152,12 @@ class OutboxSettings:
     stop_grace: float = 5.0  # deliveries still running this long after stop are cancelled
     retention: float = 7 * 86400.0  # delivered rows are kept this long for idempotency
 
-
-def backoff_delay(attempts: int, jitter: float, settings: OutboxSettings) -> float:
-    """Delay after the `attempts`-th failed attempt: base·2^(attempts-1), capped, then scaled by
-    half plus half the jitter (in [0, 1]), so retries spread out yet never come sooner than half
-    the nominal delay."""
-    nominal = min(settings.max_delay, settings.base_delay * 2.0 ** min(attempts - 1, 64))
-    return nominal * (0.5 + 0.5 * jitter)
+    @property
+    def backoff(self) -> Backoff:
+        """After the n-th failed attempt: base_delay doubling, capped at max_delay, of which the
+        first half is always waited and the second at random, so retries spread out yet never
+        come sooner than half the nominal delay."""
+        return Backoff(initial=self.base_delay / 2, factor=2.0, cap=self.max_delay / 2, jitter=1.0)
 
 
 def enqueue(
@@ -432,6 +432,7 @@ class Outbox:
         self._run = run_blocking
         self._jitter = jitter
         self._settings = settings
+        self._backoff = settings.backoff
         given = concurrency or {}
         self._limits = {name: given.get(name, settings.concurrency) for name in self._channels}
         self._in_flight = dict.fromkeys(self._channels, 0)
@@ -621,7 +622,7 @@ class Outbox:
             return _Outcome(
                 key, _State.DEAD, now, f"gave up after {now - item.since:.0f} s: {reason}"
             )
-        delay = backoff_delay(item.attempts, self._jitter(), self._settings)
+        delay = self._backoff.delay(item.attempts, self._jitter())
         return _Outcome(key, _State.PENDING, now + delay, reason, duplicate)
 
     def _check_drained(self) -> None:

@@ -23,7 +23,7 @@ flight, and the retried message would do it again.
 
 Reconnection. slixmpp retries a failing *connect*, but does nothing when an established session
 drops (a Prosody restart): this channel reconnects itself on the injected clock, with exponential
-backoff and jitter, capped at ``max_delay``, for both cases. XEP-0199 keepalive pings detect dead
+backoff and jitter (``RECONNECT_BACKOFF``), for both cases. XEP-0199 keepalive pings detect dead
 connections that TCP does not report.
 """
 
@@ -48,6 +48,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from herd.backoff import Backoff
 from notifier.aio import as_deferred
 from notifier.channels import Outgoing, PermanentDeliveryError, TransientDeliveryError
 
@@ -55,6 +56,9 @@ PresenceState = Literal["available", "away", "unavailable"]
 TlsMode = Literal["starttls", "direct", "none"]
 
 LINK_ATTEMPTS = 5
+# 0.5 s doubling to 30 s, each delay between half and one and a half times that.
+RECONNECT_BACKOFF = Backoff(initial=0.25, factor=2.0, cap=15.0, jitter=2.0)
+LASTING_SESSION = 30.0  # seconds up after which a lost session starts the backoff afresh
 STRANGER_REPLY = (
     "Hi! I only talk to Renga users. Ask for a code with `LINK <your jid>` on the line port, "
     "then send me `link <user> <code>`."
@@ -151,8 +155,7 @@ class XmppChannel:
         stranger_cooldown: float = 600.0,
         keepalive_interval: float = 60.0,
         confirm_timeout: float = 10.0,
-        min_delay: float = 0.5,
-        max_delay: float = 30.0,
+        reconnect: Backoff = RECONNECT_BACKOFF,
     ) -> None:
         bare = JID(jid)
         if bare.resource or not bare.user:
@@ -176,8 +179,7 @@ class XmppChannel:
         self._apology = apology
         self._stranger_cooldown = stranger_cooldown
         self._confirm_timeout = confirm_timeout
-        self._min_delay = min_delay
-        self._max_delay = max_delay
+        self._reconnect = reconnect
 
         self._up = False
         self._closing = False
@@ -274,9 +276,8 @@ class XmppChannel:
         """Exponential backoff with jitter on the injected clock."""
         if self._closing or self._reconnect_call is not None:
             return
-        base = min(self._max_delay, self._min_delay * 2.0**self._failures)
-        delay = base * (0.5 + self._jitter())  # jitter() in [0, 1): 0.5x .. 1.5x the base
         self._failures += 1
+        delay = self._reconnect.delay(self._failures, self._jitter())
         _log.info("XMPP: reconnecting in {delay:.1f} s", delay=delay)
         self._reconnect_call = self._clock.callLater(delay, self._connect)
 
@@ -301,7 +302,7 @@ class XmppChannel:
 
     def _disconnected(self, reason: object) -> None:
         was_up = self._up
-        if was_up and self._clock.seconds() - self._up_since >= self._max_delay:
+        if was_up and self._clock.seconds() - self._up_since >= LASTING_SESSION:
             self._failures = 0  # a session that lasted resets the backoff; flapping ones do not
         self._session_lost(TransientDeliveryError("XMPP session lost"))
         if not self._closing:
