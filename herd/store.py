@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.model import Location, LoggedOp, location_key
+from herd.offload import RunBlocking
 from herd.wire import WireError, parse_at
 
 _SCHEMA = """
@@ -142,9 +143,6 @@ class Store:
         if self._db is None:
             raise RuntimeError("store is not open")
         return self._db
-
-
-RunBlocking = Callable[[Callable[[], None]], Deferred[None]]
 
 
 class GroupCommitter:

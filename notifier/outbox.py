@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, maybeDeferred
@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.backoff import Backoff
+from herd.offload import RunBlocking
 from notifier.channels import (
     Attachment,
     Channel,
@@ -130,12 +131,6 @@ last_error
 """
 
 PRUNE_EVERY = 3600.0
-
-
-class RunBlocking(Protocol):
-    """Runs blocking work on the outbox's single thread (e.g. `deferToThreadPool`)."""
-
-    def __call__(self, work: Callable[[], T], /) -> Deferred[T]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
+from herd.offload import RunBlocking
 from notifier.channels import (
     Attachment,
     Outgoing,
@@ -28,7 +29,6 @@ from notifier.outbox import (
     PRUNE_EVERY,
     Outbox,
     OutboxSettings,
-    RunBlocking,
     enqueue,
     format_entries,
     list_dead,
