@@ -46,14 +46,8 @@ from twisted.python.failure import Failure
 
 from herd.backoff import Backoff
 from herd.offload import RunBlocking
-from notifier.channels import (
-    Attachment,
-    Channel,
-    Outgoing,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-    UncertainDeliveryError,
-)
+from notifier.channels import Attachment, Channel, Outgoing
+from notifier.errors import PermanentDeliveryError, TransientDeliveryError, UncertainDeliveryError
 
 T = TypeVar("T")
 _log = Logger()

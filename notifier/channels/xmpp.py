@@ -50,7 +50,8 @@ from twisted.python.failure import Failure
 
 from herd.backoff import Backoff
 from notifier.aio import as_deferred
-from notifier.channels import Outgoing, PermanentDeliveryError, TransientDeliveryError
+from notifier.channels import Outgoing
+from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 
 PresenceState = Literal["available", "away", "unavailable"]
 TlsMode = Literal["starttls", "direct", "none"]

@@ -16,8 +16,9 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from notifier.aio import as_deferred
-from notifier.channels import Attachment, Outgoing, PermanentDeliveryError, TransientDeliveryError
+from notifier.channels import Attachment, Outgoing
 from notifier.channels.smtp import SmtpChannel
+from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.mailsink import MailSink, format_mail_list, list_mail, show_mail
 
 pytestmark = pytest.mark.timeout(30)
