@@ -43,6 +43,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from herd.errors import HerdError
+
 SKIPPED_HEAD: Final = 64  # bytes of a skipped peer line kept: enough for `U <seq> `
 
 LineSkipped = Callable[[bytes, int, bool], None]
@@ -599,8 +601,14 @@ def _set_send_buffer(transport: object, size: int) -> None:
             return
 
 
-class LineTooLong(Exception):
-    """A line longer than `max_line`: the connection is closed without a reply."""
+class LineTooLong(HerdError):
+    """A line longer than `max_line`: the connection is closed without a reply.  `length` is
+    how much of it had arrived when it was refused."""
 
     def __init__(self, length: int, max_line: int) -> None:
-        super().__init__(f"line of {length}+ bytes exceeds max_line {max_line}")
+        super().__init__(length, max_line)  # both in args, so it pickles
+        self.length = length
+        self.max_line = max_line
+
+    def __str__(self) -> str:
+        return f"line of {self.length}+ bytes exceeds max_line {self.max_line}"

@@ -1,5 +1,6 @@
 """The notifier's errors: every failure the notifier reports on purpose derives from
-`NotifierError`; a delivery failure says whether to retry and what the far side answered.
+`NotifierError`; a delivery failure says by its type whether to retry, and carries what the far
+side answered (an SMTP reply code, enhanced status and text) as attributes, not only in its message.
 """
 
 from __future__ import annotations
@@ -10,7 +11,25 @@ class NotifierError(Exception):
 
 
 class DeliveryError(NotifierError):
-    """A delivery failed; the subclass says whether trying again can help."""
+    """A delivery failed; the subclass says whether trying again can help.
+
+    The message is what the outbox records (`last_error`). When the failure was an SMTP reply,
+    `code` is its reply code (e.g. 550), `enhanced_status` its RFC 3463 status if it gave one
+    (e.g. "5.1.1") and `server_message` its text; otherwise they are None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        enhanced_status: str | None = None,
+        server_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.enhanced_status = enhanced_status
+        self.server_message = server_message
 
 
 class TransientDeliveryError(DeliveryError):

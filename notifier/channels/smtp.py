@@ -29,7 +29,7 @@ import ssl
 import urllib.parse
 from collections.abc import Callable
 from email.utils import formatdate, parseaddr
-from typing import Literal
+from typing import Literal, TypeVar
 
 import aiosmtplib
 from twisted.internet.defer import Deferred
@@ -37,9 +37,17 @@ from twisted.logger import Logger
 
 from notifier.aio import as_deferred
 from notifier.channels import Attachment, Outgoing
-from notifier.errors import PermanentDeliveryError, TransientDeliveryError, UncertainDeliveryError
+from notifier.errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    UncertainDeliveryError,
+)
 
 TlsMode = Literal["starttls", "direct", "none"]
+_Failure = TypeVar("_Failure", bound=DeliveryError)
+# RFC 3463 §2: class "." subject "." detail, at the start of the reply text (RFC 2034 §4).
+_ENHANCED_STATUS = re.compile(r"([245]\.[0-9]{1,3}\.[0-9]{1,3})(?!\S)")
 
 
 class _DroppedBeforeData(Exception):
@@ -549,8 +557,10 @@ class SmtpChannel:
         try:
             await client.connect()
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            raise TransientDeliveryError(
-                f"no SMTP session with {self.host}:{self.port}: {_explain(error)}"
+            raise _failure(
+                TransientDeliveryError,
+                f"no SMTP session with {self.host}:{self.port}: {_explain(error)}",
+                error,
             ) from error
 
     async def _transaction(
@@ -574,7 +584,8 @@ class SmtpChannel:
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as error:
                 raise UncertainDeliveryError(f"lost during DATA: {_explain(error)}") from error
         except aiosmtplib.SMTPResponseException as error:
-            raise _by_code(error.code, _explain(error)) from error
+            kind = PermanentDeliveryError if error.code >= 500 else TransientDeliveryError
+            raise _failure(kind, f"SMTP {error.code}: {_explain(error)}", error) from error
         except (aiosmtplib.SMTPNotSupported, ValueError) as error:
             raise PermanentDeliveryError(str(error)) from error
         except (TransientDeliveryError, _DroppedBeforeData):
@@ -602,10 +613,22 @@ class SmtpChannel:
             client.close()
 
 
-def _by_code(code: int, text: str) -> TransientDeliveryError | PermanentDeliveryError:
-    if code >= 500:
-        return PermanentDeliveryError(f"SMTP {code}: {text}")
-    return TransientDeliveryError(f"SMTP {code}: {text}")
+def _failure(kind: type[_Failure], text: str, cause: BaseException) -> _Failure:
+    """`kind(text)`, carrying the server's reply when `cause` is one."""
+    if not isinstance(cause, aiosmtplib.SMTPResponseException):
+        return kind(text)
+    return kind(
+        text,
+        code=cause.code,
+        enhanced_status=enhanced_status(cause.message),
+        server_message=cause.message,
+    )
+
+
+def enhanced_status(reply: str) -> str | None:
+    """The RFC 3463 status code a reply text opens with (`5.1.1 no such user`), if any."""
+    found = _ENHANCED_STATUS.match(reply)
+    return found.group(1) if found else None
 
 
 def _explain(error: BaseException) -> str:

@@ -51,7 +51,7 @@ from twisted.python.failure import Failure
 from herd.backoff import Backoff
 from notifier.aio import as_deferred
 from notifier.channels import Outgoing
-from notifier.errors import PermanentDeliveryError, TransientDeliveryError
+from notifier.errors import NotifierError, PermanentDeliveryError, TransientDeliveryError
 
 PresenceState = Literal["available", "away", "unavailable"]
 TlsMode = Literal["starttls", "direct", "none"]
@@ -78,7 +78,7 @@ _RECEIPT_REQUEST = b'<request xmlns="urn:xmpp:receipts"/>'
 _log = Logger()
 
 
-class XmppLoginError(Exception):
+class XmppLoginError(NotifierError):
     """The server refused the bot's credentials (wrong password, missing account)."""
 
 

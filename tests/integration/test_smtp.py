@@ -29,7 +29,7 @@ from twisted.python.threadpool import ThreadPool
 
 from notifier.aio import as_deferred
 from notifier.channels import Attachment, Outgoing
-from notifier.channels.smtp import SmtpChannel
+from notifier.channels.smtp import SmtpChannel, enhanced_status
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.outbox import OUTBOX_SCHEMA, Outbox, OutboxSettings, enqueue
 from tests.unit.test_mime import HOSTILE_TITLE, TRICKY, check_mail
@@ -320,6 +320,11 @@ async def test_refused_recipient_is_permanent_and_others_pass(
     error = await failure_of(channel.deliver(mail("n2", recipient="bad@example.org")))
     assert isinstance(error, PermanentDeliveryError)
     assert "550" in str(error) and "no such user" in str(error)
+    assert (error.code, error.enhanced_status, error.server_message) == (
+        550,
+        "5.1.1",
+        "5.1.1 no such user",
+    )
     await channel.deliver(mail("n3", recipient="bob@example.org"))
     assert [rcpts for rcpts, _ in smtp.mailbox.received] == [
         ["alice@example.org"],
@@ -333,6 +338,25 @@ async def test_4xx_is_transient(smtp: SmtpServer, make_channel: ChannelFactory) 
     error = await failure_of(make_channel().deliver(mail("n1", recipient="busy@example.org")))
     assert isinstance(error, TransientDeliveryError)
     assert "451" in str(error)
+    assert (error.code, error.enhanced_status) == (451, "4.3.2")
+
+
+@pytest.mark.parametrize(
+    ("reply", "status"),
+    [
+        ("5.1.1 no such user", "5.1.1"),
+        ("4.7.0 greylisted, try later", "4.7.0"),
+        ("2.0.0 Ok", "2.0.0"),
+        ("no such user", None),
+        ("5.1.1x no such user", None),
+        ("3.1.1 not a class", None),
+        ("see 5.1.1", None),
+    ],
+)
+def test_the_enhanced_status_is_read_from_the_start_of_a_reply(
+    reply: str, status: str | None
+) -> None:
+    assert enhanced_status(reply) == status
 
 
 @pytest_twisted.ensureDeferred
@@ -358,6 +382,7 @@ async def test_server_down_is_transient_and_the_pool_reconnects(
     error = await failure_of(channel.deliver(mail("n2")))
     assert isinstance(error, TransientDeliveryError)
     assert "no SMTP session" in str(error)
+    assert error.code is None  # no server answered
     await smtp.start()
     await channel.deliver(mail("n3"))
     assert smtp.mailbox.ids() == ["<renga.n1@example.org>", "<renga.n3@example.org>"]
