@@ -184,6 +184,15 @@ class InputState(Enum):
     ENDED = "ended"  # the other side half-closed: what came runs and is answered, then it closes
 
 
+# Enum members looked up through their class cost ~85 ns each on Python 3.11, ten times a plain
+# attribute: the checks made for every line compare against these instead.
+_OPEN: Final = ConnectionState.OPEN
+_CLOSING: Final = ConnectionState.CLOSING
+_DISCONNECTED: Final = ConnectionState.DISCONNECTED
+_INPUT_OPEN: Final = InputState.OPEN
+_INPUT_ENDED: Final = InputState.ENDED
+
+
 @implementer(IHalfCloseableProtocol, IPushProducer)
 class LineConnection(Protocol):
     """One TCP connection on the client port (or a dialed peer link)."""
@@ -230,7 +239,7 @@ class LineConnection(Protocol):
 
     @property
     def disconnected(self) -> bool:
-        return self._state is ConnectionState.DISCONNECTED
+        return self._state is _DISCONNECTED
 
     # --- framing ---------------------------------------------------------------------------
 
@@ -249,7 +258,7 @@ class LineConnection(Protocol):
         transport.registerProducer(self, True)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
-        if self._state is ConnectionState.CLOSING or self._input is not InputState.OPEN:
+        if self._state is _CLOSING or self._input is not _INPUT_OPEN:
             return
         if self._skipping is not None:
             head, length = self._skipping
@@ -316,7 +325,7 @@ class LineConnection(Protocol):
             head, length = self._skipping
             self._skipping = None
             self._cut_at_eof(head, length)
-        elif self._buffer and self._state is not ConnectionState.CLOSING:
+        elif self._buffer and self._state is not _CLOSING:
             line, self._buffer = self._buffer, b""
             if not self.framing.last_line_at_eof:
                 self._cut_at_eof(line[:SKIPPED_HEAD], len(line))
@@ -349,11 +358,11 @@ class LineConnection(Protocol):
     def _overflow(self, length: int) -> None:
         """An over-long line: the lines before it still run, nothing after it is read, and
         the connection closes without answering it."""
-        if self._input is InputState.OPEN:
+        if self._input is _INPUT_OPEN:
             self._input = InputState.REFUSED
         self._buffer = b""
         self._lost_reason = Failure(LineTooLong(length, self.max_line))
-        if self._input is not InputState.ENDED and not self._reading_paused:
+        if self._input is not _INPUT_ENDED and not self._reading_paused:
             self._reading_paused = True
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
@@ -379,7 +388,7 @@ class LineConnection(Protocol):
 
     def _blocked(self) -> bool:
         """Whether this connection may not run a line now."""
-        return self._waiting or self._state is not ConnectionState.OPEN or self._output_full()
+        return self._waiting or self._state is not _OPEN or self._output_full()
 
     def run_slice(self) -> None:
         """The scheduler's turn for this connection."""
@@ -402,7 +411,7 @@ class LineConnection(Protocol):
         client = self.pause_reading_when_full
         try:
             for _ in range(limits.slice_lines):
-                if not lines or self._waiting or self._state is not ConnectionState.OPEN:
+                if not lines or self._waiting or self._state is not _OPEN:
                     break
                 slots = self._slots
                 if client and (
@@ -434,13 +443,13 @@ class LineConnection(Protocol):
 
     def _done_waiting(self, result: object) -> None:
         self._waiting = False
-        if self._state is not ConnectionState.DISCONNECTED:
+        if self._state is not _DISCONNECTED:
             self._proceed()
 
     def _flow(self) -> None:
         """Ask for another slice if lines may still run, pause or resume reading, and close a
         half-closed (or overflowed) connection once everything is answered."""
-        if self._state is ConnectionState.DISCONNECTED:
+        if self._state is _DISCONNECTED:
             return
         if self.scheduler is None:
             while self._lines and not self._blocked() and not self._running:
@@ -449,8 +458,8 @@ class LineConnection(Protocol):
             self.scheduler.want(self)
         if (
             self.pause_reading_when_full
-            and self._input is InputState.OPEN
-            and self._state is ConnectionState.OPEN
+            and self._input is _INPUT_OPEN
+            and self._state is _OPEN
             and not self._unregistered
         ):
             full = self._queued_bytes > self.limits.input_budget or self._output_full()
@@ -460,7 +469,7 @@ class LineConnection(Protocol):
                     self.transport.pauseProducing()  # type: ignore[union-attr]
                 else:
                     self.transport.resumeProducing()  # type: ignore[union-attr]
-        if self._input is not InputState.OPEN and not self._lines:
+        if self._input is not _INPUT_OPEN and not self._lines:
             self._close_when_drained()
 
     # --- replies in request order ----------------------------------------------------------
@@ -480,7 +489,7 @@ class LineConnection(Protocol):
         back): a subscriber that stopped reading while more than `push_backlog` bytes wait for
         it is disconnected, so it cannot grow the server's memory; it resumes from the last
         checkpoint it read when it subscribes again."""
-        if self._state is not ConnectionState.OPEN:
+        if self._state is not _OPEN:
             return
         self.send(data)
         if self.backlog + self._held > self.limits.push_backlog:
@@ -546,11 +555,11 @@ class LineConnection(Protocol):
         data = b"".join(ready)
         self._held -= len(data)
         self._write(data)
-        if self._lines or self._reading_paused or self._input is not InputState.OPEN:
+        if self._lines or self._reading_paused or self._input is not _INPUT_OPEN:
             self._proceed()
 
     def _write(self, data: bytes) -> None:
-        if self._state is ConnectionState.DISCONNECTED or not data:
+        if self._state is _DISCONNECTED or not data:
             return
         if self.backlog:
             self.backlog += len(data)
@@ -559,11 +568,7 @@ class LineConnection(Protocol):
         self.transport.write(data)  # type: ignore[union-attr]
 
     def _close_when_drained(self) -> None:
-        if (
-            not self._slots
-            and not self._waiting
-            and self._state is not ConnectionState.DISCONNECTED
-        ):
+        if not self._slots and not self._waiting and self._state is not _DISCONNECTED:
             self._lose()
 
     def close(self) -> None:
@@ -573,7 +578,7 @@ class LineConnection(Protocol):
     def _stop_running(self) -> None:
         """Closed by us or by the transport: no more lines run (a connection already gone
         stays so)."""
-        if self._state is ConnectionState.OPEN:
+        if self._state is _OPEN:
             self._state = ConnectionState.CLOSING
 
     def _lose(self) -> None:
@@ -598,7 +603,7 @@ class LineConnection(Protocol):
     def resumeProducing(self) -> None:
         self.backlog = 0
         self._output_paused = False
-        if self._state is ConnectionState.OPEN:
+        if self._state is _OPEN:
             self._proceed()
 
     def keep_reading(self, skipped: LineSkipped | None = None) -> None:
@@ -612,11 +617,7 @@ class LineConnection(Protocol):
             self.framing = PEER_FRAMING
             self._skipped = skipped
         _set_send_buffer(self.transport, PEER_SEND_BUFFER)
-        if (
-            self._reading_paused
-            and self._state is ConnectionState.OPEN
-            and self._input is not InputState.ENDED
-        ):
+        if self._reading_paused and self._state is _OPEN and self._input is not _INPUT_ENDED:
             self._reading_paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
         self._proceed()
