@@ -33,7 +33,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import Enum, StrEnum
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -397,6 +397,14 @@ def _marks(values: Collection[object]) -> str:
     return ", ".join("?" * len(values))
 
 
+class _Phase(Enum):
+    """Where an `Outbox` is in its life."""
+
+    STARTING = "starting"  # recovering interrupted rows; nothing is claimed yet
+    RUNNING = "running"  # claiming due rows and delivering them
+    STOPPED = "stopped"  # claims nothing more; deliveries in flight finish (or are cancelled)
+
+
 class Outbox:
     """Delivers the outbox's rows through the channels, on the reactor.
 
@@ -427,8 +435,7 @@ class Outbox:
         self._in_flight = dict.fromkeys(self._channels, 0)
         self._deliveries: set[Deferred[None]] = set()
         self._outcomes: list[_Outcome] = []
-        self._running = False
-        self._stopped = False
+        self._phase = _Phase.STARTING
         self._busy = False  # a cycle is running on the outbox thread
         self._again = False  # something happened during that cycle: run another
         self._timer: IDelayedCall | None = None
@@ -456,21 +463,20 @@ class Outbox:
                 count=count,
                 channel=channel,
             )
-        if not self._stopped:
-            self._running = True
+        if self._phase is _Phase.STARTING:
+            self._phase = _Phase.RUNNING
             self._pump()
 
     def wake(self) -> None:
         """Rows were just committed: look for due work now."""
-        if self._running:
+        if self._phase is _Phase.RUNNING:
             self._pump()
 
     def stop(self) -> Deferred[None]:
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        self._stopped = True
-        self._running = False
+        self._phase = _Phase.STOPPED
         self._cancel_timer()
         grace = self._clock.callLater(self._settings.stop_grace, self._cancel_deliveries)
         waiter: Deferred[None] = Deferred()
@@ -491,7 +497,7 @@ class Outbox:
             self._again = True
             return
         free = {}
-        if self._running:
+        if self._phase is _Phase.RUNNING:
             free = {
                 name: self._limits[name] - count
                 for name, count in self._in_flight.items()
@@ -505,7 +511,7 @@ class Outbox:
         self._again = False
         now = self._clock.seconds()
         prune_before = None
-        if self._running and now >= self._next_prune:
+        if self._phase is _Phase.RUNNING and now >= self._next_prune:
             prune_before = now - self._settings.retention
             self._next_prune = now + PRUNE_EVERY
         done = self._run(partial(self._book.cycle, outcomes, free, now, prune_before))
@@ -516,7 +522,7 @@ class Outbox:
         for item in cycle.claimed:
             self._deliver(item)
         self._busy = False
-        if self._running:
+        if self._phase is _Phase.RUNNING:
             self._schedule(cycle.next_due)
         if self._again or self._outcomes:
             self._pump()
@@ -529,7 +535,7 @@ class Outbox:
         `sending` and are retried, flagged, after the next start."""
         _log.failure("outbox: a cycle failed", failure)
         self._busy = False
-        if self._running:
+        if self._phase is _Phase.RUNNING:
             self._outcomes[:0] = outcomes
             self._schedule(None)
         else:
@@ -615,7 +621,7 @@ class Outbox:
         return _Outcome(key, _State.PENDING, now + delay, reason, duplicate)
 
     def _check_drained(self) -> None:
-        if self._running or self._busy or self._deliveries or self._outcomes:
+        if self._phase is _Phase.RUNNING or self._busy or self._deliveries or self._outcomes:
             return
         waiters, self._drained = self._drained, []
         for waiter in waiters:

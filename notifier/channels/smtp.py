@@ -29,6 +29,7 @@ import ssl
 import urllib.parse
 from collections.abc import Callable
 from email.utils import formatdate, parseaddr
+from enum import Enum
 from typing import Literal, TypeVar
 
 import aiosmtplib
@@ -455,6 +456,14 @@ def _attachment(attachment: Attachment) -> bytes:
     )
 
 
+class _State(Enum):
+    """Where an `SmtpChannel` is in its life."""
+
+    OPEN = "open"  # delivering
+    CLOSING = "closing"  # refuses new mail; waits for sends in progress, then says QUIT
+    CLOSED = "closed"  # every pooled connection is closed
+
+
 class SmtpChannel:
     """The `email` channel: mail through one relay over a pool of reused connections."""
 
@@ -492,7 +501,7 @@ class SmtpChannel:
         self._tls_context = tls_context
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(pool_size)
-        self._closing = False
+        self._state = _State.OPEN
 
     def deliver(self, message: Outgoing) -> Deferred[None]:
         return as_deferred(self._deliver(message))
@@ -502,12 +511,12 @@ class SmtpChannel:
         return as_deferred(self._close())
 
     async def _deliver(self, message: Outgoing) -> None:
-        if self._closing:
+        if self._state is not _State.OPEN:
             raise TransientDeliveryError("the email channel is closed")
         data, utf8 = self.builder.build(message, self._now())
         options = ["SMTPUTF8"] if utf8 else []
         async with self._slots:
-            if self._closing:
+            if self._state is not _State.OPEN:
                 raise TransientDeliveryError("the email channel is closed")
             client = self._idle.pop() if self._idle else self._client()
             try:
@@ -594,13 +603,14 @@ class SmtpChannel:
             raise TransientDeliveryError(_explain(error)) from error
 
     async def _close(self) -> None:
-        if self._closing:
+        if self._state is not _State.OPEN:
             return
-        self._closing = True
+        self._state = _State.CLOSING
         for _ in range(self._pool_size):
             await self._slots.acquire()
         clients, self._idle = self._idle, []
         await asyncio.gather(*(self._quit(client) for client in clients))
+        self._state = _State.CLOSED
 
     async def _quit(self, client: aiosmtplib.SMTP) -> None:
         if not client.is_connected:

@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, Literal
 
 from slixmpp import JID, ClientXMPP, InvalidJID
@@ -76,6 +77,14 @@ _C0_NOT_XML = bytes(set(range(0x20)) - {0x09, 0x0A, 0x0D})
 _RECEIPT_REQUEST = b'<request xmlns="urn:xmpp:receipts"/>'
 
 _log = Logger()
+
+
+class SessionState(Enum):
+    """Where the bot's session is: what `deliver` and a lost connection do depends on it."""
+
+    DOWN = "down"  # connecting, or waiting to reconnect: deliveries fail as transient
+    UP = "up"  # logged in with presence sent: deliveries go out
+    CLOSED = "closed"  # `close()` was called: never reconnects
 
 
 class XmppLoginError(NotifierError):
@@ -182,8 +191,7 @@ class XmppChannel:
         self._confirm_timeout = confirm_timeout
         self._reconnect = reconnect
 
-        self._up = False
-        self._closing = False
+        self._state = SessionState.DOWN
         self._generation = 0  # bumped per session, so a roster answer from an old one is ignored
         self._failures = 0  # reconnections since the last session that lasted
         self._up_since = 0.0
@@ -239,7 +247,7 @@ class XmppChannel:
     @property
     def session_up(self) -> bool:
         """Logged in with presence sent: deliveries are accepted."""
-        return self._up
+        return self._state is SessionState.UP
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -254,7 +262,7 @@ class XmppChannel:
 
     def close(self) -> Deferred[None]:
         """Close the stream (the server learns at once, so another server takes the chats)."""
-        self._closing = True
+        self._state = SessionState.CLOSED
         if self._reconnect_call is not None and self._reconnect_call.active():
             self._reconnect_call.cancel()
         self._reconnect_call = None
@@ -269,13 +277,17 @@ class XmppChannel:
 
     def _connect(self) -> None:
         self._reconnect_call = None
-        if self._closing or self._xmpp.is_connected() or self._xmpp.is_connecting():
+        if (
+            self._state is SessionState.CLOSED
+            or self._xmpp.is_connected()
+            or self._xmpp.is_connecting()
+        ):
             return
         self._xmpp.connect(self._host, self._port)
 
     def _schedule_reconnect(self) -> None:
         """Exponential backoff with jitter on the injected clock."""
-        if self._closing or self._reconnect_call is not None:
+        if self._state is SessionState.CLOSED or self._reconnect_call is not None:
             return
         self._failures += 1
         delay = self._reconnect.delay(self._failures, self._jitter())
@@ -290,29 +302,31 @@ class XmppChannel:
         roster.add_done_callback(lambda done: self._roster_loaded(generation, done))
 
     def _roster_loaded(self, generation: int, done: asyncio.Future[Iq | None]) -> None:
-        if done.cancelled() or generation != self._generation or self._closing:
+        stale = done.cancelled() or generation != self._generation
+        if stale or self._state is SessionState.CLOSED:
             return
         if done.exception() is not None:
             _log.warn("XMPP: roster not loaded: {error!r}", error=done.exception())
         self._xmpp.send_presence(ppriority=self._priority)
-        self._up = True
+        self._state = SessionState.UP
         self._up_since = self._clock.seconds()
         _log.info("XMPP: session up as {jid}", jid=str(self._xmpp.boundjid))
         if not self._started.called:
             self._started.callback(None)
 
     def _disconnected(self, reason: object) -> None:
-        was_up = self._up
+        was_up = self._state is SessionState.UP
         if was_up and self._clock.seconds() - self._up_since >= LASTING_SESSION:
             self._failures = 0  # a session that lasted resets the backoff; flapping ones do not
         self._session_lost(TransientDeliveryError("XMPP session lost"))
-        if not self._closing:
+        if self._state is not SessionState.CLOSED:
             if was_up:
                 _log.warn("XMPP: session lost ({reason}); reconnecting", reason=reason)
             self._schedule_reconnect()
 
     def _session_lost(self, error: Exception) -> None:
-        self._up = False
+        if self._state is SessionState.UP:
+            self._state = SessionState.DOWN
         self._generation += 1
         self._states.clear()  # the next session's presence flood reports everyone afresh
         self._unsent.clear()
@@ -346,7 +360,7 @@ class XmppChannel:
         a comment should not cost the notification. A key XML cannot carry is refused instead, as
         bounces are matched by it.
         """
-        if not self._up:
+        if self._state is not SessionState.UP:
             return fail(TransientDeliveryError("XMPP session is down"))
         try:
             to = JID(message.recipient)  # slixmpp's JID is compiled (~0.2 µs): no cache needed
@@ -579,8 +593,8 @@ def _chat(to: bytes, key: bytes, body: bytes, thread: bytes, lang: bytes) -> byt
 
     Escaped parts in. Like slixmpp, an empty body or thread is left out, and ``jabber:client`` is
     the stream's default namespace. Why ``send_raw`` may skip slixmpp's ``send()``, as checked in
-    slixmpp 1.17: it queues the stanza until the session starts (we write only while ``_up``,
-    set after that), then runs the outgoing filters registered here in a task: XEP-0184's
+    slixmpp 1.17: it queues the stanza until the session starts (we write only while the session
+    is ``UP``, after that), then runs the outgoing filters registered here in a task: XEP-0184's
     auto-request (off; we ask ourselves), XEP-0115's caps and the roster's last status (both for
     presences only); there is no stream management (XEP-0198), whose ``out_sync`` filter would
     have to count every stanza. A test fails if a plugin adds a filter. Written directly, messages
