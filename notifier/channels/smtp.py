@@ -27,13 +27,13 @@ import re
 import secrets
 import ssl
 import urllib.parse
-from collections.abc import Callable
 from email.utils import formatdate, parseaddr
 from enum import Enum
 from typing import Literal, TypeVar
 
 import aiosmtplib
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from notifier.aio import as_deferred
@@ -480,7 +480,7 @@ class SmtpChannel:
         pool_size: int = 4,
         timeout: float = 30.0,
         *,
-        now: Callable[[], float],
+        clock: IReactorTime,
         local_hostname: str | None = None,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -496,7 +496,7 @@ class SmtpChannel:
         self._tls = tls
         self._pool_size = pool_size
         self._timeout = timeout
-        self._now = now
+        self._clock = clock
         self._local_hostname = local_hostname
         self._tls_context = tls_context
         self._idle: list[aiosmtplib.SMTP] = []
@@ -513,7 +513,7 @@ class SmtpChannel:
     async def _deliver(self, message: Outgoing) -> None:
         if self._state is not _State.OPEN:
             raise TransientDeliveryError("the email channel is closed")
-        data, utf8 = self.builder.build(message, self._now())
+        data, utf8 = self.builder.build(message, self._clock.seconds())
         options = ["SMTPUTF8"] if utf8 else []
         async with self._slots:
             if self._state is not _State.OPEN:

@@ -22,7 +22,7 @@ import pytest
 import pytest_twisted
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import capturedLogs
 from twisted.python.threadpool import ThreadPool
@@ -173,11 +173,13 @@ async def make_channel(smtp: SmtpServer) -> AsyncIterator[ChannelFactory]:
 
     def make(port: int | None = None, **options: object) -> SmtpChannel:
         settings: dict[str, object] = {"tls": "none", "pool_size": 2, "timeout": 5.0}
+        clock = Clock()
+        clock.advance(NOW)  # the Date header's time
         channel = SmtpChannel(
             "127.0.0.1",
             smtp.port if port is None else port,
             SENDER,
-            now=lambda: NOW,
+            clock=clock,
             local_hostname="renga.test",
             **{**settings, **options},  # type: ignore[arg-type]
         )
