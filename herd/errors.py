@@ -1,6 +1,6 @@
 """The herd's root error: every failure the herd reports on purpose (an unusable config, secret
-file or venue file, an over-long line, a refused operator command) derives from `HerdError`, and
-carries what it is about as attributes, so a caller catches the herd's failures, not its bugs.
+file or venue file, an over-long line) derives from `HerdError` and carries what it is about as
+attributes, so a caller catches the herd's failures, not its bugs.
 """
 
 from __future__ import annotations
