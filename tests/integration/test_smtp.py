@@ -433,6 +433,20 @@ async def test_a_cancelled_send_does_not_poison_the_pool(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_closed_channel_refuses_mail_as_transient(
+    smtp: SmtpServer, make_channel: ChannelFactory
+) -> None:
+    channel = make_channel()
+    await channel.deliver(mail("n1"))
+    await channel.close()
+    await channel.close()  # closing again is harmless
+    error = await failure_of(channel.deliver(mail("n2")))
+    assert isinstance(error, TransientDeliveryError)
+    assert str(error) == "the email channel is closed"
+    assert smtp.mailbox.ids() == ["<renga.n1@example.org>"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_non_ascii_address_needs_smtputf8(
     smtp: SmtpServer, make_channel: ChannelFactory
 ) -> None:
