@@ -15,8 +15,9 @@ class Backoff:
     """The delay after the n-th failure in a row (n from 1) is the nominal delay
     `min(cap, initial * factor ** (n - 1))`, lengthened by up to `jitter` times itself.
 
-    Jitter only ever adds, so `initial` is the shortest wait and `cap * (1 + jitter)` the longest:
-    many clients that failed together spread out, and none comes back sooner than planned.
+    Jitter only ever adds, so no wait is shorter than its nominal delay and none longer than
+    `longest`: many clients that failed together spread out, and none comes back sooner than
+    planned.
     """
 
     initial: float
@@ -25,7 +26,7 @@ class Backoff:
     jitter: float
 
     def __post_init__(self) -> None:
-        if not (0 <= self.initial <= self.cap and self.factor >= 1 and self.jitter >= 0):
+        if not (self.initial >= 0 and self.cap >= 0 and self.factor >= 1 and self.jitter >= 0):
             raise ValueError(f"not a usable backoff: {self}")
 
     @property

@@ -20,6 +20,10 @@ def test_jitter_lengthens_a_delay_by_up_to_its_fraction() -> None:
     assert backoff.delay(9, 1.0) == backoff.longest == 10.0
 
 
+def test_a_first_delay_over_the_cap_is_capped() -> None:
+    assert Backoff(initial=60.0, factor=2.0, cap=30.0, jitter=0.0).delay(1, 0.0) == 30.0
+
+
 def test_no_failure_yet_counts_as_the_first() -> None:
     backoff = Backoff(initial=0.1, factor=2.0, cap=1.0, jitter=0.25)
     assert backoff.delay(0, 0.0) == backoff.delay(1, 0.0) == 0.1
@@ -32,7 +36,7 @@ def test_a_very_long_run_of_failures_stays_at_the_cap() -> None:
 
 @pytest.mark.parametrize(
     ("initial", "factor", "cap", "jitter"),
-    [(-1.0, 2.0, 1.0, 0.0), (2.0, 2.0, 1.0, 0.0), (0.1, 0.5, 1.0, 0.0), (0.1, 2.0, 1.0, -0.1)],
+    [(-1.0, 2.0, 1.0, 0.0), (0.1, 2.0, -1.0, 0.0), (0.1, 0.5, 1.0, 0.0), (0.1, 2.0, 1.0, -0.1)],
 )
 def test_an_unusable_policy_is_refused(
     initial: float, factor: float, cap: float, jitter: float
