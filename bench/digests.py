@@ -322,9 +322,7 @@ def child_renga(
             raise BenchError(f"load read back {len(saved.digest_items)} users' digest items")
         committer = GroupCommitter(store, on_store, reactor, fail)
 
-        smtp = SmtpChannel(
-            "127.0.0.1", port, SENDER, tls="none", pool_size=pool, now=reactor.seconds
-        )
+        smtp = SmtpChannel("127.0.0.1", port, SENDER, tls="none", pool_size=pool, clock=reactor)
         tally = {"ok": 0, "failed": 0}
         delivered_at: list[float] = []
 

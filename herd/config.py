@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from herd.errors import HerdError
+
 __all__ = [
     "ConfigError",
     "HerdConfig",
@@ -56,7 +58,7 @@ SECRET_WARNING = (
 )
 
 
-class ConfigError(Exception):
+class ConfigError(HerdError):
     """A config that cannot be used: names the file, the key and the problem."""
 
     def __init__(self, path: Path, key: str, problem: str) -> None:

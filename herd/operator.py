@@ -8,6 +8,7 @@ import hmac
 import socket
 
 from herd.config import HerdConfig
+from herd.errors import HerdError
 from herd.ops import OPERATOR
 from herd.tokens import new_nonce, peer_mac
 from herd.wire.client import Hello
@@ -18,7 +19,7 @@ from herd.wire.peer import Challenge, parse_peer_line
 TIMEOUT = 5.0
 
 
-class OperatorError(Exception):
+class OperatorError(HerdError):
     """No server could be asked, or one did not prove it knows the herd secret."""
 
 

@@ -28,6 +28,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from herd.backoff import Backoff
 from herd.protocol import LineConnection
 from herd.tokens import new_nonce, peer_mac
 from herd.wire.client import Hello
@@ -55,9 +56,7 @@ if TYPE_CHECKING:
 KEEPALIVE_SECONDS = 5.0
 MISSED_KEEPALIVES = 3
 MAX_PEER_BACKLOG = 64 * 1024 * 1024
-RETRY_INITIAL = 0.1
-RETRY_MAX = 1.0
-RETRY_JITTER = 0.25
+DIAL_BACKOFF = Backoff(initial=0.1, factor=2.0, cap=1.0, jitter=0.25)
 AUTH_FAILURE_HOLD_OFF = 5.0
 
 _log = Logger()
@@ -293,11 +292,11 @@ class DialFactory(Factory):
 
 
 def retry_policy(jitter: Callable[[], float]) -> Callable[[int], float]:
-    """Backoff for dialing a peer: 0.1 s doubling to 1 s, plus up to 0.25 s of jitter, so a
-    returning peer is found within about a second and a half."""
+    """Backoff for dialing a peer (`ClientService`'s retry policy): 0.1 s doubling to 1 s, plus up
+    to a quarter of that at random, so a returning peer is found within about a second and a
+    half."""
 
     def policy(failed_attempts: int) -> float:
-        doublings = min(max(failed_attempts - 1, 0), 16)
-        return min(RETRY_INITIAL * (1 << doublings), RETRY_MAX) + jitter() * RETRY_JITTER
+        return DIAL_BACKOFF.delay(failed_attempts, jitter())
 
     return policy

@@ -46,6 +46,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
 from herd.config import PlacesConfig
+from herd.errors import HerdError
 from herd.geo import bounding_box, distance_m
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class PlacesProvider(Protocol):
     def close(self) -> Deferred[None]: ...
 
 
-class VenueFileError(ValueError):
+class VenueFileError(HerdError, ValueError):
     """A venue file that cannot be used; the message names the file and the row or feature."""
 
 

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Final
 
 from herd.config import SECRET_FILE, HerdConfig
+from herd.errors import HerdError
 
 _FORMAT: Final = re.compile(rb"([0-9a-f]{64})\n?\Z")
 
 
-class SecretFileError(Exception):
+class SecretFileError(HerdError):
     """The generated secret cannot be read or made (a permission, a hand-edited file)."""
 
 

@@ -28,8 +28,9 @@ from herd.handlers.flooding import Flooding
 from herd.handlers.locations import Locations
 from herd.handlers.operator import OperatorCommands, OperatorHandler
 from herd.handlers.planning import OpIds, Planning, run_as
-from herd.handlers.sessions import AuthChecks, ClientHandler, RunBlocking, Sessions
+from herd.handlers.sessions import AuthChecks, ClientHandler, Sessions
 from herd.leases import Leases
+from herd.offload import RunBlocking
 from herd.ops import OPERATOR, Body, Op
 from herd.peers import PeerSession
 from herd.protocol import ConnectionLimits, LineConnection, SliceScheduler, Slot
@@ -101,7 +102,7 @@ class HerdServer:
         log: TrafficLog,
         clock: IReactorTime,
         now_ns: Callable[[], int],
-        run_cpu: RunBlocking[bool],
+        run_cpu: RunBlocking,
     ) -> None:
         self.settings = settings
         # what `herd.peers` reads of the server

@@ -220,7 +220,7 @@ class HerdService(Service):
                     smtp.password,
                     _tls(smtp.tls),
                     pool_size=OUTBOX_EMAIL_CONCURRENCY,
-                    now=self.reactor.seconds,
+                    clock=self.reactor,
                 )
             except ValueError as error:
                 # The mail builder is the judge of what a From header can carry (a display

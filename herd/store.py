@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from herd.offload import RunBlocking
 from herd.records import Location, LoggedOp, location_key
 from herd.wire.client import parse_at
 from herd.wire.grammar import WireError
@@ -143,9 +144,6 @@ class Store:
         if self._db is None:
             raise RuntimeError("store is not open")
         return self._db
-
-
-RunBlocking = Callable[[Callable[[], None]], Deferred[None]]
 
 
 class GroupCommitter:

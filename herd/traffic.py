@@ -29,9 +29,8 @@ from zope.interface import implementer
 
 from herd.config import LogConfig
 from herd.logrules import LineBudget, cut
+from herd.offload import RunBlocking
 from herd.wire.grammar import REDACTED, SECRET_LINE_START, redact_secrets
-
-RunBlocking = Callable[[Callable[[], None]], Deferred[None]]
 
 _Record = tuple[float, str, str, bytes]
 

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from notifier.errors import NotifierError
+
 _STREAM_HEADER = (
     "<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client' "
     "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
@@ -30,7 +32,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9.-]*\Z")
 _USER = re.compile(r"[a-z0-9._-]+\Z")
 
 
-class ProsodyError(RuntimeError):
+class ProsodyError(NotifierError, RuntimeError):
     """Prosody could not be installed, started, stopped or given an account."""
 
 

@@ -33,10 +33,10 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import Enum, StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, maybeDeferred
@@ -44,14 +44,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from notifier.channels import (
-    Attachment,
-    Channel,
-    Outgoing,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-    UncertainDeliveryError,
-)
+from herd.backoff import Backoff
+from herd.offload import RunBlocking
+from notifier.channels import Attachment, Channel, Outgoing
+from notifier.errors import PermanentDeliveryError, TransientDeliveryError, UncertainDeliveryError
 
 T = TypeVar("T")
 _log = Logger()
@@ -131,12 +127,6 @@ last_error
 PRUNE_EVERY = 3600.0
 
 
-class RunBlocking(Protocol):
-    """Runs blocking work on the outbox's single thread (e.g. `deferToThreadPool`)."""
-
-    def __call__(self, work: Callable[[], T], /) -> Deferred[T]: ...
-
-
 @dataclass(frozen=True, slots=True)
 class OutboxSettings:
     """Retry policy and bounds.  Delays and ages are in seconds."""
@@ -151,13 +141,12 @@ class OutboxSettings:
     stop_grace: float = 5.0  # deliveries still running this long after stop are cancelled
     retention: float = 7 * 86400.0  # delivered rows are kept this long for idempotency
 
-
-def backoff_delay(attempts: int, jitter: float, settings: OutboxSettings) -> float:
-    """Delay after the `attempts`-th failed attempt: base·2^(attempts-1), capped, then scaled by
-    half plus half the jitter (in [0, 1]), so retries spread out yet never come sooner than half
-    the nominal delay."""
-    nominal = min(settings.max_delay, settings.base_delay * 2.0 ** min(attempts - 1, 64))
-    return nominal * (0.5 + 0.5 * jitter)
+    @property
+    def backoff(self) -> Backoff:
+        """After the n-th failed attempt: base_delay doubling, capped at max_delay, of which the
+        first half is always waited and the second at random, so retries spread out yet never
+        come sooner than half the nominal delay."""
+        return Backoff(initial=self.base_delay / 2, factor=2.0, cap=self.max_delay / 2, jitter=1.0)
 
 
 def enqueue(
@@ -408,6 +397,14 @@ def _marks(values: Collection[object]) -> str:
     return ", ".join("?" * len(values))
 
 
+class _Phase(Enum):
+    """Where an `Outbox` is in its life."""
+
+    STARTING = "starting"  # recovering interrupted rows; nothing is claimed yet
+    RUNNING = "running"  # claiming due rows and delivering them
+    STOPPED = "stopped"  # claims nothing more; deliveries in flight finish (or are cancelled)
+
+
 class Outbox:
     """Delivers the outbox's rows through the channels, on the reactor.
 
@@ -432,13 +429,13 @@ class Outbox:
         self._run = run_blocking
         self._jitter = jitter
         self._settings = settings
+        self._backoff = settings.backoff
         given = concurrency or {}
         self._limits = {name: given.get(name, settings.concurrency) for name in self._channels}
         self._in_flight = dict.fromkeys(self._channels, 0)
         self._deliveries: set[Deferred[None]] = set()
         self._outcomes: list[_Outcome] = []
-        self._running = False
-        self._stopped = False
+        self._phase = _Phase.STARTING
         self._busy = False  # a cycle is running on the outbox thread
         self._again = False  # something happened during that cycle: run another
         self._timer: IDelayedCall | None = None
@@ -466,21 +463,20 @@ class Outbox:
                 count=count,
                 channel=channel,
             )
-        if not self._stopped:
-            self._running = True
+        if self._phase is _Phase.STARTING:
+            self._phase = _Phase.RUNNING
             self._pump()
 
     def wake(self) -> None:
         """Rows were just committed: look for due work now."""
-        if self._running:
+        if self._phase is _Phase.RUNNING:
             self._pump()
 
     def stop(self) -> Deferred[None]:
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        self._stopped = True
-        self._running = False
+        self._phase = _Phase.STOPPED
         self._cancel_timer()
         grace = self._clock.callLater(self._settings.stop_grace, self._cancel_deliveries)
         waiter: Deferred[None] = Deferred()
@@ -501,7 +497,7 @@ class Outbox:
             self._again = True
             return
         free = {}
-        if self._running:
+        if self._phase is _Phase.RUNNING:
             free = {
                 name: self._limits[name] - count
                 for name, count in self._in_flight.items()
@@ -515,7 +511,7 @@ class Outbox:
         self._again = False
         now = self._clock.seconds()
         prune_before = None
-        if self._running and now >= self._next_prune:
+        if self._phase is _Phase.RUNNING and now >= self._next_prune:
             prune_before = now - self._settings.retention
             self._next_prune = now + PRUNE_EVERY
         done = self._run(partial(self._book.cycle, outcomes, free, now, prune_before))
@@ -526,7 +522,7 @@ class Outbox:
         for item in cycle.claimed:
             self._deliver(item)
         self._busy = False
-        if self._running:
+        if self._phase is _Phase.RUNNING:
             self._schedule(cycle.next_due)
         if self._again or self._outcomes:
             self._pump()
@@ -539,7 +535,7 @@ class Outbox:
         `sending` and are retried, flagged, after the next start."""
         _log.failure("outbox: a cycle failed", failure)
         self._busy = False
-        if self._running:
+        if self._phase is _Phase.RUNNING:
             self._outcomes[:0] = outcomes
             self._schedule(None)
         else:
@@ -621,11 +617,11 @@ class Outbox:
             return _Outcome(
                 key, _State.DEAD, now, f"gave up after {now - item.since:.0f} s: {reason}"
             )
-        delay = backoff_delay(item.attempts, self._jitter(), self._settings)
+        delay = self._backoff.delay(item.attempts, self._jitter())
         return _Outcome(key, _State.PENDING, now + delay, reason, duplicate)
 
     def _check_drained(self) -> None:
-        if self._running or self._busy or self._deliveries or self._outcomes:
+        if self._phase is _Phase.RUNNING or self._busy or self._deliveries or self._outcomes:
             return
         waiters, self._drained = self._drained, []
         for waiter in waiters:

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 
 from herd.fairness import FairQueue
 from herd.handlers.core import Core
+from herd.offload import RunBlocking
 from herd.protocol import LineConnection, LineTooLong
 from herd.replies import respond
 from herd.tokens import auth_delay, verify_token
@@ -22,7 +23,6 @@ from herd.zones import PositionOf
 
 _log = Logger()
 T = TypeVar("T")
-RunBlocking = Callable[[Callable[[], T]], Deferred[T]]
 
 
 def _nothing() -> None:
@@ -69,7 +69,7 @@ class AuthChecks:
     check at a time) delays another address's login by at most one check per flooding
     address, and an address has at most `per_address` checks waiting."""
 
-    def __init__(self, run_cpu: RunBlocking[bool], per_address: int) -> None:
+    def __init__(self, run_cpu: RunBlocking, per_address: int) -> None:
         self.run_cpu = run_cpu
         self._queue: FairQueue[tuple[Callable[[], bool], str | None, str, Deferred[bool]]] = (
             FairQueue(per_address)

@@ -12,8 +12,10 @@ import unicodedata
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Final
 
+from herd.errors import HerdError
 
-class WireError(ValueError):
+
+class WireError(HerdError, ValueError):
     """A line that is not a valid command; the server answers it with `? <line>`."""
 
 

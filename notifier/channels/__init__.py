@@ -38,25 +38,8 @@ class Outgoing:
     attachments: tuple[Attachment, ...] = ()
 
 
-class DeliveryError(Exception):
-    """A delivery failed; the subclass says whether trying again can help."""
-
-
-class TransientDeliveryError(DeliveryError):
-    """Try again later: server down, SMTP 4xx, timeout, disconnect."""
-
-
-class UncertainDeliveryError(TransientDeliveryError):
-    """The attempt failed after the message may already have been delivered (the connection
-    dropped after the data went out): try again, and count the delivery a possible duplicate."""
-
-
-class PermanentDeliveryError(DeliveryError):
-    """Trying again cannot help (SMTP 5xx, unknown recipient, unusable message): dead letter."""
-
-
 class Channel(Protocol):
-    """A way to reach people.  `deliver` fails only with one of the two errors above."""
+    """A way to reach people.  `deliver` fails only with a `notifier.errors.DeliveryError`."""
 
     name: str
 

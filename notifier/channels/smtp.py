@@ -27,24 +27,28 @@ import re
 import secrets
 import ssl
 import urllib.parse
-from collections.abc import Callable
 from email.utils import formatdate, parseaddr
-from typing import Literal
+from enum import Enum
+from typing import Literal, TypeVar
 
 import aiosmtplib
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from notifier.aio import as_deferred
-from notifier.channels import (
-    Attachment,
-    Outgoing,
+from notifier.channels import Attachment, Outgoing
+from notifier.errors import (
+    DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
     UncertainDeliveryError,
 )
 
 TlsMode = Literal["starttls", "direct", "none"]
+_Failure = TypeVar("_Failure", bound=DeliveryError)
+# RFC 3463 §2: class "." subject "." detail, at the start of the reply text (RFC 2034 §4).
+_ENHANCED_STATUS = re.compile(r"([245]\.[0-9]{1,3}\.[0-9]{1,3})(?!\S)")
 
 
 class _DroppedBeforeData(Exception):
@@ -452,6 +456,14 @@ def _attachment(attachment: Attachment) -> bytes:
     )
 
 
+class _State(Enum):
+    """Where an `SmtpChannel` is in its life."""
+
+    OPEN = "open"  # delivering
+    CLOSING = "closing"  # refuses new mail; waits for sends in progress, then says QUIT
+    CLOSED = "closed"  # every pooled connection is closed
+
+
 class SmtpChannel:
     """The `email` channel: mail through one relay over a pool of reused connections."""
 
@@ -468,7 +480,7 @@ class SmtpChannel:
         pool_size: int = 4,
         timeout: float = 30.0,
         *,
-        now: Callable[[], float],
+        clock: IReactorTime,
         local_hostname: str | None = None,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -484,12 +496,12 @@ class SmtpChannel:
         self._tls = tls
         self._pool_size = pool_size
         self._timeout = timeout
-        self._now = now
+        self._clock = clock
         self._local_hostname = local_hostname
         self._tls_context = tls_context
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(pool_size)
-        self._closing = False
+        self._state = _State.OPEN
 
     def deliver(self, message: Outgoing) -> Deferred[None]:
         return as_deferred(self._deliver(message))
@@ -499,12 +511,12 @@ class SmtpChannel:
         return as_deferred(self._close())
 
     async def _deliver(self, message: Outgoing) -> None:
-        if self._closing:
+        if self._state is not _State.OPEN:
             raise TransientDeliveryError("the email channel is closed")
-        data, utf8 = self.builder.build(message, self._now())
+        data, utf8 = self.builder.build(message, self._clock.seconds())
         options = ["SMTPUTF8"] if utf8 else []
         async with self._slots:
-            if self._closing:
+            if self._state is not _State.OPEN:
                 raise TransientDeliveryError("the email channel is closed")
             client = self._idle.pop() if self._idle else self._client()
             try:
@@ -554,8 +566,10 @@ class SmtpChannel:
         try:
             await client.connect()
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            raise TransientDeliveryError(
-                f"no SMTP session with {self.host}:{self.port}: {_explain(error)}"
+            raise _failure(
+                TransientDeliveryError,
+                f"no SMTP session with {self.host}:{self.port}: {_explain(error)}",
+                error,
             ) from error
 
     async def _transaction(
@@ -579,7 +593,8 @@ class SmtpChannel:
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as error:
                 raise UncertainDeliveryError(f"lost during DATA: {_explain(error)}") from error
         except aiosmtplib.SMTPResponseException as error:
-            raise _by_code(error.code, _explain(error)) from error
+            kind = PermanentDeliveryError if error.code >= 500 else TransientDeliveryError
+            raise _failure(kind, f"SMTP {error.code}: {_explain(error)}", error) from error
         except (aiosmtplib.SMTPNotSupported, ValueError) as error:
             raise PermanentDeliveryError(str(error)) from error
         except (TransientDeliveryError, _DroppedBeforeData):
@@ -588,13 +603,14 @@ class SmtpChannel:
             raise TransientDeliveryError(_explain(error)) from error
 
     async def _close(self) -> None:
-        if self._closing:
+        if self._state is not _State.OPEN:
             return
-        self._closing = True
+        self._state = _State.CLOSING
         for _ in range(self._pool_size):
             await self._slots.acquire()
         clients, self._idle = self._idle, []
         await asyncio.gather(*(self._quit(client) for client in clients))
+        self._state = _State.CLOSED
 
     async def _quit(self, client: aiosmtplib.SMTP) -> None:
         if not client.is_connected:
@@ -607,10 +623,22 @@ class SmtpChannel:
             client.close()
 
 
-def _by_code(code: int, text: str) -> TransientDeliveryError | PermanentDeliveryError:
-    if code >= 500:
-        return PermanentDeliveryError(f"SMTP {code}: {text}")
-    return TransientDeliveryError(f"SMTP {code}: {text}")
+def _failure(kind: type[_Failure], text: str, cause: BaseException) -> _Failure:
+    """`kind(text)`, carrying the server's reply when `cause` is one."""
+    if not isinstance(cause, aiosmtplib.SMTPResponseException):
+        return kind(text)
+    return kind(
+        text,
+        code=cause.code,
+        enhanced_status=enhanced_status(cause.message),
+        server_message=cause.message,
+    )
+
+
+def enhanced_status(reply: str) -> str | None:
+    """The RFC 3463 status code a reply text opens with (`5.1.1 no such user`), if any."""
+    found = _ENHANCED_STATUS.match(reply)
+    return found.group(1) if found else None
 
 
 def _explain(error: BaseException) -> str:

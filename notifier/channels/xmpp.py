@@ -23,7 +23,7 @@ flight, and the retried message would do it again.
 
 Reconnection. slixmpp retries a failing *connect*, but does nothing when an established session
 drops (a Prosody restart): this channel reconnects itself on the injected clock, with exponential
-backoff and jitter, capped at ``max_delay``, for both cases. XEP-0199 keepalive pings detect dead
+backoff and jitter (``RECONNECT_BACKOFF``), for both cases. XEP-0199 keepalive pings detect dead
 connections that TCP does not report.
 """
 
@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, Literal
 
 from slixmpp import JID, ClientXMPP, InvalidJID
@@ -48,13 +49,18 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from herd.backoff import Backoff
 from notifier.aio import as_deferred
-from notifier.channels import Outgoing, PermanentDeliveryError, TransientDeliveryError
+from notifier.channels import Outgoing
+from notifier.errors import NotifierError, PermanentDeliveryError, TransientDeliveryError
 
 PresenceState = Literal["available", "away", "unavailable"]
 TlsMode = Literal["starttls", "direct", "none"]
 
 LINK_ATTEMPTS = 5
+# 0.5 s doubling to 30 s, each delay between half and one and a half times that.
+RECONNECT_BACKOFF = Backoff(initial=0.25, factor=2.0, cap=15.0, jitter=2.0)
+LASTING_SESSION = 30.0  # seconds up after which a lost session starts the backoff afresh
 STRANGER_REPLY = (
     "Hi! I only talk to Renga users. Ask for a code with `LINK <your jid>` on the line port, "
     "then send me `link <user> <code>`."
@@ -73,7 +79,15 @@ _RECEIPT_REQUEST = b'<request xmlns="urn:xmpp:receipts"/>'
 _log = Logger()
 
 
-class XmppLoginError(Exception):
+class SessionState(Enum):
+    """Where the bot's session is: what `deliver` and a lost connection do depends on it."""
+
+    DOWN = "down"  # connecting, or waiting to reconnect: deliveries fail as transient
+    UP = "up"  # logged in with presence sent: deliveries go out
+    CLOSED = "closed"  # `close()` was called: never reconnects
+
+
+class XmppLoginError(NotifierError):
     """The server refused the bot's credentials (wrong password, missing account)."""
 
 
@@ -151,8 +165,7 @@ class XmppChannel:
         stranger_cooldown: float = 600.0,
         keepalive_interval: float = 60.0,
         confirm_timeout: float = 10.0,
-        min_delay: float = 0.5,
-        max_delay: float = 30.0,
+        reconnect: Backoff = RECONNECT_BACKOFF,
     ) -> None:
         bare = JID(jid)
         if bare.resource or not bare.user:
@@ -176,11 +189,9 @@ class XmppChannel:
         self._apology = apology
         self._stranger_cooldown = stranger_cooldown
         self._confirm_timeout = confirm_timeout
-        self._min_delay = min_delay
-        self._max_delay = max_delay
+        self._reconnect = reconnect
 
-        self._up = False
-        self._closing = False
+        self._state = SessionState.DOWN
         self._generation = 0  # bumped per session, so a roster answer from an old one is ignored
         self._failures = 0  # reconnections since the last session that lasted
         self._up_since = 0.0
@@ -236,7 +247,7 @@ class XmppChannel:
     @property
     def session_up(self) -> bool:
         """Logged in with presence sent: deliveries are accepted."""
-        return self._up
+        return self._state is SessionState.UP
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -251,7 +262,7 @@ class XmppChannel:
 
     def close(self) -> Deferred[None]:
         """Close the stream (the server learns at once, so another server takes the chats)."""
-        self._closing = True
+        self._state = SessionState.CLOSED
         if self._reconnect_call is not None and self._reconnect_call.active():
             self._reconnect_call.cancel()
         self._reconnect_call = None
@@ -266,17 +277,20 @@ class XmppChannel:
 
     def _connect(self) -> None:
         self._reconnect_call = None
-        if self._closing or self._xmpp.is_connected() or self._xmpp.is_connecting():
+        if (
+            self._state is SessionState.CLOSED
+            or self._xmpp.is_connected()
+            or self._xmpp.is_connecting()
+        ):
             return
         self._xmpp.connect(self._host, self._port)
 
     def _schedule_reconnect(self) -> None:
         """Exponential backoff with jitter on the injected clock."""
-        if self._closing or self._reconnect_call is not None:
+        if self._state is SessionState.CLOSED or self._reconnect_call is not None:
             return
-        base = min(self._max_delay, self._min_delay * 2.0**self._failures)
-        delay = base * (0.5 + self._jitter())  # jitter() in [0, 1): 0.5x .. 1.5x the base
         self._failures += 1
+        delay = self._reconnect.delay(self._failures, self._jitter())
         _log.info("XMPP: reconnecting in {delay:.1f} s", delay=delay)
         self._reconnect_call = self._clock.callLater(delay, self._connect)
 
@@ -288,29 +302,31 @@ class XmppChannel:
         roster.add_done_callback(lambda done: self._roster_loaded(generation, done))
 
     def _roster_loaded(self, generation: int, done: asyncio.Future[Iq | None]) -> None:
-        if done.cancelled() or generation != self._generation or self._closing:
+        stale = done.cancelled() or generation != self._generation
+        if stale or self._state is SessionState.CLOSED:
             return
         if done.exception() is not None:
             _log.warn("XMPP: roster not loaded: {error!r}", error=done.exception())
         self._xmpp.send_presence(ppriority=self._priority)
-        self._up = True
+        self._state = SessionState.UP
         self._up_since = self._clock.seconds()
         _log.info("XMPP: session up as {jid}", jid=str(self._xmpp.boundjid))
         if not self._started.called:
             self._started.callback(None)
 
     def _disconnected(self, reason: object) -> None:
-        was_up = self._up
-        if was_up and self._clock.seconds() - self._up_since >= self._max_delay:
+        was_up = self._state is SessionState.UP
+        if was_up and self._clock.seconds() - self._up_since >= LASTING_SESSION:
             self._failures = 0  # a session that lasted resets the backoff; flapping ones do not
         self._session_lost(TransientDeliveryError("XMPP session lost"))
-        if not self._closing:
+        if self._state is not SessionState.CLOSED:
             if was_up:
                 _log.warn("XMPP: session lost ({reason}); reconnecting", reason=reason)
             self._schedule_reconnect()
 
     def _session_lost(self, error: Exception) -> None:
-        self._up = False
+        if self._state is SessionState.UP:
+            self._state = SessionState.DOWN
         self._generation += 1
         self._states.clear()  # the next session's presence flood reports everyone afresh
         self._unsent.clear()
@@ -344,7 +360,7 @@ class XmppChannel:
         a comment should not cost the notification. A key XML cannot carry is refused instead, as
         bounces are matched by it.
         """
-        if not self._up:
+        if self._state is not SessionState.UP:
             return fail(TransientDeliveryError("XMPP session is down"))
         try:
             to = JID(message.recipient)  # slixmpp's JID is compiled (~0.2 µs): no cache needed
@@ -577,8 +593,8 @@ def _chat(to: bytes, key: bytes, body: bytes, thread: bytes, lang: bytes) -> byt
 
     Escaped parts in. Like slixmpp, an empty body or thread is left out, and ``jabber:client`` is
     the stream's default namespace. Why ``send_raw`` may skip slixmpp's ``send()``, as checked in
-    slixmpp 1.17: it queues the stanza until the session starts (we write only while ``_up``,
-    set after that), then runs the outgoing filters registered here in a task: XEP-0184's
+    slixmpp 1.17: it queues the stanza until the session starts (we write only while the session
+    is ``UP``, after that), then runs the outgoing filters registered here in a task: XEP-0184's
     auto-request (off; we ask ourselves), XEP-0115's caps and the roster's last status (both for
     presences only); there is no stream management (XEP-0198), whose ``out_sync`` filter would
     have to count every stanza. A test fails if a plugin adds a filter. Written directly, messages

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 
 from notifier.aio import as_deferred
-from notifier.channels import Attachment, Outgoing, PermanentDeliveryError, TransientDeliveryError
+from notifier.channels import Attachment, Outgoing
 from notifier.channels.smtp import SmtpChannel
+from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.mailsink import MailSink, format_mail_list, list_mail, show_mail
 
 pytestmark = pytest.mark.timeout(30)
@@ -38,6 +40,8 @@ def mail(key: str, recipient: str = "alice@example.org", **fields: object) -> Ou
 
 
 def channel_to(port: int) -> SmtpChannel:
+    clock = Clock()
+    clock.advance(START)  # the Date header's time
     return SmtpChannel(
         "127.0.0.1",
         port,
@@ -45,7 +49,7 @@ def channel_to(port: int) -> SmtpChannel:
         tls="none",
         pool_size=1,
         timeout=5.0,
-        now=lambda: START,
+        clock=clock,
         local_hostname="renga.test",
     )
 

@@ -22,14 +22,15 @@ import pytest
 import pytest_twisted
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import capturedLogs
 from twisted.python.threadpool import ThreadPool
 
 from notifier.aio import as_deferred
-from notifier.channels import Attachment, Outgoing, PermanentDeliveryError, TransientDeliveryError
-from notifier.channels.smtp import SmtpChannel
+from notifier.channels import Attachment, Outgoing
+from notifier.channels.smtp import SmtpChannel, enhanced_status
+from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.outbox import OUTBOX_SCHEMA, Outbox, OutboxSettings, enqueue
 from tests.unit.test_mime import HOSTILE_TITLE, TRICKY, check_mail
 
@@ -172,11 +173,13 @@ async def make_channel(smtp: SmtpServer) -> AsyncIterator[ChannelFactory]:
 
     def make(port: int | None = None, **options: object) -> SmtpChannel:
         settings: dict[str, object] = {"tls": "none", "pool_size": 2, "timeout": 5.0}
+        clock = Clock()
+        clock.advance(NOW)  # the Date header's time
         channel = SmtpChannel(
             "127.0.0.1",
             smtp.port if port is None else port,
             SENDER,
-            now=lambda: NOW,
+            clock=clock,
             local_hostname="renga.test",
             **{**settings, **options},  # type: ignore[arg-type]
         )
@@ -319,6 +322,11 @@ async def test_refused_recipient_is_permanent_and_others_pass(
     error = await failure_of(channel.deliver(mail("n2", recipient="bad@example.org")))
     assert isinstance(error, PermanentDeliveryError)
     assert "550" in str(error) and "no such user" in str(error)
+    assert (error.code, error.enhanced_status, error.server_message) == (
+        550,
+        "5.1.1",
+        "5.1.1 no such user",
+    )
     await channel.deliver(mail("n3", recipient="bob@example.org"))
     assert [rcpts for rcpts, _ in smtp.mailbox.received] == [
         ["alice@example.org"],
@@ -332,6 +340,25 @@ async def test_4xx_is_transient(smtp: SmtpServer, make_channel: ChannelFactory) 
     error = await failure_of(make_channel().deliver(mail("n1", recipient="busy@example.org")))
     assert isinstance(error, TransientDeliveryError)
     assert "451" in str(error)
+    assert (error.code, error.enhanced_status) == (451, "4.3.2")
+
+
+@pytest.mark.parametrize(
+    ("reply", "status"),
+    [
+        ("5.1.1 no such user", "5.1.1"),
+        ("4.7.0 greylisted, try later", "4.7.0"),
+        ("2.0.0 Ok", "2.0.0"),
+        ("no such user", None),
+        ("5.1.1x no such user", None),
+        ("3.1.1 not a class", None),
+        ("see 5.1.1", None),
+    ],
+)
+def test_the_enhanced_status_is_read_from_the_start_of_a_reply(
+    reply: str, status: str | None
+) -> None:
+    assert enhanced_status(reply) == status
 
 
 @pytest_twisted.ensureDeferred
@@ -357,6 +384,7 @@ async def test_server_down_is_transient_and_the_pool_reconnects(
     error = await failure_of(channel.deliver(mail("n2")))
     assert isinstance(error, TransientDeliveryError)
     assert "no SMTP session" in str(error)
+    assert error.code is None  # no server answered
     await smtp.start()
     await channel.deliver(mail("n3"))
     assert smtp.mailbox.ids() == ["<renga.n1@example.org>", "<renga.n3@example.org>"]
@@ -402,6 +430,20 @@ async def test_a_cancelled_send_does_not_poison_the_pool(
     await channel.deliver(mail("n2"))  # on a new connection, not the desynchronised one
     assert smtp.mailbox.ids() == ["<renga.n2@example.org>"]
     assert smtp.connections == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_channel_refuses_mail_as_transient(
+    smtp: SmtpServer, make_channel: ChannelFactory
+) -> None:
+    channel = make_channel()
+    await channel.deliver(mail("n1"))
+    await channel.close()
+    await channel.close()  # closing again is harmless
+    error = await failure_of(channel.deliver(mail("n2")))
+    assert isinstance(error, TransientDeliveryError)
+    assert str(error) == "the email channel is closed"
+    assert smtp.mailbox.ids() == ["<renga.n1@example.org>"]
 
 
 @pytest_twisted.ensureDeferred

@@ -23,8 +23,9 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import deferLater
 
-from notifier.channels import Outgoing, PermanentDeliveryError, TransientDeliveryError
+from notifier.channels import Outgoing
 from notifier.channels.xmpp import MAX_BODY_BYTES, STRANGER_REPLY, XmppChannel, XmppLoginError
+from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.localxmpp import LocalProsody
 
 from .conftest import BOT_USER, XMPP_PASSWORD

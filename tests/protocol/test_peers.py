@@ -222,7 +222,7 @@ def test_dialing_backs_off_with_a_cap(chain: dict[str, Node]) -> None:
 
 def test_jitter_is_added_within_bounds() -> None:
     assert retry_policy(lambda: 1.0)(10) == pytest.approx(1.25)
-    assert retry_policy(lambda: 0.5)(1) == pytest.approx(0.225)
+    assert retry_policy(lambda: 0.5)(1) == pytest.approx(0.1125)
 
 
 def test_blank_lines_during_the_handshake_are_ignored(chain: dict[str, Node], clock: Clock) -> None:

@@ -17,19 +17,14 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from notifier.channels import (
-    Attachment,
-    Outgoing,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-)
+from herd.offload import RunBlocking
+from notifier.channels import Attachment, Outgoing
+from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.outbox import (
     OUTBOX_SCHEMA,
     PRUNE_EVERY,
     Outbox,
     OutboxSettings,
-    RunBlocking,
-    backoff_delay,
     enqueue,
     format_entries,
     list_dead,
@@ -309,8 +304,8 @@ def test_a_coalesced_row_already_sent_is_followed_by_a_new_one(rig: Rig) -> None
 
 
 def test_backoff_doubles_from_one_second_to_five_minutes() -> None:
-    settings = OutboxSettings()
-    assert [backoff_delay(n, 1.0, settings) for n in range(1, 12)] == [
+    backoff = OutboxSettings().backoff
+    assert [backoff.delay(n, 1.0) for n in range(1, 12)] == [
         1,
         2,
         4,
@@ -323,9 +318,9 @@ def test_backoff_doubles_from_one_second_to_five_minutes() -> None:
         300,
         300,
     ]
-    assert backoff_delay(1000, 1.0, settings) == 300
-    assert backoff_delay(3, 0.0, settings) == 2  # jitter scales the delay by 0.5 to 1
-    assert backoff_delay(3, 0.5, settings) == 3
+    assert backoff.delay(1000, 1.0) == 300
+    assert backoff.delay(3, 0.0) == 2  # jitter scales the delay by 0.5 to 1
+    assert backoff.delay(3, 0.5) == 3
 
 
 def test_transient_failures_retry_with_backoff(rig: Rig) -> None:
