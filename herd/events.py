@@ -26,8 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import ClassVar, Final, Protocol, Self, TypeVar
+from typing import ClassVar, Final, Self, TypeVar
 
+from herd.changes import Change, ChangeKind
 from herd.wire import WireError
 
 __all__ = [
@@ -46,10 +47,6 @@ __all__ = [
     "Body",
     "Cancel",
     "CastVote",
-    "Change",
-    "ChangeFeed",
-    "ChangeKind",
-    "ChangeListener",
     "Choice",
     "Comment",
     "CreateEvent",
@@ -668,59 +665,6 @@ class Event:
 
     def _tally_json(self, option_id: str) -> dict[str, list[str]]:
         return {choice.value: list(voters) for choice, voters in self.tally(option_id).items()}
-
-
-# --- the change feed -----------------------------------------------------------------------------
-
-
-class ChangeKind(StrEnum):
-    USER_ADDED = "user_added"
-    USER_UPDATED = "user_updated"
-    CREATED = "created"
-    INVITED = "invited"
-    UNINVITED = "uninvited"
-    OPTION_ADDED = "option_added"
-    VOTED = "voted"
-    COMMENTED = "commented"
-    DECIDED = "decided"
-    REOPENED = "reopened"
-    CANCELLED = "cancelled"
-    DIGEST_SENT = "digest_sent"
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One applied op, as the notification layer needs it: what changed (`kind`, `event_id`
-    or None for user changes, the `op` itself) and for whom (`users`: the event's participants
-    after the change plus anyone it removed, or the users a user op touched; sorted)."""
-
-    kind: ChangeKind
-    event_id: str | None
-    users: tuple[str, ...]
-    op: Op
-
-
-class ChangeListener(Protocol):
-    def changed(self, change: Change) -> None: ...
-
-
-class ChangeFeed:
-    """Listeners of applied changes, so the notifier can subscribe without the core importing
-    it.  The wiring publishes after the op is durable."""
-
-    def __init__(self) -> None:
-        self._listeners: list[ChangeListener] = []
-
-    def subscribe(self, listener: ChangeListener) -> None:
-        self._listeners.append(listener)
-
-    def unsubscribe(self, listener: ChangeListener) -> None:
-        self._listeners.remove(listener)
-
-    def publish(self, changes: list[Change]) -> None:
-        for change in changes:
-            for listener in tuple(self._listeners):
-                listener.changed(change)
 
 
 # --- the state -----------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from herd.changes import Change, ChangeFeed
 from herd.config import LimitsConfig
-from herd.events import OPERATOR, AddPlace, Body, Change, ChangeFeed, Op, PlanningState
+from herd.events import OPERATOR, AddPlace, Body, Op, PlanningState
 from herd.fairness import FairQueue
 from herd.leases import Leases
 from herd.model import (

@@ -40,17 +40,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.events import (
-    AddUser,
-    Body,
-    Change,
-    ChangeKind,
-    DigestSent,
-    Op,
-    PlanningState,
-    Stamp,
-    User,
-)
+from herd.changes import Change, ChangeKind
+from herd.events import AddUser, Body, DigestSent, Op, PlanningState, Stamp, User
 from herd.leases import Leases
 from herd.planning import PositionOf, timezone_of
 from herd.store import DurableWrite

@@ -37,13 +37,12 @@ from dataclasses import dataclass
 from datetime import time
 from typing import Final
 
+from herd.changes import Change, ChangeKind
 from herd.events import (
     AddComment,
     AddPlace,
     AddTime,
     CastVote,
-    Change,
-    ChangeKind,
     Choice,
     Event,
     Invite,

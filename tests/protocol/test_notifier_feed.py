@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.test.iosim import IOPump
 
-from herd.events import Change
+from herd.changes import Change
 from notifier.channels import Outgoing
 from notifier.feed import DIGESTS_PER_TURN, TICK
 from tests.protocol.harness import link, make_node, settle

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from herd.changes import Change, ChangeFeed, ChangeKind
 from herd.events import (
     OPERATOR,
     AddComment,
@@ -23,9 +24,6 @@ from herd.events import (
     Body,
     Cancel,
     CastVote,
-    Change,
-    ChangeFeed,
-    ChangeKind,
     Choice,
     CreateEvent,
     Decide,

@@ -17,6 +17,7 @@ import icalendar
 import pytest
 from jinja2 import UndefinedError
 
+from herd.changes import Change
 from herd.events import (
     OPERATOR,
     AddComment,
@@ -26,7 +27,6 @@ from herd.events import (
     Body,
     Cancel,
     CastVote,
-    Change,
     Choice,
     CreateEvent,
     Decide,

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from herd.changes import Change
 from herd.events import (
     OPERATOR,
     AddComment,
@@ -21,7 +22,6 @@ from herd.events import (
     Body,
     Cancel,
     CastVote,
-    Change,
     Choice,
     CreateEvent,
     Decide,
