@@ -17,8 +17,7 @@ from datetime import datetime, time, timedelta
 from typing import Final
 
 from herd.events import Event, PlanningState, Status
-from notifier.channels import Outgoing
-from notifier.message import FOLDABLE, Digest, Kind, Medium, Recipient, Routed
+from notifier.message import FOLDABLE, Digest, Kind, Medium, Outgoing, Recipient, Routed
 from notifier.render import EventView, RenderCache, Unsubscribe, render_email, render_text
 
 __all__ = ["DIGEST_AT", "DigestItem", "compose_digest", "next_digest_at"]

@@ -46,10 +46,9 @@ from herd.leases import Leases
 from herd.planning import PositionOf, timezone_of
 from herd.store import DurableWrite
 from herd.wire import WireError
-from notifier.channels import Outgoing
 from notifier.channels.line import LinePush, checkpoint
 from notifier.digest import DigestItem, compose_digest, next_digest_at
-from notifier.message import Digest, Kind, Medium, Recipient, Routed
+from notifier.message import Digest, Kind, Medium, Outgoing, Recipient, Routed
 from notifier.outbox import OUTBOX_SCHEMA, enqueue
 from notifier.render import RenderCache, Unsubscribe, render
 from notifier.routing import Presence, Timing, due_reminders, offline, route

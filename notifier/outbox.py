@@ -45,13 +45,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from notifier.channels import (
-    Attachment,
     Channel,
-    Outgoing,
     PermanentDeliveryError,
     TransientDeliveryError,
     UncertainDeliveryError,
 )
+from notifier.message import Attachment, Outgoing
 
 T = TypeVar("T")
 _log = Logger()

@@ -35,8 +35,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, met
 from markupsafe import Markup
 
 from herd.events import Choice, Event, PlaceOption, PlanningState, TimeOption
-from notifier.channels import Attachment, Outgoing
-from notifier.message import Kind, Medium, Notification, Recipient, Routed
+from notifier.message import Attachment, Kind, Medium, Notification, Outgoing, Recipient, Routed
 
 __all__ = [
     "EVENT_DURATION",

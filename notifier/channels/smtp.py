@@ -36,13 +36,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from notifier.aio import as_deferred
-from notifier.channels import (
-    Attachment,
-    Outgoing,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-    UncertainDeliveryError,
-)
+from notifier.channels import PermanentDeliveryError, TransientDeliveryError, UncertainDeliveryError
+from notifier.message import Attachment, Outgoing
 
 TlsMode = Literal["starttls", "direct", "none"]
 

@@ -49,7 +49,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from notifier.aio import as_deferred
-from notifier.channels import Outgoing, PermanentDeliveryError, TransientDeliveryError
+from notifier.channels import PermanentDeliveryError, TransientDeliveryError
+from notifier.message import Outgoing
 
 PresenceState = Literal["available", "away", "unavailable"]
 TlsMode = Literal["starttls", "direct", "none"]

@@ -16,9 +16,10 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from notifier.aio import as_deferred
-from notifier.channels import Attachment, Outgoing, PermanentDeliveryError, TransientDeliveryError
+from notifier.channels import PermanentDeliveryError, TransientDeliveryError
 from notifier.channels.smtp import SmtpChannel
 from notifier.mailsink import MailSink, format_mail_list, list_mail, show_mail
+from notifier.message import Attachment, Outgoing
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -17,9 +17,9 @@ from herd.leases import Leases, LeaseSettings
 from herd.peers import new_nonce, peer_mac
 from herd.planning import hash_token
 from herd.wire import Challenge, Hello, parse_peer_line
-from notifier.channels import Outgoing
 from notifier.channels.line import LineHub
 from notifier.feed import TICK, NotifierListener, load
+from notifier.message import Outgoing
 from notifier.outbox import Outbox
 from notifier.render import Unsubscribe
 from notifier.routing import Presence, Timing, offline

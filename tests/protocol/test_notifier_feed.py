@@ -14,8 +14,8 @@ from twisted.logger import capturedLogs
 from twisted.test.iosim import IOPump
 
 from herd.changes import Change
-from notifier.channels import Outgoing
 from notifier.feed import DIGESTS_PER_TURN, TICK
+from notifier.message import Outgoing
 from tests.protocol.harness import link, make_node, settle
 from tests.protocol.notify_harness import START_S, Notified, Session, add_user, attach
 

@@ -25,8 +25,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.channels import Attachment, Outgoing, PermanentDeliveryError
+from notifier.channels import PermanentDeliveryError
 from notifier.channels.smtp import MessageBuilder
+from notifier.message import Attachment, Outgoing
 
 SENDER = "Renga Bot <renga@example.org>"
 NOW = 1_700_000_000.0

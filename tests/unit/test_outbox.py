@@ -17,12 +17,8 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from notifier.channels import (
-    Attachment,
-    Outgoing,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-)
+from notifier.channels import PermanentDeliveryError, TransientDeliveryError
+from notifier.message import Attachment, Outgoing
 from notifier.outbox import (
     OUTBOX_SCHEMA,
     PRUNE_EVERY,

@@ -38,8 +38,15 @@ from herd.events import (
     Uninvite,
     UserField,
 )
-from notifier.channels import Outgoing
-from notifier.message import Kind, Medium, Notification, Recipient, Routed, notification_id
+from notifier.message import (
+    Kind,
+    Medium,
+    Notification,
+    Outgoing,
+    Recipient,
+    Routed,
+    notification_id,
+)
 from notifier.render import (
     NAMES_SHOWN,
     TEMPLATES,
