@@ -1,14 +1,23 @@
-"""The change feed: what an applied op changed (`Change`), and the listeners told of it, so the
-notifier can follow the herd without the core importing it."""
+"""The change feed: what an applied op changed (`Change`), and the listeners told of it with what
+they may use (`ChangeContext`: a read-only view of the state, a durable write in the change's
+transaction, whether the change was accepted here), so the notifier follows the herd without the
+core importing it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from herd.events import Op
+    import sqlite3
+
+    from herd.events import Event, Op, User
+
+DurableWrite = Callable[["sqlite3.Connection"], None]
+"""Work run on the store's thread inside the transaction that commits the changes added with
+it: done together with them, or not at all."""
 
 
 class ChangeKind(StrEnum):
@@ -38,16 +47,56 @@ class Change:
     op: Op
 
 
+def op_server(op_id: str) -> str:
+    """The server that accepted an op: its id is `<server>.<store instance>.<n>` (a server name
+    may hold dots, the other two parts do not)."""
+    return op_id.rsplit(".", 2)[0]
+
+
+class StateView(Protocol):
+    """What a listener may read of the planning state (`PlanningState` is one); it never
+    changes the state: only ops do."""
+
+    def user(self, user_id: str) -> User | None: ...
+
+    def users(self) -> list[str]: ...
+
+    def user_of_jid(self, jid: str) -> str | None: ...
+
+    def event(self, event_id: str) -> Event | None: ...
+
+    def event_ids(self) -> list[str]: ...
+
+    def events_of(self, user_id: str) -> list[Event]: ...
+
+    def digest_sent(self, user_id: str) -> tuple[int, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeContext:
+    """What a listener is told along with each change: the state as the change left it, how to
+    add a durable write to the change's own transaction (the change and the write commit
+    together or not at all), and whether this server accepted the op (a client's line or its
+    own record) rather than applied it from a peer."""
+
+    state: StateView
+    add_write: Callable[[DurableWrite], None]
+    accepted_here: bool
+
+
 class ChangeListener(Protocol):
-    def changed(self, change: Change) -> None: ...
+    def changed(self, change: Change, context: ChangeContext) -> None: ...
 
 
 class ChangeFeed:
     """Listeners of applied changes, so the notifier can subscribe without the core importing
-    it.  The wiring publishes after the op is durable."""
+    it.  The server publishes each op's changes once the op is added to the store's open
+    transaction, so a listener's writes join it."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: StateView, add_write: Callable[[DurableWrite], None]) -> None:
         self._listeners: list[ChangeListener] = []
+        self._accepted = ChangeContext(state, add_write, accepted_here=True)
+        self._from_peer = ChangeContext(state, add_write, accepted_here=False)
 
     def subscribe(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -55,7 +104,8 @@ class ChangeFeed:
     def unsubscribe(self, listener: ChangeListener) -> None:
         self._listeners.remove(listener)
 
-    def publish(self, changes: list[Change]) -> None:
+    def publish(self, changes: list[Change], *, accepted_here: bool) -> None:
+        context = self._accepted if accepted_here else self._from_peer
         for change in changes:
             for listener in tuple(self._listeners):
-                listener.changed(change)
+                listener.changed(change, context)

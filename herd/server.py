@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from herd.changes import Change, ChangeFeed
+from herd.changes import Change, ChangeContext, ChangeFeed
 from herd.config import LimitsConfig
 from herd.events import OPERATOR, AddPlace, Body, Op, PlanningState
 from herd.fairness import FairQueue
@@ -215,7 +215,7 @@ class HerdServer:
         )
         self.slices = SliceScheduler(clock, limits.slice_ms / 1000, limits.turn_ms / 1000)
         self.auth_checks = AuthChecks(run_cpu, limits.auth_per_address)
-        self.feed = ChangeFeed()
+        self.feed = ChangeFeed(self.planning, committer.add_write)
         self.line_push: LinePush | None = None
         self.link_codes: Callable[[str, str, int], tuple[str, int]] | None = None
         self.opt_out: Callable[[str, str], bool] | None = None
@@ -510,7 +510,7 @@ class HerdServer:
         self.committer.add_op(logged)
         changes = self.planning.apply(op)
         self._flood(OpUpdate(logged.seq, payload).to_line(), source, op_origin(op.op_id))
-        self.feed.publish(changes)
+        self.feed.publish(changes, accepted_here=source is None)
 
     def _login(
         self, connection: LineConnection, session: ClientHandler, command: Login
@@ -1097,7 +1097,7 @@ class ProposedVenues:
             if place.lat is not None and place.lon is not None:
                 self._places.add_venue(place.id, place.name, place.lat, place.lon)
 
-    def changed(self, change: Change) -> None:
+    def changed(self, change: Change, context: ChangeContext) -> None:
         body = change.op.body
         if isinstance(body, AddPlace) and body.lat is not None and body.lon is not None:
             self._places.add_venue(change.op.op_id, body.name, body.lat, body.lon)

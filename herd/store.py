@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from herd.changes import DurableWrite
 from herd.model import Location, LoggedOp, location_key
 from herd.wire import WireError, parse_at
 
@@ -51,9 +52,6 @@ class Snapshot:
     locations: list[Location]
     ops: list[LoggedOp]
     marks: dict[str, tuple[bytes, int]]
-
-
-DurableWrite = Callable[[sqlite3.Connection], None]
 
 
 @dataclass(slots=True)

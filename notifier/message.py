@@ -17,7 +17,7 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Final
 
-from herd.events import User
+from herd.api import User
 
 __all__ = [
     "FOLDABLE",

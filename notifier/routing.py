@@ -37,16 +37,17 @@ from dataclasses import dataclass
 from datetime import time
 from typing import Final
 
-from herd.changes import Change, ChangeKind
-from herd.events import (
+from herd.api import (
     AddComment,
     AddPlace,
     AddTime,
     CastVote,
+    Change,
+    ChangeKind,
     Choice,
     Event,
     Invite,
-    PlanningState,
+    StateView,
     Status,
     Uninvite,
     User,
@@ -114,7 +115,7 @@ def utc_unless_set(user: User) -> str:
 
 def route(
     change: Change,
-    state: PlanningState,
+    state: StateView,
     now_ns: int,
     presence: Presence = offline,
     *,
@@ -227,7 +228,7 @@ def _personal_channel(recipient: Recipient, presence: Presence) -> Medium | None
 
 
 def due_reminders(
-    state: PlanningState,
+    state: StateView,
     now_ns: int,
     last_run_ns: int,
     presence: Presence = offline,
@@ -268,7 +269,7 @@ def due_reminders(
     return routed
 
 
-def _all_events(state: PlanningState) -> list[Event]:
+def _all_events(state: StateView) -> list[Event]:
     events = (state.event(event_id) for event_id in state.event_ids())
     return [event for event in events if event is not None]
 

@@ -1,0 +1,103 @@
+"""The herd's public interface for the notifier (and later the web): the listener interface the
+herd defines (`ChangeListener`, told a `Change` with a `ChangeContext`), the read-only views of the
+planning state and the few names a listener needs.  Nothing outside `herd/` imports another herd
+module (but `herd.config`, for the wiring); everything here is pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+from herd.changes import (
+    Change,
+    ChangeContext,
+    ChangeKind,
+    ChangeListener,
+    DurableWrite,
+    StateView,
+    op_server,
+)
+from herd.events import (
+    MAX_POSIX,
+    AddComment,
+    AddPlace,
+    AddTime,
+    AddUser,
+    Body,
+    CastVote,
+    Choice,
+    Comment,
+    DigestSent,
+    Event,
+    Invite,
+    Op,
+    PlaceOption,
+    Stamp,
+    Status,
+    TimeOption,
+    Uninvite,
+    User,
+    client_bytes,
+    client_text,
+    format_utc,
+    is_id,
+)
+from herd.leases import Leases, LeaseSettings
+from herd.planning import Position, PositionOf, timezone_of
+from herd.wire import WireError
+
+__all__ = [
+    "MAX_POSIX",
+    "AddComment",
+    "AddPlace",
+    "AddTime",
+    "AddUser",
+    "Body",
+    "CastVote",
+    "Change",
+    "ChangeContext",
+    "ChangeKind",
+    "ChangeListener",
+    "Choice",
+    "Comment",
+    "DigestSent",
+    "DurableWrite",
+    "Event",
+    "Invite",
+    "LeaseSettings",
+    "Leases",
+    "Op",
+    "PlaceOption",
+    "Position",
+    "PositionOf",
+    "Stamp",
+    "StateView",
+    "Status",
+    "TimeOption",
+    "Uninvite",
+    "User",
+    "WireError",
+    "client_bytes",
+    "client_text",
+    "format_utc",
+    "is_id",
+    "op_server",
+    "timezone_of",
+    "user_additions",
+]
+
+_USER_ADD: Final = b'"kind":"user_add"'  # as `Op.to_json` writes it: no op of another kind has it
+
+
+def user_additions(op_lines: Iterable[bytes]) -> Iterator[Op]:
+    """The `user_add` ops among the op log's JSON lines, for a listener that starts after the
+    state was restored and so saw no `USER_ADDED` change for them.  Only those lines are
+    decoded (a log holds far more votes than users); a line the herd could not decode is
+    skipped, as the herd skipped it when it restored its state."""
+    for line in op_lines:
+        if _USER_ADD in line:
+            try:
+                yield Op.from_json(line)
+            except WireError:
+                continue
