@@ -3,10 +3,10 @@ the messages to the outbox (email, XMPP), the line hub (line) or the user's next
 
 Who does what, so that each message goes out once though every server applies every op:
 
-- email and XMPP sent at once: only the server that accepted the op (its id starts with this
-  server's op prefix).  It enqueues the messages inside the transaction of the change
-  (`add_write`), so the change and its notifications are durable together or not at all, and
-  wakes the outbox once that commits;
+- email and XMPP sent at once: only the server that accepted the op (`accepted_here` in the
+  change's context).  It enqueues the messages inside the transaction of the change (the
+  context's `add_write`), so the change and its notifications are durable together or not at
+  all, and wakes the outbox once that commits;
 - line: every server, for every change, pushes to its own subscribers after the commit.
   `route` is deterministic and checkpoints are the same everywhere, so a subscriber may move
   to another server and resume;
