@@ -1,7 +1,8 @@
 """The herd's public interface for the notifier (and later the web): the listener interface the
 herd defines (`ChangeListener`, told a `Change` with a `ChangeContext`), the read-only views of the
-planning state and the few names a listener needs.  Nothing outside `herd/` imports another herd
-module (but `herd.config`, for the wiring); everything here is pure.
+planning state and the few names a listener needs.  No notifier module imports another herd
+module (but `herd.config`, for the wiring: `tests/unit/test_import_graph.py`); everything here is
+pure.
 """
 
 from __future__ import annotations
