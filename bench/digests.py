@@ -181,13 +181,16 @@ def build_state(users: int) -> tuple[Any, list[Any], list[list[Any]], list[bytes
 
 def compose_all(state: Any, recipients: list[Any], items: list[list[Any]], count: int) -> list[Any]:
     from notifier.digest import compose_digest
+    from notifier.render import RenderCache, Templates
 
     unsubscribe = _unsubscribe()
+    templates = Templates()
     now_ns = time.time_ns()
     out = []
     for index in range(count):
         k = index % len(recipients)
-        message = compose_digest(recipients[k], state, items[k], now_ns, unsubscribe)
+        cache = RenderCache(templates, state)  # none shared: the naive way
+        message = compose_digest(recipients[k], state, items[k], now_ns, unsubscribe, cache)
         if message is None:
             raise BenchError(f"no digest for {recipients[k].user}")
         out.append(message)
@@ -234,11 +237,13 @@ def child_renga(
     from twisted.python.threadpool import ThreadPool
     from zope.interface import provider
 
+    from herd.api import user_additions
     from herd.store import GroupCommitter, Store
     from notifier.channels.line import LineHub
     from notifier.channels.smtp import SmtpChannel
     from notifier.feed import SCHEMA, NotifierListener, load
     from notifier.outbox import Outbox
+    from notifier.render import Templates
 
     reactor: Any = installed
     T = TypeVar("T")
@@ -364,7 +369,6 @@ def child_renga(
 
         listener = NotifierListener(
             server_name=SERVER,
-            op_prefix=f"{SERVER}.bench.",
             state=state,
             position_of=lambda user_id: None,
             add_write=committer.add_write,
@@ -373,8 +377,9 @@ def child_renga(
             push=LineHub(),
             unsubscribe=_unsubscribe(),
             clock=reactor,
+            templates=Templates(),
             saved=saved,
-            op_lines=user_lines,
+            user_adds=user_additions(user_lines),
         )
         strangers = [r.user for r in recipients if not listener._sends_digest_of(r.user)]
         if strangers:

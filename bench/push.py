@@ -294,7 +294,7 @@ def breakdown(participants: int, repeat: int = 3, decide: bool = False) -> dict[
     )
     from herd.state import PlanningState
     from notifier.channels.line import LineHub, checkpoint
-    from notifier.render import RenderCache, Unsubscribe, render
+    from notifier.render import RenderCache, Templates, Unsubscribe, render
     from notifier.routing import route
 
     state = PlanningState()
@@ -316,6 +316,7 @@ def breakdown(participants: int, repeat: int = 3, decide: bool = False) -> dict[
     at = op("organiser", AddTime(event, int(time.time()) + 86400 * 30)).op_id
     place = op("organiser", AddPlace(event, "Venue-A", None, None)).op_id
     unsubscribe = Unsubscribe(b"k", "mailto:x@example.org?subject={user}%20{token}")
+    templates = Templates()
     best: dict[str, float] = {}
     for number in range(repeat):
         body = Decide(event, at, place) if decide else AddComment(event, f"trial {number}")
@@ -325,7 +326,7 @@ def breakdown(participants: int, repeat: int = 3, decide: bool = False) -> dict[
         started = time.perf_counter()
         routed = route(change, state, time.time_ns())
         routed_at = time.perf_counter()
-        cache = RenderCache(state)  # one per change, as NotifierListener._dispatch does
+        cache = RenderCache(templates, state)  # one per change, as NotifierListener._dispatch does
         messages = [(r, render(r, state, unsubscribe, cache)) for r in routed]
         rendered_at = time.perf_counter()
         for placed, rendered in messages:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
+from herd.api import LinePush
 from herd.handlers.sessions import ClientHandler
 from herd.ops import UserField
 from herd.protocol import LineConnection
@@ -49,22 +50,6 @@ class Extension(Protocol):
 
     def handlers(self, host: Host) -> Iterable[tuple[type, CommandHandler]]:
         """Each wire command class it serves, with its handler."""
-        ...
-
-
-class LinePush(Protocol):
-    """Line notifications for subscribed connections (the notifier's `LineHub` implements it;
-    the core only routes SUBSCRIBE to it, so it does not import the notifier)."""
-
-    def subscribe(
-        self, user: str, since: str | None, push: Callable[[bytes], None]
-    ) -> Callable[[], None]:
-        """Push `user`'s notifications after checkpoint `since`, then live; returns the
-        function that stops it."""
-        ...
-
-    def latest(self, user: str) -> str | None:
-        """The newest checkpoint for `user`, if any."""
         ...
 
 

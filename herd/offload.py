@@ -7,9 +7,10 @@ The wiring passes `deferToThreadPool` on a pool of its choice; tests pass work t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.events import Change, ChangeFeed
+from herd.changes import Change, ChangeFeed
 from herd.extensions import CommandHandler, Extension
 from herd.handlers.core import ServerSettings
 from herd.handlers.flooding import Flooding
@@ -137,7 +137,7 @@ class HerdServer:
         )
         self.slices = SliceScheduler(clock, limits.slice_ms / 1000, limits.turn_ms / 1000)
         self.auth_checks = AuthChecks(run_cpu, limits.auth_per_address)
-        self.feed = ChangeFeed()
+        self.feed = ChangeFeed(self.planning, committer.add_write)
         self.leases: Leases | None = None  # set by the wiring when the notifier runs
         self.links: dict[str, PeerSession] = {}
         self.position_of = position_lookup(self.planning, self.table)

@@ -29,7 +29,7 @@ from twisted.python.threadpool import ThreadPool
 from herd.config import ConfigError, HerdConfig
 from herd.extensions import JidLinks, LinePushes, OptOuts
 from herd.handlers.core import ServerSettings
-from herd.leases import Leases, LeaseSettings
+from herd.leases import LeaseSettings
 from herd.peers import DialFactory, retry_policy
 from herd.places import OfflinePlaces, PlacesProvider, make_provider
 from herd.protocol import LineConnection
@@ -40,6 +40,7 @@ from herd.tokens import issue_link_code, verify_unsubscribe
 from herd.traffic import TrafficLog
 from herd.venues import ProposedVenues
 from notifier.botglue import BotGlue
+from notifier.build import Host, NotifierSettings, build_notifier
 from notifier.channels import Channel
 from notifier.channels.line import LineHub
 from notifier.channels.smtp import SmtpChannel
@@ -47,8 +48,8 @@ from notifier.channels.xmpp import TlsMode, XmppChannel
 from notifier.feed import NotifierListener
 from notifier.feed import load as load_notifier
 from notifier.outbox import Outbox
-from notifier.render import Unsubscribe
-from notifier.routing import Timing, offline
+from notifier.render import Templates, Unsubscribe
+from notifier.routing import Timing
 
 T = TypeVar("T")
 _log = Logger()
@@ -227,82 +228,82 @@ class HerdService(Service):
                 # name too long for one encoded word, say): refused like any bad config key.
                 raise ConfigError(self.config.path, "smtp.sender", str(error)) from None
             sender_address = parseaddr(smtp.sender)[1] or sender_address
-        glue: BotGlue | None = None
+        templates = Templates()
         xmpp = self.config.xmpp
+        bot: Callable[[BotGlue], Channel] | None = None
         if xmpp is not None:
-            glue = BotGlue(
-                replica.planning, server.run_as, server.position_of, secret, self.reactor
-            )
             names = list(self.config.servers)
-            self.bot = XmppChannel(
-                jid=xmpp.jid,
-                password=xmpp.password,
-                resource=self.server_name,
-                priority=len(names) - names.index(self.server_name),
-                loop=asyncio.get_event_loop(),
-                clock=self.reactor,
-                is_known=glue.is_known,
-                on_command=glue.on_command,
-                on_stranger=glue.on_stranger,
-                on_presence=glue.on_presence,
-                on_location=glue.on_location,
-                jitter=self.jitter,
-                host=xmpp.host,
-                port=xmpp.port,
-                tls=_tls(xmpp.tls),
-            )
-            channels["xmpp"] = self.bot
-            self.bot.start().addErrback(
-                lambda failure: _log.failure("the Jabber bot cannot log in", failure)
-            )
-        self.channels = channels
-        self.line_hub = LineHub()
-        server.register(LinePushes(self.line_hub))
-        self.outbox = Outbox(
-            self.store.path,
+
+            def bot(glue: BotGlue) -> Channel:
+                assert xmpp is not None
+                self.bot = XmppChannel(
+                    jid=xmpp.jid,
+                    password=xmpp.password,
+                    resource=self.server_name,
+                    priority=len(names) - names.index(self.server_name),
+                    loop=asyncio.get_event_loop(),
+                    clock=self.reactor,
+                    is_known=glue.is_known,
+                    on_command=glue.on_command,
+                    on_stranger=glue.on_stranger,
+                    on_presence=glue.on_presence,
+                    on_location=glue.on_location,
+                    jitter=self.jitter,
+                    host=xmpp.host,
+                    port=xmpp.port,
+                    tls=_tls(xmpp.tls),
+                )
+                self.bot.start().addErrback(
+                    lambda failure: _log.failure("the Jabber bot cannot log in", failure)
+                )
+                return self.bot
+
+        times = self.config.notifications
+        host = Host(
+            name=self.server_name,
+            servers=list(self.config.servers),
+            state=replica.planning,
+            position_of=server.position_of,
+            subscribe=server.feed.subscribe,
+            add_write=committer.add_write,
+            after_commit=committer.after_commit,
+            renew=server.renew_lease,
+            accept=server.accept_body,
+            run_as=server.run_as,
+            secret=secret,
+            store=self.store.path,
+        )
+        notifier = build_notifier(
+            host,
+            saved,
             channels,
             self.reactor,
             self._on_thread(self._outbox_pool),
             self.jitter,
-            # A chat message costs Prosody little and waits only for one ping's round trip;
-            # an SMTP delivery holds one of the channel's pooled connections.
-            concurrency={"email": OUTBOX_EMAIL_CONCURRENCY, "xmpp": 200},
-        )
-        times = self.config.notifications
-        leases = Leases(
-            self.server_name,
-            list(self.config.servers),
-            LeaseSettings(times.lease_renew, times.lease_valid),
-            round(self.reactor.seconds() * 10**9),
-        )
-        server.leases = leases
-        self.notifier = NotifierListener(
-            server_name=self.server_name,
-            op_prefix=server.op_prefix,
-            state=replica.planning,
-            position_of=server.position_of,
-            add_write=committer.add_write,
-            after_commit=committer.after_commit,
-            wake=self.outbox.wake,
-            push=self.line_hub,
+            op_lines=(logged.line for logged in replica.ops.since(0)),
             unsubscribe=Unsubscribe(
                 secret, f"mailto:{sender_address}?subject=OPTOUT%20{{user}}%20{{token}}"
             ),
-            clock=self.reactor,
-            presence=glue.presence if glue is not None else offline,
-            saved=saved,
-            op_lines=[logged.line for logged in replica.ops.since(0)],
-            leases=leases,
-            renew=server.renew_lease,
-            accept=server.accept_body,
-            timing=Timing(round(times.coalesce_window * 10**9), times.digest_at),
-            look_every=times.look_every,
+            templates=templates,
+            settings=NotifierSettings(
+                timing=Timing(round(times.coalesce_window * 10**9), times.digest_at),
+                look_every=times.look_every,
+                lease=LeaseSettings(times.lease_renew, times.lease_valid),
+                # A chat message costs Prosody little and waits only for one ping's round
+                # trip; an SMTP delivery holds one of the channel's pooled connections.
+                concurrency={"email": OUTBOX_EMAIL_CONCURRENCY, "xmpp": 200},
+            ),
+            bot=bot,
         )
-        server.feed.subscribe(self.notifier)
-        self.notifier.replay_lines(replica.recent_changes)
+        self.channels = dict(notifier.channels)
+        self.line_hub = notifier.hub
+        server.register(LinePushes(self.line_hub))
+        self.outbox = notifier.outbox
+        self.notifier = notifier.listener
+        server.leases = notifier.leases
+        started = notifier.start(replica.recent_changes)
         replica.recent_changes = []
-        self.notifier.start()
-        await self.outbox.start()
+        await started
         # What start-up built (the planning state, the op log, the line history) lives as long
         # as the server: keep it out of the collector's full passes, each of which walked all
         # of it on the reactor (~0.3 s with 10,000 users and their events).

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
-from herd.events import Change, ChangeKind
+from herd.changes import Change, ChangeKind
 from herd.ops import (
     AddComment,
     AddPlace,

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from herd.changes import DurableWrite
 from herd.offload import RunBlocking
 from herd.records import Location, LoggedOp, location_key
 from herd.wire.client import parse_at
@@ -53,9 +54,6 @@ class Snapshot:
     locations: list[Location]
     ops: list[LoggedOp]
     marks: dict[str, tuple[bytes, int]]
-
-
-DurableWrite = Callable[[sqlite3.Connection], None]
 
 
 @dataclass(slots=True)

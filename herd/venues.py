@@ -15,7 +15,7 @@ from herd.views import Event, PlaceOption
 from herd.zones import Position
 
 if TYPE_CHECKING:
-    from herd.events import Change
+    from herd.changes import Change, ChangeContext
     from herd.places import OfflinePlaces
     from herd.state import PlanningState
 
@@ -132,7 +132,7 @@ class ProposedVenues:
             if place.lat is not None and place.lon is not None:
                 self._places.add_venue(place.id, place.name, place.lat, place.lon)
 
-    def changed(self, change: Change) -> None:
+    def changed(self, change: Change, context: ChangeContext) -> None:
         body = change.op.body
         if isinstance(body, AddPlace) and body.lat is not None and body.lon is not None:
             self._places.add_venue(change.op.op_id, body.name, body.lat, body.lon)

@@ -33,13 +33,23 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from herd.ops import Choice, client_bytes, client_text, is_id
-from herd.state import PlanningState
-from herd.tokens import check_link_code
-from herd.views import Event, PlaceOption, Status, TimeOption, User, format_utc
+from herd.api import (
+    Choice,
+    Event,
+    PlaceOption,
+    StateView,
+    Status,
+    TimeOption,
+    User,
+    check_link_code,
+    client_bytes,
+    client_text,
+    format_utc,
+    is_id,
+)
 from notifier.message import Recipient
 from notifier.naturaltime import Moment, NotATime, parse_clock, parse_when
-from notifier.render import OptionView, event_view, render_text
+from notifier.render import OptionView, Templates, event_view
 
 __all__ = [
     "MAX_TEXT",
@@ -187,10 +197,11 @@ class Conversation:
 
 @dataclass(frozen=True, slots=True)
 class _Turn:
-    """One message being interpreted, with what it is read against."""
+    """One message being interpreted, with what it is read against (and answered with)."""
 
+    templates: Templates
     user: User
-    state: PlanningState
+    state: StateView
     conversation: Conversation
     zone: str
     now_ns: int
@@ -212,25 +223,33 @@ class _Command:
 
 
 def interpret(
-    text: str, user: User, state: PlanningState, conversation: Conversation, zone: str, now_ns: int
+    templates: Templates,
+    text: str,
+    user: User,
+    state: StateView,
+    conversation: Conversation,
+    zone: str,
+    now_ns: int,
 ) -> BotStep:
     """What a linked user's message asks for.  `zone` is the user's effective time zone
     (`herd.zones.timezone_of`); times are read in it, relative to `now_ns`."""
     if len(text) > MAX_TEXT:
-        return _mistake(f"That is too long for me: at most {MAX_TEXT} characters.", "status")
+        return _mistake(
+            templates, f"That is too long for me: at most {MAX_TEXT} characters.", "status"
+        )
     if not _readable(text):
-        return _mistake("I can't read that message.", "help")
+        return _mistake(templates, "I can't read that message.", "help")
     words = text.split()
     if not words:
-        return Reply(_render("hello", user=user.id))
-    turn = _Turn(user, state, conversation, zone, now_ns)
+        return Reply(_render(templates, "hello", user=user.id))
+    turn = _Turn(templates, user, state, conversation, zone, now_ns)
     word = words[0].lower().lstrip("/").rstrip("?!.:,") or words[0]
     if word.startswith("geo:"):  # a location shared by the chat client
         return _here(turn, " ".join(words))
     name = _ALIASES.get(word, word)
     handle = _COMMANDS[name].handle if name in _COMMANDS else _HIDDEN.get(name)
     if handle is None:
-        return _unknown(word)
+        return _unknown(turn.templates, word)
     return handle(turn, " ".join(words[1:]))
 
 
@@ -244,17 +263,17 @@ def _readable(text: str) -> bool:
     return _CONTROL.search(text) is None
 
 
-def _unknown(word: str) -> Reply:
+def _unknown(templates: Templates, word: str) -> Reply:
     """Not a command: the closest one (with its example) when there is one."""
     known = [*_COMMANDS, *(alias for alias, name in _ALIASES.items() if name in _COMMANDS)]
     close = difflib.get_close_matches(word, known, n=1, cutoff=0.75)
     guess = _ALIASES.get(close[0], close[0]) if close else None
     example = _COMMANDS[guess].example if guess is not None else None
-    return Reply(_render("unknown", word=word, guess=guess, example=example))
+    return Reply(_render(templates, "unknown", word=word, guess=guess, example=example))
 
 
-def _mistake(problem: str, example: str | None = None) -> Reply:
-    return Reply(_render("mistake", problem=problem, example=example))
+def _mistake(templates: Templates, problem: str, example: str | None = None) -> Reply:
+    return Reply(_render(templates, "mistake", problem=problem, example=example))
 
 
 def _line(*fields: str) -> bytes:
@@ -267,19 +286,25 @@ def _help(turn: _Turn, rest: str) -> BotStep:
         name = _ALIASES.get(word, word)
         command = _COMMANDS.get(name)
         if command is None:
-            return _unknown(word)
+            return _unknown(turn.templates, word)
         aliases = sorted(alias for alias, target in _ALIASES.items() if target == name)
-        return Reply(_render("help", command=command, name=name, aliases=aliases, commands={}))
-    return Reply(_render("help", command=None, name=None, aliases=[], commands=_COMMANDS))
+        return Reply(
+            _render(
+                turn.templates, "help", command=command, name=name, aliases=aliases, commands={}
+            )
+        )
+    return Reply(
+        _render(turn.templates, "help", command=None, name=None, aliases=[], commands=_COMMANDS)
+    )
 
 
 def _hello(turn: _Turn, rest: str) -> BotStep:
-    return Reply(_render("hello", user=turn.user.id))
+    return Reply(_render(turn.templates, "hello", user=turn.user.id))
 
 
 def _plan(turn: _Turn, rest: str) -> BotStep:
     if not rest:
-        return _mistake("What is it called?", "plan Dinner on Friday")
+        return _mistake(turn.templates, "What is it called?", "plan Dinner on Friday")
     return RunLine(_line("PLAN", rest), Say.PLANNED)
 
 
@@ -297,12 +322,12 @@ def _invitation(turn: _Turn, rest: str, word: str, say: Say) -> BotStep:
         return event
     names = [n.lstrip("@") for n in _SEPARATORS.split(rest) if n and n.lower() not in _FILLER]
     if not names:
-        return _mistake("Whom?", f"{word.lower()} bob carol")
+        return _mistake(turn.templates, "Whom?", f"{word.lower()} bob carol")
     users = tuple(_user_id(turn.state, name) for name in names)
     return RunLine(_line(word, event.id, *users), say, event.id, users)
 
 
-def _user_id(state: PlanningState, name: str) -> str:
+def _user_id(state: StateView, name: str) -> str:
     """A user id as typed, or the one user whose id it is in another case."""
     if state.user(name) is not None:
         return name
@@ -316,7 +341,7 @@ def _propose(turn: _Turn, rest: str) -> BotStep:
         return _time(turn, what) if kind.lower() == "time" else _place(turn, what)
     if rest and isinstance(parse_when(rest, turn.zone, turn.now_ns), Moment):
         return _time(turn, rest)
-    return _mistake("A time or a place?", "time fri 19:00 or place Chez Paul")
+    return _mistake(turn.templates, "A time or a place?", "time fri 19:00 or place Chez Paul")
 
 
 def _time(turn: _Turn, rest: str) -> BotStep:
@@ -325,7 +350,7 @@ def _time(turn: _Turn, rest: str) -> BotStep:
         return event
     moment = parse_when(rest, turn.zone, turn.now_ns)
     if isinstance(moment, NotATime):
-        return _mistake(moment.message)
+        return _mistake(turn.templates, moment.message)
     posix = moment.ns // 10**9
     line = _line("PROPOSE", event.id, "TIME", format_utc(posix))
     return RunLine(line, Say.PROPOSED, event.id, ("time", str(posix)), moment.note)
@@ -345,10 +370,14 @@ def _place(turn: _Turn, rest: str) -> BotStep:
         position = _checked(trailing[2], trailing[3])
         words = trailing[1].split()
     if (ends or trailing) and position is None:
-        return _mistake("That position is off the map.", "place Chez Paul 48.8566, 2.3522")
+        return _mistake(
+            turn.templates, "That position is off the map.", "place Chez Paul 48.8566, 2.3522"
+        )
     name = " ".join(words).strip(" ,")
     if not name:
-        return _mistake("What is the place called?", "place Chez Paul +48.8566+002.3522")
+        return _mistake(
+            turn.templates, "What is the place called?", "place Chez Paul +48.8566+002.3522"
+        )
     fields = ("PROPOSE", event.id, "PLACE", *([_iso6709(*position)] if position else []), name)
     return RunLine(_line(*fields), Say.PROPOSED, event.id, ("place", name))
 
@@ -382,10 +411,12 @@ def _vote(turn: _Turn, rest: str) -> BotStep:
     choices = [_CHOICES[word] for word in words if word in _CHOICES]
     refs = _without_event_ids(turn, [word for word in words if word not in _CHOICES])
     if len(choices) != 1:
-        return _mistake("Yes, maybe or no?", "vote yes 2")
+        return _mistake(turn.templates, "Yes, maybe or no?", "vote yes 2")
     if len(refs) != 1:
         problem = "One option at a time." if refs else f"{choices[0].capitalize()} to which one?"
-        return _mistake(f"{problem} status shows the numbers.", f"vote {choices[0]} 2")
+        return _mistake(
+            turn.templates, f"{problem} status shows the numbers.", f"vote {choices[0]} 2"
+        )
     found = _option(turn, refs[0])
     if isinstance(found, Reply):
         return found
@@ -416,8 +447,12 @@ def _option(turn: _Turn, ref: str) -> tuple[Event, TimeOption | PlaceOption] | R
         if 1 <= int(ref) <= len(options):
             return event, options[int(ref) - 1]
         if not options:
-            return _mistake(f"“{event.title}” has no options yet.", "time fri 19:00")
-        return _mistake(f"“{event.title}” has options 1 to {len(options)}.", "status")
+            return _mistake(
+                turn.templates, f"“{event.title}” has no options yet.", "time fri 19:00"
+            )
+        return _mistake(
+            turn.templates, f"“{event.title}” has options 1 to {len(options)}.", "status"
+        )
     events = turn.state.events_of(turn.user.id)
     current = turn.state.event(turn.conversation.event or "")
     for event in (current, *events) if current is not None else events:
@@ -425,7 +460,9 @@ def _option(turn: _Turn, ref: str) -> tuple[Event, TimeOption | PlaceOption] | R
         for option in choices:
             if option.id.casefold() == ref.casefold():
                 return event, option
-    return _mistake(f"I can't find option “{ref}”; status shows the numbers.", "vote yes 2")
+    return _mistake(
+        turn.templates, f"I can't find option “{ref}”; status shows the numbers.", "vote yes 2"
+    )
 
 
 def _comment(turn: _Turn, rest: str) -> BotStep:
@@ -433,7 +470,7 @@ def _comment(turn: _Turn, rest: str) -> BotStep:
     if isinstance(event, Reply):
         return event
     if not rest:
-        return _mistake("What would you like to say?", "comment I'll bring wine")
+        return _mistake(turn.templates, "What would you like to say?", "comment I'll bring wine")
     return RunLine(_line("COMMENT", event.id, rest), Say.COMMENTED, event.id)
 
 
@@ -452,7 +489,7 @@ def _where(turn: _Turn, rest: str) -> BotStep:
         return RunLine(_line("SUGGEST", event.id), Say.WHERE, event.id)
     match = _RADIUS.match(rest.lower())
     if match is None:
-        return _mistake("How far, in km?", "where 2")
+        return _mistake(turn.templates, "How far, in km?", "where 2")
     return RunLine(_line("SUGGEST", event.id, match[1].replace(",", ".")), Say.WHERE, event.id)
 
 
@@ -468,7 +505,7 @@ def _decide(turn: _Turn, rest: str) -> BotStep:
         picked.append(found)
     events = {event.id: event for event, _ in picked}
     if len(events) > 1:
-        return _mistake("Those options are from different events.", "decide 1 3")
+        return _mistake(turn.templates, "Those options are from different events.", "decide 1 3")
     event = next(iter(events.values()), None) or _current(turn)
     if isinstance(event, Reply):
         return event
@@ -480,7 +517,11 @@ def _decide(turn: _Turn, rest: str) -> BotStep:
         places = list(event.places)
     if len(times) != 1 or len(places) != 1:
         example = f"decide 1 {len(event.times) + 1}" if event.times else "decide 1 2"
-        return _mistake("Decide takes one time and one place; status shows the numbers.", example)
+        return _mistake(
+            turn.templates,
+            "Decide takes one time and one place; status shows the numbers.",
+            example,
+        )
     line = _line("DECIDE", event.id, times[0].id, places[0].id)
     return RunLine(line, Say.DECIDED, event.id)
 
@@ -509,7 +550,7 @@ def _cancel(turn: _Turn, rest: str) -> BotStep:
     ):
         return RunLine(_line("CANCEL", event_id), Say.CANCELLED, event_id)
     again = f"cancel {ref} yes" if ref else "cancel yes"
-    return Reply(_render("confirm_cancel", title=event.title, again=again))
+    return Reply(_render(turn.templates, "confirm_cancel", title=event.title, again=again))
 
 
 def _events(turn: _Turn, rest: str) -> BotStep:
@@ -523,7 +564,7 @@ def _my(turn: _Turn, rest: str) -> BotStep:
         return _events(turn, "")
     if word.startswith(("setting", "pref")):
         return _settings(turn, "")
-    return _unknown(f"my {rest}".strip())
+    return _unknown(turn.templates, f"my {rest}".strip())
 
 
 def _settings(turn: _Turn, rest: str) -> BotStep:
@@ -535,7 +576,7 @@ def _digest(turn: _Turn, rest: str) -> BotStep:
         return _settings(turn, rest)
     value = _DIGESTS.get(rest.lower())
     if value is None:
-        return _mistake("Digests are daily, weekly or off.", "digest weekly")
+        return _mistake(turn.templates, "Digests are daily, weekly or off.", "digest weekly")
     return RunLine(_line("USER", "SET", "digest", value), Say.SETTINGS, subject=("digest",))
 
 
@@ -547,7 +588,9 @@ def _quiet(turn: _Turn, rest: str) -> BotStep:
         return RunLine(b"USER UNSET quiet", Say.SETTINGS, subject=("quiet",))
     ends = [_quiet_clock(part) for part in _QUIET_SPLIT.split(span)]
     if len(ends) != 2 or ends[0] is None or ends[1] is None or ends[0] == ends[1]:
-        return _mistake("Quiet hours go from one time to another.", "quiet 22:00-07:00")
+        return _mistake(
+            turn.templates, "Quiet hours go from one time to another.", "quiet 22:00-07:00"
+        )
     value = "-".join(f"{hour:02d}:{minute:02d}" for hour, minute in (ends[0], ends[1]))
     return RunLine(_line("USER", "SET", "quiet", value), Say.SETTINGS, subject=("quiet",))
 
@@ -571,7 +614,9 @@ def _channels(turn: _Turn, rest: str, subscribe: bool) -> BotStep:
     named = _CHANNELS.get(rest.lower())
     if named is None:
         word = "subscribe" if subscribe else "unsubscribe"
-        return _mistake("From what? Here (xmpp), email, line or all.", f"{word} email")
+        return _mistake(
+            turn.templates, "From what? Here (xmpp), email, line or all.", f"{word} email"
+        )
     kept = set(turn.user.channels)
     kept = kept | set(named) if subscribe else kept - set(named)
     value = ",".join(sorted(kept)) or "none"
@@ -585,7 +630,9 @@ def _timezone(turn: _Turn, rest: str) -> BotStep:
         return RunLine(b"USER UNSET tz", Say.SETTINGS, subject=("tz",))
     zone = _zones().get(rest.casefold().replace(" ", "_"))
     if zone is None:
-        return _mistake(f"I don't know the time zone “{rest}”.", "timezone Europe/Paris")
+        return _mistake(
+            turn.templates, f"I don't know the time zone “{rest}”.", "timezone Europe/Paris"
+        )
     return RunLine(_line("USER", "SET", "tz", zone), Say.SETTINGS, subject=("tz",))
 
 
@@ -598,13 +645,17 @@ def _zones() -> dict[str, str]:
 def _here(turn: _Turn, rest: str) -> BotStep:
     position = _position(rest)
     if position is None:
-        return _mistake("Where are you? Latitude then longitude.", "here 48.8566, 2.3522")
+        return _mistake(
+            turn.templates, "Where are you? Latitude then longitude.", "here 48.8566, 2.3522"
+        )
     lat, lon = position
-    return SetPosition(lat, lon, _iso6709(lat, lon), _render("here", lat=lat, lon=lon))
+    return SetPosition(
+        lat, lon, _iso6709(lat, lon), _render(turn.templates, "here", lat=lat, lon=lon)
+    )
 
 
 def _link(turn: _Turn, rest: str) -> BotStep:
-    return Reply(_render("already_linked", user=turn.user.id))
+    return Reply(_render(turn.templates, "already_linked", user=turn.user.id))
 
 
 def _current(turn: _Turn) -> Event | Reply:
@@ -616,7 +667,7 @@ def _current(turn: _Turn) -> Event | Reply:
     open_events = [event for event in events if event.status is not Status.CANCELLED]
     if open_events:
         return open_events[-1]
-    return _mistake("You have no event going on yet.", "plan Dinner on Friday")
+    return _mistake(turn.templates, "You have no event going on yet.", "plan Dinner on Friday")
 
 
 def _event_id(turn: _Turn, ref: str) -> str | Reply:
@@ -631,7 +682,7 @@ def _event_id(turn: _Turn, ref: str) -> str | Reply:
         if 1 <= int(ref) <= len(events):
             return events[int(ref) - 1].id
         count = {0: "no events", 1: "one event"}.get(len(events), f"{len(events)} events")
-        return _mistake(f"You have {count}; my events lists them.", "status 1")
+        return _mistake(turn.templates, f"You have {count}; my events lists them.", "status 1")
     folded = ref.casefold()
     for matches in (
         [event for event in events if event.id.casefold() == folded],
@@ -642,7 +693,9 @@ def _event_id(turn: _Turn, ref: str) -> str | Reply:
             return matches[-1].id
     if is_id(ref):
         return ref
-    return _mistake(f"I can't find an event “{ref}”; my events lists yours.", "status 1")
+    return _mistake(
+        turn.templates, f"I can't find an event “{ref}”; my events lists yours.", "status 1"
+    )
 
 
 _PLANNING, _SETTINGS, _MORE = "planning", "settings", "more"
@@ -716,14 +769,20 @@ _ALIASES: Final = {
 
 
 def render_reply(
-    step: RunLine, reply: bytes, state: PlanningState, user: User, zone: str, now_ns: int
+    templates: Templates,
+    step: RunLine,
+    reply: bytes,
+    state: StateView,
+    user: User,
+    zone: str,
+    now_ns: int,
 ) -> str:
     """The message for the reply to `step.line` (one line, with or without its terminator)."""
     word, _, body = reply.rstrip(b"\r\n").partition(b" ")
     if word == b"ERR":
-        return _error(step, client_text(body), state)
+        return _error(templates, step, client_text(body), state)
     if word == b"?":
-        return _render("confused")
+        return _render(templates, "confused")
     if word not in (b"EVENT", b"EVENTS", b"SUGGEST", b"USER"):
         raise ValueError(f"no rendering for a {word!r} reply")
     document = json.loads(client_text(body))
@@ -742,11 +801,11 @@ def render_reply(
         context["venues"] = document["venues"][:5]
     else:
         context["me"] = document
-    return _render(step.say.value, **context)
+    return _render(templates, step.say.value, **context)
 
 
 def _event_context(
-    step: RunLine, event_id: str, state: PlanningState, user: User, zone: str, now_ns: int
+    step: RunLine, event_id: str, state: StateView, user: User, zone: str, now_ns: int
 ) -> dict[str, object]:
     """The event as it is now, its options numbered, and the option the step is about."""
     event = state.event(event_id)
@@ -783,11 +842,12 @@ def _choice_of(user: str, option: OptionView) -> str | None:
     return "no" if user in option["no"] else None
 
 
-def _error(step: RunLine, body: str, state: PlanningState) -> str:
+def _error(templates: Templates, step: RunLine, body: str, state: StateView) -> str:
     """`ERR <code>: <message>` as one line of explanation and an example."""
     code, _, message = body.partition(": ")
     event = state.event(step.event) if step.event is not None else None
     return _render(
+        templates,
         "error",
         code=code,
         message=message,
@@ -796,29 +856,29 @@ def _error(step: RunLine, body: str, state: PlanningState) -> str:
     )
 
 
-def _render(template: str, /, **context: object) -> str:
-    return render_text("xmpp", f"reply/{template}", "txt", context).strip()
+def _render(templates: Templates, template: str, /, **context: object) -> str:
+    return templates.text("xmpp", f"reply/{template}", "txt", context).strip()
 
 
 # --- strangers and linking ---------------------------------------------------------------------
 
 
 def interpret_stranger(
-    text: str, bare_jid: str, secret: bytes, now_ns: int, state: PlanningState
+    templates: Templates, text: str, bare_jid: str, secret: bytes, now_ns: int, state: StateView
 ) -> StrangerStep:
     """A message from a JID linked to no user: `link <user> <code>` links it when the code was
     made for that user and this JID; anything else gets the line saying how to get linked.
     Whether the user exists is not told apart from a wrong code."""
     words = text.split()
     if len(words) != 3 or words[0].lower() != "link":
-        return Reply(_render("stranger"))
+        return Reply(_render(templates, "stranger"))
     user = _user_id(state, words[1])
     if state.user(user) is None or not check_link_code(secret, user, bare_jid, words[2], now_ns):
-        return Reply(_render("bad_code"))
+        return Reply(_render(templates, "bad_code"))
     return LinkJid(user, bare_jid)
 
 
-def user_of_jid(state: PlanningState, jid: str) -> User | None:
+def user_of_jid(state: StateView, jid: str) -> User | None:
     """The user whose JID this bare JID is (case-insensitively), if any: only they may command
     the bot from it."""
     user_id = state.user_of_jid(jid)

@@ -15,9 +15,7 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from herd.state import PlanningState
-from herd.views import User
-from herd.zones import Position, timezone_of
+from herd.api import Position, StateView, User, timezone_of
 from notifier.bot import (
     Conversation,
     LinkJid,
@@ -29,6 +27,7 @@ from notifier.bot import (
     render_reply,
     user_of_jid,
 )
+from notifier.render import Templates
 
 RunAs = Callable[[str, bytes], Deferred[bytes]]
 MAX_CONVERSATIONS = 10_000
@@ -39,14 +38,16 @@ class BotGlue:
 
     def __init__(
         self,
-        state: PlanningState,
+        state: StateView,
         run_as: RunAs,
         position_of: Callable[[str], Position | None],
         secret: bytes,
         clock: IReactorTime,
+        templates: Templates,
         now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._state = state
+        self._templates = templates
         self._run_as = run_as
         self._position_of = position_of
         self._secret = secret
@@ -75,7 +76,9 @@ class BotGlue:
             return succeed("")
         zone = self._zone(user)
         conversation = self._conversations.get(user.id, Conversation())
-        step = interpret(text, user, self._state, conversation, zone, self._now_ns())
+        step = interpret(
+            self._templates, text, user, self._state, conversation, zone, self._now_ns()
+        )
         if isinstance(step, Reply):
             return succeed(step.text)
         if isinstance(step, SetPosition):
@@ -83,7 +86,9 @@ class BotGlue:
         return self._run(user, step, conversation, zone)
 
     def on_stranger(self, jid: str, text: str) -> Deferred[str]:
-        step = interpret_stranger(text, jid, self._secret, self._now_ns(), self._state)
+        step = interpret_stranger(
+            self._templates, text, jid, self._secret, self._now_ns(), self._state
+        )
         if isinstance(step, Reply):
             return succeed(step.text)
         assert isinstance(step, LinkJid)
@@ -94,7 +99,13 @@ class BotGlue:
         zone = self._zone(user)
         return self._run_as(step.user, run.line).addCallback(
             lambda reply: render_reply(
-                run, reply, self._state, self._state.user(step.user) or user, zone, self._now_ns()
+                self._templates,
+                run,
+                reply,
+                self._state,
+                self._state.user(step.user) or user,
+                zone,
+                self._now_ns(),
             )
         )
 
@@ -110,7 +121,9 @@ class BotGlue:
         def answered(reply: bytes) -> str:
             self._remember(user.id, conversation.remember(reply))
             current = self._state.user(user.id) or user
-            return render_reply(step, reply, self._state, current, zone, self._now_ns())
+            return render_reply(
+                self._templates, step, reply, self._state, current, zone, self._now_ns()
+            )
 
         return self._run_as(user.id, step.line).addCallback(answered)
 

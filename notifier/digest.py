@@ -16,11 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Final
 
-from herd.state import PlanningState
-from herd.views import Event, Status
-from notifier.channels import Outgoing
-from notifier.message import FOLDABLE, Digest, Kind, Medium, Recipient, Routed
-from notifier.render import EventView, RenderCache, Unsubscribe, render_email, render_text
+from herd.api import Event, StateView, Status
+from notifier.message import FOLDABLE, Digest, Kind, Medium, Outgoing, Recipient, Routed
+from notifier.render import EventView, RenderCache, Unsubscribe, render_email
 
 __all__ = ["DIGEST_AT", "DigestItem", "compose_digest", "next_digest_at"]
 
@@ -66,17 +64,16 @@ class DigestItem:
 
 def compose_digest(
     recipient: Recipient,
-    state: PlanningState,
+    state: StateView,
     items: Iterable[DigestItem],
     now_ns: int,
     unsubscribe: Unsubscribe,
-    cache: RenderCache | None = None,
+    cache: RenderCache,
 ) -> Outgoing | None:
     """The digest of `items` (by email, or by XMPP for a user who has since dropped email), or
     None when nothing changed that still exists, or the user can no longer be reached.  Its
     key hashes the items, so composing the same items again gives the same key.  Pass one
     `cache` to all the digests of a run: they share most of their events."""
-    cache = cache if cache is not None else RenderCache(state)
     unique = sorted({item.id: item for item in items}.values(), key=lambda i: (i.at_ns, i.id))
     changed = []
     for event_id in dict.fromkeys(item.event_id for item in unique):
@@ -106,6 +103,7 @@ def compose_digest(
     key = "digest-" + hashlib.sha256(f"{recipient.user}\n{ids}".encode()).hexdigest()[:32]
     if recipient.by_email and recipient.email is not None:
         return render_email(
+            cache.templates,
             f"{key}.{Medium.EMAIL}",
             recipient.user,
             recipient.email,
@@ -115,7 +113,7 @@ def compose_digest(
             thread=None,
         )
     if recipient.by_xmpp and recipient.jid is not None:
-        text = render_text("xmpp", "digest", "body.txt", context)
+        text = cache.templates.text("xmpp", "digest", "body.txt", context)
         return Outgoing(f"{key}.{Medium.XMPP}", Medium.XMPP.value, recipient.jid, "", text)
     return None
 

@@ -3,10 +3,10 @@ the messages to the outbox (email, XMPP), the line hub (line) or the user's next
 
 Who does what, so that each message goes out once though every server applies every op:
 
-- email and XMPP sent at once: only the server that accepted the op (its id starts with this
-  server's op prefix).  It enqueues the messages inside the transaction of the change
-  (`add_write`), so the change and its notifications are durable together or not at all, and
-  wakes the outbox once that commits;
+- email and XMPP sent at once: only the server that accepted the op (`accepted_here` in the
+  change's context).  It enqueues the messages inside the transaction of the change (the
+  context's `add_write`), so the change and its notifications are durable together or not at
+  all, and wakes the outbox once that commits;
 - line: every server, for every change, pushes to its own subscribers after the commit.
   `route` is deterministic and checkpoints are the same everywhere, so a subscriber may move
   to another server and resume;
@@ -40,20 +40,28 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.events import Change, ChangeKind
-from herd.leases import Leases
-from herd.ops import AddUser, Body, DigestSent, Op, Stamp
-from herd.state import PlanningState
-from herd.store import DurableWrite
-from herd.views import User
-from herd.wire.grammar import WireError
-from herd.zones import PositionOf, timezone_of
-from notifier.channels import Outgoing
+from herd.api import (
+    AddUser,
+    Body,
+    Change,
+    ChangeContext,
+    ChangeKind,
+    DigestSent,
+    DurableWrite,
+    Leases,
+    Op,
+    PositionOf,
+    Stamp,
+    StateView,
+    User,
+    op_server,
+    timezone_of,
+)
 from notifier.channels.line import LinePush, checkpoint
 from notifier.digest import DigestItem, compose_digest, next_digest_at
-from notifier.message import Digest, Kind, Medium, Recipient, Routed
+from notifier.message import Digest, Kind, Medium, Outgoing, Recipient, Routed
 from notifier.outbox import OUTBOX_SCHEMA, enqueue
-from notifier.render import RenderCache, Unsubscribe, render
+from notifier.render import RenderCache, Templates, Unsubscribe, render
 from notifier.routing import Presence, Timing, due_reminders, offline, route
 
 __all__ = ["DIGESTS_PER_TURN", "SCHEMA", "TICK", "NotifierListener", "Saved", "load"]
@@ -96,7 +104,6 @@ INSERT OR IGNORE INTO notifier_digest_items
     (user_id, id, kind, event_id, actor, option_id, cause, at_ns)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
-_USER_ADD: Final = b'"kind":"user_add"'  # as `Op.to_json` writes it: no op of another kind has it
 _SECOND: Final = 10**9
 
 _log = Logger()
@@ -146,19 +153,19 @@ class _Batch:
 class NotifierListener:
     """A `ChangeListener` for one server (see the module docstring for the division of work).
 
-    `add_write`/`after_commit` are the server's group committer's; `wake` is the outbox's;
-    `saved` is what `load` read back; `op_lines` are the op log's JSON lines, read once to learn
-    which server added each user.  `leases` is this server's view of who holds which duties,
-    shared with the server, whose `renew` announces this server's lease; `accept` makes and
-    accepts an op of the given body (the `digest` records).  `start()` begins the loops,
-    `stop()` ends them.
+    `add_write`/`after_commit` are the server's group committer's (for what the loops write;
+    what a change causes is written through its `ChangeContext`); `wake` is the outbox's;
+    `saved` is what `load` read back; `user_adds` are the `user_add` ops the state was restored
+    from, read once to learn which server added each user.  `leases` is this server's view of
+    who holds which duties, shared with the server, whose `renew` announces this server's lease;
+    `accept` makes and accepts an op of the given body (the `digest` records).  `start()`
+    begins the loops, `stop()` ends them.
     """
 
     def __init__(
         self,
         server_name: str,
-        op_prefix: str,
-        state: PlanningState,
+        state: StateView,
         position_of: PositionOf,
         add_write: Callable[[DurableWrite], None],
         after_commit: Callable[[Callable[[], None]], None],
@@ -168,8 +175,9 @@ class NotifierListener:
         clock: IReactorTime,
         presence: Presence = offline,
         *,
+        templates: Templates,
         saved: Saved,
-        op_lines: Iterable[bytes],
+        user_adds: Iterable[Op],
         leases: Leases,
         renew: Callable[[], None],
         accept: Callable[[Body], None],
@@ -177,7 +185,6 @@ class NotifierListener:
         look_every: float,
     ) -> None:
         self._server_name = server_name
-        self._op_prefix = op_prefix
         self._state = state
         self._position_of = position_of
         self._add_write = add_write
@@ -187,6 +194,7 @@ class NotifierListener:
         self._unsubscribe = unsubscribe
         self._clock = clock
         self._presence = presence
+        self._templates = templates
         self._leases = leases
         self._renew = renew
         self._accept = accept
@@ -203,12 +211,8 @@ class NotifierListener:
             else saved.alive_ns + round((settings.valid + settings.renew) * _SECOND)
         )
         self._added: dict[str, Stamp] = {}  # user -> stamp of the first op that added them
-        for line in op_lines:
-            if _USER_ADD in line:
-                try:
-                    self._learn_user(Op.from_json(line))
-                except WireError:
-                    continue  # the herd skipped it too when it restored its state
+        for op in user_adds:
+            self._learn_user(op)
         self._items: dict[str, dict[str, DigestItem]] = {}
         for user, held in saved.digest_items.items():
             upto = state.digest_sent(user)[1]
@@ -228,7 +232,7 @@ class NotifierListener:
 
     # --- the change feed ------------------------------------------------------------------
 
-    def changed(self, change: Change) -> None:
+    def changed(self, change: Change, context: ChangeContext) -> None:
         """Route one applied change.  Never raises: the op is applied whatever happens here."""
         if change.kind is ChangeKind.USER_ADDED:
             self._learn_user(change.op)
@@ -238,7 +242,7 @@ class NotifierListener:
                 self._digest_due.pop(user, None)
             return
         if change.kind is ChangeKind.DIGEST_SENT:
-            self._digest_sent(change.users)
+            self._digest_sent(change.users, context.add_write)
             return
         now_ns = self._now_ns()
         try:
@@ -246,7 +250,7 @@ class NotifierListener:
         except Exception:
             _log.failure("notifier: could not route op {op_id}", op_id=change.op.op_id)
             return
-        accepted_here = change.op.op_id.startswith(self._op_prefix)
+        accepted_here = context.accepted_here
         made_ns = change.op.time_ns
 
         def sends(placed: Routed) -> bool:
@@ -254,7 +258,7 @@ class NotifierListener:
                 return accepted_here
             return self._owes(placed.notification.recipient.user, made_ns, now_ns)
 
-        self._dispatch(routed, now_ns, sends)
+        self._dispatch(routed, now_ns, sends, context.add_write)
 
     def _route(self, change: Change, now_ns: int) -> list[Routed]:
         return route(
@@ -279,7 +283,7 @@ class NotifierListener:
             except Exception:
                 _log.failure("notifier: could not route op {op_id}", op_id=change.op.op_id)
                 continue
-            cache = RenderCache(self._state)
+            cache = RenderCache(self._templates, self._state)
             for placed in routed:
                 if placed.digest or Medium.LINE not in placed.channels:
                     continue
@@ -298,7 +302,7 @@ class NotifierListener:
 
     def _home(self, user: str) -> str:
         added = self._added.get(user)
-        return "" if added is None else added[1].rsplit(".", 2)[0]
+        return "" if added is None else op_server(added[1])
 
     def _owes(self, user: str, made_ns: int, now_ns: int) -> bool:
         """Whether this server sends a held notice to `user` about something made (or due) at
@@ -308,7 +312,7 @@ class NotifierListener:
         away = self._away_from
         return away is None or not away < made_ns <= self._started_ns
 
-    def _digest_sent(self, users: Iterable[str]) -> None:
+    def _digest_sent(self, users: Iterable[str], add_write: Callable[[DurableWrite], None]) -> None:
         """A `digest` op arrived (or was made here): drop the items it covered."""
         gone: list[tuple[str, str]] = []
         for user in users:
@@ -330,7 +334,7 @@ class NotifierListener:
                     "DELETE FROM notifier_digest_items WHERE user_id = ? AND id = ?", gone
                 )
 
-            self._add_write(forget)
+            add_write(forget)
 
     def _zone_of(self, user: User) -> str:
         return timezone_of(user.tz, self._position_of(user.id))
@@ -349,6 +353,7 @@ class NotifierListener:
         routed: Sequence[Routed],
         now_ns: int,
         sends: Callable[[Routed], bool],
+        add_write: Callable[[DurableWrite], None],
         mark_ns: int | None = None,
     ) -> None:
         """Fold, render and place `routed`: email/XMPP to the outbox when `sends(placed)`, line
@@ -357,7 +362,7 @@ class NotifierListener:
         mark, if given); effects after its commit."""
         batches: list[_Batch] = []
         lines: list[Routed] = []
-        cache = RenderCache(self._state)
+        cache = RenderCache(self._templates, self._state)
         folded: list[tuple[str, DigestItem]] = []
         for placed in routed:
             notification = placed.notification
@@ -393,7 +398,7 @@ class NotifierListener:
                         (mark_ns,),
                     )
 
-            self._add_write(write)
+            add_write(write)
         if batches:
             self._after_commit(self._wake)
         if lines:
@@ -484,7 +489,7 @@ class NotifierListener:
             notification = placed.notification
             return self._owes(notification.recipient.user, notification.at_ns, now_ns)
 
-        self._dispatch(routed, now_ns, sends, mark_ns=now_ns)
+        self._dispatch(routed, now_ns, sends, self._add_write, mark_ns=now_ns)
 
     def _send_digests(self) -> None:
         """Start composing the digests that are due, unless the last run is still at it.  Users
@@ -501,7 +506,7 @@ class NotifierListener:
         ]
         if users:
             users.sort(key=self._zone_of_id)
-            self._compose_digests(deque(users), RenderCache(self._state))
+            self._compose_digests(deque(users), RenderCache(self._templates, self._state))
 
     def _compose_digests(self, users: deque[str], cache: RenderCache) -> None:
         """Compose the due digests of the first of `users`, at most `DIGESTS_PER_TURN`, and in

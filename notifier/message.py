@@ -1,5 +1,5 @@
-"""The notifier's pure types: who is told (`Recipient`), what (`Notification` of a `Kind`), and
-how routing placed it (`Routed`).
+"""The notifier's pure types: who is told (`Recipient`), what (`Notification` of a `Kind`), how
+routing placed it (`Routed`), and the rendered message a channel sends (`Outgoing`).
 
 A notification's id is a hash of what caused it, whom it is for and its kind, so every retry and
 every replica that routes the same change computes the same id: the outbox's idempotency key is
@@ -17,15 +17,17 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Final
 
-from herd.views import User
+from herd.api import User
 
 __all__ = [
     "FOLDABLE",
     "URGENT",
+    "Attachment",
     "Digest",
     "Kind",
     "Medium",
     "Notification",
+    "Outgoing",
     "QuietHours",
     "Recipient",
     "Routed",
@@ -226,3 +228,30 @@ class Routed:
     deliver_at: int
     digest: bool = False
     coalesce: str | None = None
+
+
+# --- what a channel sends -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file sent along with an email, e.g. `invite.ics` as `text/calendar; method=REQUEST`."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One rendered message for one recipient on one channel."""
+
+    key: str  # idempotency key: notification id + channel; unique in the outbox
+    channel: str  # "email" | "xmpp" | "line"
+    recipient: str  # email address / JID / user id
+    subject: str  # email only ("" otherwise)
+    text: str
+    html: str | None = None
+    thread: str | None = None  # e.g. an event id: mails about one event thread together
+    headers: tuple[tuple[str, str], ...] = ()  # e.g. List-Unsubscribe
+    attachments: tuple[Attachment, ...] = ()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Final
 
-from herd.ops import MAX_POSIX
+from herd.api import MAX_POSIX
 
 __all__ = ["Moment", "NotATime", "parse_clock", "parse_when"]
 

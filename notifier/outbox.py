@@ -44,10 +44,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.backoff import Backoff
-from herd.offload import RunBlocking
-from notifier.channels import Attachment, Channel, Outgoing
+from herd.api import Backoff, RunBlocking
+from notifier.channels import Channel
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError, UncertainDeliveryError
+from notifier.message import Attachment, Outgoing
 
 T = TypeVar("T")
 _log = Logger()

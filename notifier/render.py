@@ -1,8 +1,9 @@
 """Notifications rendered into the exact messages each channel sends, from `templates/`.
 
-One Jinja `Environment` for the process: `StrictUndefined` (a misspelt variable is an error, not
-an empty string), autoescape for `.html.j2` only, times shown in the recipient's zone.  Every
-template of a kind gets the same context (see `_context`), so any template may use any of it.
+One Jinja environment (`Templates`), built once by the wiring and passed in: `StrictUndefined` (a
+misspelt variable is an error, not an empty string), autoescape for `.html.j2` only, times shown
+in the recipient's zone.  Every template of a kind gets the same context (see `_context`), so any
+template may use any of it.
 
 Recipients share renderings (`RenderCache`): a template that reads neither `user` nor
 `unsubscribe` is rendered once per time zone for all the recipients of a change, and the block
@@ -18,7 +19,6 @@ it is.  Mails carry `List-Unsubscribe` with a token that only the server can mak
 
 from __future__ import annotations
 
-import functools
 import re
 import zoneinfo
 from collections.abc import Mapping, Sequence
@@ -28,15 +28,11 @@ from pathlib import Path
 from typing import Any, Final, TypedDict
 
 import icalendar
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, meta, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, meta, select_autoescape
 from markupsafe import Markup
 
-from herd.ops import Choice
-from herd.state import PlanningState
-from herd.tokens import unsubscribe_token
-from herd.views import Event, PlaceOption, TimeOption
-from notifier.channels import Attachment, Outgoing
-from notifier.message import Kind, Medium, Notification, Recipient, Routed
+from herd.api import Choice, Event, PlaceOption, StateView, TimeOption, unsubscribe_token
+from notifier.message import Attachment, Kind, Medium, Notification, Outgoing, Recipient, Routed
 
 __all__ = [
     "EVENT_DURATION",
@@ -44,15 +40,15 @@ __all__ = [
     "TEMPLATES",
     "EventView",
     "OptionView",
+    "RenderCache",
+    "Templates",
     "Unsubscribe",
-    "environment",
     "event_view",
     "local_time",
     "names",
     "one_line",
     "render",
     "render_email",
-    "render_text",
 ]
 
 TEMPLATES: Final = Path(__file__).resolve().parent.parent / "templates"
@@ -94,13 +90,33 @@ def one_line(text: str) -> str:
     return _NOT_ONE_LINE.sub(" ", text).strip()
 
 
-class _Environment(Environment):
-    """Looks up `a.b` on a dict as `a["b"]` first.  Templates see views as dicts, and Jinja's
-    own order (the attribute, then the key) raised and caught an AttributeError for every
-    field shown: a sixth of a digest's rendering.  No view has a key named like a dict method,
-    so the answer is the same."""
+class Templates(Environment):
+    """The Jinja environment over `templates/`, built once by the wiring and passed to whatever
+    renders: `StrictUndefined`, autoescape for `.html.j2` only, the `local` and `names`
+    filters.  It also keeps what it works out once per template (`names_recipient`), since
+    templates do not change while the process runs (`auto_reload` is off)."""
+
+    def __init__(self, directory: Path = TEMPLATES) -> None:
+        super().__init__(
+            loader=FileSystemLoader(directory),
+            undefined=StrictUndefined,
+            autoescape=select_autoescape(
+                enabled_extensions=("html.j2",), default_for_string=False, default=False
+            ),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+            auto_reload=False,  # else every render stats the template's file
+        )
+        self.filters["local"] = local_time
+        self.filters["names"] = names
+        self._names_recipient: dict[str, bool] = {}
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        """Looks up `a.b` on a dict as `a["b"]` first.  Templates see views as dicts, and
+        Jinja's own order (the attribute, then the key) raised and caught an AttributeError
+        for every field shown: a sixth of a digest's rendering.  No view has a key named like
+        a dict method, so the answer is the same."""
         if type(obj) is dict:
             try:
                 return obj[attribute]
@@ -108,29 +124,24 @@ class _Environment(Environment):
                 pass
         return super().getattr(obj, attribute)
 
+    def text(self, channel: str, name: str, part: str, context: Mapping[str, object]) -> str:
+        """`templates/<channel>/<name>.<part>.j2` with `context`."""
+        return self.get_template(f"{channel}/{name}.{part}.j2").render(context)
 
-@functools.cache
-def environment() -> Environment:
-    """The one Environment over `templates/`, made on first use."""
-    env = _Environment(
-        loader=FileSystemLoader(TEMPLATES),
-        undefined=StrictUndefined,
-        autoescape=select_autoescape(
-            enabled_extensions=("html.j2",), default_for_string=False, default=False
-        ),
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        auto_reload=False,  # else every render stats the template's file
-    )
-    env.filters["local"] = local_time
-    env.filters["names"] = names
-    return env
-
-
-def render_text(channel: str, name: str, part: str, context: Mapping[str, object]) -> str:
-    """`templates/<channel>/<name>.<part>.j2` with `context`."""
-    return environment().get_template(f"{channel}/{name}.{part}.j2").render(context)
+    def names_recipient(self, name: str) -> bool:
+        """Whether the template (with what it extends, includes or imports) reads `user` or
+        `unsubscribe`, the per-recipient parts of a context."""
+        known = self._names_recipient.get(name)
+        if known is None:
+            assert self.loader is not None
+            source, _, _ = self.loader.get_source(self, name)
+            tree = self.parse(source)
+            others = meta.find_referenced_templates(tree)
+            known = bool(meta.find_undeclared_variables(tree) & {"user", "unsubscribe"}) or any(
+                other is None or self.names_recipient(other) for other in others
+            )
+            self._names_recipient[name] = known
+        return known
 
 
 # --- unsubscribing ----------------------------------------------------------------------------
@@ -176,15 +187,20 @@ class RenderCache:
     Building them per recipient made a change to an event of n people cost O(n²), and a
     digest run render each event once per participant.
 
-    Entries are checked against the event the state holds now (`PlanningState.event` returns
+    Entries are checked against the event the state holds now (`StateView.event` returns
     the same object until an op changes it), so a cache may outlive a reactor turn.  It is
     bounded, so that a run over every event does not keep them all: at `views` views (which
     hold many small objects) those start again, at `block_chars` characters of blocks the
     blocks do."""
 
     def __init__(
-        self, state: PlanningState, views: int = 5000, block_chars: int = 16_000_000
+        self,
+        templates: Templates,
+        state: StateView,
+        views: int = 5000,
+        block_chars: int = 16_000_000,
     ) -> None:
+        self.templates = templates
         self._state = state
         self._most_views = views
         self._most_chars = block_chars
@@ -215,7 +231,7 @@ class RenderCache:
         if held is not None and held[0] is event:
             text = held[1]
         else:
-            text = _template(name).render(event=view).removesuffix("\n")
+            text = self.templates.get_template(name).render(event=view).removesuffix("\n")
             if self._block_chars + len(text) > self._most_chars:
                 self._blocks.clear()
                 self._block_chars = 0
@@ -238,13 +254,15 @@ class RenderCache:
         """`template` for the notification's recipient: rendered once per zone when the
         template does not name the recipient (`user`), else for each of them."""
         context = self.context(notification, event)
-        if not _names_recipient(template):
+        if not self.templates.names_recipient(template):
             key = (template, _context_key(notification))
             held = self._texts.get(key)
             if held is None or held[0] is not event:
-                held = self._texts[key] = event, _template(template).render(context)
+                rendered = self.templates.get_template(template).render(context)
+                held = self._texts[key] = event, rendered
             return held[1]
-        return _template(template).render({**context, "user": notification.recipient.user})
+        personal = {**context, "user": notification.recipient.user}
+        return self.templates.get_template(template).render(personal)
 
 
 _ContextKey = tuple[Kind, str, str, str | None, str | None, str]
@@ -256,30 +274,11 @@ def _context_key(notification: Notification) -> _ContextKey:
     return n.kind, n.event_id, n.cause, n.actor, n.option_id, n.recipient.tz
 
 
-def _template(name: str) -> Template:
-    return environment().get_template(name)
-
-
-@functools.cache
-def _names_recipient(name: str) -> bool:
-    """Whether the template (with what it extends, includes or imports) reads `user` or
-    `unsubscribe`, the per-recipient parts of a context.  Templates do not change while the
-    process runs (`auto_reload` is off), so the answer is kept."""
-    env = environment()
-    assert env.loader is not None
-    source, _, _ = env.loader.get_source(env, name)
-    tree = env.parse(source)
-    if meta.find_undeclared_variables(tree) & {"user", "unsubscribe"}:
-        return True
-    others = meta.find_referenced_templates(tree)
-    return any(other is None or _names_recipient(other) for other in others)
-
-
 def render(
     routed: Routed,
-    state: PlanningState,
+    state: StateView,
     unsubscribe: Unsubscribe,
-    cache: RenderCache | None = None,
+    cache: RenderCache,
 ) -> list[Outgoing]:
     """The messages of one routed notification, one per channel, as the state is now (so a
     coalesced message rendered later shows the later tally).  Nothing if the event is gone.
@@ -287,7 +286,6 @@ def render(
     if routed.digest:
         raise ValueError("a folded notification is a DigestItem for compose_digest")
     notification = routed.notification
-    cache = cache if cache is not None else RenderCache(state)
     event = state.event(notification.event_id)
     if event is None:
         return []
@@ -299,7 +297,15 @@ def render(
             calendar = (_calendar(event, notification),) if kind is Kind.DECIDED else ()
             context = {**cache.context(notification, event), "user": recipient.user}
             email = render_email(
-                key, recipient.user, recipient.email, kind, context, unsubscribe, event.id, calendar
+                cache.templates,
+                key,
+                recipient.user,
+                recipient.email,
+                kind,
+                context,
+                unsubscribe,
+                event.id,
+                calendar,
             )
             messages.append(email)
         elif medium is Medium.XMPP and recipient.jid is not None:
@@ -312,6 +318,7 @@ def render(
 
 
 def render_email(
+    templates: Templates,
     key: str,
     user: str,
     address: str,
@@ -328,9 +335,9 @@ def render_email(
         key=key,
         channel=Medium.EMAIL.value,
         recipient=address,
-        subject=one_line(render_text("email", name, "subject.txt", full)),
-        text=render_text("email", name, "body.txt", full),
-        html=render_text("email", name, "body.html", full),
+        subject=one_line(templates.text("email", name, "subject.txt", full)),
+        text=templates.text("email", name, "body.txt", full),
+        html=templates.text("email", name, "body.html", full),
         thread=thread,
         headers=unsubscribe.headers(user),
         attachments=attachments,

@@ -37,10 +37,21 @@ from dataclasses import dataclass
 from datetime import time
 from typing import Final
 
-from herd.events import Change, ChangeKind
-from herd.ops import AddComment, AddPlace, AddTime, CastVote, Choice, Invite, Uninvite
-from herd.state import PlanningState
-from herd.views import Event, Status, User
+from herd.api import (
+    AddComment,
+    AddPlace,
+    AddTime,
+    CastVote,
+    Change,
+    ChangeKind,
+    Choice,
+    Event,
+    Invite,
+    StateView,
+    Status,
+    Uninvite,
+    User,
+)
 from notifier.digest import DIGEST_AT, next_digest_at
 from notifier.message import (
     URGENT,
@@ -104,7 +115,7 @@ def utc_unless_set(user: User) -> str:
 
 def route(
     change: Change,
-    state: PlanningState,
+    state: StateView,
     now_ns: int,
     presence: Presence = offline,
     *,
@@ -217,7 +228,7 @@ def _personal_channel(recipient: Recipient, presence: Presence) -> Medium | None
 
 
 def due_reminders(
-    state: PlanningState,
+    state: StateView,
     now_ns: int,
     last_run_ns: int,
     presence: Presence = offline,
@@ -258,7 +269,7 @@ def due_reminders(
     return routed
 
 
-def _all_events(state: PlanningState) -> list[Event]:
+def _all_events(state: StateView) -> list[Event]:
     events = (state.event(event_id) for event_id in state.event_ids())
     return [event for event in events if event is not None]
 

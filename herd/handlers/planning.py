@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from herd.events import ChangeFeed
+from herd.changes import ChangeFeed
 from herd.handlers.core import Core
 from herd.handlers.locations import Flood
 from herd.handlers.sessions import ClientHandler
@@ -94,7 +94,7 @@ class Planning:
         core.committer.add_op(logged)
         changes = core.planning.apply(op)
         self.flood(OpUpdate(logged.seq, payload).to_line(), source, op_origin(op.op_id))
-        self.feed.publish(changes)
+        self.feed.publish(changes, accepted_here=source is None)
 
     def accept_body(self, body: Body) -> None:
         """Make an operation of this server's own (the notifier's records) and accept it."""

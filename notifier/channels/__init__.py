@@ -8,34 +8,11 @@ into the outbox's registry (`dict[str, Channel]`) explicitly by the wiring.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-
-@dataclass(frozen=True, slots=True)
-class Attachment:
-    """A file sent along with an email, e.g. `invite.ics` as `text/calendar; method=REQUEST`."""
-
-    filename: str
-    content_type: str
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One rendered message for one recipient on one channel."""
-
-    key: str  # idempotency key: notification id + channel; unique in the outbox
-    channel: str  # "email" | "xmpp" | "line"
-    recipient: str  # email address / JID / user id
-    subject: str  # email only ("" otherwise)
-    text: str
-    html: str | None = None
-    thread: str | None = None  # e.g. an event id: mails about one event thread together
-    headers: tuple[tuple[str, str], ...] = ()  # e.g. List-Unsubscribe
-    attachments: tuple[Attachment, ...] = ()
+from notifier.message import Outgoing
 
 
 class Channel(Protocol):

@@ -23,7 +23,7 @@ from typing import Final, Protocol
 
 from twisted.logger import Logger
 
-from herd.extensions import LinePush as ServerLinePush
+from herd.api import LinePush as ServerLinePush
 
 __all__ = ["HISTORY", "LineHub", "LinePush", "checkpoint"]
 
@@ -35,7 +35,7 @@ _log = Logger()
 
 
 class LinePush(ServerLinePush, Protocol):
-    """What the server calls to serve SUBSCRIBE (`herd.extensions.LinePush`), plus `publish`,
+    """What the server calls to serve SUBSCRIBE (`herd.api.LinePush`), plus `publish`,
     which the notifier calls."""
 
     def publish(self, user: str, checkpoint: str, line: str) -> None: ...

@@ -37,13 +37,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from notifier.aio import as_deferred
-from notifier.channels import Attachment, Outgoing
 from notifier.errors import (
     DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
     UncertainDeliveryError,
 )
+from notifier.message import Attachment, Outgoing
 
 TlsMode = Literal["starttls", "direct", "none"]
 _Failure = TypeVar("_Failure", bound=DeliveryError)

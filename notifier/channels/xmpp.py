@@ -49,10 +49,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.backoff import Backoff
+from herd.api import Backoff
 from notifier.aio import as_deferred
-from notifier.channels import Outgoing
 from notifier.errors import NotifierError, PermanentDeliveryError, TransientDeliveryError
+from notifier.message import Outgoing
 
 PresenceState = Literal["available", "away", "unavailable"]
 TlsMode = Literal["starttls", "direct", "none"]

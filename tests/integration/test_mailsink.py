@@ -17,10 +17,10 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 
 from notifier.aio import as_deferred
-from notifier.channels import Attachment, Outgoing
 from notifier.channels.smtp import SmtpChannel
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.mailsink import MailSink, format_mail_list, list_mail, show_mail
+from notifier.message import Attachment, Outgoing
 
 pytestmark = pytest.mark.timeout(30)
 

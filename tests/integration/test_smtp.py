@@ -28,9 +28,9 @@ from twisted.logger import capturedLogs
 from twisted.python.threadpool import ThreadPool
 
 from notifier.aio import as_deferred
-from notifier.channels import Attachment, Outgoing
 from notifier.channels.smtp import SmtpChannel, enhanced_status
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
+from notifier.message import Attachment, Outgoing
 from notifier.outbox import OUTBOX_SCHEMA, Outbox, OutboxSettings, enqueue
 from tests.unit.test_mime import HOSTILE_TITLE, TRICKY, check_mail
 

@@ -23,10 +23,10 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import deferLater
 
-from notifier.channels import Outgoing
 from notifier.channels.xmpp import MAX_BODY_BYTES, STRANGER_REPLY, XmppChannel, XmppLoginError
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.localxmpp import LocalProsody
+from notifier.message import Outgoing
 
 from .conftest import BOT_USER, XMPP_PASSWORD
 

@@ -12,20 +12,21 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from herd.leases import Leases, LeaseSettings
 from herd.ops import OPERATOR
 from herd.tokens import hash_token, new_nonce, peer_mac
 from herd.wire.client import Hello
 from herd.wire.peer import Challenge, parse_peer_line
-from notifier.channels import Outgoing
+from notifier.build import Host, build_notifier
 from notifier.channels.line import LineHub
-from notifier.feed import TICK, NotifierListener, load
+from notifier.feed import NotifierListener, load
+from notifier.message import Outgoing
 from notifier.outbox import Outbox
-from notifier.render import Unsubscribe
-from notifier.routing import Presence, Timing, offline
+from notifier.render import Templates, Unsubscribe
+from notifier.routing import Presence, offline
 from tests.protocol.harness import SECRET, START_NS, Node, inline
 
 START_S = START_NS / 10**9  # the harness stamps ops from here: start the clock there too
+TEMPLATES = Templates()
 UNSUBSCRIBE = Unsubscribe(b"test-secret", "mailto:unsubscribe@example.org?subject={user}+{token}")
 
 
@@ -87,40 +88,38 @@ class Notified:
 def attach(node: Node, presence: Presence = offline, clock: Clock | None = None) -> Notified:
     """Wire a notifier into `node` as `herd/service.py` does, and start it; `clock` is the
     listener's, if not the node's."""
-    saved = load(node.store.path)
-    hub = LineHub()
-    email, xmpp = RecordingChannel("email"), RecordingChannel("xmpp")
-    outbox = Outbox(
-        node.store.path, {"email": email, "xmpp": xmpp}, node.clock, inline, lambda: 0.5
-    )
     server = node.server
-    listening = node.clock if clock is None else clock
-    servers = sorted({node.name, *server.peers})
-    leases = Leases(node.name, servers, LeaseSettings(), round(listening.seconds() * 10**9))
-    server.leases = leases
-    listener = NotifierListener(
-        server_name=node.name,
-        op_prefix=server.op_prefix,
+    email, xmpp = RecordingChannel("email"), RecordingChannel("xmpp")
+    host = Host(
+        name=node.name,
+        servers=sorted({node.name, *server.peers}),
         state=server.planning,
         position_of=server.position_of,
+        subscribe=server.feed.subscribe,
         add_write=server.committer.add_write,
         after_commit=server.committer.after_commit,
-        wake=outbox.wake,
-        push=hub,
-        unsubscribe=UNSUBSCRIBE,
-        clock=node.clock if clock is None else clock,
-        presence=presence,
-        saved=saved,
-        op_lines=(logged.line for logged in server.replica.ops.since(0)),
-        leases=leases,
         renew=server.renew_lease,
         accept=server.accept_body,
-        timing=Timing(),
-        look_every=TICK,
+        run_as=server.run_as,
+        secret=SECRET,
+        store=node.store.path,
     )
-    server.feed.subscribe(listener)
-    listener.start()
-    assert outbox.start().called
+    notifier = build_notifier(
+        host,
+        load(node.store.path),
+        {"email": email, "xmpp": xmpp},
+        node.clock,
+        inline,
+        lambda: 0.5,
+        op_lines=(logged.line for logged in server.replica.ops.since(0)),
+        unsubscribe=UNSUBSCRIBE,
+        templates=TEMPLATES,
+        presence=presence,
+        listener_clock=clock,
+    )
+    server.leases = notifier.leases
+    assert notifier.start(()).called
+    listener, hub, outbox = notifier.listener, notifier.hub, notifier.outbox
     return Notified(node, listener, hub, outbox, email, xmpp)
 
 

@@ -13,9 +13,9 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.test.iosim import IOPump
 
-from herd.events import Change
-from notifier.channels import Outgoing
+from herd.api import Change, ChangeContext
 from notifier.feed import DIGESTS_PER_TURN, TICK
+from notifier.message import Outgoing
 from tests.protocol.harness import link, make_node, settle
 from tests.protocol.notify_harness import START_S, Notified, Session, add_user, attach
 
@@ -187,11 +187,8 @@ def test_votes_within_a_minute_become_one_message(herd: Herd) -> None:
 class FailingWrite:
     """A later listener whose write fails the whole transaction (a full disk, say)."""
 
-    def __init__(self, notified: Notified) -> None:
-        self.add_write = notified.node.server.committer.add_write
-
-    def changed(self, change: Change) -> None:
-        self.add_write(self.fail)
+    def changed(self, change: Change, context: ChangeContext) -> None:
+        context.add_write(self.fail)
 
     def fail(self, db: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError("database or disk is full")
@@ -204,7 +201,7 @@ def test_notifications_commit_or_roll_back_with_their_change(herd: Herd) -> None
     bob.json(f"COMMENT {plan.event} I'll bring wine")
     rows, ops = herd.a.outbox_rows(), herd.a.query("SELECT op_id FROM ops")
     assert [row[2] for row in rows if row not in before] == [ALICE]
-    herd.a.node.server.feed.subscribe(FailingWrite(herd.a))
+    herd.a.node.server.feed.subscribe(FailingWrite())
     with capturedLogs() as events:
         bob.send(f"COMMENT {plan.event} And cheese")
     assert [failure.value for failure in herd.a.node.failures] == [events[-1]["log_failure"].value]

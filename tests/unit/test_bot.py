@@ -40,7 +40,9 @@ from notifier.bot import (
     render_reply,
     user_of_jid,
 )
+from notifier.render import Templates
 
+ENVIRONMENT = Templates()
 NOW = int(datetime(2026, 12, 4, 17, 0, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")).timestamp())
 NOW_NS = NOW * 10**9
 SECRET = b"herd secret"
@@ -92,7 +94,7 @@ class Server:
         found = self.state.user(user)
         assert found is not None
         conversation = self.conversations.get(user, Conversation())
-        return interpret(text, found, self.state, conversation, ZONES[user], NOW_NS)
+        return interpret(ENVIRONMENT, text, found, self.state, conversation, ZONES[user], NOW_NS)
 
     def chat(self, user: str, text: str) -> str:
         """One message and the bot's answer, as the wiring does it."""
@@ -107,7 +109,7 @@ class Server:
         self.conversations[user] = conversation.remember(reply)
         found = self.state.user(user)
         assert found is not None
-        return render_reply(step, reply, self.state, found, ZONES[user], NOW_NS)
+        return render_reply(ENVIRONMENT, step, reply, self.state, found, ZONES[user], NOW_NS)
 
     def line(self, user: str, text: str) -> bytes:
         step = self.step(user, text)
@@ -525,7 +527,9 @@ def test_past_times_are_marked(dinner: Server) -> None:
     reply = dinner.run_as("alice", step.line)
     alice = dinner.state.user("alice")
     assert alice is not None
-    text = render_reply(step, reply, dinner.state, alice, "Europe/Paris", NOW_NS + 86400 * 10**9)
+    text = render_reply(
+        ENVIRONMENT, step, reply, dinner.state, alice, "Europe/Paris", NOW_NS + 86400 * 10**9
+    )
     assert "1. Fri 4 Dec 19:00 CET: no votes yet (past) [you: not yet]" in text
 
 
@@ -668,7 +672,9 @@ def test_error_codes_become_one_line_explanations(dinner: Server, reply: bytes, 
     alice = dinner.state.user("alice")
     assert alice is not None
     step = RunLine(b"EVENT " + ids(dinner)["e"].encode(), Say.STATUS, ids(dinner)["e"])
-    assert render_reply(step, reply, dinner.state, alice, "Europe/Paris", NOW_NS) == text
+    assert (
+        render_reply(ENVIRONMENT, step, reply, dinner.state, alice, "Europe/Paris", NOW_NS) == text
+    )
 
 
 def test_an_unknown_event_in_an_error_is_that_event(server: Server) -> None:
@@ -676,7 +682,7 @@ def test_an_unknown_event_in_an_error_is_that_event(server: Server) -> None:
     assert alice is not None
     step = RunLine(b"CANCEL nope", Say.CANCELLED, "nope")
     assert render_reply(
-        step, b"ERR cancelled: nope is cancelled\n", server.state, alice, "UTC", NOW_NS
+        ENVIRONMENT, step, b"ERR cancelled: nope is cancelled\n", server.state, alice, "UTC", NOW_NS
     ) == ("That event is called off: it takes no more changes. For example: plan Dinner on Friday")
 
 
@@ -684,7 +690,15 @@ def test_a_reply_of_an_unexpected_kind_is_a_bug_not_a_message(server: Server) ->
     alice = server.state.user("alice")
     assert alice is not None
     with pytest.raises(ValueError, match="no rendering"):
-        render_reply(RunLine(b"USER", Say.SETTINGS), b"AT x\n", server.state, alice, "UTC", NOW_NS)
+        render_reply(
+            ENVIRONMENT,
+            RunLine(b"USER", Say.SETTINGS),
+            b"AT x\n",
+            server.state,
+            alice,
+            "UTC",
+            NOW_NS,
+        )
 
 
 # --- strangers and link codes -------------------------------------------------------------------
@@ -692,9 +706,9 @@ def test_a_reply_of_an_unexpected_kind_is_a_bug_not_a_message(server: Server) ->
 
 def test_strangers_get_one_polite_line(server: Server) -> None:
     for text in ("hello?", "help", "link", "link bob", "status 1"):
-        assert interpret_stranger(text, "bob@example.org", SECRET, NOW_NS, server.state) == Reply(
-            STRANGER
-        )
+        assert interpret_stranger(
+            ENVIRONMENT, text, "bob@example.org", SECRET, NOW_NS, server.state
+        ) == Reply(STRANGER)
 
 
 def test_linking_with_a_code(server: Server) -> None:
@@ -703,7 +717,12 @@ def test_linking_with_a_code(server: Server) -> None:
     window = NOW // LINK_WINDOW
     assert expires == (window + 2) * LINK_WINDOW and NOW + 600 < expires <= NOW + 1200
     step = interpret_stranger(
-        f"  LINK  Bob  {code.upper()} ", "bob@example.org", SECRET, NOW_NS, server.state
+        ENVIRONMENT,
+        f"  LINK  Bob  {code.upper()} ",
+        "bob@example.org",
+        SECRET,
+        NOW_NS,
+        server.state,
     )
     assert step == LinkJid("bob", "bob@example.org")
     assert isinstance(step, LinkJid)
@@ -711,7 +730,7 @@ def test_linking_with_a_code(server: Server) -> None:
     assert step.run.line == b"USER SET jid bob@example.org"
     bob = server.state.user("bob")
     assert bob is not None and bob.jid == "bob@example.org"
-    assert render_reply(step.run, reply, server.state, bob, "UTC", NOW_NS) == (
+    assert render_reply(ENVIRONMENT, step.run, reply, server.state, bob, "UTC", NOW_NS) == (
         "Linked: this address is bob's on Renga now. Say help to see what I can do."
     )
     assert user_of_jid(server.state, "BOB@example.org") == bob
@@ -731,7 +750,7 @@ def test_link_codes_that_do_not_check_out(
 ) -> None:
     code, _ = issue_link_code(SECRET, "bob", "bob@example.org", NOW_NS)
     step = interpret_stranger(
-        f"link {user} {code}", jid, SECRET, NOW_NS + later_s * 10**9, server.state
+        ENVIRONMENT, f"link {user} {code}", jid, SECRET, NOW_NS + later_s * 10**9, server.state
     )
     assert isinstance(step, Reply)
     assert step.text.startswith(

@@ -25,7 +25,15 @@ from herd.ops import (
 from notifier.digest import DigestItem, compose_digest, next_digest_at
 from notifier.message import Digest, Kind, Medium, QuietHours, Recipient
 from notifier.routing import route
-from tests.unit.test_render import DINNER, GOLDEN, LUNCH, UNSUBSCRIBE, Story, assert_golden
+from tests.unit.test_render import (
+    DINNER,
+    GOLDEN,
+    LUNCH,
+    UNSUBSCRIBE,
+    Story,
+    assert_golden,
+    fresh,
+)
 
 S = 10**9
 
@@ -102,7 +110,9 @@ def folded(story: Story) -> list[DigestItem]:
 
 def test_nothing_changed_no_digest() -> None:
     story, bob = digest_story()
-    assert compose_digest(bob, story.state, [], story.clock, UNSUBSCRIBE) is None
+    assert (
+        compose_digest(bob, story.state, [], story.clock, UNSUBSCRIBE, fresh(story.state)) is None
+    )
     story.apply("alice", Decide("e1", "t1", "p1"), "d1")  # urgent: sent at once, not folded
     assert folded(story) == []
 
@@ -129,7 +139,14 @@ def test_a_digest_tells_what_changed_and_where_each_event_stands() -> None:
         Kind.COMMENT,
         Kind.UNINVITED,
     ]
-    digest = compose_digest(bob, story.state, items + items[:1], story.clock, UNSUBSCRIBE)
+    digest = compose_digest(
+        bob,
+        story.state,
+        items + items[:1],
+        story.clock,
+        UNSUBSCRIBE,
+        fresh(story.state),
+    )
     assert digest is not None
     assert (digest.channel, digest.recipient, digest.thread) == ("email", "bob@example.org", None)
     assert digest.key.startswith("digest-") and digest.key.endswith(".email")
@@ -141,9 +158,18 @@ def test_a_digest_tells_what_changed_and_where_each_event_stands() -> None:
     ):
         assert text is not None
         assert_golden(GOLDEN / "email" / f"digest.{part}", text)
-    again = compose_digest(bob, story.state, list(reversed(items)), story.clock, UNSUBSCRIBE)
+    again = compose_digest(
+        bob,
+        story.state,
+        list(reversed(items)),
+        story.clock,
+        UNSUBSCRIBE,
+        fresh(story.state),
+    )
     assert again is not None and again.key == digest.key  # same items, same key
-    fewer = compose_digest(bob, story.state, items[:2], story.clock, UNSUBSCRIBE)
+    fewer = compose_digest(
+        bob, story.state, items[:2], story.clock, UNSUBSCRIBE, fresh(story.state)
+    )
     assert fewer is not None and fewer.key != digest.key
 
 
@@ -153,7 +179,7 @@ def test_votes_fold_into_one_line_per_event() -> None:
         DigestItem(f"n{i}", Kind.VOTES, "e1", voter, "t1", f"v{i}", story.clock + i)
         for i, voter in enumerate(("carol", "dave", "carol"))
     ]
-    digest = compose_digest(bob, story.state, votes, story.clock, UNSUBSCRIBE)
+    digest = compose_digest(bob, story.state, votes, story.clock, UNSUBSCRIBE, fresh(story.state))
     assert digest is not None
     assert "  - 3 votes from carol, dave\n" in digest.text
     assert digest.text.count("votes from") == 1
@@ -167,7 +193,10 @@ def test_items_about_vanished_things_are_left_out() -> None:
         DigestItem("n3", Kind.COMMENT, "no-such-event", "carol", None, "c", 3),
         DigestItem("n4", Kind.DECIDED, "e1", "alice", None, "d", 4),  # never folded
     ]
-    assert compose_digest(bob, story.state, ghosts, story.clock, UNSUBSCRIBE) is None
+    assert (
+        compose_digest(bob, story.state, ghosts, story.clock, UNSUBSCRIBE, fresh(story.state))
+        is None
+    )
 
 
 def test_a_reader_who_dropped_email_gets_the_digest_by_chat_or_not_at_all() -> None:
@@ -175,7 +204,9 @@ def test_a_reader_who_dropped_email_gets_the_digest_by_chat_or_not_at_all() -> N
     story.apply("carol", AddComment("e1", "hello"), "c1")
     items = folded(story)
     by_chat = replace(bob, email=None, channels=frozenset({Medium.XMPP}))
-    digest = compose_digest(by_chat, story.state, items, story.clock, UNSUBSCRIBE)
+    digest = compose_digest(
+        by_chat, story.state, items, story.clock, UNSUBSCRIBE, fresh(story.state)
+    )
     assert digest is not None
     assert (digest.channel, digest.recipient, digest.subject) == (
         "xmpp",
@@ -184,4 +215,14 @@ def test_a_reader_who_dropped_email_gets_the_digest_by_chat_or_not_at_all() -> N
     )
     assert_golden(GOLDEN / "xmpp" / "digest.body.txt", digest.text)
     unreachable = replace(bob, email=None)
-    assert compose_digest(unreachable, story.state, items, story.clock, UNSUBSCRIBE) is None
+    assert (
+        compose_digest(
+            unreachable,
+            story.state,
+            items,
+            story.clock,
+            UNSUBSCRIBE,
+            fresh(story.state),
+        )
+        is None
+    )

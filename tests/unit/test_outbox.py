@@ -18,8 +18,8 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
 from herd.offload import RunBlocking
-from notifier.channels import Attachment, Outgoing
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
+from notifier.message import Attachment, Outgoing
 from notifier.outbox import (
     OUTBOX_SCHEMA,
     PRUNE_EVERY,

@@ -17,7 +17,8 @@ import icalendar
 import pytest
 from jinja2 import UndefinedError
 
-from herd.events import Change
+from herd.api import StateView
+from herd.changes import Change
 from herd.ops import (
     OPERATOR,
     AddComment,
@@ -39,14 +40,21 @@ from herd.ops import (
 )
 from herd.state import PlanningState
 from herd.tokens import unsubscribe_token
-from notifier.channels import Outgoing
-from notifier.message import Kind, Medium, Notification, Recipient, Routed, notification_id
+from notifier.message import (
+    Kind,
+    Medium,
+    Notification,
+    Outgoing,
+    Recipient,
+    Routed,
+    notification_id,
+)
 from notifier.render import (
     NAMES_SHOWN,
     TEMPLATES,
     RenderCache,
+    Templates,
     Unsubscribe,
-    environment,
     local_time,
     names,
     one_line,
@@ -58,6 +66,14 @@ S = 10**9
 T0 = 1_796_385_600 * S  # 2026-12-04T12:00:00Z, a Friday
 DINNER = 1_796_493_600  # 2026-12-05T18:00:00Z: 19:00 in Paris, 13:00 in New York
 LUNCH = 1_796_562_000  # 2026-12-06T13:00:00Z
+ENVIRONMENT = Templates()
+
+
+def fresh(state: StateView) -> RenderCache:
+    """A cache of its own, as for one change."""
+    return RenderCache(ENVIRONMENT, state)
+
+
 UNSUBSCRIBE = Unsubscribe(
     b"server secret", "mailto:renga@example.org?subject=unsubscribe%20{user}%20{token}"
 )
@@ -170,7 +186,7 @@ def assert_golden(path: Path, actual: str) -> None:
 @pytest.mark.parametrize("kind", list(Kind))
 def test_golden(kind: Kind) -> None:
     state, routed = scene(kind)
-    messages = render(routed, state, UNSUBSCRIBE)
+    messages = render(routed, state, UNSUBSCRIBE, fresh(state))
     assert [m.channel for m in messages] == list(PARTS)
     for message in messages:
         for part in PARTS[Medium(message.channel)]:
@@ -186,7 +202,7 @@ def test_every_kind_has_every_template() -> None:
 
 def test_messages_are_addressed_keyed_and_threaded() -> None:
     state, routed = scene(Kind.DECIDED)
-    email, xmpp, line = render(routed, state, UNSUBSCRIBE)
+    email, xmpp, line = render(routed, state, UNSUBSCRIBE, fresh(state))
     nid = routed.notification.id
     assert (email.key, email.recipient, email.thread) == (f"{nid}.email", "bob@example.org", "e1")
     assert (xmpp.key, xmpp.recipient, xmpp.thread) == (f"{nid}.xmpp", "bob@chat.example.org", "e1")
@@ -196,19 +212,21 @@ def test_messages_are_addressed_keyed_and_threaded() -> None:
         ("List-Unsubscribe", f"<mailto:renga@example.org?subject=unsubscribe%20bob%20{token}>"),
     )
     assert [a.filename for a in email.attachments] == ["event.ics"]
-    assert render(replace(routed, channels=(Medium.XMPP,)), state, UNSUBSCRIBE) == [xmpp]
+    assert render(replace(routed, channels=(Medium.XMPP,)), state, UNSUBSCRIBE, fresh(state)) == [
+        xmpp
+    ]
 
 
 def test_only_the_decision_carries_a_calendar_entry() -> None:
     for kind in set(Kind) - {Kind.DECIDED}:
         state, routed = scene(kind)
-        assert all(m.attachments == () for m in render(routed, state, UNSUBSCRIBE))
+        assert all(m.attachments == () for m in render(routed, state, UNSUBSCRIBE, fresh(state)))
 
 
 def test_hostile_title_keeps_headers_intact_and_html_escaped() -> None:
     title = "Party\r\nBcc: all@example.org\u2028<script>alert(1)</script>"
     state, routed = scene(Kind.DECIDED, title)
-    email, xmpp, line = render(routed, state, UNSUBSCRIBE)
+    email, xmpp, line = render(routed, state, UNSUBSCRIBE, fresh(state))
     assert email.subject == (
         "Decided: Party Bcc: all@example.org <script>alert(1)</script>,"
         " Sat 5 Dec 19:00 CET, Chez Paul"
@@ -230,7 +248,7 @@ def test_hostile_title_keeps_headers_intact_and_html_escaped() -> None:
 
 def test_the_calendar_entry_is_the_decision_in_utc_without_attendees() -> None:
     state, routed = scene(Kind.DECIDED)
-    [email] = render(replace(routed, channels=(Medium.EMAIL,)), state, UNSUBSCRIBE)
+    [email] = render(replace(routed, channels=(Medium.EMAIL,)), state, UNSUBSCRIBE, fresh(state))
     [attachment] = email.attachments
     assert attachment.content_type == 'text/calendar; charset="utf-8"; method=PUBLISH'
     calendar = icalendar.Calendar.from_ical(attachment.data)
@@ -247,9 +265,9 @@ def test_the_calendar_entry_is_the_decision_in_utc_without_attendees() -> None:
 
 def test_a_later_decision_updates_the_calendar_entry() -> None:
     state, routed = scene(Kind.DECIDED)
-    first = render(routed, state, UNSUBSCRIBE)[0].attachments[0].data
+    first = render(routed, state, UNSUBSCRIBE, fresh(state))[0].attachments[0].data
     later = replace(routed, notification=replace(routed.notification, at_ns=T0 + 3600 * S))
-    second = render(later, state, UNSUBSCRIBE)[0].attachments[0].data
+    second = render(later, state, UNSUBSCRIBE, fresh(state))[0].attachments[0].data
     sequence = [
         int(icalendar.Calendar.from_ical(d).walk("VEVENT")[0].decoded("SEQUENCE"))
         for d in (first, second)
@@ -260,9 +278,9 @@ def test_a_later_decision_updates_the_calendar_entry() -> None:
 def test_folded_notifications_and_vanished_events_render_nothing() -> None:
     state, routed = scene(Kind.VOTES)
     with pytest.raises(ValueError, match="DigestItem"):
-        render(replace(routed, digest=True), state, UNSUBSCRIBE)
+        render(replace(routed, digest=True), state, UNSUBSCRIBE, fresh(state))
     gone = replace(routed.notification, event_id="nope")
-    assert render(replace(routed, notification=gone), state, UNSUBSCRIBE) == []
+    assert render(replace(routed, notification=gone), state, UNSUBSCRIBE, fresh(state)) == []
 
 
 def test_times_are_shown_on_the_recipients_wall_clock() -> None:
@@ -277,8 +295,7 @@ def test_one_line_collapses_every_kind_of_line_break() -> None:
 
 
 def test_the_environment_is_strict_and_escapes_html_only() -> None:
-    env = environment()
-    assert env is environment()
+    env = ENVIRONMENT
     with pytest.raises(UndefinedError):
         env.get_template("line/invited.line.txt.j2").render({})
     assert env.from_string("{{ x }}").render(x="<b>") == "<b>"
@@ -308,20 +325,22 @@ def test_one_cache_for_many_recipients_renders_what_each_would_get_alone(kind: K
         for user in ("bob", "carol", "dave")
         for tz in ("Europe/Paris", "America/New_York")
     ]
-    shared = RenderCache(state)
+    shared = RenderCache(ENVIRONMENT, state)
     for recipient in recipients:
         one = replace(routed, notification=replace(routed.notification, recipient=recipient))
-        assert render(one, state, UNSUBSCRIBE, shared) == render(one, state, UNSUBSCRIBE)
+        assert render(one, state, UNSUBSCRIBE, shared) == render(
+            one, state, UNSUBSCRIBE, fresh(state)
+        )
 
 
 def test_a_cache_kept_past_a_change_renders_the_new_state() -> None:
     story = Story()
     routed = story.routed(Kind.NEW_OPTION, "bob", "p2", "dave", "p2")
-    cache = RenderCache(story.state)
+    cache = RenderCache(ENVIRONMENT, story.state)
     before = render(routed, story.state, UNSUBSCRIBE, cache)
     story.apply("bob", CastVote("e1", "p2", Choice.YES), "vb")
     after = render(routed, story.state, UNSUBSCRIBE, cache)
-    assert after == render(routed, story.state, UNSUBSCRIBE)
+    assert after == render(routed, story.state, UNSUBSCRIBE, fresh(story.state))
     assert after != before
     [xmpp] = [message for message in after if message.channel == "xmpp"]
     assert "p2 Le <Train> Bleu: 1 yes" in xmpp.text
@@ -329,11 +348,13 @@ def test_a_cache_kept_past_a_change_renders_the_new_state() -> None:
 
 def test_a_full_cache_starts_again_and_still_renders_right() -> None:
     state, routed = scene(Kind.COMMENT)
-    tiny = RenderCache(state, views=1, block_chars=10)
+    tiny = RenderCache(ENVIRONMENT, state, views=1, block_chars=10)
     for tz in ("Europe/Paris", "Asia/Tokyo", "Europe/Paris"):
         recipient = replace(routed.notification.recipient, tz=tz)
         one = replace(routed, notification=replace(routed.notification, recipient=recipient))
-        assert render(one, state, UNSUBSCRIBE, tiny) == render(one, state, UNSUBSCRIBE)
+        assert render(one, state, UNSUBSCRIBE, tiny) == render(
+            one, state, UNSUBSCRIBE, fresh(state)
+        )
 
 
 def test_long_lists_of_names_are_cut_short() -> None:

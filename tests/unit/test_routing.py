@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from herd.events import Change
+from herd.changes import Change
 from herd.ops import (
     OPERATOR,
     AddComment,
@@ -36,7 +36,7 @@ from herd.state import PlanningState
 from herd.views import User
 from notifier.message import Digest, Kind, Medium, QuietHours, Recipient, Routed
 from notifier.outbox import OUTBOX_SCHEMA, enqueue
-from notifier.render import Unsubscribe, render
+from notifier.render import RenderCache, Templates, Unsubscribe, render
 from notifier.routing import (
     COALESCE_WINDOW_NS,
     NUDGE_LEAD_NS,
@@ -220,11 +220,12 @@ def test_a_burst_of_votes_becomes_one_message_with_the_final_tally() -> None:
     db = sqlite3.connect(":memory:", isolation_level=None)
     db.executescript(OUTBOX_SCHEMA)
     unsubscribe = Unsubscribe(b"k", "mailto:u@example.org?subject={token}")
+    templates = Templates()
     for second, voter in enumerate(voters):
         now = NOW + second * S
         for routed in herd.route(herd.op(voter, CastVote(event, option, Choice.MAYBE)), now=now):
             db.execute("BEGIN")
-            messages = render(routed, herd.state, unsubscribe)
+            messages = render(routed, herd.state, unsubscribe, RenderCache(templates, herd.state))
             enqueue(db, messages, now / S, due=routed.deliver_at / S, coalesce=routed.coalesce)
             db.execute("COMMIT")
     rows = db.execute("SELECT channel, state, due, text FROM outbox").fetchall()

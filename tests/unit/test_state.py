@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herd.events import ChangeKind
+from herd.changes import ChangeKind
 from herd.ops import (
     OPERATOR,
     AddComment,
