@@ -12,7 +12,6 @@ committer, floods to peers, replies in request order.  Ordering rules kept here:
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import json
 import random
@@ -45,7 +44,7 @@ from herd.model import (
     changes_since,
     op_origin,
 )
-from herd.peers import PeerSession, new_nonce, peer_mac
+from herd.peers import LinkState, PeerSession, answer_hello
 from herd.planning import (
     PLANNING_WORDS,
     Login,
@@ -66,8 +65,6 @@ from herd.protocol import ConnectionLimits, LineConnection, LineTooLong, SliceSc
 from herd.store import GroupCommitter, Snapshot
 from herd.wire import (
     CLIENT_WORDS,
-    Auth,
-    Challenge,
     ClientCommand,
     Digest,
     DigestEnd,
@@ -90,7 +87,6 @@ from herd.wire import (
     max_op_payload,
     parse_client_fields,
     parse_operator_line,
-    parse_peer_line,
     redact_secrets,
 )
 
@@ -236,11 +232,14 @@ class HerdServer:
             IAmAt: self._iamat,  # type: ignore[dict-item]
             WhatsAt: self._whatsat,  # type: ignore[dict-item]
             Status: self._status,  # type: ignore[dict-item]
-            Hello: self._hello,  # type: ignore[dict-item]
+            Hello: partial(answer_hello, self),
         }
 
     def client_handler(self) -> ClientHandler:
         return ClientHandler(self)
+
+    def operator_handler(self) -> OperatorHandler:
+        return OperatorHandler(self)
 
     def client_connection(
         self, kind: type[LineConnection] = LineConnection, label: str = ""
@@ -364,20 +363,6 @@ class HerdServer:
         peers = {peer: ("up" if peer in self.links else "down") for peer in self.peers}
         body = json.dumps({"server": self.name, "peers": peers}, separators=(",", ":"))
         self.reply(connection, b"STATUS " + body.encode() + b"\n")
-
-    def _hello(self, connection: LineConnection, hello: Hello, line: bytes) -> None:
-        """A server (or the operator's `herd user` command) asks to become a peer link:
-        challenge it; it stays an ordinary client until it proves it knows the secret."""
-        dialer = hello.sender.decode("utf-8", "replace")
-        if hello.receiver != self.name_bytes or (dialer not in self.peers and dialer != OPERATOR):
-            self.reply(connection, error_reply(line))
-            return
-        nonce = new_nonce()
-        mac = peer_mac(self.secret, b"acceptor", hello.sender, self.name_bytes, hello.nonce, nonce)
-        if isinstance(connection.handler, ClientHandler):
-            connection.handler.unsubscribe()  # the client role, and what it asked for, end here
-        connection.handler = _AwaitingAuth(self, dialer, hello, nonce)
-        self.reply(connection, Challenge(nonce, mac).to_line())
 
     # --- planning --------------------------------------------------------------------------
 
@@ -656,7 +641,7 @@ class HerdServer:
             peer=session.name,
             count=len(missing),
         )
-        session.ready = True
+        session.synced()
         leases = [] if self.leases is None else self.leases.entries()
         if leases:
             session.send(b"".join(Lease(name.encode(), ns).to_line() for name, ns in leases))
@@ -785,7 +770,7 @@ class HerdServer:
     def _send_repair(self, session: PeerSession, lines: Iterator[bytes]) -> None:
         """Write `lines` a chunk per reactor turn (waiting while the link's buffer is full),
         so a large repair never holds the reactor or the link's other traffic for long."""
-        if session.closed:
+        if session.state is LinkState.CLOSED:
             return
         if session.connection.backlog:
             self.clock.callLater(REPAIR_WAIT, self._send_repair, session, lines)
@@ -850,7 +835,11 @@ class HerdServer:
         """Not held for a commit: nothing about a lease is stored."""
         line = lease.to_line()
         for session in list(self.links.values()):
-            if session.ready and session is not source and session.name_bytes != lease.server:
+            if (
+                session.state is LinkState.FLOODING
+                and session is not source
+                and session.name_bytes != lease.server
+            ):
                 session.send(line)
 
     def _mark(self, session: PeerSession, seq: int) -> None:
@@ -883,7 +872,7 @@ class HerdServer:
 
     def _release(self, floods: list[tuple[bytes, PeerSession | None, bytes]]) -> None:
         for session in list(self.links.values()):
-            if not session.ready:
+            if session.state is not LinkState.FLOODING:
                 continue
             name = session.name_bytes
             data = b"".join(
@@ -1025,50 +1014,6 @@ class ClientHandler:
             _log.warn(
                 "closed {client}: {why}", client=connection.label, why=reason.getErrorMessage()
             )
-
-
-class _AwaitingAuth:
-    """A connection that said HERD-HELLO and was challenged: its next line must be HERD-AUTH
-    with the right proof, or it goes back to being an ordinary client."""
-
-    def __init__(self, server: HerdServer, dialer: str, hello: Hello, nonce: bytes) -> None:
-        self.server = server
-        self.dialer = dialer
-        self.hello = hello
-        self.nonce = nonce
-
-    def line_received(self, connection: LineConnection, line: bytes) -> Deferred[None] | None:
-        server = self.server
-        try:
-            message = parse_peer_line(line)
-        except WireError:
-            message = None
-        else:
-            if message is None:
-                return None
-        if isinstance(message, Auth):
-            expected = peer_mac(
-                server.secret,
-                b"dialer",
-                self.hello.sender,
-                server.name_bytes,
-                self.hello.nonce,
-                self.nonce,
-            )
-            if hmac.compare_digest(expected, message.mac):
-                if self.dialer == OPERATOR:
-                    connection.handler = OperatorHandler(server)
-                    return None
-                connection.label = self.dialer
-                PeerSession(self.dialer, connection, server, server.clock).start()
-                return None
-            _log.warn("failed peer authentication from {client}", client=connection.label)
-        handler = server.client_handler()
-        connection.handler = handler
-        return server.client_line(connection, handler, line)
-
-    def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
-        return
 
 
 class OperatorHandler:
