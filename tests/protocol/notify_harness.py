@@ -14,9 +14,8 @@ from twisted.internet.task import Clock
 
 from herd.events import OPERATOR
 from herd.leases import Leases, LeaseSettings
-from herd.peers import new_nonce, peer_mac
+from herd.operator import dial_handshake
 from herd.planning import hash_token
-from herd.wire import Challenge, Hello, parse_peer_line
 from notifier.channels import Outgoing
 from notifier.channels.line import LineHub
 from notifier.feed import TICK, NotifierListener, load
@@ -127,16 +126,18 @@ def attach(node: Node, presence: Presence = offline, clock: Clock | None = None)
 def operator(node: Node, command: str) -> bytes:
     """What `herd user` does: the operator handshake, then one command."""
     connection, transport = node.client()
-    nonce = new_nonce()
-    me, them = OPERATOR.encode(), node.name.encode()
-    connection.dataReceived(Hello(me, them, nonce).to_line())
-    node.clock.advance(0)
-    challenge = parse_peer_line(transport.value().rstrip(b"\n"))
-    assert isinstance(challenge, Challenge)
-    transport.clear()
-    proof = peer_mac(SECRET, b"dialer", me, them, nonce, challenge.nonce)
-    connection.dataReceived(b"HERD-AUTH " + proof + b"\n" + command.encode() + b"\n")
-    node.clock.advance(0)
+
+    def send(data: bytes) -> None:
+        connection.dataReceived(data)
+        node.clock.advance(0)
+
+    def read_line() -> bytes:
+        line: bytes = transport.value()
+        transport.clear()
+        return line
+
+    auth = dial_handshake(SECRET, OPERATOR.encode(), node.name.encode(), send, read_line)
+    send(auth + command.encode() + b"\n")
     data: bytes = transport.value()
     return data
 
