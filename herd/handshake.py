@@ -14,6 +14,7 @@ import hmac
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 from herd.wire import Auth, Challenge, Hello, WireError, parse_peer_line
 
@@ -21,11 +22,13 @@ Signer = Callable[[bytes, bytes, bytes, bytes, bytes], bytes]
 """`(role, dialer, acceptor, nonce_d, nonce_a) -> mac`: the herd secret's HMAC over one
 handshake (`herd.peers.peer_mac` with the secret bound)."""
 
-ACCEPTOR: bytes = b"acceptor"
-DIALER: bytes = b"dialer"
+ACCEPTOR: Final = b"acceptor"
+DIALER: Final = b"dialer"
 
 
 class Role(Enum):
+    """Which end: the one that says `HERD-HELLO`, or the one that answers it."""
+
     DIALER = "dialer"
     ACCEPTOR = "acceptor"
 
@@ -111,7 +114,8 @@ class NotAuthenticated:
     wrong_proof: bool
 
 
-AcceptorEvent = Challenged | NotForUs
+HelloEvent = Challenged | NotForUs
+AuthEvent = Authenticated | NotAuthenticated
 
 
 class Handshake:
@@ -171,7 +175,7 @@ class Handshake:
         self.state = HandshakeState.LINKED
         return Proven(Auth(self._mac(DIALER, self._nonce, message.nonce)).to_line())
 
-    def receive_hello(self, hello: Hello) -> AcceptorEvent:
+    def receive_hello(self, hello: Hello) -> HelloEvent:
         """A `HERD-HELLO`, parsed where every client line is (it arrives on the client port)."""
         self._expect(Role.ACCEPTOR, HandshakeState.START)
         dialer = hello.sender.decode("utf-8", "replace")
@@ -183,7 +187,7 @@ class Handshake:
         mac = self._mac(ACCEPTOR, hello.nonce, self._nonce)
         return Challenged(dialer, Challenge(self._nonce, mac).to_line())
 
-    def receive_auth(self, line: bytes) -> Authenticated | NotAuthenticated | None:
+    def receive_auth(self, line: bytes) -> AuthEvent | None:
         """The dialer's line after the challenge (without its terminator); None for a blank
         line, which changes nothing."""
         self._expect(Role.ACCEPTOR, HandshakeState.AWAITING_AUTH)
