@@ -10,20 +10,18 @@ has a deadline: `BenchError` when a reply does not come.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, cast
 
 from bench.harness import HOST, BenchError
+from herd.handshake import Handshake, NotChallenged, WrongProof
 from herd.ops import OPERATOR
 from herd.tokens import hash_token, new_nonce, new_token, peer_mac
-from herd.wire.client import Hello
-from herd.wire.grammar import WireError
-from herd.wire.peer import Challenge, parse_peer_line
 
 REPLY_TIMEOUT = 120.0
 PushHandler = Callable[[bytes, int], None]
@@ -157,20 +155,16 @@ class Operator:
     @classmethod
     async def open(cls, secret: bytes, name: str, port: int) -> Operator:
         client = await LineClient.open(port)
-        me, them, nonce = OPERATOR.encode(), name.encode(), new_nonce()
-        line = await client.ask(Hello(me, them, nonce).to_line().rstrip(b"\n"), timeout=10)
-        try:
-            challenge = parse_peer_line(line)
-        except WireError:
-            challenge = None
-        if not isinstance(challenge, Challenge):
+        sign = partial(peer_mac, secret)
+        handshake = Handshake.dialer(sign, OPERATOR.encode(), name.encode(), new_nonce())
+        line = await client.ask(handshake.send_hello().rstrip(b"\n"), timeout=10)
+        outcome = handshake.receive_challenge(line)
+        if isinstance(outcome, NotChallenged):
             raise BenchError(f"{name} refused the operator handshake: {line!r}")
-        expected = peer_mac(secret, b"acceptor", me, them, nonce, challenge.nonce)
-        if not hmac.compare_digest(expected, challenge.mac):
+        if isinstance(outcome, WrongProof):
             raise BenchError(f"{name} does not know the herd secret")
-        proof = peer_mac(secret, b"dialer", me, them, nonce, challenge.nonce)
         assert client.transport is not None
-        client.transport.write(b"HERD-AUTH " + proof + b"\n")  # answered by nothing
+        client.transport.write(outcome.auth)  # answered by nothing
         return cls(client)
 
     async def add_users(

@@ -1,20 +1,20 @@
 """The operator's side of the peer handshake: `herd user` talks to a running server as
 `@operator`, proving it knows the herd secret, then sends one command (blocking code: it runs in
-the CLI, never in a server)."""
+the CLI, never in a server).  `dial_handshake` is the dialer's half on any blocking line
+connection, shared with the tests and tools that act as the operator or as a peer."""
 
 from __future__ import annotations
 
-import hmac
 import socket
+from collections.abc import Callable
+from functools import partial
 
 from herd.config import HerdConfig
 from herd.errors import HerdError
+from herd.handshake import Handshake, NotChallenged, WrongProof
 from herd.ops import OPERATOR
 from herd.tokens import new_nonce, peer_mac
-from herd.wire.client import Hello
-from herd.wire.grammar import WireError
 from herd.wire.operator import OperatorCommand
-from herd.wire.peer import Challenge, parse_peer_line
 
 TIMEOUT = 5.0
 
@@ -41,23 +41,34 @@ def operator_command(config: HerdConfig, names: list[str], command: OperatorComm
     raise OperatorError("no server answered (" + "; ".join(failures) + ")")
 
 
+def dial_handshake(
+    secret: bytes,
+    dialer: bytes,
+    acceptor: bytes,
+    send: Callable[[bytes], None],
+    read_line: Callable[[], bytes],
+) -> bytes:
+    """Say `HERD-HELLO` as `dialer` with `send` and check the challenge `read_line` brings;
+    the `HERD-AUTH` line, for the caller to send with whatever follows it.  OperatorError if
+    `acceptor` refused or does not know the secret."""
+    handshake = Handshake.dialer(partial(peer_mac, secret), dialer, acceptor, new_nonce())
+    send(handshake.send_hello())
+    outcome = handshake.receive_challenge(read_line().rstrip(b"\r\n"))
+    name = acceptor.decode("utf-8", "replace")
+    if isinstance(outcome, NotChallenged):
+        raise OperatorError(f"{name} refused the operator handshake")
+    if isinstance(outcome, WrongProof):
+        raise OperatorError(f"{name} does not know the herd secret")
+    return outcome.auth
+
+
 def _ask(secret: bytes, name: str, host: str, port: int, line: bytes) -> str:
-    me, them = OPERATOR.encode(), name.encode()
-    nonce = new_nonce()
     with socket.create_connection((host, port), timeout=TIMEOUT) as connection:
         lines = connection.makefile("rb")
-        connection.sendall(Hello(me, them, nonce).to_line())
-        try:
-            challenge = parse_peer_line(lines.readline().rstrip(b"\r\n"))
-        except WireError:
-            challenge = None
-        if not isinstance(challenge, Challenge):
-            raise OperatorError(f"{name} refused the operator handshake")
-        expected = peer_mac(secret, b"acceptor", me, them, nonce, challenge.nonce)
-        if not hmac.compare_digest(expected, challenge.mac):
-            raise OperatorError(f"{name} does not know the herd secret")
-        proof = peer_mac(secret, b"dialer", me, them, nonce, challenge.nonce)
-        connection.sendall(b"HERD-AUTH " + proof + b"\n" + line)
+        auth = dial_handshake(
+            secret, OPERATOR.encode(), name.encode(), connection.sendall, lines.readline
+        )
+        connection.sendall(auth + line)
         reply = lines.readline().decode("utf-8", "replace").rstrip("\r\n")
         lines.close()
     if not reply:

@@ -1,4 +1,6 @@
-"""Peer links: the authenticated handshake, flooding, catch-up and keepalive (Twisted, thin).
+"""Peer links (Twisted, thin): both ends of the handshake (`herd.handshake` decides, this module
+does the I/O), then the link itself: flooding, catch-up and keepalive, reported to the server
+through `PeerHandler`.
 
 A connection becomes a peer link by a challenge-response over the herd secret; the secret
 never crosses the wire:
@@ -18,10 +20,13 @@ stranger cannot inject updates.  Of each linked pair, the server with the smalle
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from enum import Enum
+from functools import partial
+from typing import Protocol as TypingProtocol
+from typing import runtime_checkable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -29,13 +34,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.backoff import Backoff
-from herd.protocol import LineConnection
+from herd.handshake import (
+    Authenticated,
+    Handshake,
+    NotChallenged,
+    NotForUs,
+    WrongProof,
+)
+from herd.ops import OPERATOR
+from herd.protocol import LineConnection, LineHandler, SliceScheduler, Traffic
 from herd.tokens import new_nonce, peer_mac
-from herd.wire.client import Hello
+from herd.wire.client import Hello, error_reply
 from herd.wire.grammar import WireError
 from herd.wire.peer import (
-    Auth,
-    Challenge,
     Digest,
     DigestEnd,
     Lease,
@@ -50,9 +61,6 @@ from herd.wire.peer import (
     update_seq,
 )
 
-if TYPE_CHECKING:
-    from herd.server import HerdServer
-
 KEEPALIVE_SECONDS = 5.0
 MISSED_KEEPALIVES = 3
 MAX_PEER_BACKLOG = 64 * 1024 * 1024
@@ -60,6 +68,67 @@ DIAL_BACKOFF = Backoff(initial=0.1, factor=2.0, cap=1.0, jitter=0.25)
 AUTH_FAILURE_HOLD_OFF = 5.0
 
 _log = Logger()
+
+
+class PeerHandler(TypingProtocol):
+    """What the peer links need from their server: what the handshake ends and the links read
+    of it, and what each link reports (each callback gets the `PeerSession` it came from).
+    Peer links know their server only through this, so this module never imports it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def name_bytes(self) -> bytes: ...
+    @property
+    def peers(self) -> tuple[str, ...]: ...
+    @property
+    def secret(self) -> bytes: ...
+    @property
+    def clock(self) -> IReactorTime: ...
+    @property
+    def max_line(self) -> int: ...
+    @property
+    def log(self) -> Traffic: ...
+    @property
+    def slices(self) -> SliceScheduler: ...
+    @property
+    def anti_entropy_seconds(self) -> float: ...
+    @property
+    def jitter(self) -> Callable[[], float]: ...
+
+    def reply(self, connection: LineConnection, data: bytes) -> None:
+        """Answer on a client connection, in request order (a challenge, or `? line`)."""
+
+    def client_handler(self) -> LineHandler:
+        """What handles an ordinary client connection (one that fails the handshake)."""
+
+    def operator_handler(self) -> LineHandler:
+        """What handles a connection that proved the secret as `@operator`."""
+
+    def link_up(self, session: PeerSession) -> None: ...
+    def link_down(self, session: PeerSession, reason: Failure) -> None: ...
+    def peer_sync(self, session: PeerSession, sync: Sync) -> None: ...
+    def peer_update(self, session: PeerSession, update: Update) -> None: ...
+    def peer_op(self, session: PeerSession, update: OpUpdate) -> None: ...
+    def peer_record(self, session: PeerSession, record: Record) -> None: ...
+    def peer_op_record(self, session: PeerSession, record: OpRecord) -> None: ...
+    def peer_digest(self, session: PeerSession, digest: Digest) -> None: ...
+    def peer_digest_end(self, session: PeerSession) -> None: ...
+    def peer_lease(self, session: PeerSession, lease: Lease) -> None: ...
+    def peer_skipped(self, session: PeerSession, seq: int | None, what: str) -> None: ...
+    def send_digests(self, session: PeerSession) -> None: ...
+
+
+class LinkState(Enum):
+    """Where a peer link is; each state names what may be sent on it."""
+
+    SYNCING = "syncing"
+    """Up, our `SYNC` sent: only the catch-up goes out, once the peer's `SYNC` says what it
+    lacks (`synced()`)."""
+    FLOODING = "flooding"
+    """Caught up: live floods, leases and digest rounds go out too."""
+    CLOSED = "closed"
+    """Closed or lost: nothing more is sent."""
 
 
 class PeerSession:
@@ -70,7 +139,7 @@ class PeerSession:
         self,
         name: str,
         connection: LineConnection,
-        server: HerdServer,
+        server: PeerHandler,
         clock: IReactorTime,
     ) -> None:
         self.name = name
@@ -78,8 +147,7 @@ class PeerSession:
         self.connection = connection
         self.server = server
         self.instance: bytes | None = None
-        self.ready = False
-        self.closed = False
+        self.state = LinkState.SYNCING
         self._heard = True
         self._missed = 0
         self._keepalive = LoopingCall(self._tick)
@@ -101,6 +169,11 @@ class PeerSession:
         self._keepalive.start(KEEPALIVE_SECONDS, now=False)
         self._schedule_round()
 
+    def synced(self) -> None:
+        """The peer's catch-up has been sent: live floods may follow it."""
+        if self.state is LinkState.SYNCING:
+            self.state = LinkState.FLOODING
+
     def _schedule_round(self) -> None:
         """The next digest exchange, after the configured interval give or take half of it
         (jitter, so the links of a herd started together do not all compare at once)."""
@@ -108,26 +181,26 @@ class PeerSession:
         self._round = self.clock.callLater(delay, self._anti_entropy)
 
     def _anti_entropy(self) -> None:
-        if self.closed:
+        if self.state is LinkState.CLOSED:
             return
-        if self.ready:
+        if self.state is LinkState.FLOODING:
             self.server.send_digests(self)
         self._schedule_round()
 
     def send(self, data: bytes) -> None:
         """Write to the peer; a peer that stops reading for too long is dropped (it will catch
         up when the link is back, so dropping loses nothing)."""
-        if self.closed:
+        if self.state is LinkState.CLOSED:
             return
         self.connection.send(data)
         if self.connection.backlog > MAX_PEER_BACKLOG:
             _log.warn("peer {peer} is not reading: dropping the link", peer=self.name)
-            self.closed = True
+            self.state = LinkState.CLOSED
             self.connection.transport.abortConnection()  # type: ignore[union-attr]
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
+        if self.state is not LinkState.CLOSED:
+            self.state = LinkState.CLOSED
             self.connection.close()
 
     def line_received(self, connection: LineConnection, line: bytes) -> None:
@@ -186,7 +259,7 @@ class PeerSession:
             )
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
-        self.closed = True
+        self.state = LinkState.CLOSED
         if self._keepalive.running:
             self._keepalive.stop()
         if self._round is not None and self._round.active():
@@ -209,37 +282,25 @@ class PeerSession:
 class Dialer:
     """The dialing side's handshake on a fresh connection; becomes a `PeerSession`."""
 
-    def __init__(self, server: HerdServer, peer: str, clock: IReactorTime) -> None:
+    def __init__(self, server: PeerHandler, peer: str, clock: IReactorTime) -> None:
         self.server = server
         self.peer = peer
         self.clock = clock
-        self.nonce = new_nonce()
-        self._challenged = False
+        sign = partial(peer_mac, server.secret)
+        self.handshake = Handshake.dialer(sign, server.name.encode(), peer.encode(), new_nonce())
 
     def connection_made(self, connection: LineConnection) -> None:
-        hello = Hello(self.server.name.encode(), self.peer.encode(), self.nonce)
-        data = hello.to_line()
-        connection.send(data)
+        connection.send(self.handshake.send_hello())
 
     def line_received(self, connection: LineConnection, line: bytes) -> None:
-        try:
-            message = parse_peer_line(line)
-        except WireError:
-            message = None
-        if self._challenged or not isinstance(message, Challenge):
+        outcome = self.handshake.receive_challenge(line)
+        if isinstance(outcome, NotChallenged):
             self._fail(connection, f"unexpected answer to the handshake: {line[:80]!r}")
-            return
-        self._challenged = True
-        secret = self.server.secret
-        me, them = self.server.name.encode(), self.peer.encode()
-        expected = peer_mac(secret, b"acceptor", me, them, self.nonce, message.nonce)
-        if not hmac.compare_digest(expected, message.mac):
+        elif isinstance(outcome, WrongProof):
             self._fail(connection, "the peer does not know the herd secret")
-            return
-        auth = Auth(peer_mac(secret, b"dialer", me, them, self.nonce, message.nonce)).to_line()
-        connection.send(auth)
-        session = PeerSession(self.peer, connection, self.server, self.clock)
-        session.start()
+        else:
+            connection.send(outcome.auth)
+            PeerSession(self.peer, connection, self.server, self.clock).start()
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
         _log.info("link to {peer} lost during the handshake", peer=self.peer)
@@ -247,6 +308,62 @@ class Dialer:
     def _fail(self, connection: LineConnection, why: str) -> None:
         _log.error("link to {peer} refused: {why}", peer=self.peer, why=why)
         connection.handler = _HoldOff(connection, self.clock)
+
+
+@runtime_checkable
+class ClientRole(TypingProtocol):
+    """A client connection's handler: its role, and the pushes it asked for, end when the
+    connection is challenged to become a link."""
+
+    def unsubscribe(self) -> None: ...
+
+
+def answer_hello(
+    server: PeerHandler, connection: LineConnection, hello: Hello, line: bytes
+) -> None:
+    """The acceptor's side: a server (or the operator's `herd user` command) asks to become a
+    peer link: challenge it; it stays an ordinary client until it proves it knows the secret."""
+    known = (*server.peers, OPERATOR)
+    sign = partial(peer_mac, server.secret)
+    handshake = Handshake.acceptor(sign, server.name_bytes, known, new_nonce())
+    outcome = handshake.receive_hello(hello)
+    if isinstance(outcome, NotForUs):
+        server.reply(connection, error_reply(line))
+        return
+    if isinstance(connection.handler, ClientRole):
+        connection.handler.unsubscribe()  # the client role, and what it asked for, end here
+    connection.handler = AwaitingAuth(server, handshake)
+    server.reply(connection, outcome.challenge)
+
+
+class AwaitingAuth:
+    """A connection that said HERD-HELLO and was challenged: its next line must be HERD-AUTH
+    with the right proof, or it goes back to being an ordinary client."""
+
+    def __init__(self, server: PeerHandler, handshake: Handshake) -> None:
+        self.server = server
+        self.handshake = handshake
+
+    def line_received(self, connection: LineConnection, line: bytes) -> Deferred[None] | None:
+        server = self.server
+        outcome = self.handshake.receive_auth(line)
+        if outcome is None:
+            return None
+        if isinstance(outcome, Authenticated):
+            if outcome.dialer == OPERATOR:
+                connection.handler = server.operator_handler()
+                return None
+            connection.label = outcome.dialer
+            PeerSession(outcome.dialer, connection, server, server.clock).start()
+            return None
+        if outcome.wrong_proof:
+            _log.warn("failed peer authentication from {client}", client=connection.label)
+        client = server.client_handler()
+        connection.handler = client
+        return client.line_received(connection, line)
+
+    def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
+        return
 
 
 class _HoldOff:
@@ -276,7 +393,7 @@ class _DialConnection(LineConnection):
 class DialFactory(Factory):
     """Builds the dialing side of one link (a fresh handshake per connection)."""
 
-    def __init__(self, server: HerdServer, peer: str, clock: IReactorTime) -> None:
+    def __init__(self, server: PeerHandler, peer: str, clock: IReactorTime) -> None:
         self.server = server
         self.peer = peer
         self.clock = clock

@@ -9,7 +9,6 @@ wait for the batch holding every change made before them (and go out after that 
 
 from __future__ import annotations
 
-import hmac
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING, get_args
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from herd.changes import Change, ChangeFeed
 from herd.extensions import CommandHandler, Extension
@@ -31,17 +29,16 @@ from herd.handlers.planning import OpIds, Planning, run_as
 from herd.handlers.sessions import AuthChecks, ClientHandler, Sessions
 from herd.leases import Leases
 from herd.offload import RunBlocking
-from herd.ops import OPERATOR, Body, Op
-from herd.peers import PeerSession
+from herd.ops import Body, Op
+from herd.peers import PeerSession, answer_hello
 from herd.protocol import ConnectionLimits, LineConnection, SliceScheduler, Slot
 from herd.records import LocationTable, OpLog, Sequencer
 from herd.state import PlanningState
 from herd.store import GroupCommitter, Snapshot
-from herd.tokens import new_nonce, peer_mac
 from herd.wire.client import Hello, IAmAt, Status, WhatsAt, error_reply
 from herd.wire.commands import CLIENT_PORT
 from herd.wire.grammar import WireError, redact_secrets
-from herd.wire.peer import Auth, Challenge, max_at_line, max_op_payload, parse_peer_line
+from herd.wire.peer import max_at_line, max_op_payload
 from herd.wire.planning import Login, StateCommand, Suggest, Unsubscribe
 from herd.zones import position_lookup
 
@@ -172,7 +169,9 @@ class HerdServer:
             IAmAt: self.locations.iamat,
             WhatsAt: self.locations.whatsat,
             Status: self.locations.status,
-            Hello: lambda connection, session, hello, line: self._hello(connection, hello, line),
+            Hello: lambda connection, session, hello, line: answer_hello(
+                self, connection, hello, line
+            ),
             Login: self.sessions.login,
             Unsubscribe: self.sessions.unsubscribe,
             Suggest: planning.suggest,
@@ -184,6 +183,9 @@ class HerdServer:
     def register(self, extension: Extension) -> None:
         """Serve the commands `extension` handles (until then they are answered `? <line>`)."""
         self._handlers.update(extension.handlers(self))
+
+    def operator_handler(self) -> OperatorHandler:
+        return OperatorHandler(self)
 
     def client_handler(self) -> ClientHandler:
         return ClientHandler(self)
@@ -253,20 +255,6 @@ class HerdServer:
         """Run `callback` once every change made so far is durable."""
         self.committer.after_commit(callback)
 
-    def _hello(self, connection: LineConnection, hello: Hello, line: bytes) -> None:
-        """A server (or the operator's `herd user` command) asks to become a peer link:
-        challenge it; it stays an ordinary client until it proves it knows the secret."""
-        dialer = hello.sender.decode("utf-8", "replace")
-        if hello.receiver != self.name_bytes or (dialer not in self.peers and dialer != OPERATOR):
-            self.reply(connection, error_reply(line))
-            return
-        nonce = new_nonce()
-        mac = peer_mac(self.secret, b"acceptor", hello.sender, self.name_bytes, hello.nonce, nonce)
-        if isinstance(connection.handler, ClientHandler):
-            connection.handler.unsubscribe()  # the client role, and what it asked for, end here
-        connection.handler = _AwaitingAuth(self, dialer, hello, nonce)
-        self.reply(connection, Challenge(nonce, mac).to_line())
-
     def operator_line(self, connection: LineConnection, line: bytes) -> None:
         """A line from an authenticated operator connection (`herd user`)."""
         self.operator.line(connection, line)
@@ -290,47 +278,3 @@ class HerdServer:
     def idle(self) -> Deferred[None]:
         """Fires once every accepted change is durable (for a clean stop)."""
         return self.committer.idle()
-
-
-class _AwaitingAuth:
-    """A connection that said HERD-HELLO and was challenged: its next line must be HERD-AUTH
-    with the right proof, or it goes back to being an ordinary client."""
-
-    def __init__(self, server: HerdServer, dialer: str, hello: Hello, nonce: bytes) -> None:
-        self.server = server
-        self.dialer = dialer
-        self.hello = hello
-        self.nonce = nonce
-
-    def line_received(self, connection: LineConnection, line: bytes) -> Deferred[None] | None:
-        server = self.server
-        try:
-            message = parse_peer_line(line)
-        except WireError:
-            message = None
-        else:
-            if message is None:
-                return None
-        if isinstance(message, Auth):
-            expected = peer_mac(
-                server.secret,
-                b"dialer",
-                self.hello.sender,
-                server.name_bytes,
-                self.hello.nonce,
-                self.nonce,
-            )
-            if hmac.compare_digest(expected, message.mac):
-                if self.dialer == OPERATOR:
-                    connection.handler = OperatorHandler(server)
-                    return None
-                connection.label = self.dialer
-                PeerSession(self.dialer, connection, server, server.clock).start()
-                return None
-            _log.warn("failed peer authentication from {client}", client=connection.label)
-        handler = server.client_handler()
-        connection.handler = handler
-        return server.client_line(connection, handler, line)
-
-    def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
-        return

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from herd.handlers.core import Core
 from herd.ops import Op
+from herd.peers import LinkState
 from herd.records import BUCKETS, Location, LoggedOp, Outcome, changes_since, op_origin
 from herd.wire.grammar import WireError
 from herd.wire.peer import (
@@ -99,7 +100,7 @@ class Flooding:
             peer=session.name,
             count=len(missing),
         )
-        session.ready = True
+        session.synced()
         leases = [] if self.core.leases is None else self.core.leases.entries()
         if leases:
             session.send(b"".join(Lease(name.encode(), ns).to_line() for name, ns in leases))
@@ -228,7 +229,7 @@ class Flooding:
     def _send_repair(self, session: PeerSession, lines: Iterator[bytes]) -> None:
         """Write `lines` a chunk per reactor turn (waiting while the link's buffer is full),
         so a large repair never holds the reactor or the link's other traffic for long."""
-        if session.closed:
+        if session.state is LinkState.CLOSED:
             return
         if session.connection.backlog:
             self.core.clock.callLater(REPAIR_WAIT, self._send_repair, session, lines)
@@ -290,7 +291,11 @@ class Flooding:
         """Not held for a commit: nothing about a lease is stored."""
         line = lease.to_line()
         for session in list(self.core.links.values()):
-            if session.ready and session is not source and session.name_bytes != lease.server:
+            if (
+                session.state is LinkState.FLOODING
+                and session is not source
+                and session.name_bytes != lease.server
+            ):
                 session.send(line)
 
     def _mark(self, session: PeerSession, seq: int) -> None:
@@ -323,7 +328,7 @@ class Flooding:
 
     def _release(self, floods: list[tuple[bytes, PeerSession | None, bytes]]) -> None:
         for session in list(self.core.links.values()):
-            if not session.ready:
+            if session.state is not LinkState.FLOODING:
                 continue
             name = session.name_bytes
             data = b"".join(

@@ -12,13 +12,16 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from herd.handshake import Handshake, WrongProof
+from herd.operator import dial_handshake
 from herd.ops import OPERATOR
 from herd.tokens import hash_token, new_nonce, peer_mac
-from herd.wire.peer import Challenge, parse_peer_line
+from herd.wire.peer import Auth
 
 from .harness import (
     NAMES,
@@ -74,18 +77,25 @@ def invite_reply(herd: Herd, user: str, token: str, invitee: str) -> bytes:
         return client.request(f"INVITE {event} {invitee}".encode())
 
 
-def operator_handshake(port: int, server: str, secret: bytes) -> Client:
-    """A connection that says HERD-HELLO as `@operator` and answers the challenge with a proof
-    made with `secret` (whether or not the server's proof matched it)."""
+def operator_handshake(port: int, server: str) -> Client:
+    """A connection that has done `herd user`'s handshake with the herd secret."""
     client = Client(port)
-    me, them, nonce = OPERATOR.encode(), server.encode(), new_nonce()
-    client.send(b"HERD-HELLO %s %s %s\n" % (me, them, nonce))
-    challenge = parse_peer_line(client.line().rstrip(b"\n"))
-    assert isinstance(challenge, Challenge)
-    client.send(
-        b"HERD-AUTH " + peer_mac(secret, b"dialer", me, them, nonce, challenge.nonce) + b"\n"
-    )
+    me, them = OPERATOR.encode(), server.encode()
+    client.send(dial_handshake(SECRET.encode(), me, them, client.send, client.line))
     return client
+
+
+def forged_proof(client: Client, dialer: bytes, server: bytes, guess: bytes) -> bytes:
+    """The handshake of someone who does not know the secret and guesses `guess`: the
+    server's proof shows the guess is wrong; the `HERD-AUTH` made with it anyway, to send."""
+    nonce = new_nonce()
+    handshake = Handshake.dialer(partial(peer_mac, guess), dialer, server, nonce)
+    client.send(handshake.send_hello())
+    outcome = handshake.receive_challenge(client.line().rstrip(b"\n"))
+    assert isinstance(outcome, WrongProof), outcome
+    return Auth(
+        peer_mac(guess, b"dialer", dialer, server, nonce, outcome.challenge.nonce)
+    ).to_line()
 
 
 def hello_count(herd: Herd) -> int:
@@ -160,7 +170,7 @@ def test_a_malformed_operator_line_is_refused_and_changes_nothing(pair: Herd) ->
         (b"USER-TOKEN carol " + forged.encode() + b" extra", b"ERR bad-field: "),
         (b"USER-TOKEN carol scrypt$1$1$1$00$00", b"ERR bad-hash: "),
     ]
-    with operator_handshake(pair.port("Bailey"), "Bailey", SECRET.encode()) as operator:
+    with operator_handshake(pair.port("Bailey"), "Bailey") as operator:
         for line, expected in refusals:
             reply = operator.request(line)
             assert reply.startswith(expected) and reply.count(b"\n") == 1, (line, reply)
@@ -213,19 +223,16 @@ def test_without_a_secret_the_operator_and_peers_need_the_data_dir(tmp_path: Pat
 
         # Anyone who cannot read the secret file is left with the empty secret.
         forged = hash_token(KNOWN_TOKEN, bytes(16))
-        with operator_handshake(herd.port("Bailey"), "Bailey", b"") as intruder:
+        with Client(herd.port("Bailey")) as intruder:
+            intruder.send(forged_proof(intruder, OPERATOR.encode(), b"Bailey", b""))
             assert intruder.line().startswith(b"? HERD-AUTH ")
             assert intruder.request(b"USER-TOKEN alice " + forged.encode()) == (
                 b"? USER-TOKEN alice " + forged.encode() + b"\n"
             )
-        me, them, nonce = b"Bona", b"Bailey", new_nonce()
         with Client(herd.port("Bailey")) as peer:
-            peer.send(b"HERD-HELLO %s %s %s\n" % (me, them, nonce))
-            challenge = parse_peer_line(peer.line().rstrip(b"\n"))
-            assert isinstance(challenge, Challenge)
-            proof = peer_mac(b"", b"dialer", me, them, nonce, challenge.nonce)
+            auth = forged_proof(peer, b"Bona", b"Bailey", b"")
             update = b"U 999 AT Bona +0.000000001 forged-client +10.0+10.0 " + now_time()
-            peer.send(b"HERD-AUTH " + proof + b"\nSYNC 0123456789abcdef - 0\n" + update + b"\n")
+            peer.send(auth + b"SYNC 0123456789abcdef - 0\n" + update + b"\n")
             assert peer.line().startswith(b"? HERD-AUTH ")
         # (An unknown client is answered at once; a known one would wait for the places index.)
         assert herd.at_line("Bailey", b"forged-client") is None

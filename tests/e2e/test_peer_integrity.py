@@ -5,16 +5,14 @@
 - a line cut by the end of a peer connection is never applied nor marked;
 - anti-entropy: servers find and repair differences that catch-up cannot see.
 
-A "fake peer" here is a test client that knows the herd secret: it does the handshake of
-`herd.peers` as a configured server that is not running, then speaks peer lines.
+A "fake peer" here is a test client that knows the herd secret: it does the dialer's handshake
+(`herd.operator.dial_handshake`) as a configured server that is not running, then speaks peer
+lines.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
-import re
 import socket
 import sqlite3
 import threading
@@ -22,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from herd.operator import dial_handshake
 
 from .harness import (
     SECRET,
@@ -38,13 +38,6 @@ from .harness import (
 )
 
 POSITION = b"+34.068930-118.445127"
-NONCE = b"0123456789abcdef" * 2
-
-
-def peer_mac(role: bytes, dialer: bytes, acceptor: bytes, nd: bytes, na: bytes) -> bytes:
-    """As `herd.tokens.peer_mac`, written out again so a change there cannot pass unnoticed."""
-    message = b"|".join((b"renga-peer-v1", role, dialer, acceptor, nd, na))
-    return hmac.new(SECRET.encode(), message, hashlib.sha256).hexdigest().encode()
 
 
 class FakePeer(Client):
@@ -52,11 +45,7 @@ class FakePeer(Client):
 
     def __init__(self, port: int, dialer: bytes, acceptor: bytes, instance: bytes) -> None:
         super().__init__(port)
-        challenge = self.request(b"HERD-HELLO %s %s %s" % (dialer, acceptor, NONCE))
-        match = re.fullmatch(rb"HERD-CHALLENGE ([0-9a-f]+) ([0-9a-f]+)\n", challenge)
-        assert match is not None, challenge
-        assert match[2] == peer_mac(b"acceptor", dialer, acceptor, NONCE, match[1])
-        self.send(b"HERD-AUTH %s\n" % peer_mac(b"dialer", dialer, acceptor, NONCE, match[1]))
+        self.send(dial_handshake(SECRET.encode(), dialer, acceptor, self.send, self.line))
         sync = self.line().split()
         assert sync[0] == b"SYNC", sync
         self.known, self.mark = sync[2], int(sync[3])  # what the server has read of us

@@ -12,10 +12,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
+from herd.operator import dial_handshake
 from herd.ops import OPERATOR
-from herd.tokens import hash_token, new_nonce, peer_mac
-from herd.wire.client import Hello
-from herd.wire.peer import Challenge, parse_peer_line
+from herd.tokens import hash_token
 from notifier.build import Host, build_notifier
 from notifier.channels.line import LineHub
 from notifier.feed import NotifierListener, load
@@ -126,16 +125,18 @@ def attach(node: Node, presence: Presence = offline, clock: Clock | None = None)
 def operator(node: Node, command: str) -> bytes:
     """What `herd user` does: the operator handshake, then one command."""
     connection, transport = node.client()
-    nonce = new_nonce()
-    me, them = OPERATOR.encode(), node.name.encode()
-    connection.dataReceived(Hello(me, them, nonce).to_line())
-    node.clock.advance(0)
-    challenge = parse_peer_line(transport.value().rstrip(b"\n"))
-    assert isinstance(challenge, Challenge)
-    transport.clear()
-    proof = peer_mac(SECRET, b"dialer", me, them, nonce, challenge.nonce)
-    connection.dataReceived(b"HERD-AUTH " + proof + b"\n" + command.encode() + b"\n")
-    node.clock.advance(0)
+
+    def send(data: bytes) -> None:
+        connection.dataReceived(data)
+        node.clock.advance(0)
+
+    def read_line() -> bytes:
+        line: bytes = transport.value()
+        transport.clear()
+        return line
+
+    auth = dial_handshake(SECRET, OPERATOR.encode(), node.name.encode(), send, read_line)
+    send(auth + command.encode() + b"\n")
     data: bytes = transport.value()
     return data
 

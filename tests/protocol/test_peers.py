@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,14 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump
 
-from herd.peers import KEEPALIVE_SECONDS, MISSED_KEEPALIVES, DialFactory, retry_policy
+from herd.peers import (
+    AUTH_FAILURE_HOLD_OFF,
+    KEEPALIVE_SECONDS,
+    MISSED_KEEPALIVES,
+    DialFactory,
+    LinkState,
+    retry_policy,
+)
 from tests.protocol.harness import Node, link, make_node, settle
 
 TOPOLOGY = {"A": ("B",), "B": ("A", "C"), "C": ("B",)}
@@ -131,6 +140,53 @@ def test_dialer_with_another_secret_is_not_linked(tmp_path: Path, clock: Clock) 
     assert pump.clientIO.disconnected
     stranger.close()
     b.close()
+
+
+def test_a_dialer_refused_by_name_is_held_off(tmp_path: Path, clock: Clock) -> None:
+    """B does not list X as a peer: it answers `? HERD-HELLO …`, and X keeps the connection
+    silent for the hold-off before closing it (then its service dials again)."""
+    stranger = make_node(tmp_path / "x", "X", ("B",), clock)
+    b = make_node(tmp_path / "b", "B", ("A",), clock)
+    pump = link(stranger, b)
+    settle(clock, [pump])
+    assert b" sent ?:? ? HERD-HELLO X B " in traffic(b)
+    assert stranger.server.links == {} and b.server.links == {}
+    clock.advance(AUTH_FAILURE_HOLD_OFF - 0.1)
+    pump.flush(advanceClock=False)
+    assert not pump.clientIO.disconnected
+    clock.advance(0.1)
+    pump.flush(advanceClock=False)
+    assert pump.clientIO.disconnected
+    stranger.close()
+    b.close()
+
+
+def test_a_link_floods_once_synced_and_is_closed_when_lost(
+    chain: dict[str, Node], clock: Clock
+) -> None:
+    pump = link(chain["A"], chain["B"])
+    a_end = None
+    for _ in range(50):  # one step at a time, to see the dialer's end before B's SYNC
+        clock.advance(0)
+        pump.pump(advanceClock=False)
+        a_end = chain["A"].server.links.get("B")
+        if a_end is not None:
+            break
+    assert a_end is not None and a_end.state is LinkState.SYNCING
+    settle(clock, [pump])
+    b_end = chain["B"].server.links["A"]
+    assert a_end.state is b_end.state is LinkState.FLOODING
+    pump.clientIO.loseConnection()
+    settle(clock, [pump])
+    assert a_end.state is b_end.state is LinkState.CLOSED
+    a_end.synced()
+    assert a_end.state is LinkState.CLOSED
+
+
+def test_peer_links_do_not_import_the_server() -> None:
+    """`PeerHandler` is all a link knows of its server: no import cycle."""
+    check = "import sys, herd.peers; sys.exit('herd.server' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0
 
 
 def reconnect(chain: dict[str, Node], pump: IOPump, clock: Clock) -> IOPump:

@@ -10,36 +10,17 @@ import pytest
 from twisted.internet.task import Clock
 
 from herd.extensions import JidLinks, OptOuts
-from herd.ops import OPERATOR
-from herd.tokens import auth_delay, hash_token, new_nonce, peer_mac
-from herd.wire.client import Hello
-from herd.wire.peer import Challenge, parse_peer_line
-from tests.protocol.harness import SECRET, Node, link, make_node, settle
+from herd.tokens import auth_delay, hash_token
+from tests.protocol.harness import Node, link, make_node, settle
+from tests.protocol.notify_harness import operator
 
 TOPOLOGY = {"A": ("B",), "B": ("A", "C"), "C": ("B",)}
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789"}
 
 
-def operator(node: Node, command: bytes) -> bytes:
-    """What `herd user` does: the operator handshake, then one command."""
-    connection, transport = node.client()
-    nonce = new_nonce()
-    me, them = OPERATOR.encode(), node.name.encode()
-    connection.dataReceived(Hello(me, them, nonce).to_line())
-    node.clock.advance(0)
-    challenge = parse_peer_line(transport.value().rstrip(b"\n"))
-    assert isinstance(challenge, Challenge)
-    assert challenge.mac == peer_mac(SECRET, b"acceptor", me, them, nonce, challenge.nonce)
-    transport.clear()
-    proof = peer_mac(SECRET, b"dialer", me, them, nonce, challenge.nonce)
-    connection.dataReceived(b"HERD-AUTH " + proof + b"\n" + command + b"\n")
-    node.clock.advance(0)
-    return transport.value()
-
-
 def add_user(node: Node, user: str) -> None:
     digest = hash_token(TOKENS[user], b"salt" * 4)
-    assert operator(node, f"USER-ADD {user} {digest}".encode()) == f"OK {user}\n".encode()
+    assert operator(node, f"USER-ADD {user} {digest}") == f"OK {user}\n".encode()
 
 
 class Session:
