@@ -12,16 +12,12 @@ from twisted.internet.defer import DeferredList
 
 from herd.config import PlacesConfig
 from herd.geo import distance_m
-from herd.places import (
-    GooglePlaces,
-    OfflinePlaces,
-    PlacesAnswer,
-    VenueFileError,
-    make_provider,
-    open_index,
-    read_venue_file,
-    tls_available,
-)
+from herd.places.answers import PlacesAnswer
+from herd.places.google import GooglePlaces
+from herd.places.index import open_index
+from herd.places.offline import OfflinePlaces
+from herd.places.venue_files import VenueFileError, read_venue_file
+from herd.places.wiring import make_provider, tls_available
 
 UCLA = (34.068930, -118.445127)
 SUVA = (-18.1416, 178.4419)
