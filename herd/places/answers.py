@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 
 PlacesAnswer = dict[str, object]
+"""Google's legacy Nearby Search answer: html_attributions, results (cut to the limit), status."""
 
 
 class PlacesProvider(Protocol):
@@ -50,6 +51,7 @@ DEFAULT_VENUE_TYPES = ("point_of_interest",)
 
 
 def places_answer(status: str, results: list[object]) -> PlacesAnswer:
+    """An answer of our own making (Google's carry their own attributions)."""
     return {"html_attributions": [], "results": results, "status": status}
 
 
