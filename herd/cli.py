@@ -201,7 +201,7 @@ def _prepare_places(config: HerdConfig) -> None:
     them waits for it on its first WHATSAT."""
     if config.places.provider != "offline":
         return
-    from herd.places import DEFAULT_MIN_POPULATION, open_index
+    from herd.places.index import DEFAULT_MIN_POPULATION, open_index
 
     print("herd: preparing the offline places index...", file=sys.stderr, flush=True)
     open_index(config.data_dir, config.places.files, DEFAULT_MIN_POPULATION).close()

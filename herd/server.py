@@ -43,7 +43,7 @@ from herd.wire.planning import Login, StateCommand, Suggest, Unsubscribe
 from herd.zones import position_lookup
 
 if TYPE_CHECKING:
-    from herd.places import PlacesProvider
+    from herd.places.answers import PlacesProvider
     from herd.traffic import TrafficLog
 
 _log = Logger()

@@ -31,7 +31,9 @@ from herd.extensions import JidLinks, LinePushes, OptOuts
 from herd.handlers.core import ServerSettings
 from herd.leases import LeaseSettings
 from herd.peers import DialFactory, retry_policy
-from herd.places import OfflinePlaces, PlacesProvider, make_provider
+from herd.places.answers import PlacesProvider
+from herd.places.offline import OfflinePlaces
+from herd.places.wiring import make_provider
 from herd.protocol import LineConnection
 from herd.secretfile import choose_secret, read_or_create_secret
 from herd.server import HerdServer, Replica

@@ -16,7 +16,7 @@ from herd.zones import Position
 
 if TYPE_CHECKING:
     from herd.changes import Change, ChangeContext
-    from herd.places import OfflinePlaces
+    from herd.places.offline import OfflinePlaces
     from herd.state import PlanningState
 
 __all__ = [

@@ -26,7 +26,7 @@ from herd.wire.peer import update_line
 
 if TYPE_CHECKING:
     from herd.peers import PeerSession
-    from herd.places import PlacesAnswer, PlacesProvider
+    from herd.places.answers import PlacesAnswer, PlacesProvider
 
 _log = Logger()
 Flood = Callable[[bytes, "PeerSession | None", bytes], None]

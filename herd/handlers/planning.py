@@ -30,7 +30,7 @@ from herd.zones import PositionOf
 
 if TYPE_CHECKING:
     from herd.peers import PeerSession
-    from herd.places import PlacesAnswer, PlacesProvider
+    from herd.places.answers import PlacesAnswer, PlacesProvider
 
 _log = Logger()
 _BOT_ADDRESS = UNIXAddress(None)

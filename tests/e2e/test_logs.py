@@ -114,7 +114,7 @@ def exit_code(proc: subprocess.Popen[bytes], stderr: Stderr, timeout: float) -> 
 def index_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir holding the offline places index, built as `herd up` builds it, so that no
     server of these tests builds one (it would write a large file under the size limit)."""
-    from herd.places import DEFAULT_MIN_POPULATION, open_index
+    from herd.places.index import DEFAULT_MIN_POPULATION, open_index
 
     seed = tmp_path_factory.mktemp("index")
     open_index(seed, (), DEFAULT_MIN_POPULATION).close()

@@ -14,7 +14,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from herd.places import GooglePlaces, PlacesAnswer
+from herd.places.answers import PlacesAnswer
+from herd.places.google import GooglePlaces
 
 UCLA = (34.068930, -118.445127)
 KEY = "k&y=1/ä"

@@ -9,7 +9,7 @@ import pytest
 
 from herd.config import ConfigError
 from herd.errors import HerdError
-from herd.places import VenueFileError
+from herd.places.venue_files import VenueFileError
 from herd.protocol import LineTooLong
 from herd.secretfile import SecretFileError
 from notifier.channels.xmpp import XmppLoginError

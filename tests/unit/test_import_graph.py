@@ -18,6 +18,9 @@ PACKAGES: Final = ("herd", "notifier")
 PURE: Final = (
     "herd.wire",  # and, as a package, every module in it
     "herd.geo",
+    "herd.places.answers",
+    "herd.places.venue_files",
+    "herd.places.ranking",
     "herd.ops",
     "herd.views",
     "herd.state",

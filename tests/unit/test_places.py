@@ -12,16 +12,13 @@ from twisted.internet.defer import DeferredList
 
 from herd.config import PlacesConfig
 from herd.geo import distance_m
-from herd.places import (
-    GooglePlaces,
-    OfflinePlaces,
-    PlacesAnswer,
-    VenueFileError,
-    make_provider,
-    open_index,
-    read_venue_file,
-    tls_available,
-)
+from herd.offload import RunBlocking
+from herd.places.answers import PlacesAnswer
+from herd.places.google import GooglePlaces
+from herd.places.index import open_index
+from herd.places.offline import OfflinePlaces, Stage
+from herd.places.venue_files import VenueFileError
+from herd.places.wiring import index_thread, make_provider, tls_available
 
 UCLA = (34.068930, -118.445127)
 SUVA = (-18.1416, 178.4419)
@@ -62,6 +59,11 @@ def _reactor():  # type: ignore[no-untyped-def]
     return reactor
 
 
+def _load_thread() -> RunBlocking:
+    """The index loads on a thread of its own, as make_provider has it."""
+    return index_thread(_reactor())
+
+
 @pytest.fixture(scope="session")
 def venue_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ...]:
     folder = tmp_path_factory.mktemp("venues")
@@ -81,7 +83,7 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory, venue_files: tuple[Path,
 
 @pytest_twisted.async_yield_fixture
 async def places(index_dir: Path, venue_files: tuple[Path, ...]) -> AsyncIterator[OfflinePlaces]:
-    provider = OfflinePlaces(index_dir, venue_files, _reactor())
+    provider = OfflinePlaces(index_dir, venue_files, _load_thread())
     await provider.start()
     yield provider
     await provider.close()
@@ -213,7 +215,7 @@ async def test_add_venue(places: OfflinePlaces) -> None:
 async def test_venues_added_before_the_index_is_ready(
     index_dir: Path, venue_files: tuple[Path, ...]
 ) -> None:
-    provider = OfflinePlaces(index_dir, venue_files, _reactor())
+    provider = OfflinePlaces(index_dir, venue_files, _load_thread())
     try:
         provider.add_venue("event:1", "First try", 1, 1)
         provider.add_venue("event:1", "Picnic spot", 34.0690, -118.4450)
@@ -228,7 +230,7 @@ async def test_venues_added_before_the_index_is_ready(
 
 
 def test_add_venue_rejects_bad_values(tmp_path: Path) -> None:
-    provider = OfflinePlaces(tmp_path, (), _reactor(), min_population=None)
+    provider = OfflinePlaces(tmp_path, (), _load_thread(), min_population=None)
     with pytest.raises(ValueError, match="latitude"):
         provider.add_venue("a", "A", 91, 0)
     with pytest.raises(ValueError, match="longitude"):
@@ -243,8 +245,8 @@ def test_add_venue_rejects_bad_values(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_deterministic(index_dir: Path, venue_files: tuple[Path, ...]) -> None:
-    first = OfflinePlaces(index_dir, venue_files, _reactor())
-    second = OfflinePlaces(index_dir, venue_files, _reactor())
+    first = OfflinePlaces(index_dir, venue_files, _load_thread())
+    second = OfflinePlaces(index_dir, venue_files, _load_thread())
     try:
         for center in (UCLA, SUVA, (35.68, 139.69)):
             a, b = await first.nearby(*center, 50, 20), await second.nearby(*center, 50, 20)
@@ -256,7 +258,7 @@ async def test_deterministic(index_dir: Path, venue_files: tuple[Path, ...]) -> 
 
 @pytest_twisted.ensureDeferred
 async def test_nearby_before_start_waits(index_dir: Path, venue_files: tuple[Path, ...]) -> None:
-    provider = OfflinePlaces(index_dir, venue_files, _reactor())
+    provider = OfflinePlaces(index_dir, venue_files, _load_thread())
     try:
         answers = await DeferredList(
             [provider.nearby(*UCLA, 1, 5) for _ in range(3)], fireOnOneErrback=True
@@ -270,7 +272,7 @@ async def test_nearby_before_start_waits(index_dir: Path, venue_files: tuple[Pat
 async def test_closed_provider_answers_unknown_error(
     index_dir: Path, venue_files: tuple[Path, ...]
 ) -> None:
-    provider = OfflinePlaces(index_dir, venue_files, _reactor())
+    provider = OfflinePlaces(index_dir, venue_files, _load_thread())
     await provider.start()
     await provider.close()
     answer = await provider.nearby(*UCLA, 1, 5)
@@ -278,8 +280,48 @@ async def test_closed_provider_answers_unknown_error(
 
 
 @pytest_twisted.ensureDeferred
+async def test_stages_from_new_to_closed(index_dir: Path, venue_files: tuple[Path, ...]) -> None:
+    provider = OfflinePlaces(index_dir, venue_files, _load_thread())
+    assert provider.stage is Stage.NEW
+    started = provider.start()
+    assert provider.stage is Stage.LOADING
+    await started
+    assert provider.stage is Stage.READY
+    await provider.close()
+    assert provider.stage is Stage.CLOSED
+    await provider.start()  # a start that worked stays worked
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_while_loading(index_dir: Path, venue_files: tuple[Path, ...]) -> None:
+    provider = OfflinePlaces(index_dir, venue_files, _load_thread())
+    started = provider.start()
+    closed = provider.close()
+    assert provider.stage is Stage.CLOSING
+    assert (await provider.nearby(*UCLA, 1, 5))["status"] == "UNKNOWN_ERROR"
+    await closed
+    assert provider.stage is Stage.CLOSED
+    await started
+    assert (await provider.nearby(*UCLA, 1, 5))["status"] == "UNKNOWN_ERROR"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_start_stays_failed_once_closed(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.geojson"
+    bad.write_text("{}", encoding="utf-8")
+    provider = OfflinePlaces(tmp_path / "data", [bad], _load_thread(), min_population=None)
+    with pytest.raises(VenueFileError):
+        await provider.start()
+    assert provider.stage is Stage.FAILED
+    await provider.close()
+    assert provider.stage is Stage.CLOSED
+    with pytest.raises(VenueFileError):
+        await provider.start()
+
+
+@pytest_twisted.ensureDeferred
 async def test_close_before_start(tmp_path: Path) -> None:
-    provider = OfflinePlaces(tmp_path, (), _reactor())
+    provider = OfflinePlaces(tmp_path, (), _load_thread())
     await provider.close()
     with pytest.raises(RuntimeError, match="closed"):
         await provider.start()
@@ -292,7 +334,7 @@ async def test_servers_racing_build_one_index(
     tmp_path: Path, venue_files: tuple[Path, ...]
 ) -> None:
     providers = [
-        OfflinePlaces(tmp_path, venue_files, _reactor(), min_population=None) for _ in range(5)
+        OfflinePlaces(tmp_path, venue_files, _load_thread(), min_population=None) for _ in range(5)
     ]
     try:
         await DeferredList([p.start() for p in providers], fireOnOneErrback=True)
@@ -311,7 +353,7 @@ async def test_changed_sources_replace_the_old_index(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     for name in ("Old Cafe", "New Cafe"):
         venues.write_text(f"name,latitude,longitude\n{name},1,1\n", encoding="utf-8")
-        provider = OfflinePlaces(data_dir, [venues], _reactor(), min_population=None)
+        provider = OfflinePlaces(data_dir, [venues], _load_thread(), min_population=None)
         try:
             assert _names(await provider.nearby(1, 1, 1, 5)) == [name]
         finally:
@@ -323,7 +365,7 @@ async def test_changed_sources_replace_the_old_index(tmp_path: Path) -> None:
 async def test_bad_file_fails_the_start_and_answers_unknown_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("name,latitude,longitude\nCafe,1,1\nBar,north,1\n", encoding="utf-8")
-    provider = OfflinePlaces(tmp_path / "data", [bad], _reactor(), min_population=None)
+    provider = OfflinePlaces(tmp_path / "data", [bad], _load_thread(), min_population=None)
     try:
         with pytest.raises(VenueFileError, match=r"bad\.csv, line 3: could not convert"):
             await provider.start()
@@ -339,7 +381,7 @@ async def test_bad_file_fails_the_start_and_answers_unknown_error(tmp_path: Path
 async def test_lookups_waiting_for_a_failed_start(tmp_path: Path) -> None:
     bad = tmp_path / "bad.geojson"
     bad.write_text("{}", encoding="utf-8")
-    provider = OfflinePlaces(tmp_path / "data", [bad], _reactor(), min_population=None)
+    provider = OfflinePlaces(tmp_path / "data", [bad], _load_thread(), min_population=None)
     try:
         answers = [provider.nearby(1, 1, 1, 5), provider.nearby(2, 2, 1, 5)]
         for answer in answers:
@@ -350,7 +392,7 @@ async def test_lookups_waiting_for_a_failed_start(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_missing_file(tmp_path: Path) -> None:
-    provider = OfflinePlaces(tmp_path, [tmp_path / "nowhere.geojson"], _reactor())
+    provider = OfflinePlaces(tmp_path, [tmp_path / "nowhere.geojson"], _load_thread())
     try:
         with pytest.raises(VenueFileError, match=r"nowhere\.geojson: cannot read"):
             await provider.start()
@@ -358,82 +400,9 @@ async def test_missing_file(tmp_path: Path) -> None:
         await provider.close()
 
 
-def _feature(geometry: object = None, **properties: object) -> dict[str, object]:
-    return {
-        "type": "Feature",
-        "geometry": geometry or {"type": "Point", "coordinates": [2.35, 48.85]},
-        "properties": properties,
-    }
-
-
-def _collection(*features: object) -> bytes:
-    return json.dumps({"type": "FeatureCollection", "features": list(features)}).encode()
-
-
-@pytest.mark.parametrize(
-    ("name", "data", "message"),
-    [
-        ("v.geojson", b"{not json", r"v\.geojson: not valid JSON"),
-        ("v.geojson", b"[]", r"v\.geojson: not a GeoJSON FeatureCollection"),
-        ("v.json", json.dumps({"type": "Feature"}).encode(), "not a GeoJSON FeatureCollection"),
-        ("v.geojson", _collection(_feature(name="A"), {"type": "Point"}), r"features\[1\]: not a"),
-        ("v.geojson", _collection(_feature()), r"features\[0\]: name must be"),
-        ("v.geojson", _collection(_feature(name=7)), r"features\[0\]: name must be"),
-        (
-            "v.geojson",
-            _collection(_feature({"type": "Polygon", "coordinates": [[[0, 0]]]}, name="A")),
-            r"features\[0\]: geometry must be a Point",
-        ),
-        (
-            "v.geojson",
-            _collection(_feature({"type": "Point", "coordinates": [0, 95]}, name="A")),
-            r"features\[0\]: latitude 95.0 is not within",
-        ),
-        (
-            "v.geojson",
-            _collection(_feature({"type": "Point", "coordinates": [True, 5]}, name="A")),
-            r"features\[0\]: geometry must be a Point",
-        ),
-        ("v.geojson", _collection(_feature(name="A", types="cafe")), r"features\[0\]: types"),
-        ("v.geojson", _collection(_feature(name="A", types=[])), r"features\[0\]: types"),
-        ("v.geojson", _collection(_feature(name="A", vicinity=3)), r"features\[0\]: vicinity"),
-        (
-            "v.geojson",
-            _collection({"type": "Feature", "geometry": {"type": "Point", "coordinates": [0, 0]}}),
-            r"features\[0\]: properties must be",
-        ),
-        ("v.csv", b"", r"v\.csv, line 1: the header must be"),
-        ("v.csv", b"name,lat,lng\nA,1,2\n", r"v\.csv, line 1: the header must be"),
-        ("v.csv", b"name,latitude,longitude\nA,1\n", r"v\.csv, line 2: 2 fields where"),
-        ("v.csv", b"name,latitude,longitude\nA,1,2\n,3,4\n", r"v\.csv, line 3: name must"),
-        ("v.csv", b"name,latitude,longitude\nA,1,200\n", r"line 2: longitude 200.0 is not"),
-        ("v.csv", b"name,latitude,longitude\nA,inf,2\n", r"line 2: latitude inf is not"),
-        ("v.csv", b"name,latitude,longitude\n\xff,1,2\n", r"v\.csv: not UTF-8"),
-        ("v.txt", b"name,latitude,longitude\n", r"v\.txt: unknown venue file type '\.txt'"),
-    ],
-)
-def test_bad_venue_files(name: str, data: bytes, message: str) -> None:
-    with pytest.raises(VenueFileError, match=message):
-        read_venue_file(Path(name), data)
-
-
-def test_good_venue_files() -> None:
-    csv = read_venue_file(
-        Path("v.csv"), "\ufeffname,latitude,longitude\r\nCafé, 1.5 ,2\r\n".encode()
-    )
-    assert [(v.name, v.latitude, v.longitude, v.types, v.vicinity) for v in csv] == [
-        ("Café", 1.5, 2.0, ("point_of_interest",), "")
-    ]
-    geojson = read_venue_file(Path("v.GEOJSON"), _collection(_feature(name="Louvre")))
-    assert [(v.name, v.latitude, v.longitude) for v in geojson] == [("Louvre", 48.85, 2.35)]
-    assert geojson[0].place_id.startswith("venue:")
-    again = read_venue_file(Path("other.geojson"), _collection(_feature(name="Louvre")))
-    assert again[0].place_id == geojson[0].place_id
-
-
 def test_unknown_population_threshold(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="min_population"):
-        OfflinePlaces(tmp_path, (), _reactor(), min_population=100)
+        OfflinePlaces(tmp_path, (), _load_thread(), min_population=100)
 
 
 @pytest_twisted.ensureDeferred
