@@ -1,6 +1,6 @@
-"""What every benchmark shares: free ports, child processes that are always stopped, a herd of
-`herd run` processes started as a user would, CPU and memory readings from /proc, and
-percentiles.
+"""What every benchmark shares beyond the test kit (`tests.support`: ports, processes, herd
+configs, line clients): a herd of `herd run` processes pinned to CPUs and started through a
+`Processes`, CPU and memory readings from /proc, percentiles and saved results.
 
 Everything here is bounded: every wait has a deadline, and every process started through a
 `Processes` is stopped (SIGTERM, then SIGKILL) when its `with` block ends, however it ends.
@@ -14,7 +14,6 @@ import platform
 import resource
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,51 +23,23 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TextIO
+from typing import Any
 
-HOST = "127.0.0.1"
+from tests.support.herd import LINKS, NAMES, config_text, neighbours
+from tests.support.lines import peer_states
+from tests.support.ports import HOST, free_ports
+from tests.support.processes import Child, Processes
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-STOP_GRACE_SECONDS = 10.0
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-# The default herd (config/herd.toml): names and undirected links.
-HERD_NAMES: tuple[str, ...] = ("Bailey", "Bona", "Campbell", "Clark", "Jaquez")
-HERD_LINKS: tuple[tuple[str, str], ...] = (
-    ("Clark", "Jaquez"),
-    ("Clark", "Bona"),
-    ("Campbell", "Bailey"),
-    ("Campbell", "Bona"),
-    ("Campbell", "Jaquez"),
-    ("Bona", "Bailey"),
-)
 
 
 class BenchError(RuntimeError):
     """A benchmark could not run as planned (a server did not start, a deadline passed)."""
 
 
-def log(message: str) -> None:
-    """Progress to stderr, so stdout stays for results."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # --- ports and limits ------------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on loopback right now (held together while chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def raise_open_files_limit() -> int:
@@ -234,110 +205,6 @@ def ask(port: int, data: bytes, timeout: float = 2.0, host: str = HOST) -> bytes
     return b"".join(chunks)
 
 
-# --- child processes -------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path | None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def tail(self, lines: int = 20) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        text = self.log_path.read_bytes().decode("utf-8", "replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-
-class Processes:
-    """Children started in a `with` block; all are stopped when it ends, however it ends."""
-
-    def __init__(self) -> None:
-        self.children: list[Child] = []
-
-    def __enter__(self) -> Processes:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.stop_all()
-
-    def start(
-        self,
-        name: str,
-        command: Sequence[str],
-        log_path: Path | None = None,
-        stdout: int | TextIO | None = subprocess.DEVNULL,
-        stdin: int | None = subprocess.DEVNULL,
-        env: dict[str, str] | None = None,
-    ) -> Child:
-        log_file = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115
-        try:
-            process = subprocess.Popen(
-                list(command),
-                stdin=stdin,
-                stdout=stdout,
-                stderr=log_file if log_file is not None else subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        finally:
-            if log_file is not None:
-                log_file.close()
-        child = Child(name, process, log_path)
-        self.children.append(child)
-        return child
-
-    def stop(self, child: Child, grace: float = STOP_GRACE_SECONDS) -> int:
-        """SIGTERM, then SIGKILL after `grace` seconds; returns the exit code."""
-        if child.alive():
-            child.process.send_signal(signal.SIGTERM)
-            try:
-                child.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                log(f"{child.name} did not stop in {grace:.0f} s: killed")
-                child.process.kill()
-                child.process.wait()
-        if child in self.children:
-            self.children.remove(child)
-        return child.process.returncode
-
-    def kill(self, child: Child) -> None:
-        """SIGKILL, as a crash would."""
-        if child.alive():
-            child.process.kill()
-        child.process.wait()
-        if child in self.children:
-            self.children.remove(child)
-
-    def stop_all(self) -> None:
-        children = list(reversed(self.children))
-        for child in children:
-            if child.alive():
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for child in children:
-            try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log(f"{child.name} did not stop in time: killed")
-                child.process.kill()
-                child.process.wait()
-        self.children.clear()
-
-
 # --- a herd of `herd run` processes ----------------------------------------------------------
 
 
@@ -350,33 +217,25 @@ class HerdLayout:
 
     @classmethod
     def default(cls) -> HerdLayout:
-        return cls(dict(zip(HERD_NAMES, free_ports(len(HERD_NAMES)), strict=True)), HERD_LINKS)
+        return cls(dict(zip(NAMES, free_ports(len(NAMES)), strict=True)), LINKS)
 
     @classmethod
     def single(cls, name: str = "Bailey") -> HerdLayout:
         return cls({name: free_ports(1)[0]}, ())
 
-    def peers(self, name: str) -> list[str]:
-        """The peers `name` lists in the config (each link on one side, as config/herd.toml)."""
-        return sorted(b for a, b in self.links if a == name)
-
     def neighbours(self, name: str) -> set[str]:
-        return {b for a, b in self.links if a == name} | {a for a, b in self.links if b == name}
+        return neighbours(self.links).get(name, set())
 
     def config_text(self, data_dir: Path, secret: str) -> str:
-        lines = [
-            "# Written by bench/ for one benchmark run.",
-            "[herd]",
-            f"data_dir = {json.dumps(str(data_dir))}",
-            f"secret = {json.dumps(secret)}",
-            "max_line = 65536",
-            "",
-        ]
-        for name, port in self.ports.items():
-            peers = ", ".join(json.dumps(peer) for peer in self.peers(name))
-            lines += [f"[servers.{name}]", f"port = {port}", f"peers = [{peers}]", ""]
-        lines += ["[places]", 'provider = "offline"', ""]
-        return "\n".join(lines)
+        """The herd's config (`tests.support.herd.config_text`), with offline places."""
+        text = config_text(
+            self.ports, self.links, data_dir=str(data_dir), secret=secret, max_line=65536
+        )
+        return (
+            "# Written by bench/ for one benchmark run.\n"
+            + text
+            + '[places]\nprovider = "offline"\n'
+        )
 
 
 @dataclass
@@ -443,14 +302,7 @@ class Herd:
 
     def status(self, name: str) -> dict[str, str] | None:
         """The server's peer links by its STATUS command, or None if it does not answer."""
-        try:
-            reply = ask(self.port(name), b"STATUS\n", timeout=1.0)
-        except OSError:
-            return None
-        if not reply.startswith(b"STATUS "):
-            return None
-        peers: dict[str, str] = json.loads(reply[len(b"STATUS ") :])["peers"]
-        return peers
+        return peer_states(self.port(name), timeout=1.0)
 
     def linked(self, name: str) -> bool:
         peers = self.status(name)

@@ -20,18 +20,9 @@ from herd.events import OPERATOR
 from herd.peers import new_nonce, peer_mac
 from herd.planning import hash_token
 from herd.wire import Challenge, parse_peer_line
-
-from .harness import (
-    NAMES,
-    REPO,
-    SECRET,
-    Client,
-    Herd,
-    config_text,
-    now_time,
-    running_herd,
-    wait_until,
-)
+from tests.support.herd import NAMES, REPO, SECRET, Herd, config_text, running_herd
+from tests.support.lines import Client, now_time
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

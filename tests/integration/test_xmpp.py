@@ -26,8 +26,7 @@ from twisted.internet.task import deferLater
 from notifier.channels import Outgoing, PermanentDeliveryError, TransientDeliveryError
 from notifier.channels.xmpp import MAX_BODY_BYTES, STRANGER_REPLY, XmppChannel, XmppLoginError
 from notifier.localxmpp import LocalProsody
-
-from .conftest import BOT_USER, XMPP_PASSWORD
+from tests.support.fixtures import BOT_USER, XMPP_PASSWORD
 
 # Bailey as a separate process, so that it can really die (SIGKILL) with its socket open.
 BOT_PROCESS = """

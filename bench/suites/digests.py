@@ -55,13 +55,13 @@ from typing import Any
 from bench.harness import (
     BenchError,
     cpu_seconds,
-    log,
     median,
     pinned,
     rss_bytes,
     save_results,
     temp_directory,
 )
+from tests.support.processes import log
 
 GOAL = 600.0
 SAMPLE_EVERY = 0.2

@@ -32,17 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    HERD_NAMES,
     BenchError,
-    Child,
     Herd,
     HerdLayout,
-    Processes,
     cpu_count,
     cpu_seconds,
     cpu_times,
-    free_ports,
-    log,
     median,
     pinned,
     port_open,
@@ -53,7 +48,10 @@ from bench.harness import (
     wait_for,
     wait_quiet,
 )
-from bench.profiles import Recording, cprofile_table, summarise, thread_names
+from bench.tools.profiles import Recording, cprofile_table, summarise, thread_names
+from tests.support.herd import NAMES
+from tests.support.ports import free_ports
+from tests.support.processes import Child, Processes, log
 
 EFFICIENCY_GOAL = 0.3
 LOAD_TIMEOUT = 300.0
@@ -184,7 +182,7 @@ def cprofile_bailey(
     from its peers, and cProfile counts from the start), one load, then Bailey is stopped,
     which writes the profile; the per-IAMAT table of its reactor thread."""
     cpus: dict[str, int | None] = {
-        name: options.server_cpu if name == "Bailey" else options.peers_cpu for name in HERD_NAMES
+        name: options.server_cpu if name == "Bailey" else options.peers_cpu for name in NAMES
     }
     launcher = profiled_herd(path)
     herd = Herd(
@@ -250,7 +248,7 @@ def summarise_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
     others = {
         name: med("renga", "throughput", "others_cpu_us_per_iamat", name)
-        for name in HERD_NAMES
+        for name in NAMES
         if name != "Bailey"
     }
     return {
@@ -336,8 +334,7 @@ def run(options: Options) -> dict[str, Any]:
     nonce = f"{int(time.time())}"
     with Processes() as processes, temp_directory("bench-iamat-") as directory:
         cpus: dict[str, int | None] = {
-            name: options.server_cpu if name == "Bailey" else options.peers_cpu
-            for name in HERD_NAMES
+            name: options.server_cpu if name == "Bailey" else options.peers_cpu for name in NAMES
         }
         herd = Herd(processes, HerdLayout.default(), directory / "herd", cpus=cpus)
         herd.start_all()

@@ -28,14 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import (
-    HOST,
     BenchError,
-    Child,
     Herd,
     HerdLayout,
-    Processes,
-    free_ports,
-    log,
     median,
     open_fds,
     pinned,
@@ -47,6 +42,8 @@ from bench.harness import (
     wait_for,
     wait_quiet,
 )
+from tests.support.ports import HOST, free_ports
+from tests.support.processes import Child, Processes, log
 
 GOAL_BYTES_PER_CONNECTION = 3 * 1024
 HOLDERS = 2

@@ -26,19 +26,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import (
-    HOST,
     BenchError,
     Herd,
     HerdLayout,
-    Processes,
-    log,
     median,
     percentile,
     save_results,
     temp_directory,
     wait_quiet,
 )
-from bench.loadgen import new_event_loop
+from bench.tools.loadgen import new_event_loop
+from tests.support.ports import HOST
+from tests.support.processes import Processes, log
 
 GOAL_MEDIAN_MS = 5.0
 MAX_POLLS = 20_000

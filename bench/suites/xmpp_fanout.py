@@ -40,18 +40,17 @@ from typing import Any
 
 from bench.harness import (
     BenchError,
-    Processes,
     bailey_profiled,
     cpu_seconds,
-    log,
     median,
     save_results,
     temp_directory,
     wait_quiet,
 )
-from bench.lines import authed, reply_json, user_token
-from bench.loadgen import new_event_loop
-from bench.xmppscene import PASSWORD, Tool, XmppScene
+from bench.tools.lines import authed, reply_json, user_token
+from bench.tools.loadgen import new_event_loop
+from bench.tools.xmppscene import PASSWORD, Tool, XmppScene
+from tests.support.processes import Processes, log
 
 GOAL_RATIO = 0.5
 FANOUT_TIMEOUT = 120.0
@@ -241,7 +240,7 @@ def main(argv: list[str]) -> int:
             processes.stop_all()
             scene.close()
     summary = summarise(results["trials"])
-    from bench.push import breakdown
+    from bench.suites.push import breakdown
 
     results["breakdown_ms"] = breakdown(options.people, decide=True)
     renga, bare = summary["renga"], summary["bare"]
@@ -260,7 +259,7 @@ def main(argv: list[str]) -> int:
         f"  prosody limits module loaded: {results['limits']['mod_limits_loaded']}"
     )
     if options.cprofile is not None:
-        from bench.planning import cprofile_by_total
+        from bench.suites.planning import cprofile_by_total
 
         print(cprofile_by_total(options.cprofile, top=70))
     path = save_results("xmpp_fanout", {"options": vars(options), "summary": summary, **results})

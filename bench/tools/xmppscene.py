@@ -21,19 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.harness import (
-    HERD_NAMES,
-    BenchError,
-    Child,
-    Herd,
-    HerdLayout,
-    Processes,
-    log,
-    median,
-    wait_for,
-)
-from bench.lines import Operator
+from bench.harness import BenchError, Herd, HerdLayout, median, wait_for
+from bench.tools.lines import Operator
 from notifier.localxmpp import LocalProsody
+from tests.support.herd import NAMES
+from tests.support.processes import Child, Processes, log
 
 PASSWORD = "bench-pw"
 BOT = "renga"
@@ -249,7 +241,7 @@ class XmppScene:
             herd.check_alive()
             return all(
                 BOT_UP in (herd.directory / f"{name}.stderr").read_text(errors="replace")
-                for name in HERD_NAMES
+                for name in NAMES
             )
 
         wait_for(bots_up, 30, "every server's bot to log in", interval=0.1)

@@ -27,19 +27,18 @@ import time
 from typing import Any
 
 from bench.harness import (
-    HOST,
     BenchError,
     Herd,
     HerdLayout,
-    Processes,
     cpu_seconds,
-    log,
     median,
     save_results,
     temp_directory,
     wait_quiet,
 )
-from bench.loadgen import LoadSpec, new_event_loop, run_load
+from bench.tools.loadgen import LoadSpec, new_event_loop, run_load
+from tests.support.ports import HOST
+from tests.support.processes import Processes, log
 
 GOAL_SECONDS = 2.0
 PRELOAD = 1_000
