@@ -9,7 +9,6 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from herd.events import OPERATOR
@@ -17,13 +16,13 @@ from herd.leases import Leases, LeaseSettings
 from herd.peers import new_nonce, peer_mac
 from herd.planning import hash_token
 from herd.wire import Challenge, Hello, parse_peer_line
-from notifier.channels import Outgoing
 from notifier.channels.line import LineHub
 from notifier.feed import TICK, NotifierListener, load
 from notifier.outbox import Outbox
 from notifier.render import Unsubscribe
 from notifier.routing import Presence, Timing, offline
 from tests.protocol.harness import SECRET, START_NS, Node, inline
+from tests.support.channels import RecordingChannel
 
 START_S = START_NS / 10**9  # the harness stamps ops from here: start the clock there too
 UNSUBSCRIBE = Unsubscribe(b"test-secret", "mailto:unsubscribe@example.org?subject={user}+{token}")
@@ -31,24 +30,6 @@ UNSUBSCRIBE = Unsubscribe(b"test-secret", "mailto:unsubscribe@example.org?subjec
 
 def token(user: str) -> str:
     return f"{user}-token-0123456789"
-
-
-class RecordingChannel:
-    """Implements `Channel`: every delivery succeeds at once and is recorded."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.sent: list[Outgoing] = []
-
-    def deliver(self, message: Outgoing) -> Deferred[None]:
-        self.sent.append(message)
-        return succeed(None)
-
-    def close(self) -> Deferred[None]:
-        return succeed(None)
-
-    def to(self, recipient: str) -> list[Outgoing]:
-        return [message for message in self.sent if message.recipient == recipient]
 
 
 @dataclass
