@@ -1,6 +1,6 @@
 """Chat with the bot: command round trips (person → bot → reply) under 100 chatting users.
 
-Set-up as `bench xmpp_fanout` (`bench/xmppscene.py`): a real Prosody (LocalProsody's config),
+Set-up as `bench xmpp_fanout` (`bench/tools/xmppscene.py`): a real Prosody (LocalProsody's config),
 a five-server herd whose bots log in, 100 Renga users `c00000…` with JIDs, and their 100
 slixmpp sessions in two processes.  Each user first plans an event of their own by chat
 (`plan …`), so what they say next works on it and nobody else is told about it.  Then each

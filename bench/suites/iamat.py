@@ -1,7 +1,7 @@
 """The headline: server CPU time per answered IAMAT, Renga against the floor.
 
 Starts a five-server herd of `herd run` processes (the default topology, a config in a temp
-dir, free ports) and the floor server (`bench/floor.py`), each its own process.  Then, for
+dir, free ports) and the floor server (`bench/baselines/floor.py`), each its own process.  Then, for
 each round, Renga (load on Bailey) and the floor in turn (Renga first) get the same
 closed-loop load (50 connections x 20 in flight, 100,000 IAMATs, each a new report), from a
 load generator pinned to another core than the server.  A server's CPU (user + system, all
@@ -11,9 +11,9 @@ the load.  A second load at 50 connections x 1 in flight measures latency.  Figu
 medians over the rounds; the efficiency ratio is, in each round, floor CPU/IAMAT divided by
 Renga CPU/IAMAT, and its median is the headline (goal >= 0.3).
 
-A second baseline, the Twisted floor (`bench/twisted_floor.py`: the floor's work as a Twisted
-protocol on the asyncio reactor), gets the same loads, for information: it splits the gap into
-what the framework costs and what Renga's own work costs.
+A second baseline, the Twisted floor (`bench/baselines/twisted_floor.py`: the floor's work as a
+Twisted protocol on the asyncio reactor), gets the same loads, for information: it splits the gap
+into what the framework costs and what Renga's own work costs.
 
     python -m bench iamat [--rounds 3] [--count 100000]
         [--profile bench/results/bailey.pyspy] [--cprofile bench/results/bailey.prof]

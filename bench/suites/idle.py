@@ -2,7 +2,7 @@
 
 One server (a one-server Renga herd started with `herd run`, and the floor server as the
 baseline, in turn) is made to hold 19,000 idle client connections, opened by two holder
-processes (`bench/holder.py`, 9,500 sockets each: one process may hold ~20,000 files here).
+processes (`bench/tools/holder.py`, 9,500 sockets each: one process may hold ~20,000 files here).
 Each connection says one line first (`STATUS`; the floor answers `? STATUS`) and waits for the
 answer — a client that has spoken once, then idles; it also keeps the connects from outrunning
 the server's accept queue.  The

@@ -7,7 +7,7 @@ config in a temp dir, free ports; no `[smtp]`/`[xmpp]`, so notifications are lin
 rendered on every server).  Then:
 
 1. **Users.** A few with the real `herd user add` command (timed: one process each), the rest
-   through the same operator handshake over one connection, pipelined (`bench/lines.py`).  All
+   through the same operator handshake over one connection, pipelined (`bench/tools/lines.py`).  All
    share one token, so the bench can log in as anyone.  Each user gets one connection, user i
    on server i mod 5, authenticated with `AUTH` (scrypt, on each server's CPU thread).
 2. **Setup.** Event e is organised by user e mod U and invites 10 other users; the organiser
@@ -24,7 +24,7 @@ rendered on every server).  Then:
    every event is compared on all five servers (untimed check).
 5. **One server.** Bailey is pinned to core 1, everything else to core 0 (as `bench iamat`).
    In each round: planning writes (`VOTE`, changing a vote: one op each, stored, flooded,
-   routed), planning reads (`EVENT <id>`), and IAMAT from `bench/loadgen.py` (new clients,
+   routed), planning reads (`EVENT <id>`), and IAMAT from `bench/tools/loadgen.py` (new clients,
    each stored and flooded), each as 50 connections x 20 in flight; requests/s and Bailey's
    CPU per request, medians over the rounds.
 

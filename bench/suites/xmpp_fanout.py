@@ -8,7 +8,7 @@ config and in the modules the running server loaded), the bot's account and 1,00
 shell` session); a five-server herd started as a user would, whose config has an `[xmpp]`
 table, so every server's bot logs in; Renga users `x00000…` with those JIDs (operator
 handshake), no email, so XMPP is everyone's personal channel; four receiver processes of 250
-slixmpp sessions each (`bench/xmppclients.py hold`: real sessions, presence sent, counting
+slixmpp sessions each (`bench/tools/xmppclients.py hold`: real sessions, presence sent, counting
 what arrives — not Prosody's offline storage); an organiser (no JID) on Bailey plans an event,
 invites the 1,000 (20 `INVITE`s of 50) and proposes a time and two places (each option is also
 told to all 1,000).

@@ -1,7 +1,7 @@
 """What `bench xmpp_fanout` and `bench chat` share: a real Prosody (`LocalProsody`, its own
 config, plus `admin_shell` so accounts can be made in bulk), accounts, a five-server herd whose
 config has an `[xmpp]` table (every server's bot logs in), Renga users with JIDs, and processes
-of slixmpp sessions (`bench/xmppclients.py`) driven over their stdin.
+of slixmpp sessions (`bench/tools/xmppclients.py`) driven over their stdin.
 
 Everything is started through a `Processes` (stopped when its block ends); Prosody is stopped
 by the scene's `close()`, which callers run in a `finally`.
