@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager, suppress
@@ -27,10 +24,11 @@ from slixmpp import JID, ClientXMPP
 from slixmpp.stanza import Message, Presence
 
 from notifier.localxmpp import LocalProsody
-from tests.support.herd import REPO, Herd, config_text
+from tests.support.herd import Herd, config_text
 from tests.support.lines import LineUser
 from tests.support.polling import HerdError, wait_until
 from tests.support.prosody import running_prosody
+from tests.support.users import herd_cli
 
 T = TypeVar("T")
 
@@ -319,20 +317,7 @@ class BotHerd(Herd):
 
     def cli(self, *words: str, timeout: float = 30.0) -> str:
         """`herd <words> --config <this herd's config>`; its stdout (it must succeed)."""
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in ("HERD_SECRET", "RENGA_XMPP_PASSWORD")
-        }
-        done = subprocess.run(
-            [sys.executable, "-m", "herd", *words, "--config", str(self.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-            env=env,
-            check=False,
-        )
+        done = herd_cli(self.config_path, *words, timeout=timeout)
         assert done.returncode == 0, f"herd {' '.join(words)}: {done.stdout}{done.stderr}"
         return done.stdout
 

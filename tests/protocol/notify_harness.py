@@ -3,11 +3,9 @@ hub and outbox over the node's own SQLite file, with channels that record what t
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
 
 from twisted.internet.task import Clock
 
@@ -21,15 +19,11 @@ from notifier.feed import TICK, NotifierListener, load
 from notifier.outbox import Outbox
 from notifier.render import Unsubscribe
 from notifier.routing import Presence, Timing, offline
-from tests.protocol.harness import SECRET, START_NS, Node, inline
+from tests.protocol.harness import SECRET, START_NS, Node, inline, token
 from tests.support.channels import RecordingChannel
 
 START_S = START_NS / 10**9  # the harness stamps ops from here: start the clock there too
 UNSUBSCRIBE = Unsubscribe(b"test-secret", "mailto:unsubscribe@example.org?subject={user}+{token}")
-
-
-def token(user: str) -> str:
-    return f"{user}-token-0123456789"
 
 
 @dataclass
@@ -127,26 +121,3 @@ def add_user(node: Node, user: str, *extra: str) -> None:
     digest = hash_token(token(user), b"salt" * 4)
     reply = operator(node, " ".join(["USER-ADD", user, digest, *extra]))
     assert reply == f"OK {user}\n".encode(), reply
-
-
-class Session:
-    """An interactive client connection that has authenticated as a user."""
-
-    def __init__(self, node: Node, user: str) -> None:
-        self.node = node
-        self.connection, self.transport = node.client()
-        assert self.send(f"AUTH {user} {token(user)}").startswith(b"USER ")
-
-    def send(self, line: str) -> bytes:
-        self.transport.clear()
-        self.connection.dataReceived(line.encode() + b"\n")
-        self.node.clock.advance(0)
-        data: bytes = self.transport.value()
-        return data
-
-    def json(self, line: str, word: bytes = b"EVENT") -> dict[str, Any]:
-        reply = self.send(line)
-        assert reply.startswith(word + b" "), reply
-        document = json.loads(reply[len(word) + 1 :])
-        assert isinstance(document, dict)
-        return document

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from herd.events import OPERATOR
 from herd.peers import new_nonce, peer_mac
 from herd.planning import auth_delay, hash_token
 from herd.wire import Challenge, Hello, parse_peer_line
-from tests.protocol.harness import SECRET, Node, link, make_node, settle
+from tests.protocol.harness import SECRET, Node, Session, link, make_node, settle
 
 TOPOLOGY = {"A": ("B",), "B": ("A", "C"), "C": ("B",)}
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789"}
@@ -39,28 +38,6 @@ def operator(node: Node, command: bytes) -> bytes:
 def add_user(node: Node, user: str) -> None:
     digest = hash_token(TOKENS[user], b"salt" * 4)
     assert operator(node, f"USER-ADD {user} {digest}".encode()) == f"OK {user}\n".encode()
-
-
-class Session:
-    """An interactive client connection that has authenticated as a user."""
-
-    def __init__(self, node: Node, user: str) -> None:
-        self.node = node
-        self.connection, self.transport = node.client()
-        assert self.send(f"AUTH {user} {TOKENS[user]}").startswith(b"USER ")
-
-    def send(self, line: str) -> bytes:
-        self.transport.clear()
-        self.connection.dataReceived(line.encode() + b"\n")
-        self.node.clock.advance(0)
-        return self.transport.value()
-
-    def json(self, line: str, word: bytes = b"EVENT") -> dict[str, object]:
-        reply = self.send(line)
-        assert reply.startswith(word + b" "), reply
-        document = json.loads(reply[len(word) + 1 :])
-        assert isinstance(document, dict)
-        return document
 
 
 @pytest.fixture

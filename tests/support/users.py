@@ -13,14 +13,21 @@ from tests.support.herd import REPO
 CLI_SECONDS = 30.0
 
 
-def herd_cli(config: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    """`herd ARGUMENTS --config CONFIG` as an operator types it (no HERD_SECRET inherited)."""
-    env = {key: value for key, value in os.environ.items() if key != "HERD_SECRET"}
+def herd_cli(
+    config: Path, *arguments: str, timeout: float = CLI_SECONDS
+) -> subprocess.CompletedProcess[str]:
+    """`herd ARGUMENTS --config CONFIG` as an operator types it: no secret inherited from the
+    environment (`HERD_SECRET`, `RENGA_XMPP_PASSWORD`), only what the config says."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("HERD_SECRET", "RENGA_XMPP_PASSWORD")
+    }
     return subprocess.run(
         [sys.executable, "-m", "herd", *arguments, "--config", str(config)],
         capture_output=True,
         text=True,
-        timeout=CLI_SECONDS,
+        timeout=timeout,
         cwd=REPO,
         env=env,
         check=False,
