@@ -21,11 +21,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.herd import LINKS, NAMES, config_text, neighbours
+from tests.support.herd import LINKS, NAMES, config_text
+from tests.support.herd import Herd as KitHerd
 from tests.support.lines import peer_states
 from tests.support.ports import HOST, free_ports
 from tests.support.processes import Child, Processes
@@ -33,6 +34,7 @@ from tests.support.processes import Child, Processes
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+OFFLINE_PLACES = '[places]\nprovider = "offline"\n'
 
 
 class BenchError(RuntimeError):
@@ -223,68 +225,56 @@ class HerdLayout:
     def single(cls, name: str = "Bailey") -> HerdLayout:
         return cls({name: free_ports(1)[0]}, ())
 
-    def neighbours(self, name: str) -> set[str]:
-        return neighbours(self.links).get(name, set())
 
-    def config_text(self, data_dir: Path, secret: str) -> str:
-        """The herd's config (`tests.support.herd.config_text`), with offline places."""
-        text = config_text(
-            self.ports, self.links, data_dir=str(data_dir), secret=secret, max_line=65536
+class Herd(KitHerd):
+    """The kit's herd (`tests.support.herd.Herd`: a config in `directory`, one `herd run` per
+    server) started the benchmarks' way: each server through `processes` (stopped when its
+    block ends), pinned to its core in `cpus` and run by its command in `launchers` (e.g.
+    python -m cProfile ... -m herd) if given; a fresh secret, 64 KiB lines, offline places."""
+
+    def __init__(
+        self,
+        processes: Processes,
+        layout: HerdLayout,
+        directory: Path,
+        cpus: dict[str, int | None] | None = None,
+        launchers: dict[str, list[str]] | None = None,
+    ) -> None:
+        self.processes = processes
+        self.directory = directory
+        self.cpus = cpus or {}
+        self.launchers = launchers or {}
+        self.children: dict[str, Child] = {}
+        self.spawned_at: dict[str, float] = {}
+        self.secret = secrets.token_hex(16)
+        names = tuple(layout.ports)
+        super().__init__(directory, names, layout.links, max_line=65536, ports=layout.ports)
+
+    def write_config(self, path: Path, links: Iterable[tuple[str, str]]) -> Path:
+        text = config_text(self.ports, links, secret=self.secret, max_line=self.max_line)
+        path.write_text(
+            "# Written by bench/ for one benchmark run.\n" + text + OFFLINE_PLACES,
         )
-        return (
-            "# Written by bench/ for one benchmark run.\n"
-            + text
-            + '[places]\nprovider = "offline"\n'
-        )
+        return path
 
-
-@dataclass
-class Herd:
-    """A herd started as a user would: a config in a directory, one `herd run` per server."""
-
-    processes: Processes
-    layout: HerdLayout
-    directory: Path
-    cpus: dict[str, int | None] = field(default_factory=dict)
-    # Per server, a command to use instead of `herd` (e.g. python -m cProfile ... -m herd).
-    launchers: dict[str, list[str]] = field(default_factory=dict)
-    children: dict[str, Child] = field(default_factory=dict)
-    spawned_at: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def config_path(self) -> Path:
-        return self.directory / "herd.toml"
-
-    def write_config(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        secret = secrets.token_hex(16)
-        text = self.layout.config_text(self.directory / "var", secret)
-        self.config_path.write_text(text)
-
-    def command(self, name: str) -> list[str]:
+    def command(self, name: str, config: Path) -> list[str]:
         launcher = self.launchers.get(name, [herd_command()])
-        return pinned(
-            [*launcher, "run", name, "--config", str(self.config_path)],
-            self.cpus.get(name),
-        )
+        return pinned([*launcher, "run", name, "--config", str(config)], self.cpus.get(name))
 
-    def start(self, name: str) -> Child:
-        """Spawn `herd run NAME` (returns at once; see `wait_listening`)."""
-        self.spawned_at[name] = time.monotonic()
-        child = self.processes.start(
-            name, self.command(name), log_path=self.directory / f"{name}.stderr"
-        )
-        self.children[name] = child
-        return child
+    def start(self, *names: str, config: Path | None = None) -> None:
+        """Spawn `herd run NAME` for each name (all by default); returns at once (see
+        `wait_ready`)."""
+        for name in names or self.names:
+            self.spawned_at[name] = time.monotonic()
+            command = self.command(name, config or self.config_path)
+            child = self.processes.start(name, command, log_path=self.stderr_path(name))
+            self.children[name] = child
+            self.procs[name] = child.process
 
-    def start_all(self) -> None:
-        if not self.config_path.exists():
-            self.write_config()
-        for name in self.layout.ports:
-            self.start(name)
-
-    def kill(self, name: str) -> None:
-        self.processes.kill(self.children.pop(name))
+    def kill(self, *names: str) -> None:
+        """SIGKILL, as a crash would (all the running servers by default)."""
+        for name in names or list(self.children):
+            self.processes.kill(self.children.pop(name))
 
     def pid(self, name: str) -> int:
         return self.children[name].pid
@@ -292,27 +282,18 @@ class Herd:
     def pids(self) -> dict[str, int]:
         return {name: child.pid for name, child in self.children.items()}
 
-    def port(self, name: str) -> int:
-        return self.layout.ports[name]
-
     def check_alive(self) -> None:
         for name, child in self.children.items():
             if not child.alive():
                 raise BenchError(f"{name} exited with {child.process.returncode}:\n{child.tail()}")
 
-    def status(self, name: str) -> dict[str, str] | None:
-        """The server's peer links by its STATUS command, or None if it does not answer."""
-        return peer_states(self.port(name), timeout=1.0)
-
     def linked(self, name: str) -> bool:
-        peers = self.status(name)
-        return peers is not None and all(
-            peers.get(peer) == "up" for peer in self.layout.neighbours(name)
-        )
+        peers = peer_states(self.port(name), timeout=1.0)
+        return peers is not None and all(peers.get(peer) == "up" for peer in self.peers[name])
 
     def wait_ready(self, names: Iterable[str] | None = None, timeout: float = 20.0) -> float:
-        """Wait until each server answers STATUS with every link up."""
-        pending = list(self.layout.ports if names is None else names)
+        """Wait until each server answers STATUS with every link up; the seconds it took."""
+        pending = list(self.names if names is None else names)
         start = time.monotonic()
 
         def ready() -> bool:

@@ -221,7 +221,7 @@ def main(argv: list[str]) -> int:
     tag = f"cu{int(time.time())}"
     with Processes() as processes, temp_directory("bench-catchup-") as directory:
         herd = Herd(processes, HerdLayout.default(), directory / "herd")
-        herd.start_all()
+        herd.start()
         log(f"herd ready in {herd.wait_ready():.2f} s")
         loop = new_event_loop()
         try:

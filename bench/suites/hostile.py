@@ -191,7 +191,7 @@ def run(seconds: float, hostile: int) -> dict[str, Any]:
         os.sched_setaffinity(0, {0})
     with Processes() as processes, temp_directory("bench-hostile-") as directory:
         herd = Herd(processes, HerdLayout.single(), directory, cpus={"Bailey": 1 if pin else None})
-        herd.start_all()
+        herd.start()
         herd.wait_ready()
         port = herd.port("Bailey")
         pid = herd.pid("Bailey")

@@ -193,7 +193,7 @@ def cprofile_bailey(
         launchers={"Bailey": launcher},
     )
     try:
-        herd.start_all()
+        herd.start()
         herd.wait_ready()
         wait_quiet(herd.pids().values())
         load = run_loadgen(
@@ -337,7 +337,7 @@ def run(options: Options) -> dict[str, Any]:
             name: options.server_cpu if name == "Bailey" else options.peers_cpu for name in NAMES
         }
         herd = Herd(processes, HerdLayout.default(), directory / "herd", cpus=cpus)
-        herd.start_all()
+        herd.start()
         floor_port, twisted_port = free_ports(2)
         floor = processes.start(
             "floor",

@@ -228,7 +228,7 @@ def main(argv: list[str]) -> int:
             log_path=directory / "floor.stderr",
         )
         herd = Herd(processes, HerdLayout.single("Bailey"), directory / "herd")
-        herd.start_all()
+        herd.start()
         herd.wait_ready()
         wait_for(lambda: port_open(floor_port), 10.0, "the floor server")
         for server in (

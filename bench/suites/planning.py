@@ -685,7 +685,7 @@ def run(options: Options) -> dict[str, Any]:
     with temp_directory("renga-bench-planning-") as directory, Processes() as processes:
         launchers = bailey_profiled(options.cprofile)
         herd = Herd(processes, HerdLayout.default(), directory / "herd", launchers=launchers)
-        herd.start_all()
+        herd.start()
         herd.wait_ready()
         log("herd up")
         loop = new_event_loop()

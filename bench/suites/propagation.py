@@ -224,7 +224,7 @@ def main(argv: list[str]) -> int:
     tag = f"prop{int(time.time())}"
     with Processes() as processes, temp_directory("bench-propagation-") as directory:
         herd = Herd(processes, HerdLayout.default(), directory / "herd")
-        herd.start_all()
+        herd.start()
         log(f"herd ready in {herd.wait_ready():.2f} s")
         wait_quiet(herd.pids().values())
         loop = new_event_loop()

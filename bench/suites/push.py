@@ -360,7 +360,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         )
         wait_for(lambda: port_open(port), 10, "the floor server")
         herd = Herd(processes, HerdLayout.default(), directory / "herd")
-        herd.start_all()
+        herd.start()
         herd.wait_ready()
         log("herd up")
         loop = new_event_loop()

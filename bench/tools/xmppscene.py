@@ -225,7 +225,6 @@ class XmppScene:
             cpus=cpus or {},
             launchers=launchers or {},
         )
-        herd.write_config()
         secret_file = self.directory / "bot.secret"
         secret_file.write_text(PASSWORD)
         with herd.config_path.open("a") as config:
@@ -234,7 +233,7 @@ class XmppScene:
                 f'password_file = "{secret_file}"\nhost = "127.0.0.1"\n'
                 f'port = {self.prosody.port}\ntls = "none"\n'
             )
-        herd.start_all()
+        herd.start()
         herd.wait_ready()
 
         def bots_up() -> bool:

@@ -110,12 +110,14 @@ class Herd:
         links: tuple[tuple[str, str], ...] = LINKS,
         max_line: int = 1024,
         seed: Path | None = None,
+        ports: dict[str, int] | None = None,
     ) -> None:
         self.root = root
         self.names = names
         self.links = links
         self.max_line = max_line
-        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+        chosen = dict(zip(names, free_ports(len(names)), strict=True)) if ports is None else ports
+        self.ports = chosen
         self.peers = {name: neighbours(links).get(name, set()) for name in names}
         self.data_dir = root / "var"
         self.data_dir.mkdir(parents=True, exist_ok=True)
