@@ -18,7 +18,8 @@
     loadgen      the load generator alone (prints JSON)
     holder       holds idle connections open (used by `idle`)
 
-`python -m bench NAME --help` lists each one's options.  Results are printed and saved as JSON
+`python -m bench NAME --help` lists each one's options.  The benchmarks live in bench/suites/,
+the baselines in bench/baselines/, the tools in bench/tools/.  Results are printed and saved as JSON
 under bench/results/ (git-ignored); docs/benchmarks.md records the figures.
 """
 
@@ -29,7 +30,17 @@ import sys
 
 BENCHMARKS = ("iamat", "propagation", "idle", "catchup", "hostile")
 EXTRA = ("planning", "digests", "compose", "push", "xmpp_fanout", "chat")
-TOOLS = ("floor", "twisted_floor", "loadgen", "holder", "smtpsink", "xmppclients")
+BASELINES = ("floor", "twisted_floor")
+TOOLS = ("loadgen", "holder", "smtpsink", "xmppclients")
+
+
+def module_of(name: str) -> str:
+    """The module that runs `name`: a suite (bench/suites), a baseline or a tool."""
+    if name in BASELINES:
+        return f"bench.baselines.{name}"
+    if name in TOOLS:
+        return f"bench.tools.{name}"
+    return f"bench.suites.{name}"
 
 
 def main(argv: list[str]) -> int:
@@ -39,14 +50,14 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] == "all":
         worst = 0
         for name in BENCHMARKS:
-            module = importlib.import_module(f"bench.{name}")
+            module = importlib.import_module(module_of(name))
             worst = module.main([]) or worst
         return worst
     name, rest = argv[0], argv[1:]
-    if name not in BENCHMARKS + EXTRA + TOOLS:
+    if name not in BENCHMARKS + EXTRA + BASELINES + TOOLS:
         print(f"unknown benchmark {name!r}\n{__doc__}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"bench.{name}")
+    module = importlib.import_module(module_of(name))
     code: int = module.main(rest)
     return code
 

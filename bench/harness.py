@@ -1,6 +1,6 @@
-"""What every benchmark shares: free ports, child processes that are always stopped, a herd of
-`herd run` processes started as a user would, CPU and memory readings from /proc, and
-percentiles.
+"""What every benchmark shares beyond the test kit (`tests.support`: ports, processes, herd
+configs, line clients): a herd of `herd run` processes pinned to CPUs and started through a
+`Processes`, CPU and memory readings from /proc, percentiles and saved results.
 
 Everything here is bounded: every wait has a deadline, and every process started through a
 `Processes` is stopped (SIGTERM, then SIGKILL) when its `with` block ends, however it ends.
@@ -14,7 +14,6 @@ import platform
 import resource
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,53 +21,27 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TextIO
+from typing import Any
 
-HOST = "127.0.0.1"
+from tests.support.herd import LINKS, NAMES, config_text
+from tests.support.herd import Herd as KitHerd
+from tests.support.lines import peer_states
+from tests.support.ports import HOST, free_ports
+from tests.support.processes import Child, Processes
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-STOP_GRACE_SECONDS = 10.0
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-# The default herd (config/herd.toml): names and undirected links.
-HERD_NAMES: tuple[str, ...] = ("Bailey", "Bona", "Campbell", "Clark", "Jaquez")
-HERD_LINKS: tuple[tuple[str, str], ...] = (
-    ("Clark", "Jaquez"),
-    ("Clark", "Bona"),
-    ("Campbell", "Bailey"),
-    ("Campbell", "Bona"),
-    ("Campbell", "Jaquez"),
-    ("Bona", "Bailey"),
-)
+OFFLINE_PLACES = '[places]\nprovider = "offline"\n'
 
 
 class BenchError(RuntimeError):
     """A benchmark could not run as planned (a server did not start, a deadline passed)."""
 
 
-def log(message: str) -> None:
-    """Progress to stderr, so stdout stays for results."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # --- ports and limits ------------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on loopback right now (held together while chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def raise_open_files_limit() -> int:
@@ -234,110 +207,6 @@ def ask(port: int, data: bytes, timeout: float = 2.0, host: str = HOST) -> bytes
     return b"".join(chunks)
 
 
-# --- child processes -------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path | None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def tail(self, lines: int = 20) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        text = self.log_path.read_bytes().decode("utf-8", "replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-
-class Processes:
-    """Children started in a `with` block; all are stopped when it ends, however it ends."""
-
-    def __init__(self) -> None:
-        self.children: list[Child] = []
-
-    def __enter__(self) -> Processes:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.stop_all()
-
-    def start(
-        self,
-        name: str,
-        command: Sequence[str],
-        log_path: Path | None = None,
-        stdout: int | TextIO | None = subprocess.DEVNULL,
-        stdin: int | None = subprocess.DEVNULL,
-        env: dict[str, str] | None = None,
-    ) -> Child:
-        log_file = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115
-        try:
-            process = subprocess.Popen(
-                list(command),
-                stdin=stdin,
-                stdout=stdout,
-                stderr=log_file if log_file is not None else subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        finally:
-            if log_file is not None:
-                log_file.close()
-        child = Child(name, process, log_path)
-        self.children.append(child)
-        return child
-
-    def stop(self, child: Child, grace: float = STOP_GRACE_SECONDS) -> int:
-        """SIGTERM, then SIGKILL after `grace` seconds; returns the exit code."""
-        if child.alive():
-            child.process.send_signal(signal.SIGTERM)
-            try:
-                child.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                log(f"{child.name} did not stop in {grace:.0f} s: killed")
-                child.process.kill()
-                child.process.wait()
-        if child in self.children:
-            self.children.remove(child)
-        return child.process.returncode
-
-    def kill(self, child: Child) -> None:
-        """SIGKILL, as a crash would."""
-        if child.alive():
-            child.process.kill()
-        child.process.wait()
-        if child in self.children:
-            self.children.remove(child)
-
-    def stop_all(self) -> None:
-        children = list(reversed(self.children))
-        for child in children:
-            if child.alive():
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for child in children:
-            try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log(f"{child.name} did not stop in time: killed")
-                child.process.kill()
-                child.process.wait()
-        self.children.clear()
-
-
 # --- a herd of `herd run` processes ----------------------------------------------------------
 
 
@@ -350,82 +219,62 @@ class HerdLayout:
 
     @classmethod
     def default(cls) -> HerdLayout:
-        return cls(dict(zip(HERD_NAMES, free_ports(len(HERD_NAMES)), strict=True)), HERD_LINKS)
+        return cls(dict(zip(NAMES, free_ports(len(NAMES)), strict=True)), LINKS)
 
     @classmethod
     def single(cls, name: str = "Bailey") -> HerdLayout:
         return cls({name: free_ports(1)[0]}, ())
 
-    def peers(self, name: str) -> list[str]:
-        """The peers `name` lists in the config (each link on one side, as config/herd.toml)."""
-        return sorted(b for a, b in self.links if a == name)
 
-    def neighbours(self, name: str) -> set[str]:
-        return {b for a, b in self.links if a == name} | {a for a, b in self.links if b == name}
+class Herd(KitHerd):
+    """The kit's herd (`tests.support.herd.Herd`: a config in `directory`, one `herd run` per
+    server) started the benchmarks' way: each server through `processes` (stopped when its
+    block ends), pinned to its core in `cpus` and run by its command in `launchers` (e.g.
+    python -m cProfile ... -m herd) if given; a fresh secret, 64 KiB lines, offline places."""
 
-    def config_text(self, data_dir: Path, secret: str) -> str:
-        lines = [
-            "# Written by bench/ for one benchmark run.",
-            "[herd]",
-            f"data_dir = {json.dumps(str(data_dir))}",
-            f"secret = {json.dumps(secret)}",
-            "max_line = 65536",
-            "",
-        ]
-        for name, port in self.ports.items():
-            peers = ", ".join(json.dumps(peer) for peer in self.peers(name))
-            lines += [f"[servers.{name}]", f"port = {port}", f"peers = [{peers}]", ""]
-        lines += ["[places]", 'provider = "offline"', ""]
-        return "\n".join(lines)
+    def __init__(
+        self,
+        processes: Processes,
+        layout: HerdLayout,
+        directory: Path,
+        cpus: dict[str, int | None] | None = None,
+        launchers: dict[str, list[str]] | None = None,
+    ) -> None:
+        self.processes = processes
+        self.directory = directory
+        self.cpus = cpus or {}
+        self.launchers = launchers or {}
+        self.children: dict[str, Child] = {}
+        self.spawned_at: dict[str, float] = {}
+        self.secret = secrets.token_hex(16)
+        names = tuple(layout.ports)
+        super().__init__(directory, names, layout.links, max_line=65536, ports=layout.ports)
 
+    def write_config(self, path: Path, links: Iterable[tuple[str, str]]) -> Path:
+        text = config_text(self.ports, links, secret=self.secret, max_line=self.max_line)
+        path.write_text(
+            "# Written by bench/ for one benchmark run.\n" + text + OFFLINE_PLACES,
+        )
+        return path
 
-@dataclass
-class Herd:
-    """A herd started as a user would: a config in a directory, one `herd run` per server."""
-
-    processes: Processes
-    layout: HerdLayout
-    directory: Path
-    cpus: dict[str, int | None] = field(default_factory=dict)
-    # Per server, a command to use instead of `herd` (e.g. python -m cProfile ... -m herd).
-    launchers: dict[str, list[str]] = field(default_factory=dict)
-    children: dict[str, Child] = field(default_factory=dict)
-    spawned_at: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def config_path(self) -> Path:
-        return self.directory / "herd.toml"
-
-    def write_config(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        secret = secrets.token_hex(16)
-        text = self.layout.config_text(self.directory / "var", secret)
-        self.config_path.write_text(text)
-
-    def command(self, name: str) -> list[str]:
+    def command(self, name: str, config: Path) -> list[str]:
         launcher = self.launchers.get(name, [herd_command()])
-        return pinned(
-            [*launcher, "run", name, "--config", str(self.config_path)],
-            self.cpus.get(name),
-        )
+        return pinned([*launcher, "run", name, "--config", str(config)], self.cpus.get(name))
 
-    def start(self, name: str) -> Child:
-        """Spawn `herd run NAME` (returns at once; see `wait_listening`)."""
-        self.spawned_at[name] = time.monotonic()
-        child = self.processes.start(
-            name, self.command(name), log_path=self.directory / f"{name}.stderr"
-        )
-        self.children[name] = child
-        return child
+    def start(self, *names: str, config: Path | None = None) -> None:
+        """Spawn `herd run NAME` for each name (all by default); returns at once (see
+        `wait_ready`)."""
+        for name in names or self.names:
+            self.spawned_at[name] = time.monotonic()
+            command = self.command(name, config or self.config_path)
+            child = self.processes.start(name, command, log_path=self.stderr_path(name))
+            self.children[name] = child
+            self.procs[name] = child.process
 
-    def start_all(self) -> None:
-        if not self.config_path.exists():
-            self.write_config()
-        for name in self.layout.ports:
-            self.start(name)
-
-    def kill(self, name: str) -> None:
-        self.processes.kill(self.children.pop(name))
+    def kill(self, *names: str) -> None:
+        """SIGKILL, as a crash would (all the running servers by default)."""
+        for name in names or list(self.children):
+            self.processes.kill(self.children.pop(name))
 
     def pid(self, name: str) -> int:
         return self.children[name].pid
@@ -433,34 +282,18 @@ class Herd:
     def pids(self) -> dict[str, int]:
         return {name: child.pid for name, child in self.children.items()}
 
-    def port(self, name: str) -> int:
-        return self.layout.ports[name]
-
     def check_alive(self) -> None:
         for name, child in self.children.items():
             if not child.alive():
                 raise BenchError(f"{name} exited with {child.process.returncode}:\n{child.tail()}")
 
-    def status(self, name: str) -> dict[str, str] | None:
-        """The server's peer links by its STATUS command, or None if it does not answer."""
-        try:
-            reply = ask(self.port(name), b"STATUS\n", timeout=1.0)
-        except OSError:
-            return None
-        if not reply.startswith(b"STATUS "):
-            return None
-        peers: dict[str, str] = json.loads(reply[len(b"STATUS ") :])["peers"]
-        return peers
-
     def linked(self, name: str) -> bool:
-        peers = self.status(name)
-        return peers is not None and all(
-            peers.get(peer) == "up" for peer in self.layout.neighbours(name)
-        )
+        peers = peer_states(self.port(name), timeout=1.0)
+        return peers is not None and all(peers.get(peer) == "up" for peer in self.peers[name])
 
     def wait_ready(self, names: Iterable[str] | None = None, timeout: float = 20.0) -> float:
-        """Wait until each server answers STATUS with every link up."""
-        pending = list(self.layout.ports if names is None else names)
+        """Wait until each server answers STATUS with every link up; the seconds it took."""
+        pending = list(self.names if names is None else names)
         start = time.monotonic()
 
         def ready() -> bool:

@@ -9,6 +9,8 @@ import pytest
 
 from herd import zones
 
+pytest_plugins = ["tests.support.fixtures"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _time_zone_finder_released() -> Iterator[None]:

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager, suppress
@@ -26,9 +23,12 @@ from typing import Any, TypeVar
 from slixmpp import JID, ClientXMPP
 from slixmpp.stanza import Message, Presence
 
-from notifier.localxmpp import LocalProsody, ensure_prosody_installed
-
-from .harness import REPO, Client, Herd, HerdError, config_text, wait_until
+from notifier.localxmpp import LocalProsody
+from tests.support.herd import Herd, config_text
+from tests.support.lines import LineUser
+from tests.support.polling import HerdError, wait_until
+from tests.support.prosody import running_prosody
+from tests.support.users import herd_cli
 
 T = TypeVar("T")
 
@@ -317,20 +317,7 @@ class BotHerd(Herd):
 
     def cli(self, *words: str, timeout: float = 30.0) -> str:
         """`herd <words> --config <this herd's config>`; its stdout (it must succeed)."""
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in ("HERD_SECRET", "RENGA_XMPP_PASSWORD")
-        }
-        done = subprocess.run(
-            [sys.executable, "-m", "herd", *words, "--config", str(self.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-            env=env,
-            check=False,
-        )
+        done = herd_cli(self.config_path, *words, timeout=timeout)
         assert done.returncode == 0, f"herd {' '.join(words)}: {done.stdout}{done.stderr}"
         return done.stdout
 
@@ -369,38 +356,6 @@ class BotHerd(Herd):
                 tries = int(fields[4].removesuffix("+dup"))
                 rows.append((fields[1], fields[2], fields[3], tries))
         return rows
-
-
-class LineUser:
-    """A line-protocol client that reads each planning reply as (word, decoded JSON or text)."""
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.client = Client(port, timeout)
-
-    def __enter__(self) -> LineUser:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.client.close()
-
-    def raw(self, line: str) -> str:
-        return self.client.request(line.encode()).decode().rstrip("\n")
-
-    def call(self, line: str) -> tuple[str, Any]:
-        word, _, body = self.raw(line).partition(" ")
-        if word in ("USER", "EVENT", "EVENTS", "SUGGEST"):
-            return word, json.loads(body)
-        return word, body
-
-    def event(self, line: str) -> dict[str, Any]:
-        """A line whose answer must be `EVENT {...}`."""
-        word, document = self.call(line)
-        assert word == "EVENT", f"{line!r} answered {word} {document}"
-        assert isinstance(document, dict)
-        return document
 
 
 # --- one whole scene ---------------------------------------------------------------------------
@@ -459,31 +414,25 @@ def bot_scene(
 ) -> Iterator[Scene]:
     """A Prosody with the bot's account and `accounts`, and a herd config using it; everything
     (clients, servers, Prosody) is torn down whatever happens."""
-    ensure_prosody_installed()
-    prosody = LocalProsody(root / "prosody")
-    herd: BotHerd | None = None
     chat: ChatLoop | None = None
-    scene: Scene | None = None
-    try:
-        prosody.start()
-        for user in (BOT_USER, *accounts):
-            prosody.register(user, BOT_PASSWORD if user == BOT_USER else PASSWORD)
-        herd = BotHerd(root / "herd", prosody, names, links, seed)
-        chat = ChatLoop()
-        scene = Scene(prosody, herd, chat)
-        yield scene
-    finally:
+    logins = {BOT_USER: BOT_PASSWORD, **dict.fromkeys(accounts, PASSWORD)}
+    with running_prosody(root / "prosody", logins) as prosody:
+        herd: BotHerd | None = None
+        scene: Scene | None = None
         try:
-            if scene is not None:
-                scene.close()
-            elif chat is not None:
-                chat.close()
+            herd = BotHerd(root / "herd", prosody, names, links, seed)
+            chat = ChatLoop()
+            scene = Scene(prosody, herd, chat)
+            yield scene
         finally:
             try:
+                if scene is not None:
+                    scene.close()
+                elif chat is not None:
+                    chat.close()
+            finally:
                 if herd is not None:
                     herd.close()
-            finally:
-                prosody.stop()
     assert chat is not None
     if chat.errors:  # only after a test that passed: a failure's own message comes first
         raise AssertionError(f"the people's chat loop reported errors: {chat.errors}")

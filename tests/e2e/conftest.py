@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import Herd, running_herd
+from tests.support.herd import Herd, running_herd
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from .harness import REPO, free_ports
+from tests.support.herd import REPO
+from tests.support.ports import free_ports
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from notifier.channels.xmpp import STRANGER_REPLY
+from tests.support.lines import at_line
+from tests.support.polling import wait_until
 
 from .bot_harness import NOTICE_SECONDS, BotHerd, Received, Scene, bot_scene
-from .harness import at_line, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from herd.ops import OPERATOR
+from tests.support.herd import Herd, running_herd
+from tests.support.lines import Client, connect, now_time
+from tests.support.polling import wait_until
 
-from .harness import Client, Herd, connect, now_time, running_herd, wait_until
 from .test_planning import Session, add_user
 
 WHATSAT_FLOOD = b"WHATSAT nyc 50 20\n" * (65536 // 18)

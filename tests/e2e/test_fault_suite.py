@@ -22,28 +22,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.herd import Herd, running_herd
+from tests.support.lines import Client, Session, at_lines, now_time, peer_states, pipeline
+from tests.support.polling import HerdError, stays_false, wait_until
+from tests.support.ports import HOST
+from tests.support.smtp import SmtpProcess
+from tests.support.users import add_user
+
 from .bot_harness import NOTICE_SECONDS, Scene, bot_scene
-from .harness import (
-    HOST,
-    Client,
-    Herd,
-    HerdError,
-    at_lines,
-    now_time,
-    peer_states,
-    pipeline,
-    running_herd,
-    stays_false,
-    wait_until,
-)
-from .notify_harness import (
-    NotifyHerd,
-    Session,
-    SmtpProcess,
-    add_user,
-    notify_setup,
-    outbox_rows,
-)
+from .notify_harness import NotifyHerd, notify_setup, outbox_rows
 
 pytestmark = pytest.mark.timeout(120)
 

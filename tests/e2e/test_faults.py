@@ -15,22 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from .harness import (
-    LINKS,
-    NAMES,
-    Client,
-    Herd,
-    HerdError,
-    at_lines,
-    components,
-    exchange,
-    now_time,
-    peer_states,
-    pipeline,
-    running_herd,
-    stays_false,
-    wait_until,
-)
+from tests.support.herd import LINKS, NAMES, Herd, components, running_herd
+from tests.support.lines import Client, at_lines, exchange, now_time, peer_states, pipeline
+from tests.support.polling import HerdError, stays_false, wait_until
 
 POSITION = b"+34.068930-118.445127"
 PAIRS = list(itertools.combinations(NAMES, 2))

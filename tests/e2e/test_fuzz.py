@@ -33,7 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from .harness import Client, Herd, connect, exchange, running_herd
+from tests.support.herd import Herd, running_herd
+from tests.support.lines import Client, connect, exchange
 
 SEED = 0x5EED_2024
 LINES = 100_000

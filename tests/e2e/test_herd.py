@@ -16,16 +16,9 @@ from fractions import Fraction
 
 import pytest
 
-from .harness import (
-    NAMES,
-    Client,
-    Herd,
-    connect,
-    exchange,
-    now_time,
-    pipeline,
-    wait_until,
-)
+from tests.support.herd import NAMES, Herd
+from tests.support.lines import Client, connect, exchange, now_time, pipeline
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -60,15 +60,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from .harness import (
-    Client,
-    Herd,
-    HerdError,
-    at_lines,
-    now_time,
-    running_herd,
-    wait_until,
-)
+from tests.support.herd import Herd, running_herd
+from tests.support.lines import Client, at_lines, now_time
+from tests.support.polling import HerdError, wait_until
+
 from .test_planning import add_user
 
 NAMES = ("Bailey", "Bona", "Campbell")

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from .harness import REPO, Client, Herd, HerdError, at_lines, now_time, running_herd, wait_until
+from tests.support.herd import REPO, Herd, running_herd
+from tests.support.lines import Client, at_lines, now_time
+from tests.support.polling import HerdError, wait_until
 
 TOKEN = b"Zc9KMPFRgWwDHS2jhWQsOUYFPPKi1WFIV5VxDeCze14"
 HASH = b"scrypt$1024$8$1$031c6c7fd3cfdf9779cf1055de110d47$eceedd6bf8e9a3e77415c0f3"

@@ -16,7 +16,11 @@ from typing import cast
 import icalendar
 import pytest
 
-from .notify_harness import SENDER, NotifyHerd, Session, SmtpProcess, add_user, notify_setup
+from tests.support.lines import Session
+from tests.support.smtp import SmtpProcess
+from tests.support.users import add_user
+
+from .notify_harness import SENDER, NotifyHerd, notify_setup
 from .test_notify import ADDRESS, attachments, bodies, future_time, iso, start, wait_mails
 
 pytestmark = pytest.mark.timeout(120)

@@ -24,18 +24,13 @@ from zoneinfo import ZoneInfo
 import icalendar
 import pytest
 
-from .harness import NAMES, Client, stays_false, wait_until
-from .notify_harness import (
-    Mail,
-    NotifyHerd,
-    Session,
-    SmtpProcess,
-    add_user,
-    herd_cli,
-    notify_setup,
-    option_ids,
-    outbox_rows,
-)
+from tests.support.herd import NAMES
+from tests.support.lines import Client, Session, option_ids
+from tests.support.polling import stays_false, wait_until
+from tests.support.smtp import Mail, SmtpProcess
+from tests.support.users import add_user, herd_cli
+
+from .notify_harness import NotifyHerd, notify_setup, outbox_rows
 
 pytestmark = pytest.mark.timeout(90)
 

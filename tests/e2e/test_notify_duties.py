@@ -15,16 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from .harness import stays_false, wait_until
-from .notify_harness import (
-    NotifyHerd,
-    Session,
-    SmtpProcess,
-    add_user,
-    notify_setup,
-    option_ids,
-    outbox_rows,
-)
+from tests.support.lines import Session, option_ids
+from tests.support.polling import stays_false, wait_until
+from tests.support.smtp import SmtpProcess
+from tests.support.users import add_user
+
+from .notify_harness import NotifyHerd, notify_setup, outbox_rows
 
 pytestmark = pytest.mark.timeout(120)
 

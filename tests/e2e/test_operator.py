@@ -22,18 +22,9 @@ from herd.operator import dial_handshake
 from herd.ops import OPERATOR
 from herd.tokens import hash_token, new_nonce, peer_mac
 from herd.wire.peer import Auth
-
-from .harness import (
-    NAMES,
-    REPO,
-    SECRET,
-    Client,
-    Herd,
-    config_text,
-    now_time,
-    running_herd,
-    wait_until,
-)
+from tests.support.herd import NAMES, REPO, SECRET, Herd, config_text, running_herd
+from tests.support.lines import Client, now_time
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

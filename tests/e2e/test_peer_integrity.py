@@ -22,20 +22,9 @@ from pathlib import Path
 import pytest
 
 from herd.operator import dial_handshake
-
-from .harness import (
-    SECRET,
-    Client,
-    Herd,
-    HerdError,
-    config_text,
-    exchange,
-    now_time,
-    pipeline,
-    running_herd,
-    stays_false,
-    wait_until,
-)
+from tests.support.herd import SECRET, Herd, config_text, running_herd
+from tests.support.lines import Client, exchange, now_time, pipeline
+from tests.support.polling import HerdError, stays_false, wait_until
 
 POSITION = b"+34.068930-118.445127"
 

@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from .harness import NAMES, Client, Herd, wait_until
+from tests.support.herd import NAMES, Herd
+from tests.support.lines import Client
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from .harness import NAMES, Client, config_text, free_ports, status, wait_until
+from tests.support.herd import NAMES, config_text
+from tests.support.lines import Client, status
+from tests.support.polling import wait_until
+from tests.support.ports import free_ports
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,4 +1,5 @@
-"""SmtpChannel against a real aiosmtpd server on a free loopback port, on the reactor's loop.
+"""SmtpChannel against a real aiosmtpd server on a free loopback port, on the reactor's loop
+(the kit's sink, `tests.support.smtp`, as the `smtp` fixture).
 
 The server refuses `bad@…` with 550 and `busy@…` with 451 at RCPT, stalls on `slow@…` at DATA,
 and can be stopped (closing its sessions, as a dying server does) and started again on the same
@@ -7,31 +8,26 @@ port.  No part of aiosmtplib is mocked.
 
 from __future__ import annotations
 
-import asyncio
-import email.policy
 import random
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
-from email.message import EmailMessage
-from email.parser import BytesParser
 from email.utils import formatdate
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 import pytest_twisted
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import capturedLogs
 from twisted.python.threadpool import ThreadPool
 
-from notifier.aio import as_deferred
 from notifier.channels.smtp import SmtpChannel, enhanced_status
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.message import Attachment, Outgoing
 from notifier.outbox import OUTBOX_SCHEMA, Outbox, OutboxSettings, enqueue
+from tests.support.smtp import SmtpServer
 from tests.unit.test_mime import HOSTILE_TITLE, TRICKY, check_mail
 
 pytestmark = pytest.mark.timeout(30)
@@ -51,93 +47,6 @@ def _reactor():  # type: ignore[no-untyped-def]
     return reactor
 
 
-class Mailbox:
-    """aiosmtpd handler: refuses, stalls or keeps each message by its recipient."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[list[str], EmailMessage]] = []
-        self.raw: list[bytes] = []  # each message's data as received, after the SMTP layer
-        self.release = asyncio.Event()
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if address.startswith("bad@"):
-            return "550 5.1.1 no such user"
-        if address.startswith("busy@"):
-            return "451 4.3.2 try again later"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if any(rcpt.startswith("slow@") for rcpt in envelope.rcpt_tos):
-            await self.release.wait()
-        assert envelope.original_content is not None
-        self.raw.append(envelope.original_content)
-        parsed = BytesParser(policy=email.policy.default).parsebytes(envelope.original_content)
-        assert isinstance(parsed, EmailMessage)
-        self.received.append((list(envelope.rcpt_tos), parsed))
-        return "250 OK"
-
-    def ids(self) -> list[str]:
-        return [str(mail["Message-ID"]) for _, mail in self.received]
-
-
-class _Session(SMTP):
-    def __init__(self, server: SmtpServer) -> None:
-        super().__init__(
-            server.mailbox,
-            hostname="test-smtp",
-            enable_SMTPUTF8=server.smtputf8,
-            loop=asyncio.get_running_loop(),
-        )
-        self._server = server
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._server.sessions.add(self)
-        self._server.connections += 1
-
-    def connection_lost(self, error: Exception | None) -> None:
-        super().connection_lost(error)
-        self._server.sessions.discard(self)
-
-
-class SmtpServer:
-    """A real SMTP server on 127.0.0.1 that can die (sessions and all) and come back."""
-
-    def __init__(self, smtputf8: bool = False) -> None:
-        self.mailbox = Mailbox()
-        self.smtputf8 = smtputf8
-        self.port = 0
-        self.sessions: set[_Session] = set()
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-
-    def start(self) -> Deferred[None]:
-        return as_deferred(self._start())
-
-    def stop(self) -> Deferred[None]:
-        return as_deferred(self._stop())
-
-    async def _start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Session(self), "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _stop(self) -> None:
-        server, self._server = self._server, None
-        assert server is not None
-        server.close()
-        self.mailbox.release.set()
-        for session in list(self.sessions):
-            if session.transport is not None:
-                session.transport.close()
-        while self.sessions:
-            await asyncio.sleep(0.002)
-        await server.wait_closed()
-
-
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     """Poll `condition` on the reactor until it holds."""
     reactor = _reactor()
@@ -153,15 +62,6 @@ async def failure_of(delivery: Deferred[None]) -> BaseException:
     except Exception as error:
         return error
     raise AssertionError("the delivery succeeded")
-
-
-@pytest_twisted.async_yield_fixture
-async def smtp() -> AsyncIterator[SmtpServer]:
-    server = SmtpServer()
-    await server.start()
-    yield server
-    if server._server is not None:
-        await server.stop()
 
 
 ChannelFactory = Callable[..., SmtpChannel]

@@ -27,8 +27,7 @@ from notifier.channels.xmpp import MAX_BODY_BYTES, STRANGER_REPLY, XmppChannel, 
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.localxmpp import LocalProsody
 from notifier.message import Outgoing
-
-from .conftest import BOT_USER, XMPP_PASSWORD
+from tests.support.fixtures import BOT_USER, XMPP_PASSWORD
 
 # Bailey as a separate process, so that it can really die (SIGKILL) with its socket open.
 BOT_PROCESS = """

@@ -6,10 +6,11 @@ inline, so every test is deterministic and needs no reactor.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
@@ -140,3 +141,31 @@ def settle(clock: Clock, pumps: list[IOPump]) -> None:
         ):
             return
     raise AssertionError("the herd did not settle")
+
+
+def token(user: str) -> str:
+    """The token the protocol tests give `user`."""
+    return f"{user}-token-0123456789"
+
+
+class Session:
+    """An interactive client connection that has authenticated as a user."""
+
+    def __init__(self, node: Node, user: str) -> None:
+        self.node = node
+        self.connection, self.transport = node.client()
+        assert self.send(f"AUTH {user} {token(user)}").startswith(b"USER ")
+
+    def send(self, line: str) -> bytes:
+        self.transport.clear()
+        self.connection.dataReceived(line.encode() + b"\n")
+        self.node.clock.advance(0)
+        data: bytes = self.transport.value()
+        return data
+
+    def json(self, line: str, word: bytes = b"EVENT") -> dict[str, Any]:
+        reply = self.send(line)
+        assert reply.startswith(word + b" "), reply
+        document = json.loads(reply[len(word) + 1 :])
+        assert isinstance(document, dict)
+        return document

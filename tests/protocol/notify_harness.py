@@ -3,13 +3,10 @@ hub and outbox over the node's own SQLite file, with channels that record what t
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from herd.operator import dial_handshake
@@ -18,37 +15,15 @@ from herd.tokens import hash_token
 from notifier.build import Host, build_notifier
 from notifier.channels.line import LineHub
 from notifier.feed import NotifierListener, load
-from notifier.message import Outgoing
 from notifier.outbox import Outbox
 from notifier.render import Templates, Unsubscribe
 from notifier.routing import Presence, offline
-from tests.protocol.harness import SECRET, START_NS, Node, inline
+from tests.protocol.harness import SECRET, START_NS, Node, inline, token
+from tests.support.channels import RecordingChannel
 
 START_S = START_NS / 10**9  # the harness stamps ops from here: start the clock there too
 TEMPLATES = Templates()
 UNSUBSCRIBE = Unsubscribe(b"test-secret", "mailto:unsubscribe@example.org?subject={user}+{token}")
-
-
-def token(user: str) -> str:
-    return f"{user}-token-0123456789"
-
-
-class RecordingChannel:
-    """Implements `Channel`: every delivery succeeds at once and is recorded."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.sent: list[Outgoing] = []
-
-    def deliver(self, message: Outgoing) -> Deferred[None]:
-        self.sent.append(message)
-        return succeed(None)
-
-    def close(self) -> Deferred[None]:
-        return succeed(None)
-
-    def to(self, recipient: str) -> list[Outgoing]:
-        return [message for message in self.sent if message.recipient == recipient]
 
 
 @dataclass
@@ -146,26 +121,3 @@ def add_user(node: Node, user: str, *extra: str) -> None:
     digest = hash_token(token(user), b"salt" * 4)
     reply = operator(node, " ".join(["USER-ADD", user, digest, *extra]))
     assert reply == f"OK {user}\n".encode(), reply
-
-
-class Session:
-    """An interactive client connection that has authenticated as a user."""
-
-    def __init__(self, node: Node, user: str) -> None:
-        self.node = node
-        self.connection, self.transport = node.client()
-        assert self.send(f"AUTH {user} {token(user)}").startswith(b"USER ")
-
-    def send(self, line: str) -> bytes:
-        self.transport.clear()
-        self.connection.dataReceived(line.encode() + b"\n")
-        self.node.clock.advance(0)
-        data: bytes = self.transport.value()
-        return data
-
-    def json(self, line: str, word: bytes = b"EVENT") -> dict[str, Any]:
-        reply = self.send(line)
-        assert reply.startswith(word + b" "), reply
-        document = json.loads(reply[len(word) + 1 :])
-        assert isinstance(document, dict)
-        return document

@@ -16,8 +16,8 @@ from twisted.test.iosim import IOPump
 from herd.api import Change, ChangeContext
 from notifier.feed import DIGESTS_PER_TURN, TICK
 from notifier.message import Outgoing
-from tests.protocol.harness import link, make_node, settle
-from tests.protocol.notify_harness import START_S, Notified, Session, add_user, attach
+from tests.protocol.harness import Session, link, make_node, settle
+from tests.protocol.notify_harness import START_S, Notified, add_user, attach
 
 WHEN = "2023-11-17T19:00Z"  # three days after the harness's START_S (2023-11-14T22:13:20Z)
 ALICE, BOB = "alice@example.org", "bob@example.org"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from twisted.internet.task import Clock
 
 from herd.extensions import JidLinks, OptOuts
 from herd.tokens import auth_delay, hash_token
-from tests.protocol.harness import Node, link, make_node, settle
+from tests.protocol.harness import Node, Session, link, make_node, settle
 from tests.protocol.notify_harness import operator
 
 TOPOLOGY = {"A": ("B",), "B": ("A", "C"), "C": ("B",)}
@@ -21,28 +20,6 @@ TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789"}
 def add_user(node: Node, user: str) -> None:
     digest = hash_token(TOKENS[user], b"salt" * 4)
     assert operator(node, f"USER-ADD {user} {digest}") == f"OK {user}\n".encode()
-
-
-class Session:
-    """An interactive client connection that has authenticated as a user."""
-
-    def __init__(self, node: Node, user: str) -> None:
-        self.node = node
-        self.connection, self.transport = node.client()
-        assert self.send(f"AUTH {user} {TOKENS[user]}").startswith(b"USER ")
-
-    def send(self, line: str) -> bytes:
-        self.transport.clear()
-        self.connection.dataReceived(line.encode() + b"\n")
-        self.node.clock.advance(0)
-        return self.transport.value()
-
-    def json(self, line: str, word: bytes = b"EVENT") -> dict[str, object]:
-        reply = self.send(line)
-        assert reply.startswith(word + b" "), reply
-        document = json.loads(reply[len(word) + 1 :])
-        assert isinstance(document, dict)
-        return document
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from herd.handshake import (
     Signer,
     WrongProof,
 )
-from herd.peers import peer_mac
+from herd.tokens import peer_mac
 from herd.wire.client import Hello
 from herd.wire.peer import Auth, Challenge, parse_peer_line
 

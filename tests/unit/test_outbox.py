@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
@@ -31,62 +31,14 @@ from notifier.outbox import (
     list_pending,
     retry_dead,
 )
+from tests.support.channels import HOLD, RecordingChannel
 
 T = TypeVar("T")
 START = 1_700_000_000.0
-HOLD = "hold"
-Step = Exception | str | None  # an error to fail with, HOLD, or None for success
 
 
 def inline(work: Callable[[], T]) -> Deferred[T]:
     return maybeDeferred(work)
-
-
-class ScriptedChannel:
-    """Implements `Channel`: each delivery of a key takes the next step scripted for it
-    (success when none is left); HOLD keeps the delivery running until the test fires it."""
-
-    def __init__(self, name: str = "email") -> None:
-        self.name = name
-        self.calls: list[Outgoing] = []
-        self.steps: dict[str, list[Step]] = {}
-        self.held: list[Deferred[None]] = []
-        self.running = 0
-        self.most_running = 0
-        self.hold_all = False
-
-    def script(self, key: str, *steps: Step) -> None:
-        self.steps[key] = list(steps)
-
-    def deliver(self, message: Outgoing) -> Deferred[None]:
-        self.calls.append(message)
-        steps = self.steps.get(message.key, [])
-        step = steps.pop(0) if steps else (HOLD if self.hold_all else None)
-        if isinstance(step, Exception):
-            return fail(step)
-        if step == HOLD:
-            held: Deferred[None] = Deferred()
-            self.running += 1
-            self.most_running = max(self.most_running, self.running)
-            held.addBoth(self._finished)
-            self.held.append(held)
-            return held
-        return succeed(None)
-
-    def _finished(self, result: object) -> object:
-        self.running -= 1
-        return result
-
-    def release(self, count: int | None = None) -> None:
-        """Let `count` held deliveries (all by default) succeed, oldest first."""
-        for _ in range(len(self.held) if count is None else count):
-            self.held.pop(0).callback(None)
-
-    def keys(self) -> list[str]:
-        return [message.key for message in self.calls]
-
-    def close(self) -> Deferred[None]:
-        return succeed(None)
 
 
 def message(key: str, channel: str = "email", **fields: object) -> Outgoing:
@@ -104,7 +56,7 @@ class Rig:
 
     path: Path
     clock: Clock = field(default_factory=Clock)
-    channel: ScriptedChannel = field(default_factory=ScriptedChannel)
+    channel: RecordingChannel = field(default_factory=RecordingChannel)
     outboxes: list[Outbox] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -116,7 +68,7 @@ class Rig:
     def outbox(
         self,
         settings: OutboxSettings = OutboxSettings(),  # noqa: B008 - frozen
-        channels: list[ScriptedChannel] | None = None,
+        channels: list[RecordingChannel] | None = None,
         jitter: float = 1.0,
         run_blocking: RunBlocking = inline,
         clock: Clock | None = None,
@@ -459,7 +411,7 @@ def test_stop_cancels_deliveries_after_the_grace(rig: Rig) -> None:
 
 
 def test_bounded_concurrency_per_channel(rig: Rig) -> None:
-    xmpp = ScriptedChannel("xmpp")
+    xmpp = RecordingChannel("xmpp")
     outbox = rig.outbox(channels=[rig.channel, xmpp], concurrency={"email": 10})
     rig.channel.hold_all = xmpp.hold_all = True
     rig.commit(*[message(f"e{i:02}") for i in range(25)])
@@ -504,7 +456,7 @@ def test_unconfigured_channel_waits_with_a_reason(rig: Rig) -> None:
     assert (waiting.key, waiting.attempts) == ("x1", 0)
     assert waiting.last_error == "channel xmpp is not configured"
 
-    xmpp = ScriptedChannel("xmpp")  # the operator configures [xmpp] and restarts
+    xmpp = RecordingChannel("xmpp")  # the operator configures [xmpp] and restarts
     rig.outbox(channels=[rig.channel, xmpp])
     assert xmpp.keys() == ["x1"]
 

@@ -1,30 +1,28 @@
-"""Run real `herd run` processes on loopback, as a user starts them, and talk to them.
+"""A herd of real `herd run` processes on loopback, started as a user starts them: its config
+(names, ports, links), its processes, and waits for it to answer and link up.
 
-Blocking code only (these tests run no reactor): `subprocess` for the servers, plain sockets for
-the clients.  Every wait is a poll with a deadline; nothing sleeps for a fixed time except the
-short pause between two polls.
+Blocking code only: `subprocess` for the servers, plain sockets for the clients.  Every wait is a
+poll with a deadline; nothing sleeps for a fixed time except the short pause between two polls.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from tests.support.lines import at_line, at_lines, exchange, now_time, status
+from tests.support.polling import HerdError, wait_until
+from tests.support.ports import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
-HOST = "127.0.0.1"
 
 NAMES: tuple[str, ...] = ("Bailey", "Bona", "Campbell", "Clark", "Jaquez")
 LINKS: tuple[tuple[str, str], ...] = (
@@ -36,55 +34,9 @@ LINKS: tuple[tuple[str, str], ...] = (
     ("Bona", "Bailey"),
 )
 SECRET = "e2e-herd-secret"
-POLL_SECONDS = 0.02
 START_SECONDS = 20.0
 LINK_SECONDS = 10.0
 STOP_SECONDS = 5.0
-
-
-class HerdError(AssertionError):
-    """A wait that ran out, with what the servers said on stderr."""
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports, random and checked by binding them.
-
-    They are taken below the kernel's ephemeral range when there is room: a server's port is
-    free while the server is down between a kill and a restart, and a port from the ephemeral
-    range could meanwhile become the local end of some outgoing connection (a peer redialing,
-    a test client), making the restart fail with EADDRINUSE.
-    """
-    low, _ = _ephemeral_range()
-    candidates = list(range(20000, low)) if low - 20000 >= 1000 else []
-    random.SystemRandom().shuffle(candidates)
-    chosen: list[socket.socket] = []
-    try:
-        for port in candidates:
-            if len(chosen) == count:
-                break
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                sock.close()
-                continue
-            chosen.append(sock)
-        while len(chosen) < count:  # no room below the ephemeral range: let the kernel pick
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
-            chosen.append(sock)
-        return [sock.getsockname()[1] for sock in chosen]
-    finally:
-        for sock in chosen:
-            sock.close()
 
 
 def neighbours(links: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
@@ -145,224 +97,6 @@ def config_text(
     return "\n".join(lines)
 
 
-def wait_until(
-    condition: Callable[[], T | None],
-    timeout: float,
-    what: str | Callable[[], str],
-) -> T:
-    """Poll `condition` until it returns something truthy; raise HerdError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            message = what() if callable(what) else what
-            raise HerdError(f"timed out after {timeout} s: {message}")
-        time.sleep(POLL_SECONDS)
-
-
-def stays_false(condition: Callable[[], bool], seconds: float) -> bool:
-    """True if `condition` stays false for `seconds` (polled), False as soon as it holds."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return False
-        time.sleep(POLL_SECONDS)
-    return not condition()
-
-
-# --- clients -----------------------------------------------------------------------------------
-
-
-def connect(port: int, timeout: float = 5.0) -> socket.socket:
-    sock = socket.create_connection((HOST, port), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def read_to_eof(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    """Everything the server writes until it closes (within `timeout`)."""
-    deadline = time.monotonic() + timeout
-    chunks: list[bytes] = []
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            if remaining <= 0:
-                raise TimeoutError
-            sock.settimeout(remaining)
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            received = b"".join(chunks)
-            raise HerdError(
-                f"no EOF within {timeout} s; got {len(received)} bytes: ...{received[-300:]!r}"
-            ) from None
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send `data`, half-close, and return every byte of the answer up to the server's close."""
-    with connect(port, timeout) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        return read_to_eof(sock, timeout)
-
-
-class Client:
-    """An interactive line client: one connection, replies read as they come."""
-
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = connect(port, timeout)
-        self.timeout = timeout
-        self.buffer = b""
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self, deadline: float) -> bool:
-        """Read more into the buffer; False on EOF."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise HerdError(f"no reply within {self.timeout} s; buffered {self.buffer[-300:]!r}")
-        self.sock.settimeout(remaining)
-        try:
-            chunk = self.sock.recv(65536)
-        except TimeoutError:
-            raise HerdError(
-                f"no reply within {self.timeout} s; buffered {self.buffer[-300:]!r}"
-            ) from None
-        if not chunk:
-            return False
-        self.buffer += chunk
-        return True
-
-    def read_until(self, terminator: bytes) -> bytes:
-        """Up to and including `terminator`; HerdError on timeout or EOF."""
-        deadline = time.monotonic() + self.timeout
-        while terminator not in self.buffer:
-            if not self._fill(deadline):
-                raise HerdError(f"EOF before {terminator!r}; buffered {self.buffer!r}")
-        end = self.buffer.index(terminator) + len(terminator)
-        data, self.buffer = self.buffer[:end], self.buffer[end:]
-        return data
-
-    def line(self) -> bytes:
-        """One reply line, with its newline."""
-        return self.read_until(b"\n")
-
-    def request(self, line: bytes) -> bytes:
-        """Send one line (newline added) and read one reply line."""
-        self.send(line + b"\n")
-        return self.line()
-
-    def whatsat(self, line: bytes) -> bytes:
-        """Send a WHATSAT (newline added) and read the whole reply (to `\\n\\n`, or a `?` line)."""
-        self.send(line + b"\n")
-        first = self.line()
-        if first.startswith(b"? "):
-            return first
-        return first + self.read_until(b"\n\n")
-
-    def at_eof(self, timeout: float = 5.0) -> bool:
-        """Whether the server closes the connection (nothing more arrives) within `timeout`."""
-        deadline = time.monotonic() + timeout
-        try:
-            while self._fill(deadline):
-                pass
-        except HerdError:
-            return False
-        except ConnectionResetError:
-            return True
-        return True
-
-
-def at_line(port: int, client: bytes) -> bytes | None:
-    """The AT line a server has stored for `client` (without newline), None if it does not know
-    the client, by `WHATSAT client 1 0`.  No answer in time counts as not known yet (a first
-    WHATSAT waits for the places index to be built, seconds on a busy machine)."""
-    try:
-        reply = exchange(port, b"WHATSAT " + client + b" 1 0\n")
-    except HerdError:
-        return None
-    first, _, _ = reply.partition(b"\n")
-    if first.startswith(b"? "):
-        return None
-    if not first.startswith(b"AT "):
-        raise HerdError(f"unexpected WHATSAT reply: {reply!r}")
-    return first
-
-
-def at_lines(port: int, clients: Iterable[bytes], batch: int = 200) -> dict[bytes, bytes | None]:
-    """`at_line` for many clients over one interactive connection, pipelined in batches."""
-    wanted = list(clients)
-    result: dict[bytes, bytes | None] = {}
-    with Client(port) as connection:
-        for start in range(0, len(wanted), batch):
-            chunk = wanted[start : start + batch]
-            connection.send(b"".join(b"WHATSAT " + client + b" 1 0\n" for client in chunk))
-            for client in chunk:
-                first = connection.line()[:-1]
-                if first.startswith(b"? "):
-                    result[client] = None
-                    continue
-                assert first.startswith(b"AT "), first
-                result[client] = first
-                connection.read_until(b"\n\n")
-    return result
-
-
-def pipeline(port: int, lines: list[bytes], batch: int = 500) -> list[bytes]:
-    """One-line replies (IAMAT, STATUS, errors) to many lines over one interactive connection,
-    in batches (a batch's replies are read before the next is sent)."""
-    replies: list[bytes] = []
-    with Client(port) as connection:
-        for start in range(0, len(lines), batch):
-            chunk = lines[start : start + batch]
-            connection.send(b"".join(line + b"\n" for line in chunk))
-            replies += [connection.line()[:-1] for _ in chunk]
-    return replies
-
-
-def status(port: int, timeout: float = 2.0) -> dict[str, object] | None:
-    """A server's STATUS answer as JSON, or None if it does not answer (yet)."""
-    try:
-        reply = exchange(port, b"STATUS\n", timeout)
-    except (OSError, HerdError):
-        return None
-    if not reply.startswith(b"STATUS ") or not reply.endswith(b"\n"):
-        return None
-    decoded = json.loads(reply[len(b"STATUS ") :])
-    assert isinstance(decoded, dict)
-    return decoded
-
-
-def peer_states(port: int) -> dict[str, str] | None:
-    """The peer links a server's STATUS shows (`{"Bona": "up", ...}`), or None if it does not
-    answer."""
-    answer = status(port)
-    if answer is None:
-        return None
-    peers = answer["peers"]
-    assert isinstance(peers, dict)
-    return {str(peer): str(state) for peer, state in peers.items()}
-
-
-def now_time() -> bytes:
-    """The current POSIX time as an IAMAT time field, 9 decimals."""
-    return b"%d.%09d" % divmod(time.time_ns(), 1_000_000_000)
-
-
 # --- the herd ----------------------------------------------------------------------------------
 
 
@@ -376,12 +110,14 @@ class Herd:
         links: tuple[tuple[str, str], ...] = LINKS,
         max_line: int = 1024,
         seed: Path | None = None,
+        ports: dict[str, int] | None = None,
     ) -> None:
         self.root = root
         self.names = names
         self.links = links
         self.max_line = max_line
-        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+        chosen = dict(zip(names, free_ports(len(names)), strict=True)) if ports is None else ports
+        self.ports = chosen
         self.peers = {name: neighbours(links).get(name, set()) for name in names}
         self.data_dir = root / "var"
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -34,10 +34,8 @@ from bench.harness import (
     BenchError,
     Herd,
     HerdLayout,
-    Processes,
     cpu_count,
     herd_command,
-    log,
     median,
     percentile,
     rss_bytes,
@@ -45,6 +43,7 @@ from bench.harness import (
     temp_directory,
 )
 from herd.config import DEFAULT_MAX_LINE, LimitsConfig
+from tests.support.processes import Processes, log
 
 HOST = "127.0.0.1"
 P99_GOAL_MS = 50.0
@@ -192,7 +191,7 @@ def run(seconds: float, hostile: int) -> dict[str, Any]:
         os.sched_setaffinity(0, {0})
     with Processes() as processes, temp_directory("bench-hostile-") as directory:
         herd = Herd(processes, HerdLayout.single(), directory, cpus={"Bailey": 1 if pin else None})
-        herd.start_all()
+        herd.start()
         herd.wait_ready()
         port = herd.port("Bailey")
         pid = herd.pid("Bailey")

@@ -27,19 +27,18 @@ import time
 from typing import Any
 
 from bench.harness import (
-    HOST,
     BenchError,
     Herd,
     HerdLayout,
-    Processes,
     cpu_seconds,
-    log,
     median,
     save_results,
     temp_directory,
     wait_quiet,
 )
-from bench.loadgen import LoadSpec, new_event_loop, run_load
+from bench.tools.loadgen import LoadSpec, new_event_loop, run_load
+from tests.support.ports import HOST
+from tests.support.processes import Processes, log
 
 GOAL_SECONDS = 2.0
 PRELOAD = 1_000
@@ -222,7 +221,7 @@ def main(argv: list[str]) -> int:
     tag = f"cu{int(time.time())}"
     with Processes() as processes, temp_directory("bench-catchup-") as directory:
         herd = Herd(processes, HerdLayout.default(), directory / "herd")
-        herd.start_all()
+        herd.start()
         log(f"herd ready in {herd.wait_ready():.2f} s")
         loop = new_event_loop()
         try:

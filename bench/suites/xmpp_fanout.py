@@ -8,7 +8,7 @@ config and in the modules the running server loaded), the bot's account and 1,00
 shell` session); a five-server herd started as a user would, whose config has an `[xmpp]`
 table, so every server's bot logs in; Renga users `x00000…` with those JIDs (operator
 handshake), no email, so XMPP is everyone's personal channel; four receiver processes of 250
-slixmpp sessions each (`bench/xmppclients.py hold`: real sessions, presence sent, counting
+slixmpp sessions each (`bench/tools/xmppclients.py hold`: real sessions, presence sent, counting
 what arrives — not Prosody's offline storage); an organiser (no JID) on Bailey plans an event,
 invites the 1,000 (20 `INVITE`s of 50) and proposes a time and two places (each option is also
 told to all 1,000).
@@ -40,18 +40,17 @@ from typing import Any
 
 from bench.harness import (
     BenchError,
-    Processes,
     bailey_profiled,
     cpu_seconds,
-    log,
     median,
     save_results,
     temp_directory,
     wait_quiet,
 )
-from bench.lines import authed, reply_json, user_token
-from bench.loadgen import new_event_loop
-from bench.xmppscene import PASSWORD, Tool, XmppScene
+from bench.tools.lines import authed, reply_json, user_token
+from bench.tools.loadgen import new_event_loop
+from bench.tools.xmppscene import PASSWORD, Tool, XmppScene
+from tests.support.processes import Processes, log
 
 GOAL_RATIO = 0.5
 FANOUT_TIMEOUT = 120.0
@@ -241,7 +240,7 @@ def main(argv: list[str]) -> int:
             processes.stop_all()
             scene.close()
     summary = summarise(results["trials"])
-    from bench.push import breakdown
+    from bench.suites.push import breakdown
 
     results["breakdown_ms"] = breakdown(options.people, decide=True)
     renga, bare = summary["renga"], summary["bare"]
@@ -260,7 +259,7 @@ def main(argv: list[str]) -> int:
         f"  prosody limits module loaded: {results['limits']['mod_limits_loaded']}"
     )
     if options.cprofile is not None:
-        from bench.planning import cprofile_by_total
+        from bench.suites.planning import cprofile_by_total
 
         print(cprofile_by_total(options.cprofile, top=70))
     path = save_results("xmpp_fanout", {"options": vars(options), "summary": summary, **results})

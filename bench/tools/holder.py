@@ -25,7 +25,7 @@ import time
 from typing import cast
 
 from bench.harness import raise_open_files_limit
-from bench.loadgen import new_event_loop
+from bench.tools.loadgen import new_event_loop
 
 CONNECT_ATTEMPTS = 5
 RESET = struct.pack("ii", 1, 0)

@@ -1,6 +1,6 @@
 """Chat with the bot: command round trips (person → bot → reply) under 100 chatting users.
 
-Set-up as `bench xmpp_fanout` (`bench/xmppscene.py`): a real Prosody (LocalProsody's config),
+Set-up as `bench xmpp_fanout` (`bench/tools/xmppscene.py`): a real Prosody (LocalProsody's config),
 a five-server herd whose bots log in, 100 Renga users `c00000…` with JIDs, and their 100
 slixmpp sessions in two processes.  Each user first plans an event of their own by chat
 (`plan …`), so what they say next works on it and nobody else is told about it.  Then each
@@ -30,19 +30,18 @@ from typing import Any
 
 from bench.harness import (
     BenchError,
-    Processes,
     bailey_profiled,
     cpu_seconds,
-    log,
     median,
     percentile,
     save_results,
     temp_directory,
     wait_quiet,
 )
-from bench.lines import user_token
-from bench.loadgen import new_event_loop
-from bench.xmppscene import BOT, PASSWORD, Tool, XmppScene
+from bench.tools.lines import user_token
+from bench.tools.loadgen import new_event_loop
+from bench.tools.xmppscene import BOT, PASSWORD, Tool, XmppScene
+from tests.support.processes import Processes, log
 
 COMMANDS = "status|comment still on for tonight?"
 
@@ -214,7 +213,7 @@ def main(argv: list[str]) -> int:
         )
     print("\n".join(lines))
     if options.cprofile is not None:
-        from bench.planning import cprofile_by_total
+        from bench.suites.planning import cprofile_by_total
 
         print(cprofile_by_total(options.cprofile, top=70))
     lookups = {n: jid_lookup_ms(n) for n in (100, 1000, 10_000)}

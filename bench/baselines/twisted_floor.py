@@ -1,7 +1,7 @@
 """The floor again, on Twisted: what the framework alone costs before Renga does anything.
 
-The same work as `bench/floor.py` (parse with `herd.wire`, format the AT reply, one write per
-read, nothing stored, flooded or logged) as a Twisted `Protocol` on the asyncio reactor,
+The same work as `bench/baselines/floor.py` (parse with `herd.wire`, format the AT reply, one
+write per read, nothing stored, flooded or logged) as a Twisted `Protocol` on the asyncio reactor,
 installed the way `herd` installs it.  The gap between this and the plain-asyncio floor is
 the framework's (Twisted's transports and dispatch on an asyncio loop); the gap between this
 and Renga is Renga's own work.

@@ -26,19 +26,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import (
-    HOST,
     BenchError,
     Herd,
     HerdLayout,
-    Processes,
-    log,
     median,
     percentile,
     save_results,
     temp_directory,
     wait_quiet,
 )
-from bench.loadgen import new_event_loop
+from bench.tools.loadgen import new_event_loop
+from tests.support.ports import HOST
+from tests.support.processes import Processes, log
 
 GOAL_MEDIAN_MS = 5.0
 MAX_POLLS = 20_000
@@ -225,7 +224,7 @@ def main(argv: list[str]) -> int:
     tag = f"prop{int(time.time())}"
     with Processes() as processes, temp_directory("bench-propagation-") as directory:
         herd = Herd(processes, HerdLayout.default(), directory / "herd")
-        herd.start_all()
+        herd.start()
         log(f"herd ready in {herd.wait_ready():.2f} s")
         wait_quiet(herd.pids().values())
         loop = new_event_loop()

@@ -2,7 +2,7 @@
 
 One server (a one-server Renga herd started with `herd run`, and the floor server as the
 baseline, in turn) is made to hold 19,000 idle client connections, opened by two holder
-processes (`bench/holder.py`, 9,500 sockets each: one process may hold ~20,000 files here).
+processes (`bench/tools/holder.py`, 9,500 sockets each: one process may hold ~20,000 files here).
 Each connection says one line first (`STATUS`; the floor answers `? STATUS`) and waits for the
 answer — a client that has spoken once, then idles; it also keeps the connects from outrunning
 the server's accept queue.  The
@@ -28,14 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import (
-    HOST,
     BenchError,
-    Child,
     Herd,
     HerdLayout,
-    Processes,
-    free_ports,
-    log,
     median,
     open_fds,
     pinned,
@@ -47,6 +42,8 @@ from bench.harness import (
     wait_for,
     wait_quiet,
 )
+from tests.support.ports import HOST, free_ports
+from tests.support.processes import Child, Processes, log
 
 GOAL_BYTES_PER_CONNECTION = 3 * 1024
 HOLDERS = 2
@@ -231,7 +228,7 @@ def main(argv: list[str]) -> int:
             log_path=directory / "floor.stderr",
         )
         herd = Herd(processes, HerdLayout.single("Bailey"), directory / "herd")
-        herd.start_all()
+        herd.start()
         herd.wait_ready()
         wait_for(lambda: port_open(floor_port), 10.0, "the floor server")
         for server in (

@@ -26,8 +26,9 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 
-from bench.digests import build_state
-from bench.harness import log, save_results
+from bench.harness import save_results
+from bench.suites.digests import build_state
+from tests.support.processes import log
 
 SENDER = "Renga <renga@bench.invalid>"
 

@@ -32,14 +32,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.harness import (
-    HERD_NAMES,
-    HOST,
     BenchError,
     Herd,
     HerdLayout,
-    Processes,
-    free_ports,
-    log,
     median,
     percentile,
     port_open,
@@ -48,10 +43,13 @@ from bench.harness import (
     wait_for,
     wait_quiet,
 )
-from bench.lines import LineClient, Operator, authed, reply_json, user_token
-from bench.loadgen import new_event_loop
-from bench.planning import op_count
+from bench.suites.planning import op_count
+from bench.tools.lines import LineClient, Operator, authed, reply_json, user_token
+from bench.tools.loadgen import new_event_loop
 from herd.config import load_config
+from tests.support.herd import NAMES
+from tests.support.ports import HOST, free_ports
+from tests.support.processes import Processes, log
 
 GOAL_MS = 100.0
 TRIAL_TIMEOUT = 20.0
@@ -141,7 +139,7 @@ def floor_server(port: int) -> int:
 
 
 async def setup(herd: Herd, count: int) -> dict[str, Any]:
-    ports = [herd.port(name) for name in HERD_NAMES]
+    ports = [herd.port(name) for name in NAMES]
     token, digest = user_token()
     users = [f"s{i:05d}" for i in range(count)]
     secret = load_config(herd.config_path, os.environ).secret
@@ -156,7 +154,7 @@ async def setup(herd: Herd, count: int) -> dict[str, Any]:
     small = reply_json(await organiser.ask(b"PLAN Fan-out baseline"))["id"]
     reply_json(await organiser.ask(f"INVITE {small} {users[0]}".encode()))
     ops = 2 * (count + 1) + 2 + -(-count // INVITE_BATCH) + 1
-    paths = [herd.directory / "var" / f"{name}.sqlite" for name in HERD_NAMES]
+    paths = [herd.directory / "var" / f"{name}.sqlite" for name in NAMES]
     await asyncio.to_thread(
         wait_for, lambda: all(op_count(p) == ops for p in paths), 120, "the herd to converge"
     )
@@ -164,7 +162,7 @@ async def setup(herd: Herd, count: int) -> dict[str, Any]:
 
 
 async def herd_trials(herd: Herd, options: argparse.Namespace) -> dict[str, Any]:
-    ports = [herd.port(name) for name in HERD_NAMES]
+    ports = [herd.port(name) for name in NAMES]
     state = await setup(herd, options.subscribers)
     token, users, organiser = state["token"], state["users"], state["organiser"]
     receivers = Receivers()
@@ -231,7 +229,7 @@ async def herd_trials(herd: Herd, options: argparse.Namespace) -> dict[str, Any]
                     by_server: dict[str, float] = {}
                     for who, at in receivers.arrivals.items():
                         index = position[who.split("/", 1)[1]]
-                        server = HERD_NAMES[index % len(ports)] if kind == "spread" else "Bailey"
+                        server = NAMES[index % len(ports)] if kind == "spread" else "Bailey"
                         by_server[server] = max(by_server.get(server, 0.0), (at - sent) / 1e6)
                     figures["last_ms_by_server"] = by_server  # type: ignore[assignment]
                 results[kind].append(figures)
@@ -363,7 +361,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         )
         wait_for(lambda: port_open(port), 10, "the floor server")
         herd = Herd(processes, HerdLayout.default(), directory / "herd")
-        herd.start_all()
+        herd.start()
         herd.wait_ready()
         log("herd up")
         loop = new_event_loop()

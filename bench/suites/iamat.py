@@ -1,7 +1,7 @@
 """The headline: server CPU time per answered IAMAT, Renga against the floor.
 
 Starts a five-server herd of `herd run` processes (the default topology, a config in a temp
-dir, free ports) and the floor server (`bench/floor.py`), each its own process.  Then, for
+dir, free ports) and the floor server (`bench/baselines/floor.py`), each its own process.  Then, for
 each round, Renga (load on Bailey) and the floor in turn (Renga first) get the same
 closed-loop load (50 connections x 20 in flight, 100,000 IAMATs, each a new report), from a
 load generator pinned to another core than the server.  A server's CPU (user + system, all
@@ -11,9 +11,9 @@ the load.  A second load at 50 connections x 1 in flight measures latency.  Figu
 medians over the rounds; the efficiency ratio is, in each round, floor CPU/IAMAT divided by
 Renga CPU/IAMAT, and its median is the headline (goal >= 0.3).
 
-A second baseline, the Twisted floor (`bench/twisted_floor.py`: the floor's work as a Twisted
-protocol on the asyncio reactor), gets the same loads, for information: it splits the gap into
-what the framework costs and what Renga's own work costs.
+A second baseline, the Twisted floor (`bench/baselines/twisted_floor.py`: the floor's work as a
+Twisted protocol on the asyncio reactor), gets the same loads, for information: it splits the gap
+into what the framework costs and what Renga's own work costs.
 
     python -m bench iamat [--rounds 3] [--count 100000]
         [--profile bench/results/bailey.pyspy] [--cprofile bench/results/bailey.prof]
@@ -32,17 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    HERD_NAMES,
     BenchError,
-    Child,
     Herd,
     HerdLayout,
-    Processes,
     cpu_count,
     cpu_seconds,
     cpu_times,
-    free_ports,
-    log,
     median,
     pinned,
     port_open,
@@ -53,7 +48,10 @@ from bench.harness import (
     wait_for,
     wait_quiet,
 )
-from bench.profiles import Recording, cprofile_table, summarise, thread_names
+from bench.tools.profiles import Recording, cprofile_table, summarise, thread_names
+from tests.support.herd import NAMES
+from tests.support.ports import free_ports
+from tests.support.processes import Child, Processes, log
 
 EFFICIENCY_GOAL = 0.3
 LOAD_TIMEOUT = 300.0
@@ -184,7 +182,7 @@ def cprofile_bailey(
     from its peers, and cProfile counts from the start), one load, then Bailey is stopped,
     which writes the profile; the per-IAMAT table of its reactor thread."""
     cpus: dict[str, int | None] = {
-        name: options.server_cpu if name == "Bailey" else options.peers_cpu for name in HERD_NAMES
+        name: options.server_cpu if name == "Bailey" else options.peers_cpu for name in NAMES
     }
     launcher = profiled_herd(path)
     herd = Herd(
@@ -195,7 +193,7 @@ def cprofile_bailey(
         launchers={"Bailey": launcher},
     )
     try:
-        herd.start_all()
+        herd.start()
         herd.wait_ready()
         wait_quiet(herd.pids().values())
         load = run_loadgen(
@@ -250,7 +248,7 @@ def summarise_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
     others = {
         name: med("renga", "throughput", "others_cpu_us_per_iamat", name)
-        for name in HERD_NAMES
+        for name in NAMES
         if name != "Bailey"
     }
     return {
@@ -336,11 +334,10 @@ def run(options: Options) -> dict[str, Any]:
     nonce = f"{int(time.time())}"
     with Processes() as processes, temp_directory("bench-iamat-") as directory:
         cpus: dict[str, int | None] = {
-            name: options.server_cpu if name == "Bailey" else options.peers_cpu
-            for name in HERD_NAMES
+            name: options.server_cpu if name == "Bailey" else options.peers_cpu for name in NAMES
         }
         herd = Herd(processes, HerdLayout.default(), directory / "herd", cpus=cpus)
-        herd.start_all()
+        herd.start()
         floor_port, twisted_port = free_ports(2)
         floor = processes.start(
             "floor",

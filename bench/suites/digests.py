@@ -2,7 +2,7 @@
 through Renga's own path against the naive way, side by side in one run.
 
 Each variant runs as its own child process (so their memory can be compared), against a fresh
-SMTP sink process (`bench/smtpsink.py`: aiosmtpd, counts and drops).  With two cores, the
+SMTP sink process (`bench/tools/smtpsink.py`: aiosmtpd, counts and drops).  With two cores, the
 sender is pinned to core 1 and the sink to core 0.  The parent samples each child's RSS every
 0.2 s, and the sink's CPU over the child's life.  Both children first build the same planning
 state in memory (10,000 users with an email address in five zones, 5,000 events with 10
@@ -55,13 +55,13 @@ from typing import Any
 from bench.harness import (
     BenchError,
     cpu_seconds,
-    log,
     median,
     pinned,
     rss_bytes,
     save_results,
     temp_directory,
 )
+from tests.support.processes import log
 
 GOAL = 600.0
 SAMPLE_EVERY = 0.2

@@ -7,7 +7,7 @@ config in a temp dir, free ports; no `[smtp]`/`[xmpp]`, so notifications are lin
 rendered on every server).  Then:
 
 1. **Users.** A few with the real `herd user add` command (timed: one process each), the rest
-   through the same operator handshake over one connection, pipelined (`bench/lines.py`).  All
+   through the same operator handshake over one connection, pipelined (`bench/tools/lines.py`).  All
    share one token, so the bench can log in as anyone.  Each user gets one connection, user i
    on server i mod 5, authenticated with `AUTH` (scrypt, on each server's CPU thread).
 2. **Setup.** Event e is organised by user e mod U and invites 10 other users; the organiser
@@ -24,7 +24,7 @@ rendered on every server).  Then:
    every event is compared on all five servers (untimed check).
 5. **One server.** Bailey is pinned to core 1, everything else to core 0 (as `bench iamat`).
    In each round: planning writes (`VOTE`, changing a vote: one op each, stored, flooded,
-   routed), planning reads (`EVENT <id>`), and IAMAT from `bench/loadgen.py` (new clients,
+   routed), planning reads (`EVENT <id>`), and IAMAT from `bench/tools/loadgen.py` (new clients,
    each stored and flooded), each as 50 connections x 20 in flight; requests/s and Bailey's
    CPU per request, medians over the rounds.
 
@@ -50,15 +50,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    HERD_NAMES,
     BenchError,
     Herd,
     HerdLayout,
-    Processes,
     bailey_profiled,
     cpu_seconds,
     herd_command,
-    log,
     median,
     percentile,
     rss_bytes,
@@ -66,10 +63,12 @@ from bench.harness import (
     temp_directory,
     wait_quiet,
 )
-from bench.iamat import run_loadgen
-from bench.lines import LineClient, Operator, authed_many, closed_loop, reply_json, user_token
-from bench.loadgen import new_event_loop
+from bench.suites.iamat import run_loadgen
+from bench.tools.lines import LineClient, Operator, authed_many, closed_loop, reply_json, user_token
+from bench.tools.loadgen import new_event_loop
 from herd.config import load_config
+from tests.support.herd import NAMES
+from tests.support.processes import Processes, log
 
 TIME_OPTION = "2030-06-01T19:00Z"
 CHOICES = ("YES", "YES", "MAYBE", "NO")
@@ -131,7 +130,7 @@ class Run:
     def __init__(self, options: Options, herd: Herd) -> None:
         self.options = options
         self.herd = herd
-        self.ports = [herd.port(name) for name in HERD_NAMES]
+        self.ports = [herd.port(name) for name in NAMES]
         self.users = [user_name(i) for i in range(options.users)]
         self.token = ""
         self.clients: list[LineClient] = []
@@ -141,7 +140,7 @@ class Run:
         self.results: dict[str, Any] = {}
 
     def db_paths(self) -> list[Path]:
-        return [self.herd.directory / "var" / f"{name}.sqlite" for name in HERD_NAMES]
+        return [self.herd.directory / "var" / f"{name}.sqlite" for name in NAMES]
 
     def op_counts(self) -> list[int]:
         return [op_count(path) for path in self.db_paths()]
@@ -170,7 +169,7 @@ class Run:
         # `herd user add` prints a fresh token per user; the bench needs one it knows for
         # those, so it sets them to the shared one (USER-TOKEN, one op each).
         secret = load_config(self.herd.config_path, os.environ).secret
-        operator = await Operator.open(secret, HERD_NAMES[0], self.ports[0])
+        operator = await Operator.open(secret, NAMES[0], self.ports[0])
         try:
             for user in self.users[: len(cli_times)]:
                 reply = await operator.client.ask(f"USER-TOKEN {user} {digest}".encode())
@@ -264,7 +263,7 @@ class Run:
                 self.results["not_converged"] = {
                     "phase": what,
                     "after_s": CONVERGE_TIMEOUT,
-                    "op_counts": dict(zip(HERD_NAMES, counts, strict=True)),
+                    "op_counts": dict(zip(NAMES, counts, strict=True)),
                     "expected": self.ops,
                     "link_drops": self.link_drops(),
                 }
@@ -276,7 +275,7 @@ class Run:
         """How often each server dropped a peer link it found silent or not reading (from the
         servers' logs)."""
         drops = {}
-        for name in HERD_NAMES:
+        for name in NAMES:
             path = self.herd.directory / f"{name}.stderr"
             count = 0
             with path.open("rb") as log_file:
@@ -677,7 +676,7 @@ def run(options: Options) -> dict[str, Any]:
     with temp_directory("renga-bench-planning-") as directory, Processes() as processes:
         launchers = bailey_profiled(options.cprofile)
         herd = Herd(processes, HerdLayout.default(), directory / "herd", launchers=launchers)
-        herd.start_all()
+        herd.start()
         herd.wait_ready()
         log("herd up")
         loop = new_event_loop()

@@ -1,7 +1,7 @@
 """What `bench xmpp_fanout` and `bench chat` share: a real Prosody (`LocalProsody`, its own
 config, plus `admin_shell` so accounts can be made in bulk), accounts, a five-server herd whose
 config has an `[xmpp]` table (every server's bot logs in), Renga users with JIDs, and processes
-of slixmpp sessions (`bench/xmppclients.py`) driven over their stdin.
+of slixmpp sessions (`bench/tools/xmppclients.py`) driven over their stdin.
 
 Everything is started through a `Processes` (stopped when its block ends); Prosody is stopped
 by the scene's `close()`, which callers run in a `finally`.
@@ -21,19 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.harness import (
-    HERD_NAMES,
-    BenchError,
-    Child,
-    Herd,
-    HerdLayout,
-    Processes,
-    log,
-    median,
-    wait_for,
-)
-from bench.lines import Operator
+from bench.harness import BenchError, Herd, HerdLayout, median, wait_for
+from bench.tools.lines import Operator
 from notifier.localxmpp import LocalProsody
+from tests.support.herd import NAMES
+from tests.support.processes import Child, Processes, log
 
 PASSWORD = "bench-pw"
 BOT = "renga"
@@ -233,7 +225,6 @@ class XmppScene:
             cpus=cpus or {},
             launchers=launchers or {},
         )
-        herd.write_config()
         secret_file = self.directory / "bot.secret"
         secret_file.write_text(PASSWORD)
         with herd.config_path.open("a") as config:
@@ -242,14 +233,14 @@ class XmppScene:
                 f'password_file = "{secret_file}"\nhost = "127.0.0.1"\n'
                 f'port = {self.prosody.port}\ntls = "none"\n'
             )
-        herd.start_all()
+        herd.start()
         herd.wait_ready()
 
         def bots_up() -> bool:
             herd.check_alive()
             return all(
                 BOT_UP in (herd.directory / f"{name}.stderr").read_text(errors="replace")
-                for name in HERD_NAMES
+                for name in NAMES
             )
 
         wait_for(bots_up, 30, "every server's bot to log in", interval=0.1)

@@ -1,0 +1,1 @@
+"""The benchmarks, one module each (`python -m bench NAME` runs its `main`)."""
