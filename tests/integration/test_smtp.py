@@ -31,7 +31,8 @@ from notifier.aio import as_deferred
 from notifier.channels import Attachment, Outgoing
 from notifier.channels.smtp import SmtpChannel, enhanced_status
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
-from notifier.outbox import OUTBOX_SCHEMA, Outbox, OutboxSettings, enqueue
+from notifier.outbox import Outbox, OutboxSettings
+from notifier.outbox_table import OUTBOX_SCHEMA, enqueue
 from tests.unit.test_mime import HOSTILE_TITLE, TRICKY, check_mail
 
 pytestmark = pytest.mark.timeout(30)
