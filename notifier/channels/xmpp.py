@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import suppress
 from enum import Enum
@@ -49,13 +48,12 @@ from twisted.python.failure import Failure
 from herd.backoff import Backoff
 from notifier.aio import as_deferred
 from notifier.channels import Outgoing
+from notifier.contacts import PresenceState, Strangers, presence_of
 from notifier.errors import NotifierError, PermanentDeliveryError, TransientDeliveryError
 from notifier.stanza import NOT_XML, chat_stanza, posix_time, xml_attr, xml_text
 
-PresenceState = Literal["available", "away", "unavailable"]
 TlsMode = Literal["starttls", "direct", "none"]
 
-LINK_ATTEMPTS = 5
 # 0.5 s doubling to 30 s, each delay between half and one and a half times that.
 RECONNECT_BACKOFF = Backoff(initial=0.25, factor=2.0, cap=15.0, jitter=2.0)
 LASTING_SESSION = 30.0  # seconds up after which a lost session starts the backoff afresh
@@ -176,11 +174,10 @@ class XmppChannel:
         self._on_location = on_location
         self._on_receipt = on_receipt
         self._on_stranger = on_stranger
-        self._link_attempts: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._jitter = jitter
         self._stranger_reply = NOT_XML.sub("", stranger_reply)
         self._apology = apology
-        self._stranger_cooldown = stranger_cooldown
+        self._strangers = Strangers(stranger_cooldown)
         self._confirm_timeout = confirm_timeout
         self._reconnect = reconnect
 
@@ -196,7 +193,6 @@ class XmppChannel:
         # Their stanzas, written together just before that barrier: one write, not hundreds.
         self._unsent: list[bytes] = []
         self._barriers: list[list[Deferred[None]]] = []
-        self._strangers: OrderedDict[str, float] = OrderedDict()
         self._states: dict[str, PresenceState] = {}  # known contacts' last reported state
 
         plain = tls == "none"
@@ -445,7 +441,7 @@ class XmppChannel:
             return  # chat states, receipts, PEP events; or another server of the herd
         if not self._is_known(sender.bare):
             if self._on_stranger is not None and body[:4].lower() == "link":
-                if self._may_try_link(sender.bare):
+                if self._strangers.may_try_link(sender.bare, self._clock.seconds()):
                     answer = maybeDeferred(self._on_stranger, sender.bare, body)
                     answer.addErrback(self._command_failed, sender.bare)
                     answer.addCallback(self._reply, sender, msg["thread"])
@@ -480,28 +476,10 @@ class XmppChannel:
         reply["request_receipt"] = True
         reply.send()
 
-    def _may_try_link(self, bare: str) -> bool:
-        """A few linking attempts per JID per cooldown, so codes cannot be guessed."""
-        now = self._clock.seconds()
-        since, count = self._link_attempts.get(bare, (now, 0))
-        if now - since >= self._stranger_cooldown:
-            since, count = now, 0
-        self._link_attempts[bare] = (since, count + 1)
-        self._link_attempts.move_to_end(bare)
-        while len(self._link_attempts) > 1024:
-            self._link_attempts.popitem(last=False)
-        return count < LINK_ATTEMPTS
-
     def _answer_stranger(self, sender: JID) -> None:
         """One polite line per stranger per cooldown: never a bot-to-bot loop, bounded memory."""
-        now = self._clock.seconds()
-        last = self._strangers.get(sender.bare)
-        if last is not None and now - last < self._stranger_cooldown:
+        if not self._strangers.should_answer(sender.bare, self._clock.seconds()):
             return
-        self._strangers[sender.bare] = now
-        self._strangers.move_to_end(sender.bare)
-        while len(self._strangers) > 1024:
-            self._strangers.popitem(last=False)
         self._xmpp.make_message(mto=sender, mbody=self._stranger_reply, mtype="chat").send()
 
     def _subscribe_request(self, presence: Presence) -> None:
@@ -521,11 +499,7 @@ class XmppChannel:
         if bare == self._xmpp.boundjid.bare or not self._is_known(bare):
             return
         shows = [r.get("show", "") for r in self._xmpp.client_roster[bare].resources.values()]
-        state: PresenceState = "unavailable"
-        if any(show in ("", "chat") for show in shows):
-            state = "available"
-        elif shows:
-            state = "away"
+        state = presence_of(shows)
         if self._states.get(bare, "unavailable") != state:
             self._states[bare] = state
             self._call(self._on_presence, bare, state)
