@@ -327,7 +327,7 @@ def user(config: HerdConfig, arguments: argparse.Namespace) -> int:
 def outbox(config: HerdConfig, arguments: argparse.Namespace) -> int:
     """Pending and dead notifications of each server (read from its database file; works
     whether the server runs or not), and replaying dead letters."""
-    from notifier.outbox import format_entries, list_dead, list_pending, retry_dead
+    from notifier.outbox_admin import format_entries, list_dead, list_pending, retry_dead
 
     names = [arguments.server] if arguments.server else list(config.servers)
     for name in names:

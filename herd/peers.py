@@ -42,7 +42,8 @@ from herd.handshake import (
     WrongProof,
 )
 from herd.ops import OPERATOR
-from herd.protocol import LineConnection, LineHandler, SliceScheduler, Traffic
+from herd.protocol import LineConnection, LineHandler, Traffic
+from herd.slices import SliceScheduler
 from herd.tokens import new_nonce, peer_mac
 from herd.wire.client import Hello, error_reply
 from herd.wire.grammar import WireError

@@ -8,9 +8,9 @@
   handler that answers a line with a Deferred (an `AUTH` being checked) holds every later line
   of the connection until it fires, so each line sees the effect of every line before it;
 - fairness: a connection runs at most `slice_lines` lines at once; the rest wait for their turn
-  in the server's `SliceScheduler`, which runs the waiting connections round robin for at most
-  `turn_seconds` per reactor turn, then lets the reactor serve I/O (other clients, peer
-  keepalives, store commits);
+  in the server's `SliceScheduler` (`herd.slices`), which runs the waiting connections round
+  robin for at most `turn_seconds` per reactor turn, then lets the reactor serve I/O (other
+  clients, peer keepalives, store commits);
 - budgets: a client connection whose replies are not being read (its transport's write buffer
   is over `output_budget`, or replies held for it in order are) runs no line and is not read
   until they drain; and it is not read while more than `input_budget` bytes of its lines wait
@@ -35,18 +35,14 @@ from typing import Final
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IHalfCloseableProtocol,
-    IPushProducer,
-    IReactorTime,
-)
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from herd.errors import HerdError
+from herd.slices import SliceScheduler
 
 SKIPPED_HEAD: Final = 64  # bytes of a skipped peer line kept: enough for `U <seq> `
 
@@ -110,49 +106,6 @@ CLIENT_FRAMING = Framing()
 PEER_FRAMING = Framing(close_on_overlong=False, last_line_at_eof=False)
 LINE_OVERHEAD = 64  # what Python holds per queued line beyond its bytes (object, deque slot)
 PEER_SEND_BUFFER = 4 * 1024 * 1024  # a peer link's kernel send buffer: floods and catch-ups
-
-
-class SliceScheduler:
-    """Runs the connections that have lines waiting, round robin, a slice each, for at most
-    `turn_seconds` per reactor turn; then yields to the reactor (`callLater(0)`) so that I/O,
-    commits and keepalives are served between turns.  A slice ends after `slice_seconds`
-    too, so one expensive command after another cannot hold the reactor."""
-
-    def __init__(
-        self, clock: IReactorTime, slice_seconds: float = 0.002, turn_seconds: float = 0.005
-    ) -> None:
-        self.clock = clock
-        self.slice_seconds = slice_seconds
-        self.turn_seconds = turn_seconds
-        self._ready: deque[LineConnection] = deque()
-        self._call: IDelayedCall | None = None
-
-    @property
-    def idle(self) -> bool:
-        """No connection waits for its turn (fresh input may run at once)."""
-        return not self._ready
-
-    def want(self, connection: LineConnection) -> None:
-        """`connection` has lines it may run: give it a slice in a coming turn."""
-        if connection.scheduled:
-            return
-        connection.scheduled = True
-        self._ready.append(connection)
-        if self._call is None:
-            self._call = self.clock.callLater(0, self._turn)
-
-    def _turn(self) -> None:
-        self._call = None
-        ready = self._ready
-        deadline = self.clock.seconds() + self.turn_seconds
-        for _ in range(len(ready)):
-            connection = ready.popleft()
-            connection.scheduled = False
-            connection.run_slice()
-            if self.clock.seconds() >= deadline:
-                break
-        if ready and self._call is None:
-            self._call = self.clock.callLater(0, self._turn)
 
 
 class Slot:

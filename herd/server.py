@@ -31,8 +31,9 @@ from herd.leases import Leases
 from herd.offload import RunBlocking
 from herd.ops import Body, Op
 from herd.peers import PeerSession, answer_hello
-from herd.protocol import ConnectionLimits, LineConnection, SliceScheduler, Slot
+from herd.protocol import ConnectionLimits, LineConnection, Slot
 from herd.records import LocationTable, OpLog, Sequencer
+from herd.slices import SliceScheduler
 from herd.state import PlanningState
 from herd.store import GroupCommitter, Snapshot
 from herd.wire.client import Hello, IAmAt, Status, WhatsAt, error_reply

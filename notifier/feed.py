@@ -60,7 +60,7 @@ from herd.api import (
 from notifier.channels.line import LinePush, checkpoint
 from notifier.digest import DigestItem, compose_digest, next_digest_at
 from notifier.message import Digest, Kind, Medium, Outgoing, Recipient, Routed
-from notifier.outbox import OUTBOX_SCHEMA, enqueue
+from notifier.outbox_table import OUTBOX_SCHEMA, enqueue
 from notifier.render import RenderCache, Templates, Unsubscribe, render
 from notifier.routing import Presence, Timing, due_reminders, offline, route
 

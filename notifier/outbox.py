@@ -1,9 +1,9 @@
 """The durable outbox: at-least-once delivery of rendered messages, with retries and dead letters.
 
-Rows live in the herd server's own SQLite file.  The herd store inserts them with `enqueue`
-inside the transaction of the change that causes them, so a change is never durable without its
-notifications, nor the reverse.  `Outbox` then delivers them on the reactor through the channel
-registry, using its own connection on its own single thread:
+Rows live in the herd server's own SQLite file (`notifier.outbox_table`). The herd store inserts
+them with `enqueue` inside the transaction of the change that causes them, so a change is never
+durable without its notifications, nor the reverse. `Outbox` then delivers them on the reactor
+through the channel registry, using its own connection on its own single thread:
 
 - a *cycle* on that thread writes the outcomes gathered since the last one and claims due rows,
   at most as many per channel as that channel has free delivery slots, in one transaction;
@@ -20,23 +20,17 @@ Rows for a channel that is not in the registry are never claimed and stay pendin
 the reason at start: the message is fine and the fix is configuration, after which they go out
 without an operator replaying them (dead letters are for what the far side refused).
 
-`list_pending`, `list_dead` and `retry_dead` work on the file directly, for `herd outbox` with or
-without the server running; a running server picks replayed rows up at its next poll.
+`herd outbox list|dead|retry` works on the file directly (`notifier.outbox_admin`); a running
+server picks replayed rows up at its next poll.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import sqlite3
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import Enum, StrEnum
+from enum import Enum
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, maybeDeferred
@@ -47,82 +41,9 @@ from twisted.python.failure import Failure
 from herd.api import Backoff, RunBlocking
 from notifier.channels import Channel
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError, UncertainDeliveryError
-from notifier.message import Attachment, Outgoing
+from notifier.outbox_table import Claimed, Cycle, OutboxBook, Outcome, RowState
 
-T = TypeVar("T")
 _log = Logger()
-
-OUTBOX_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    key TEXT PRIMARY KEY,                   -- idempotency key: notification id + channel
-    channel TEXT NOT NULL,
-    recipient TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    text TEXT NOT NULL,
-    html TEXT,
-    thread TEXT,
-    headers TEXT NOT NULL,                  -- JSON [[name, value], ...]
-    attachments TEXT NOT NULL,              -- JSON [[filename, content type, base64], ...]
-    state TEXT NOT NULL DEFAULT 'pending'
-        CHECK (state IN ('pending', 'sending', 'delivered', 'dead')),
-    created REAL NOT NULL,                  -- enqueued at
-    since REAL NOT NULL,                    -- this round of attempts began (enqueue or replay)
-    due REAL NOT NULL,                      -- next attempt not before
-    attempts INTEGER NOT NULL DEFAULT 0,    -- attempts started in this round
-    possible_duplicate INTEGER NOT NULL DEFAULT 0,  -- an earlier attempt may have got through
-    last_error TEXT NOT NULL DEFAULT '',
-    finished REAL,                          -- delivered or dead-lettered at
-    coalesce_key TEXT                       -- while pending, newer renderings replace this one
-);
-CREATE INDEX IF NOT EXISTS outbox_queue ON outbox (state, channel, due);
-CREATE INDEX IF NOT EXISTS outbox_coalesce ON outbox (coalesce_key, channel)
-    WHERE coalesce_key IS NOT NULL AND state = 'pending';
-"""
-
-_INSERT = """
-INSERT OR IGNORE INTO outbox
-    (key, channel, recipient, subject, text, html, thread, headers, attachments,
-     created, since, due, coalesce_key)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-
-_REPLACE_PENDING = """
-UPDATE outbox SET recipient = ?, subject = ?, text = ?, html = ?, thread = ?, headers = ?,
-    attachments = ?
-WHERE coalesce_key = ? AND channel = ? AND state = 'pending'
-"""
-
-_CLAIM = """
-UPDATE outbox SET state = 'sending', attempts = attempts + 1
-WHERE key IN (
-    SELECT key FROM outbox
-    WHERE state = 'pending' AND channel = ? AND due <= ?
-    ORDER BY due LIMIT ?
-)
-RETURNING key, channel, recipient, subject, text, html, thread, headers, attachments,
-    attempts, since, due
-"""
-
-_DELIVERED = """
-UPDATE outbox SET state = 'delivered', finished = ?, last_error = ''
-WHERE key = ? AND state = 'sending'
-"""
-
-_RETRY = """
-UPDATE outbox SET state = 'pending', due = ?, last_error = ?,
-    possible_duplicate = possible_duplicate OR ?
-WHERE key = ? AND state = 'sending'
-"""
-
-_DEAD = """
-UPDATE outbox SET state = 'dead', finished = ?, last_error = ?
-WHERE key = ? AND state = 'sending'
-"""
-
-_ENTRY_COLUMNS = """
-key, channel, recipient, subject, state, attempts, possible_duplicate, created, due, finished,
-last_error
-"""
 
 PRUNE_EVERY = 3600.0
 
@@ -147,254 +68,6 @@ class OutboxSettings:
         first half is always waited and the second at random, so retries spread out yet never
         come sooner than half the nominal delay."""
         return Backoff(initial=self.base_delay / 2, factor=2.0, cap=self.max_delay / 2, jitter=1.0)
-
-
-def enqueue(
-    db: sqlite3.Connection,
-    items: Sequence[Outgoing],
-    now: float,
-    *,
-    due: float | None = None,
-    coalesce: str | None = None,
-) -> None:
-    """Insert `items` as pending rows due `now` (or not before `due`: quiet hours, a
-    coalescing window), ignoring keys already in the outbox.
-
-    With `coalesce`, an item whose channel has a row still pending under that key replaces
-    that row's content instead of adding a row: a burst (votes coming in) becomes one message
-    showing the latest state, sent when the first was due.  The row keeps its key, so a repeat
-    of the first item is still ignored.
-
-    Only writes on the caller's connection and inside the caller's open transaction, so the
-    rows commit (or roll back) with the change that caused them.
-    """
-    if not db.in_transaction:
-        raise RuntimeError("enqueue must run inside the transaction of the change")
-    rows = [_to_row(item, now, now if due is None else max(now, due), coalesce) for item in items]
-    if coalesce is None:
-        db.executemany(_INSERT, rows)
-        return
-    for row in rows:
-        if db.execute("SELECT 1 FROM outbox WHERE key = ?", row[:1]).fetchone() is not None:
-            continue
-        content = row[2:9]  # recipient … attachments
-        if db.execute(_REPLACE_PENDING, (*content, coalesce, row[1])).rowcount == 0:
-            db.execute(_INSERT, row)
-
-
-def _to_row(item: Outgoing, now: float, due: float, coalesce: str | None) -> tuple[object, ...]:
-    headers = json.dumps([[name, value] for name, value in item.headers])
-    attachments = json.dumps(
-        [
-            [a.filename, a.content_type, base64.b64encode(a.data).decode("ascii")]
-            for a in item.attachments
-        ]
-    )
-    texts = (item.key, item.channel, item.recipient, item.subject, item.text)
-    optional = (item.html, item.thread)
-    return (
-        *(_storable(text) for text in texts),
-        *(None if text is None else _storable(text) for text in optional),
-        headers,
-        attachments,
-        now,
-        due,  # a round of attempts begins when the row is due: max_age counts from there
-        due,
-        coalesce,
-    )
-
-
-def _storable(text: str) -> str | bytes:
-    """SQLite takes only valid Unicode as TEXT.  A string carrying raw bytes from the wire
-    (decoded with surrogateescape) is kept exactly, as its bytes; `_text` turns it back."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape")
-    return text
-
-
-def _text(value: str | bytes) -> str:
-    return value if isinstance(value, str) else value.decode("utf-8", "surrogateescape")
-
-
-def _from_row(
-    key: str | bytes,
-    channel: str | bytes,
-    recipient: str | bytes,
-    subject: str | bytes,
-    text: str | bytes,
-    html: str | bytes | None,
-    thread: str | bytes | None,
-    headers: str,
-    attachments: str,
-) -> Outgoing:
-    return Outgoing(
-        key=_text(key),
-        channel=_text(channel),
-        recipient=_text(recipient),
-        subject=_text(subject),
-        text=_text(text),
-        html=None if html is None else _text(html),
-        thread=None if thread is None else _text(thread),
-        headers=tuple((name, value) for name, value in json.loads(headers)),
-        attachments=tuple(
-            Attachment(filename, content_type, base64.b64decode(data))
-            for filename, content_type, data in json.loads(attachments)
-        ),
-    )
-
-
-class _State(StrEnum):
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    DEAD = "dead"
-
-
-@dataclass(frozen=True, slots=True)
-class _Claimed:
-    """A row claimed for one attempt."""
-
-    message: Outgoing
-    attempts: int  # including this one
-    since: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    """What became of one attempt: delivered, retry at `at`, or dead at `at`."""
-
-    key: str
-    state: _State
-    at: float
-    error: str = ""
-    possible_duplicate: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _Cycle:
-    claimed: list[_Claimed]
-    next_due: float | None  # earliest pending row of a channel that still has free slots
-
-
-@dataclass(frozen=True, slots=True)
-class _Opened:
-    recovered: int  # rows that were being delivered when the process last stopped
-    unconfigured: dict[str, int]  # pending rows per channel missing from the registry
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(OUTBOX_SCHEMA)
-    return db
-
-
-class _Book:
-    """The outbox's own connection.  Blocking; used only on the outbox thread."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db: sqlite3.Connection | None = None
-
-    def open(self, channels: Collection[str], now: float) -> _Opened:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = self._db = _connect(self.path)
-        with _transaction(db):
-            recovered = db.execute(
-                "UPDATE outbox SET state = 'pending', due = ?, possible_duplicate = 1,"
-                " last_error = 'the server stopped during an attempt'"
-                " WHERE state = 'sending'",
-                (now,),
-            ).rowcount
-            waiting = f"WHERE state = 'pending' AND channel NOT IN ({_marks(channels)})"
-            unconfigured = dict(
-                db.execute(
-                    f"SELECT channel, COUNT(*) FROM outbox {waiting} GROUP BY channel",
-                    tuple(channels),
-                ).fetchall()
-            )
-            db.execute(
-                f"UPDATE outbox SET last_error = 'channel ' || channel || ' is not configured'"
-                f" {waiting}",
-                tuple(channels),
-            )
-        return _Opened(recovered, unconfigured)
-
-    def cycle(
-        self,
-        outcomes: Sequence[_Outcome],
-        free: Mapping[str, int],
-        now: float,
-        prune_before: float | None,
-    ) -> _Cycle:
-        """Write `outcomes`, claim up to `free[channel]` due rows per channel: one transaction."""
-        db = self._require()
-        claimed: list[tuple[float, _Claimed]] = []
-        next_due: float | None = None
-        with _transaction(db):
-            db.executemany(
-                _DELIVERED,
-                [(o.at, _storable(o.key)) for o in outcomes if o.state is _State.DELIVERED],
-            )
-            db.executemany(
-                _RETRY,
-                [
-                    (o.at, o.error, o.possible_duplicate, _storable(o.key))
-                    for o in outcomes
-                    if o.state is _State.PENDING
-                ],
-            )
-            db.executemany(
-                _DEAD,
-                [(o.at, o.error, _storable(o.key)) for o in outcomes if o.state is _State.DEAD],
-            )
-            for channel, limit in free.items():
-                rows = db.execute(_CLAIM, (channel, now, limit)).fetchall()
-                for *fields, attempts, since, due in rows:
-                    claimed.append((due, _Claimed(_from_row(*fields), attempts, since)))
-                if len(rows) < limit:
-                    (due,) = db.execute(
-                        "SELECT MIN(due) FROM outbox WHERE state = 'pending' AND channel = ?",
-                        (channel,),
-                    ).fetchone()
-                    if due is not None and (next_due is None or due < next_due):
-                        next_due = due
-            if prune_before is not None:
-                db.execute(
-                    "DELETE FROM outbox WHERE state = 'delivered' AND finished < ?",
-                    (prune_before,),
-                )
-        claimed.sort(key=lambda pair: pair[0])
-        return _Cycle([item for _, item in claimed], next_due)
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    def _require(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("outbox is not open")
-        return self._db
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """`BEGIN IMMEDIATE` … `COMMIT`, or `ROLLBACK` on error.  IMMEDIATE takes the write lock
-    up front, so a busy database waits (busy timeout) instead of failing mid-transaction."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-def _marks(values: Collection[object]) -> str:
-    return ", ".join("?" * len(values))
 
 
 class _Phase(Enum):
@@ -423,7 +96,7 @@ class Outbox:
         settings: OutboxSettings = OutboxSettings(),
         concurrency: Mapping[str, int] | None = None,
     ) -> None:
-        self._book = _Book(path)
+        self._book = OutboxBook(path)
         self._channels = dict(channels)
         self._clock = clock
         self._run = run_blocking
@@ -434,7 +107,7 @@ class Outbox:
         self._limits = {name: given.get(name, settings.concurrency) for name in self._channels}
         self._in_flight = dict.fromkeys(self._channels, 0)
         self._deliveries: set[Deferred[None]] = set()
-        self._outcomes: list[_Outcome] = []
+        self._outcomes: list[Outcome] = []
         self._phase = _Phase.STARTING
         self._busy = False  # a cycle is running on the outbox thread
         self._again = False  # something happened during that cycle: run another
@@ -518,7 +191,7 @@ class Outbox:
         done.addCallbacks(self._cycled, self._cycle_failed, errbackArgs=(outcomes,))
         done.addErrback(self._bug, "after an outbox cycle")
 
-    def _cycled(self, cycle: _Cycle) -> None:
+    def _cycled(self, cycle: Cycle) -> None:
         for item in cycle.claimed:
             self._deliver(item)
         self._busy = False
@@ -529,7 +202,7 @@ class Outbox:
         else:
             self._check_drained()
 
-    def _cycle_failed(self, failure: Failure, outcomes: list[_Outcome]) -> None:
+    def _cycle_failed(self, failure: Failure, outcomes: list[Outcome]) -> None:
         """The database refused (disk full, locked too long).  Nothing was claimed; keep the
         outcomes and try again at the next poll.  When stopping, give up: their rows stay
         `sending` and are retried, flagged, after the next start."""
@@ -561,7 +234,7 @@ class Outbox:
             self._timer.cancel()
         self._timer = None
 
-    def _deliver(self, item: _Claimed) -> None:
+    def _deliver(self, item: Claimed) -> None:
         channel = item.message.channel
         self._in_flight[channel] += 1
         delivery = maybeDeferred(self._channels[channel].deliver, item.message)
@@ -570,11 +243,11 @@ class Outbox:
         delivery.addBoth(self._settled, item, delivery)
         delivery.addErrback(self._bug, "after a delivery")
 
-    def _settled(self, outcome: Failure | None, item: _Claimed, delivery: Deferred[None]) -> None:
+    def _settled(self, outcome: Failure | None, item: Claimed, delivery: Deferred[None]) -> None:
         self._deliveries.discard(delivery)
         self._in_flight[item.message.channel] -= 1
         judged = self._judge(outcome, item)
-        if judged.state is _State.DEAD:
+        if judged.state is RowState.DEAD:
             _log.warn(
                 "outbox: dead letter {key} for {recipient} on {channel}: {reason}",
                 key=judged.key,
@@ -585,15 +258,15 @@ class Outbox:
         self._outcomes.append(judged)
         self._pump()
 
-    def _judge(self, outcome: Failure | None, item: _Claimed) -> _Outcome:
+    def _judge(self, outcome: Failure | None, item: Claimed) -> Outcome:
         key = item.message.key
         now = self._clock.seconds()
         if outcome is None:
-            return _Outcome(key, _State.DELIVERED, now)
+            return Outcome(key, RowState.DELIVERED, now)
         if outcome.check(PermanentDeliveryError):
-            return _Outcome(key, _State.DEAD, now, _describe(outcome))
+            return Outcome(key, RowState.DEAD, now, _describe(outcome))
         if outcome.check(CancelledError):
-            return _Outcome(key, _State.PENDING, now, "interrupted by a stop", True)
+            return Outcome(key, RowState.PENDING, now, "interrupted by a stop", True)
         duplicate = False
         if outcome.check(TransientDeliveryError):
             reason = _describe(outcome)
@@ -610,15 +283,15 @@ class Outbox:
             )
             reason = f"unexpected {_describe(outcome)}"
         if item.attempts >= self._settings.max_attempts:
-            return _Outcome(
-                key, _State.DEAD, now, f"gave up after {item.attempts} attempts: {reason}"
+            return Outcome(
+                key, RowState.DEAD, now, f"gave up after {item.attempts} attempts: {reason}"
             )
         if now - item.since >= self._settings.max_age:
-            return _Outcome(
-                key, _State.DEAD, now, f"gave up after {now - item.since:.0f} s: {reason}"
+            return Outcome(
+                key, RowState.DEAD, now, f"gave up after {now - item.since:.0f} s: {reason}"
             )
         delay = self._backoff.delay(item.attempts, self._jitter())
-        return _Outcome(key, _State.PENDING, now + delay, reason, duplicate)
+        return Outcome(key, RowState.PENDING, now + delay, reason, duplicate)
 
     def _check_drained(self) -> None:
         if self._phase is _Phase.RUNNING or self._busy or self._deliveries or self._outcomes:
@@ -637,110 +310,3 @@ def _describe(failure: Failure) -> str:
     if isinstance(value, TransientDeliveryError | PermanentDeliveryError):
         return text or type(value).__name__
     return f"{type(value).__name__}: {text}" if text else type(value).__name__
-
-
-# The operator's view, for `herd outbox list|dead|retry`: blocking, on the file directly.
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """One outbox row as the operator sees it."""
-
-    key: str
-    channel: str
-    recipient: str
-    subject: str
-    state: str
-    attempts: int
-    possible_duplicate: bool
-    created: float
-    due: float
-    finished: float | None
-    last_error: str
-
-
-def _open_existing(path: Path) -> sqlite3.Connection:
-    """Open a server's database file without creating one where there is none."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such database")
-    return _connect(path)
-
-
-def _entries(path: Path, where: str, order: str, limit: int) -> list[OutboxEntry]:
-    with closing(_open_existing(path)) as db:
-        rows = db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM outbox WHERE {where} ORDER BY {order} LIMIT ?",
-            (limit,),
-        ).fetchall()
-    return [
-        OutboxEntry(
-            _text(key),
-            _text(channel),
-            _text(recipient),
-            _text(subject),
-            state,
-            attempts,
-            bool(dup),
-            *rest,
-        )
-        for key, channel, recipient, subject, state, attempts, dup, *rest in rows
-    ]
-
-
-def list_pending(path: Path, limit: int = 1000) -> list[OutboxEntry]:
-    """Rows waiting for delivery (or being delivered), soonest first."""
-    return _entries(path, "state IN ('pending', 'sending')", "due, key", limit)
-
-
-def list_dead(path: Path, limit: int = 1000) -> list[OutboxEntry]:
-    """Dead letters, oldest first."""
-    return _entries(path, "state = 'dead'", "finished, key", limit)
-
-
-def retry_dead(path: Path, keys: Collection[str] | None, now: float) -> list[str]:
-    """Make dead letters pending again with a fresh round of attempts, due `now`: the ones in
-    `keys`, or all of them.  Returns the keys replayed (a key that is not a dead letter is not)."""
-    replay = (
-        "UPDATE outbox SET state = 'pending', due = ?, since = ?, attempts = 0, finished = NULL"
-        " WHERE state = 'dead'"
-    )
-    with closing(_open_existing(path)) as db, _transaction(db):
-        if keys is None:
-            rows = db.execute(f"{replay} RETURNING key", (now, now)).fetchall()
-        else:
-            rows = []
-            for key in keys:
-                rows += db.execute(
-                    f"{replay} AND key = ? RETURNING key", (now, now, _storable(key))
-                ).fetchall()
-    return sorted(_text(key) for (key,) in rows)
-
-
-def format_entries(entries: Sequence[OutboxEntry]) -> list[str]:
-    """Aligned lines for a terminal: a header, then one line per entry (times in UTC)."""
-    header = ("KEY", "CHANNEL", "RECIPIENT", "STATE", "TRIES", "WHEN", "SUBJECT / LAST ERROR")
-    table: list[tuple[str, ...]] = [header]
-    for entry in entries:
-        when = entry.finished if entry.state in ("delivered", "dead") else entry.due
-        tries = f"{entry.attempts}{'+dup' if entry.possible_duplicate else ''}"
-        note = " / ".join(part for part in (entry.subject, entry.last_error) if part)
-        cells = (entry.key, entry.channel, entry.recipient, entry.state, tries, _utc(when), note)
-        table.append(tuple(_printable(cell) for cell in cells))
-    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    return [
-        "  ".join(
-            [*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]
-        ).rstrip()
-        for row in table
-    ]
-
-
-def _utc(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _printable(text: str) -> str:
-    """One line, no control characters: a subject or error must not break the table."""
-    return "".join(ch if ch.isprintable() else " " for ch in text)

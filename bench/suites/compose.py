@@ -51,8 +51,8 @@ def stdlib_mail(message: Any, now: float) -> bytes:
 
 
 def run(users: int, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
-    from notifier.channels.smtp import MessageBuilder
     from notifier.digest import compose_digest
+    from notifier.mime import MessageBuilder
     from notifier.render import RenderCache, Templates, Unsubscribe
 
     state, recipients, items, _ = build_state(users)

@@ -533,7 +533,7 @@ def child_naive(port: int, count: int, threads: int) -> dict[str, Any]:
     import smtplib
     from concurrent.futures import ThreadPoolExecutor
 
-    from notifier.channels.smtp import MessageBuilder
+    from notifier.mime import MessageBuilder
 
     result: dict[str, Any] = {"variant": "naive", "threads": threads}
     marks: dict[str, float] = {}

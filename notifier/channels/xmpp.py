@@ -14,12 +14,12 @@ answers, the message is with the server: delivered. Errors from remote domains c
 only logged. Session down, a lost connection or no answer in ``confirm_timeout`` seconds is
 transient (the outbox retries; at-least-once, and the stable id lets clients drop duplicates).
 
-Deliveries are serialized here (``_chat``) and the stanzas of one loop turn written together with
-``send_raw``: building them with slixmpp (``make_message``, the ElementBase plugins, a generator per
-character in ``escape``) and its send queue cost ~90 µs of CPU per message, ~460 µs for an 8 KB
-body; this way ~15 and ~27 µs. Characters that XML 1.0 forbids are dropped from every text we
-send: one would make the server close the stream (``not-well-formed``), failing everything in
-flight, and the retried message would do it again.
+Deliveries are serialized by ``notifier.stanza`` and the stanzas of one loop turn written together
+with ``send_raw``: building them with slixmpp (``make_message``, the ElementBase plugins, a
+generator per character in ``escape``) and its send queue cost ~90 µs of CPU per message, ~460 µs
+for an 8 KB body; this way ~15 and ~27 µs. Characters that XML 1.0 forbids are dropped from every
+text we send: one would make the server close the stream (``not-well-formed``), failing everything
+in flight, and the retried message would do it again.
 
 Reconnection. slixmpp retries a failing *connect*, but does nothing when an established session
 drops (a Prosody restart): this channel reconnects itself on the injected clock, with exponential
@@ -31,12 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import math
-import re
-from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import suppress
-from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Literal
 
@@ -51,13 +47,13 @@ from twisted.python.failure import Failure
 
 from herd.api import Backoff
 from notifier.aio import as_deferred
+from notifier.contacts import PresenceState, Strangers, presence_of
 from notifier.errors import NotifierError, PermanentDeliveryError, TransientDeliveryError
 from notifier.message import Outgoing
+from notifier.stanza import NOT_XML, chat_stanza, posix_time, xml_attr, xml_text
 
-PresenceState = Literal["available", "away", "unavailable"]
 TlsMode = Literal["starttls", "direct", "none"]
 
-LINK_ATTEMPTS = 5
 # 0.5 s doubling to 30 s, each delay between half and one and a half times that.
 RECONNECT_BACKOFF = Backoff(initial=0.25, factor=2.0, cap=15.0, jitter=2.0)
 LASTING_SESSION = 30.0  # seconds up after which a lost session starts the backoff afresh
@@ -70,11 +66,6 @@ APOLOGY = "Sorry, something went wrong on my side with that command; please try 
 MAX_BODY_BYTES = 64 * 1024
 _GEOLOC_TIMESTAMP = f"{{{Geoloc.namespace}}}timestamp"
 _TRANSIENT_CONDITIONS = frozenset({"remote-server-not-found", "remote-server-timeout"})
-# What XML 1.0 does not allow, even escaped: C0 controls but tab, LF, CR; lone surrogates (only
-# Python strings can hold them); U+FFFE and U+FFFF. ``_xml_text`` drops the same set, faster.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_C0_NOT_XML = bytes(set(range(0x20)) - {0x09, 0x0A, 0x0D})
-_RECEIPT_REQUEST = b'<request xmlns="urn:xmpp:receipts"/>'
 
 _log = Logger()
 
@@ -183,11 +174,10 @@ class XmppChannel:
         self._on_location = on_location
         self._on_receipt = on_receipt
         self._on_stranger = on_stranger
-        self._link_attempts: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._jitter = jitter
-        self._stranger_reply = _NOT_XML.sub("", stranger_reply)
+        self._stranger_reply = NOT_XML.sub("", stranger_reply)
         self._apology = apology
-        self._stranger_cooldown = stranger_cooldown
+        self._strangers = Strangers(stranger_cooldown)
         self._confirm_timeout = confirm_timeout
         self._reconnect = reconnect
 
@@ -203,7 +193,6 @@ class XmppChannel:
         # Their stanzas, written together just before that barrier: one write, not hundreds.
         self._unsent: list[bytes] = []
         self._barriers: list[list[Deferred[None]]] = []
-        self._strangers: OrderedDict[str, float] = OrderedDict()
         self._states: dict[str, PresenceState] = {}  # known contacts' last reported state
 
         plain = tls == "none"
@@ -224,8 +213,8 @@ class XmppChannel:
         xmpp.enable_plaintext = plain
         xmpp.auto_authorize = None  # strangers are refused, known users accepted, by us
         xmpp.auto_subscribe = False
-        # slixmpp's Message() sets xml:lang from default_lang; so does ``_chat``.
-        self._lang = b' xml:lang="%s"' % _xml_attr(xmpp.default_lang) if xmpp.default_lang else b""
+        # slixmpp's Message() sets xml:lang from default_lang; so does ``chat_stanza``.
+        self._lang = b' xml:lang="%s"' % xml_attr(xmpp.default_lang) if xmpp.default_lang else b""
         for plugin in ("xep_0030", "xep_0199", "xep_0184", "xep_0115", "xep_0163", "xep_0080"):
             xmpp.register_plugin(plugin)
         xmpp.plugin["xep_0030"].add_identity(category="client", itype="bot", name="Renga")
@@ -368,18 +357,18 @@ class XmppChannel:
             return fail(PermanentDeliveryError(f"not a JID: {message.recipient!r} ({error})"))
         if not to.user:
             return fail(PermanentDeliveryError(f"not a user's JID: {message.recipient!r}"))
-        if _NOT_XML.search(message.key):
+        if NOT_XML.search(message.key):
             return fail(PermanentDeliveryError(f"key not valid in XML: {message.key!r}"))
-        body = _xml_text(message.text)
+        body = xml_text(message.text)
         if len(body) > MAX_BODY_BYTES:  # escaped: 64 KiB of "&" are 320 KiB on the wire
             return fail(PermanentDeliveryError(f"body over {MAX_BODY_BYTES} bytes as XML"))
         pending = (to.bare, message.key)
         if pending in self._pending:
             return fail(TransientDeliveryError(f"{message.key} is already in flight"))
         self._pending[pending] = None
-        thread = _xml_text(message.thread) if message.thread else b""
+        thread = xml_text(message.thread) if message.thread else b""
         self._unsent.append(
-            _chat(_xml_attr(to.full), _xml_attr(message.key), body, thread, self._lang)
+            chat_stanza(xml_attr(to.full), xml_attr(message.key), body, thread, self._lang)
         )
         confirmed = self._barrier()
         confirmed.addBoth(self._settle, pending)
@@ -452,7 +441,7 @@ class XmppChannel:
             return  # chat states, receipts, PEP events; or another server of the herd
         if not self._is_known(sender.bare):
             if self._on_stranger is not None and body[:4].lower() == "link":
-                if self._may_try_link(sender.bare):
+                if self._strangers.may_try_link(sender.bare, self._clock.seconds()):
                     answer = maybeDeferred(self._on_stranger, sender.bare, body)
                     answer.addErrback(self._command_failed, sender.bare)
                     answer.addCallback(self._reply, sender, msg["thread"])
@@ -474,7 +463,7 @@ class XmppChannel:
         return self._apology
 
     def _reply(self, text: str, to: JID, thread: str) -> None:
-        text = _NOT_XML.sub("", text)
+        text = NOT_XML.sub("", text)
         if not text:
             return
         data = text.encode()
@@ -487,28 +476,10 @@ class XmppChannel:
         reply["request_receipt"] = True
         reply.send()
 
-    def _may_try_link(self, bare: str) -> bool:
-        """A few linking attempts per JID per cooldown, so codes cannot be guessed."""
-        now = self._clock.seconds()
-        since, count = self._link_attempts.get(bare, (now, 0))
-        if now - since >= self._stranger_cooldown:
-            since, count = now, 0
-        self._link_attempts[bare] = (since, count + 1)
-        self._link_attempts.move_to_end(bare)
-        while len(self._link_attempts) > 1024:
-            self._link_attempts.popitem(last=False)
-        return count < LINK_ATTEMPTS
-
     def _answer_stranger(self, sender: JID) -> None:
         """One polite line per stranger per cooldown: never a bot-to-bot loop, bounded memory."""
-        now = self._clock.seconds()
-        last = self._strangers.get(sender.bare)
-        if last is not None and now - last < self._stranger_cooldown:
+        if not self._strangers.should_answer(sender.bare, self._clock.seconds()):
             return
-        self._strangers[sender.bare] = now
-        self._strangers.move_to_end(sender.bare)
-        while len(self._strangers) > 1024:
-            self._strangers.popitem(last=False)
         self._xmpp.make_message(mto=sender, mbody=self._stranger_reply, mtype="chat").send()
 
     def _subscribe_request(self, presence: Presence) -> None:
@@ -528,11 +499,7 @@ class XmppChannel:
         if bare == self._xmpp.boundjid.bare or not self._is_known(bare):
             return
         shows = [r.get("show", "") for r in self._xmpp.client_roster[bare].resources.values()]
-        state: PresenceState = "unavailable"
-        if any(show in ("", "chat") for show in shows):
-            state = "available"
-        elif shows:
-            state = "away"
+        state = presence_of(shows)
         if self._states.get(bare, "unavailable") != state:
             self._states[bare] = state
             self._call(self._on_presence, bare, state)
@@ -546,7 +513,7 @@ class XmppChannel:
         if lat is None or lon is None or not (abs(lat) <= 90 and abs(lon) <= 180):
             return  # a retraction (empty geoloc) or nonsense
         stamp = geoloc.xml.find(_GEOLOC_TIMESTAMP)
-        when = _posix(stamp.text if stamp is not None else None)
+        when = posix_time(stamp.text if stamp is not None else None)
         self._call(
             self._on_location, bare, lat, lon, when if when is not None else self._clock.seconds()
         )
@@ -567,61 +534,6 @@ def _fire(waiters: list[Deferred[None]], error: Exception | None) -> None:
             waiter.callback(None)
         else:
             waiter.errback(error)
-
-
-def _xml_text(text: str) -> bytes:
-    """``text`` as escaped UTF-8 character data, minus the characters XML 1.0 forbids.
-
-    C-speed ``replace``/``translate`` only: for 8 KB, ~6 µs (ASCII) to ~18 µs (accents, emoji),
-    where slixmpp's ``escape``, a generator per character, takes ~400 µs. Control bytes are
-    dropped after encoding, which is safe: bytes below 0x80 never occur inside a multi-byte UTF-8
-    character.
-    """
-    if "\ufffe" in text or "\uffff" in text:
-        text = text.replace("\ufffe", "").replace("\uffff", "")
-    data = text.encode("utf-8", "ignore").translate(None, _C0_NOT_XML)  # ignore: lone surrogates
-    return data.replace(b"&", b"&amp;").replace(b"<", b"&lt;").replace(b">", b"&gt;")
-
-
-def _xml_attr(text: str) -> bytes:
-    """``text`` for a double-quoted attribute value (see ``_xml_text``)."""
-    return _xml_text(text).replace(b'"', b"&quot;")
-
-
-def _chat(to: bytes, key: bytes, body: bytes, thread: bytes, lang: bytes) -> bytes:
-    """A delivery: the stanza ``make_message`` would build, with an XEP-0184 receipt request.
-
-    Escaped parts in. Like slixmpp, an empty body or thread is left out, and ``jabber:client`` is
-    the stream's default namespace. Why ``send_raw`` may skip slixmpp's ``send()``, as checked in
-    slixmpp 1.17: it queues the stanza until the session starts (we write only while the session
-    is ``UP``, after that), then runs the outgoing filters registered here in a task: XEP-0184's
-    auto-request (off; we ask ourselves), XEP-0115's caps and the roster's last status (both for
-    presences only); there is no stream management (XEP-0198), whose ``out_sync`` filter would
-    have to count every stanza. A test fails if a plugin adds a filter. Written directly, messages
-    may pass stanzas still in that queue; that is fine, as the barrier ping goes through it after
-    them.
-    """
-    parts = [b'<message type="chat" to="', to, b'" id="', key, b'"', lang, b">"]
-    if body:
-        parts += (b"<body>", body, b"</body>")
-    if thread:
-        parts += (b"<thread>", thread, b"</thread>")
-    parts.append(_RECEIPT_REQUEST + b"</message>")
-    return b"".join(parts)
-
-
-def _posix(text: str | None) -> float | None:
-    """XEP-0082 date-time to POSIX seconds (UTC when no offset is given); None if unusable."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    seconds = moment.timestamp()
-    return seconds if math.isfinite(seconds) else None
 
 
 def _is_loopback(host: str | None) -> bool:

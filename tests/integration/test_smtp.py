@@ -26,7 +26,8 @@ from twisted.python.threadpool import ThreadPool
 from notifier.channels.smtp import SmtpChannel, enhanced_status
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.message import Attachment, Outgoing
-from notifier.outbox import OUTBOX_SCHEMA, Outbox, OutboxSettings, enqueue
+from notifier.outbox import Outbox, OutboxSettings
+from notifier.outbox_table import OUTBOX_SCHEMA, enqueue
 from tests.support.smtp import SmtpServer
 from tests.unit.test_mime import HOSTILE_TITLE, TRICKY, check_mail
 

@@ -496,7 +496,8 @@ async def test_unsendable_deliveries_fail_permanently_and_the_stream_survives(
 @pytest_twisted.ensureDeferred
 async def test_no_outgoing_filter_would_change_a_delivery(scene: Scene) -> None:
     """Deliveries are written past slixmpp's send() and so its outgoing filters. These leave a
-    chat message alone (see ``_chat``); a plugin that adds another must be looked at."""
+    chat message alone (see ``notifier.stanza.chat_stanza``); a plugin that adds another must be
+    looked at."""
     bot = scene.bot([])
     await bot.start()
     filters = bot._xmpp._XMLStream__filters

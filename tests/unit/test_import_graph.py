@@ -37,6 +37,7 @@ PURE: Final = (
     "herd.logrules",
     "herd.changes",
     "herd.leases",
+    "herd.slices",
     "herd.api",
     "notifier.render",
     "notifier.digest",
@@ -45,6 +46,9 @@ PURE: Final = (
     "notifier.naturaltime",
     "notifier.errors",
     "notifier.bot",
+    "notifier.mime",
+    "notifier.stanza",
+    "notifier.contacts",
 )
 
 IO: Final = frozenset({"twisted", "asyncio", "sqlite3", "socket", "slixmpp", "aiosmtplib"})

@@ -25,9 +25,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.channels.smtp import MessageBuilder
 from notifier.errors import PermanentDeliveryError
 from notifier.message import Attachment, Outgoing
+from notifier.mime import MessageBuilder
 
 SENDER = "Renga Bot <renga@example.org>"
 NOW = 1_700_000_000.0

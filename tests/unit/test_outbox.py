@@ -20,17 +20,9 @@ from twisted.logger import capturedLogs
 from herd.offload import RunBlocking
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.message import Attachment, Outgoing
-from notifier.outbox import (
-    OUTBOX_SCHEMA,
-    PRUNE_EVERY,
-    Outbox,
-    OutboxSettings,
-    enqueue,
-    format_entries,
-    list_dead,
-    list_pending,
-    retry_dead,
-)
+from notifier.outbox import PRUNE_EVERY, Outbox, OutboxSettings
+from notifier.outbox_admin import format_entries, list_dead, list_pending, retry_dead
+from notifier.outbox_table import OUTBOX_SCHEMA, enqueue
 from tests.support.channels import HOLD, RecordingChannel
 
 T = TypeVar("T")

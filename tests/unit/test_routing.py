@@ -35,7 +35,7 @@ from herd.ops import (
 from herd.state import PlanningState
 from herd.views import User
 from notifier.message import Digest, Kind, Medium, QuietHours, Recipient, Routed
-from notifier.outbox import OUTBOX_SCHEMA, enqueue
+from notifier.outbox_table import OUTBOX_SCHEMA, enqueue
 from notifier.render import RenderCache, Templates, Unsubscribe, render
 from notifier.routing import (
     COALESCE_WINDOW_NS,

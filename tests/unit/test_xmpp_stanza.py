@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from slixmpp import JID, ClientXMPP
 from slixmpp.xmlstream.tostring import tostring
 
-from notifier.channels.xmpp import _NOT_XML, _chat, _xml_attr, _xml_text
+from notifier.stanza import NOT_XML, chat_stanza, posix_time, xml_attr, xml_text
 
 EVERY_CHARACTER = "".join(map(chr, range(0x110000)))
 AWKWARD = ["\x00", "\x01", "\x1f", "\x7f", "\x85", "\ud800", "\udfff", "\ufffe", "\uffff"]
@@ -42,12 +42,12 @@ def clean(text: str) -> str:
 
 
 def test_both_filters_drop_exactly_what_xml_forbids() -> None:
-    assert _NOT_XML.sub("", EVERY_CHARACTER) == clean(EVERY_CHARACTER)
-    assert _xml_text(EVERY_CHARACTER) == escape(clean(EVERY_CHARACTER)).encode()
+    assert NOT_XML.sub("", EVERY_CHARACTER) == clean(EVERY_CHARACTER)
+    assert xml_text(EVERY_CHARACTER) == escape(clean(EVERY_CHARACTER)).encode()
 
 
 def test_attributes_escape_quotes() -> None:
-    assert _xml_attr("a\"b'c<d>e&f\x01") == b"a&quot;b'c&lt;d&gt;e&amp;f"
+    assert xml_attr("a\"b'c<d>e&f\x01") == b"a&quot;b'c&lt;d&gt;e&amp;f"
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +69,11 @@ def test_deliveries_parse_as_slixmpp_would_have_built_them(
     slixmpp_client: ClientXMPP, text: str, thread: str | None, key: str
 ) -> None:
     to = JID("Bob@LocalHost/phone \"<&'>")
-    ours = _chat(
-        _xml_attr(to.full),
-        _xml_attr(key),
-        _xml_text(text),
-        _xml_text(thread) if thread else b"",
+    ours = chat_stanza(
+        xml_attr(to.full),
+        xml_attr(key),
+        xml_text(text),
+        xml_text(thread) if thread else b"",
         b' xml:lang="en"',
     )
     theirs = slixmpp_client.make_message(mto=to, mbody=clean(text), mtype="chat")
@@ -83,3 +83,15 @@ def test_deliveries_parse_as_slixmpp_would_have_built_them(
     theirs["request_receipt"] = True
     expected = tostring(theirs.xml, xmlns=slixmpp_client.default_ns, top_level=True)
     assert tree(ET.fromstring(ours)) == tree(ET.fromstring(expected))
+
+
+def test_xep_0082_times_are_read_as_posix_seconds_utc_unless_an_offset_is_given() -> None:
+    assert posix_time("2026-12-06T14:00:00Z") == 1796565600.0
+    assert posix_time(" 2026-12-06T14:00:00 ") == 1796565600.0
+    assert posix_time("2026-12-06T15:00:00+01:00") == 1796565600.0
+    assert posix_time("2026-12-06T14:00:00.250Z") == 1796565600.25
+
+
+@pytest.mark.parametrize("text", [None, "", "yesterday", "2026-13-01T00:00:00Z"])
+def test_an_unusable_xep_0082_time_is_none(text: str | None) -> None:
+    assert posix_time(text) is None
