@@ -37,6 +37,7 @@ PURE: Final = (
     "herd.logrules",
     "herd.changes",
     "herd.leases",
+    "herd.clock",
     "herd.api",
     "notifier.render",
     "notifier.digest",
