@@ -1,6 +1,7 @@
 """The one clock of a server: what time it is (`now_ns`, `seconds`) and what runs later
 (`callLater`), from one source, so that the herd, its handlers, its leases and the notifier never
-disagree on the time.  The wiring builds it once and passes it in; nothing else reads the time.
+disagree on the time.  The wiring (`herd.service`) builds it once and passes it in: nothing in a
+running server reads the time another way.
 """
 
 from __future__ import annotations
