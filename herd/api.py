@@ -20,6 +20,7 @@ from herd.changes import (
     StateView,
     op_server,
 )
+from herd.clock import Clock
 from herd.leases import Leases, LeaseSettings
 from herd.offload import RunBlocking
 from herd.ops import (
@@ -59,6 +60,7 @@ __all__ = [
     "ChangeKind",
     "ChangeListener",
     "Choice",
+    "Clock",
     "Comment",
     "DigestSent",
     "DurableWrite",

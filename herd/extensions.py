@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 
 from herd.api import LinePush
+from herd.clock import Clock
 from herd.handlers.sessions import ClientHandler
 from herd.ops import UserField
 from herd.protocol import LineConnection
@@ -36,7 +37,7 @@ class Host(Protocol):
 
     planning: PlanningState
 
-    def now_ns(self) -> int: ...
+    clock: Clock
 
     def reply(self, connection: LineConnection, data: bytes) -> None: ...
 
@@ -104,7 +105,7 @@ class JidLinks:
             if session.user is None:
                 host.reply(connection, _NOT_AUTHENTICATED)
                 return
-            code, expires = codes(session.user, command.jid.lower(), host.now_ns())
+            code, expires = codes(session.user, command.jid.lower(), host.clock.now_ns())
             host.reply(connection, linkcode_reply(code, expires))
 
         return [(Link, link)]

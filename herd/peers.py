@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.backoff import Backoff
+from herd.clock import Clock
 from herd.handshake import (
     Authenticated,
     Handshake,
@@ -85,7 +86,7 @@ class PeerHandler(TypingProtocol):
     @property
     def secret(self) -> bytes: ...
     @property
-    def clock(self) -> IReactorTime: ...
+    def clock(self) -> Clock: ...
     @property
     def max_line(self) -> int: ...
     @property
@@ -355,7 +356,7 @@ class AwaitingAuth:
                 connection.handler = server.operator_handler()
                 return None
             connection.label = outcome.dialer
-            PeerSession(outcome.dialer, connection, server, server.clock).start()
+            PeerSession(outcome.dialer, connection, server, server.clock.scheduler).start()
             return None
         if outcome.wrong_proof:
             _log.warn("failed peer authentication from {client}", client=connection.label)

@@ -42,6 +42,7 @@ from herd.ops import (
     SetUserField,
     Uninvite,
     UserField,
+    client_bytes,
     is_client,
     is_id,
     is_text,
@@ -50,10 +51,16 @@ from herd.state import PlanningState
 from herd.tokens import verify_token
 from herd.venues import SuggestionQuery, coming, leading_place
 from herd.views import Event, Status, format_utc
-from herd.wire.grammar import MAX_RADIUS_KM, NOT_A_USER_ID, is_email, is_jid
+from herd.wire.grammar import (
+    MAX_RADIUS_KM,
+    NOT_A_USER_ID,
+    WireError,
+    is_email,
+    is_jid,
+    iso6709_position,
+)
 from herd.wire.operator import OperatorCommand, OperatorLineError, UserAdd, UserToken
 from herd.wire.planning import (
-    _POSITION,
     AddDevice,
     CancelEvent,
     CommentOn,
@@ -134,12 +141,12 @@ def parse_time(text: str, now_ns: int) -> int | PlanningError:
 
 def _position(text: str) -> Position | PlanningError:
     """An ISO 6709 position, range-checked exactly (like IAMAT's, so that `+90.00…01` is out)."""
-    match = _POSITION.match(text)
-    if match is not None and abs(Decimal(match[1])) <= 90 and abs(Decimal(match[2])) <= 180:
-        return float(match[1]), float(match[2])
-    return PlanningError(
-        "bad-position", f"{text} is not an ISO 6709 position like +48.8566+002.3522 in range"
-    )
+    try:
+        return iso6709_position(client_bytes(text))
+    except (WireError, UnicodeEncodeError):
+        return PlanningError(
+            "bad-position", f"{text} is not an ISO 6709 position like +48.8566+002.3522 in range"
+        )
 
 
 def _user_value(name: UserField, value: str) -> str | PlanningError:

@@ -16,10 +16,10 @@ from functools import partial
 from typing import TYPE_CHECKING, get_args
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from herd.changes import Change, ChangeFeed
+from herd.clock import Clock
 from herd.extensions import CommandHandler, Extension
 from herd.handlers.core import ServerSettings
 from herd.handlers.flooding import Flooding
@@ -98,8 +98,7 @@ class HerdServer:
         committer: GroupCommitter,
         places: PlacesProvider,
         log: TrafficLog,
-        clock: IReactorTime,
-        now_ns: Callable[[], int],
+        clock: Clock,
         run_cpu: RunBlocking,
     ) -> None:
         self.settings = settings
@@ -124,7 +123,6 @@ class HerdServer:
         self.committer = committer
         self.log = log
         self.clock = clock
-        self.now_ns = now_ns
         limits = settings.limits
         self.connection_limits = ConnectionLimits(
             output_budget=limits.output_budget,
@@ -133,7 +131,7 @@ class HerdServer:
             replies_pending=limits.replies_pending,
             push_backlog=limits.push_backlog,
         )
-        self.slices = SliceScheduler(clock, limits.slice_ms / 1000, limits.turn_ms / 1000)
+        self.slices = SliceScheduler(clock.scheduler, limits.slice_ms / 1000, limits.turn_ms / 1000)
         self.auth_checks = AuthChecks(run_cpu, limits.auth_per_address)
         self.feed = ChangeFeed(self.planning, committer.add_write)
         self.leases: Leases | None = None  # set by the wiring when the notifier runs

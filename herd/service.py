@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from herd.clock import Clock
 from herd.config import ConfigError, HerdConfig
 from herd.extensions import JidLinks, LinePushes, OptOuts
 from herd.handlers.core import ServerSettings
@@ -99,14 +100,14 @@ class HerdService(Service):
         name: str,
         reactor: Any,
         stream: BinaryIO | None,
-        now_ns: Callable[[], int] = time.time_ns,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.config = config
         self.server_name = name
         self.server_config = config.server(name)
         self.reactor = reactor
-        self.now_ns = now_ns
+        # the one clock of this server: reactor time, and exact nanoseconds for IAMAT's times
+        self.clock = Clock(reactor, time.time_ns)
         self.jitter = jitter
         self.data_dir = config.data_dir
         self._store_pool = _thread_pool(f"{name}-store")
@@ -122,7 +123,7 @@ class HerdService(Service):
             name,
             self.data_dir / f"{name}.log",
             stream,
-            reactor,
+            self.clock.scheduler,
             self._on_thread(self._log_pool),
             config.log,
         )
@@ -161,7 +162,7 @@ class HerdService(Service):
             _log.warn("{warning}", warning=self.config.secret_warning)
         replica = await self._on_thread(self._store_pool)(self._load)
         committer = GroupCommitter(
-            self.store, self._on_thread(self._store_pool), self.reactor, self._store_failed
+            self.store, self._on_thread(self._store_pool), self.clock.scheduler, self._store_failed
         )
         self.places = make_provider(self.config.places, self.data_dir, self.reactor)
         server = HerdServer(
@@ -170,8 +171,7 @@ class HerdService(Service):
             committer=committer,
             places=self.places,
             log=self.log,
-            clock=self.reactor,
-            now_ns=self.now_ns,
+            clock=self.clock,
             run_cpu=self._on_thread(self._cpu_pool),
         )
         if isinstance(self.places, OfflinePlaces):
@@ -223,7 +223,7 @@ class HerdService(Service):
                     smtp.password,
                     _tls(smtp.tls),
                     pool_size=OUTBOX_EMAIL_CONCURRENCY,
-                    clock=self.reactor,
+                    clock=self.clock.scheduler,
                 )
             except ValueError as error:
                 # The mail builder is the judge of what a From header can carry (a display
@@ -244,7 +244,7 @@ class HerdService(Service):
                     resource=self.server_name,
                     priority=len(names) - names.index(self.server_name),
                     loop=asyncio.get_event_loop(),
-                    clock=self.reactor,
+                    clock=self.clock.scheduler,
                     is_known=glue.is_known,
                     on_command=glue.on_command,
                     on_stranger=glue.on_stranger,
@@ -279,7 +279,7 @@ class HerdService(Service):
             host,
             saved,
             channels,
-            self.reactor,
+            self.clock,
             self._on_thread(self._outbox_pool),
             self.jitter,
             op_lines=(logged.line for logged in replica.ops.since(0)),
@@ -314,13 +314,13 @@ class HerdService(Service):
     def _dial(self, server: HerdServer, peer: str) -> None:
         target = self.config.servers[peer]
         host = "127.0.0.1" if target.host in ("0.0.0.0", "") else target.host
-        factory = DialFactory(server, peer, self.reactor)
+        factory = DialFactory(server, peer, self.clock.scheduler)
         factory.noisy = False
         dialer = ClientService(
             TCP4ClientEndpoint(self.reactor, host, target.port, timeout=5),
             factory,
             retryPolicy=retry_policy(self.jitter),
-            clock=self.reactor,
+            clock=self.clock.scheduler,
         )
         dialer.startService()
         self.dialers.append(dialer)

@@ -8,14 +8,12 @@ notifier's routing; positions (`here …`, XEP-0080) become IAMATs of the user's
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
 
-from herd.api import Position, StateView, User, timezone_of
+from herd.api import Clock, Position, StateView, User, timezone_of
 from notifier.bot import (
     Conversation,
     LinkJid,
@@ -42,9 +40,8 @@ class BotGlue:
         run_as: RunAs,
         position_of: Callable[[str], Position | None],
         secret: bytes,
-        clock: IReactorTime,
+        clock: Clock,
         templates: Templates,
-        now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._state = state
         self._templates = templates
@@ -52,7 +49,6 @@ class BotGlue:
         self._position_of = position_of
         self._secret = secret
         self._clock = clock
-        self._now_ns = now_ns
         self._conversations: OrderedDict[str, Conversation] = OrderedDict()
         self._presence: dict[str, str] = {}
 
@@ -77,7 +73,7 @@ class BotGlue:
         zone = self._zone(user)
         conversation = self._conversations.get(user.id, Conversation())
         step = interpret(
-            self._templates, text, user, self._state, conversation, zone, self._now_ns()
+            self._templates, text, user, self._state, conversation, zone, self._clock.now_ns()
         )
         if isinstance(step, Reply):
             return succeed(step.text)
@@ -87,7 +83,7 @@ class BotGlue:
 
     def on_stranger(self, jid: str, text: str) -> Deferred[str]:
         step = interpret_stranger(
-            self._templates, text, jid, self._secret, self._now_ns(), self._state
+            self._templates, text, jid, self._secret, self._clock.now_ns(), self._state
         )
         if isinstance(step, Reply):
             return succeed(step.text)
@@ -105,7 +101,7 @@ class BotGlue:
                 self._state,
                 self._state.user(step.user) or user,
                 zone,
-                self._now_ns(),
+                self._clock.now_ns(),
             )
         )
 
@@ -122,7 +118,7 @@ class BotGlue:
             self._remember(user.id, conversation.remember(reply))
             current = self._state.user(user.id) or user
             return render_reply(
-                self._templates, step, reply, self._state, current, zone, self._now_ns()
+                self._templates, step, reply, self._state, current, zone, self._clock.now_ns()
             )
 
         return self._run_as(user.id, step.line).addCallback(answered)

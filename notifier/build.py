@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 
 from herd.api import (
     Body,
     Change,
     ChangeListener,
+    Clock,
     DurableWrite,
     Leases,
     LeaseSettings,
@@ -89,7 +89,7 @@ def build_notifier(
     host: Host,
     saved: Saved,
     channels: Mapping[str, Channel],
-    clock: IReactorTime,
+    clock: Clock,
     run_outbox: RunBlocking,
     jitter: Callable[[], float],
     *,
@@ -99,7 +99,7 @@ def build_notifier(
     settings: NotifierSettings = NotifierSettings(),
     presence: Presence = offline,
     bot: Callable[[BotGlue], Channel] | None = None,
-    listener_clock: IReactorTime | None = None,
+    listener_clock: Clock | None = None,
 ) -> Notifier:
     """Assemble the notifier of `host` over `channels` (by name: "email", ...).  With `bot`,
     the Jabber bot's glue is made and `bot(glue)` is the "xmpp" channel, whose presence the
@@ -116,10 +116,10 @@ def build_notifier(
         presence = glue.presence
     hub = LineHub()
     outbox = Outbox(
-        host.store, channels, clock, run_outbox, jitter, concurrency=settings.concurrency
+        host.store, channels, clock.scheduler, run_outbox, jitter, concurrency=settings.concurrency
     )
     looks = clock if listener_clock is None else listener_clock
-    leases = Leases(host.name, list(host.servers), settings.lease, round(looks.seconds() * 10**9))
+    leases = Leases(host.name, list(host.servers), settings.lease, looks.now_ns())
     listener = NotifierListener(
         server_name=host.name,
         state=host.state,

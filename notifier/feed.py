@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -46,6 +46,7 @@ from herd.api import (
     Change,
     ChangeContext,
     ChangeKind,
+    Clock,
     DigestSent,
     DurableWrite,
     Leases,
@@ -172,7 +173,7 @@ class NotifierListener:
         wake: Callable[[], None],
         push: LinePush,
         unsubscribe: Unsubscribe,
-        clock: IReactorTime,
+        clock: Clock,
         presence: Presence = offline,
         *,
         templates: Templates,
@@ -200,7 +201,7 @@ class NotifierListener:
         self._accept = accept
         self._timing = timing
         self._look_every = look_every
-        self._started_ns = self._now_ns()
+        self._started_ns = self._clock.now_ns()
         # Changes made (reminders due) after this, up to the start, fell to another server.
         # One renewal later than the lease ran out at the peers, so that at the edge a notice
         # goes out twice rather than not at all.
@@ -223,11 +224,11 @@ class NotifierListener:
         self._digest_due: dict[str, int] = {}  # user -> digest time (ns), checked when reached
         self._reminders_ns = saved.reminders_ns
         self._reminders = LoopingCall(self._remind)
-        self._reminders.clock = clock
+        self._reminders.clock = clock.scheduler
         self._digests = LoopingCall(self._send_digests)
-        self._digests.clock = clock
+        self._digests.clock = clock.scheduler
         self._lease = LoopingCall(self._renew_lease)
-        self._lease.clock = clock
+        self._lease.clock = clock.scheduler
         self._digest_run: IDelayedCall | None = None  # the next turn of a digest run
 
     # --- the change feed ------------------------------------------------------------------
@@ -244,7 +245,7 @@ class NotifierListener:
         if change.kind is ChangeKind.DIGEST_SENT:
             self._digest_sent(change.users, context.add_write)
             return
-        now_ns = self._now_ns()
+        now_ns = self._clock.now_ns()
         try:
             routed = self._route(change, now_ns)
         except Exception:
@@ -274,7 +275,7 @@ class NotifierListener:
         """Refill the line hub after a start from the newest operations (the hub keeps its
         history in memory), so a subscriber resuming from a checkpoint here misses nothing.
         Checkpoints depend on the operation alone, so they match what was pushed before."""
-        now_ns = self._now_ns()
+        now_ns = self._clock.now_ns()
         for change in changes:
             if change.kind in (ChangeKind.USER_ADDED, ChangeKind.USER_UPDATED):
                 continue
@@ -342,9 +343,6 @@ class NotifierListener:
     def _zone_of_id(self, user_id: str) -> str:
         user = self._state.user(user_id)
         return "" if user is None else self._zone_of(user)
-
-    def _now_ns(self) -> int:
-        return round(self._clock.seconds() * _SECOND)
 
     # --- placing routed notifications ------------------------------------------------------
 
@@ -438,7 +436,7 @@ class NotifierListener:
         `look_every` seconds; reminders that fell due while this server was away and no other
         held its duties are caught up at the first look (those still ahead of their event)."""
         if self._reminders_ns is None:
-            self._reminders_ns = self._now_ns()
+            self._reminders_ns = self._clock.now_ns()
         self._lease.start(self._leases.settings.renew).addErrback(self._loop_failed, "lease")
         for loop, name in ((self._reminders, "reminders"), (self._digests, "digests")):
             loop.start(self._look_every, now=False).addErrback(self._loop_failed, name)
@@ -457,7 +455,7 @@ class NotifierListener:
     def _renew_lease(self) -> None:
         """Announce this server's lease, and mark when durably: after a crash, what was made
         from a lease's length after that on fell to another server."""
-        now_ns = self._now_ns()
+        now_ns = self._clock.now_ns()
         self._renew()
 
         def mark(db: sqlite3.Connection) -> None:
@@ -469,7 +467,7 @@ class NotifierListener:
         self._add_write(mark)
 
     def _remind(self) -> None:
-        now_ns = self._now_ns()
+        now_ns = self._clock.now_ns()
         last_ns = now_ns if self._reminders_ns is None else self._reminders_ns
         try:
             routed = due_reminders(
@@ -496,7 +494,7 @@ class NotifierListener:
         go in order of zone, since digests in one zone share the rendering of their events."""
         if self._digest_run is not None:
             return
-        now_ns = self._now_ns()
+        now_ns = self._clock.now_ns()
         known, leases = self._digest_due, self._leases
         users = [
             u
@@ -514,7 +512,7 @@ class NotifierListener:
         the rest on a later turn.  10,000 users whose digest hour falls in the same minute
         would otherwise stop the server for seconds; sending starts after the first turn."""
         self._digest_run = None
-        now_ns = self._now_ns()
+        now_ns = self._clock.now_ns()
         made: list[tuple[str, int, Outgoing | None]] = []
         looked = 0
         while users and len(made) < DIGESTS_PER_TURN and looked < _LOOKS_PER_TURN:

@@ -237,7 +237,7 @@ def child_renga(
     from twisted.python.threadpool import ThreadPool
     from zope.interface import provider
 
-    from herd.api import user_additions
+    from herd.api import Clock, user_additions
     from herd.store import GroupCommitter, Store
     from notifier.channels.line import LineHub
     from notifier.channels.smtp import SmtpChannel
@@ -376,7 +376,7 @@ def child_renga(
             wake=wake,
             push=LineHub(),
             unsubscribe=_unsubscribe(),
-            clock=reactor,
+            clock=Clock(reactor, time.time_ns),
             templates=Templates(),
             saved=saved,
             user_adds=user_additions(user_lines),

@@ -9,8 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from twisted.internet.interfaces import IReactorTime
-
+from herd.clock import Clock
 from herd.config import DEFAULT_ANTI_ENTROPY_SECONDS, HerdConfig, LimitsConfig
 from herd.wire.peer import max_at_line, max_op_payload
 
@@ -70,11 +69,9 @@ class Core(Protocol):
     instance: bytes
     marks: dict[str, tuple[bytes, int]]
     committer: GroupCommitter
-    clock: IReactorTime
+    clock: Clock
     links: dict[str, PeerSession]
     leases: Leases | None
-
-    def now_ns(self) -> int: ...
 
     def reply(self, connection: LineConnection, data: bytes) -> None: ...
 

@@ -272,20 +272,18 @@ class Flooding:
     def renew_lease(self) -> None:
         """Announce this server's lease anew to every ready peer (see `herd.leases`)."""
         if self.core.leases is not None:
-            lease = Lease(self.settings.name_bytes, self.core.leases.renew(self._clock_ns()))
+            lease = Lease(
+                self.settings.name_bytes, self.core.leases.renew(self.core.clock.now_ns())
+            )
             self._send_lease(lease, None)
 
     def peer_lease(self, session: PeerSession, lease: Lease) -> None:
         """Keep a server's newer lease and pass it on, so that it crosses the herd."""
         server = lease.server.decode("ascii")  # `parse_peer_line` let only ASCII through
         if self.core.leases is not None and self.core.leases.offer(
-            server, lease.ns, self._clock_ns()
+            server, lease.ns, self.core.clock.now_ns()
         ):
             self._send_lease(lease, session)
-
-    def _clock_ns(self) -> int:
-        """The reactor's clock, which the notifier reads lease ages on too."""
-        return round(self.core.clock.seconds() * 1_000_000_000)
 
     def _send_lease(self, lease: Lease, source: PeerSession | None) -> None:
         """Not held for a commit: nothing about a lease is stored."""

@@ -40,6 +40,7 @@ class Locations:
         self.core = core
         self.places = places
         self.flood = flood
+        self.now_ns = core.clock.now_ns  # bound once: IAMAT is the hot path
         self.name_bytes = core.settings.name_bytes
         self.max_at_line = core.settings.max_at_line
 
@@ -53,7 +54,7 @@ class Locations:
             assert current is not None
             core.reply(connection, current.at.to_line())
             return
-        at = format_at(self.name_bytes, core.now_ns(), report)
+        at = format_at(self.name_bytes, self.now_ns(), report)
         if len(at.line) > self.max_at_line:
             # No peer could take its update: refused, so that nothing unfloodable is stored.
             core.reply(connection, error_reply(line))

@@ -62,7 +62,7 @@ class OperatorCommands:
             return
         if command is None:
             return
-        result = execute_operator(core.planning, command, core.now_ns(), self.new_op_id)
+        result = execute_operator(core.planning, command, core.clock.now_ns(), self.new_op_id)
         if isinstance(result, PlanningError):
             core.reply(connection, result.line())
             return

@@ -64,7 +64,7 @@ class Planning:
         line: bytes,
     ) -> None:
         core = self.core
-        result = execute(core.planning, session.user, command, core.now_ns(), self.op_ids.new)
+        result = execute(core.planning, session.user, command, core.clock.now_ns(), self.op_ids.new)
         if not isinstance(result, PlanningError):
             result = self._floodable(result)
         if isinstance(result, PlanningError):
@@ -98,7 +98,7 @@ class Planning:
 
     def accept_body(self, body: Body) -> None:
         """Make an operation of this server's own (the notifier's records) and accept it."""
-        time_ns = self.core.planning.next_time(self.core.now_ns())
+        time_ns = self.core.planning.next_time(self.core.clock.now_ns())
         self.accept_op(Op(self.op_ids.new(), time_ns, OPERATOR, body))
 
     def suggest(

@@ -25,8 +25,8 @@ from herd.wire.grammar import (
     at_most,
     diff_field,
     hex_field,
+    iso6709_position,
     one_field,
-    position_field,
     time_field,
 )
 
@@ -49,7 +49,7 @@ class IAmAt(NamedTuple):
     def parse(cls, fields: list[bytes], line: bytes) -> IAmAt:
         if len(fields) != 4:
             raise WireError("IAMAT takes 3 fields")
-        latitude, longitude = position_field(fields[2])
+        latitude, longitude = iso6709_position(fields[2])
         return cls(fields[1], fields[2], time_field(fields[3]), latitude, longitude)
 
     def to_line(self) -> bytes:
@@ -212,7 +212,7 @@ def parse_at(fields: list[bytes]) -> At:
         raise WireError("AT takes 5 fields")
     if DIFF.match(fields[2]) is None:
         raise WireError("AT diff must be signed with 9 decimals")
-    latitude, longitude = position_field(fields[4])
+    latitude, longitude = iso6709_position(fields[4])
     time_field(fields[5])
     return At(
         fields[1],

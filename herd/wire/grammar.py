@@ -19,7 +19,7 @@ class WireError(HerdError, ValueError):
     """A line that is not a valid command; the server answers it with `? <line>`."""
 
 
-POSITION: Final = re.compile(rb"([+-])([0-9]+)\.([0-9]+)([+-])([0-9]+)\.([0-9]+)\Z")
+ISO6709: Final = re.compile(rb"([+-])([0-9]+)\.([0-9]+)([+-])([0-9]+)\.([0-9]+)\Z")
 DECIMAL: Final = re.compile(rb"([0-9]+)(?:\.([0-9]+))?\Z")
 COUNT: Final = re.compile(rb"[0-9]+\Z")
 SEQ: Final = re.compile(rb"[0-9]{1,19}\Z")
@@ -43,8 +43,17 @@ def at_most(whole: bytes, fraction: bytes, bound: int) -> bool:
     return value < bound or (value == bound and not fraction.strip(b"0"))
 
 
-def position_field(field: bytes) -> tuple[float, float]:
-    match = POSITION.match(field)
+def looks_like_iso6709(field: bytes) -> bool:
+    """Whether `field` has the shape of an ISO 6709 position, in range or not (PROPOSE PLACE
+    reads such a field as the position, and the rules refuse it if it is out of range)."""
+    return ISO6709.match(field) is not None
+
+
+def iso6709_position(field: bytes) -> tuple[float, float]:
+    """The one parser of an ISO 6709 position (`+34.068930-118.445127`): IAMAT, AT lines (from
+    peers and the store) and PROPOSE PLACE all read it here.  Each coordinate is signed, with a
+    decimal point, and in range exactly (`+90.00…01` is out: no float rounding decides)."""
+    match = ISO6709.match(field)
     if match is None:
         raise WireError("position must be ISO 6709 +DD.DDD-DDD.DDD")
     lat_sign, lat_whole, lat_fraction, lon_sign, lon_whole, lon_fraction = match.groups()

@@ -11,15 +11,12 @@ line `ERR <code>: <message>`.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from herd.ops import Choice, UserField, client_bytes, client_text
-from herd.wire.grammar import WireError
-
-_POSITION: Final = re.compile(r"([+-][0-9]+\.[0-9]+)([+-][0-9]+\.[0-9]+)\Z")
+from herd.wire.grammar import WireError, looks_like_iso6709
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +249,7 @@ def parse_propose(fields: list[bytes], line: bytes) -> ProposeTime | ProposePlac
     if fields[2] == b"TIME" and len(fields) == 4:
         return ProposeTime(event, client_text(fields[3]))
     if fields[2] == b"PLACE":
-        if _POSITION.match(client_text(fields[3])) is None:
+        if not looks_like_iso6709(fields[3]):
             return ProposePlace(event, None, _rest(line, 3))
         if len(fields) > 4:
             return ProposePlace(event, client_text(fields[3]), _rest(line, 4))

@@ -18,6 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
+from herd.clock import Clock as HerdClock
 from herd.handlers.core import ServerSettings
 from herd.peers import DialFactory
 from herd.protocol import LineConnection
@@ -29,6 +30,7 @@ T = TypeVar("T")
 PlacesAnswer = dict[str, object]
 SECRET = b"test-secret"
 START_NS = 1_700_000_000_000_000_000
+START_S = START_NS / 10**9  # 2023-11-14T22:13:20Z
 
 
 def inline(work: Callable[[], T]) -> Deferred[T]:
@@ -86,6 +88,14 @@ class Node:
         return transport.value()
 
 
+def start_clock() -> Clock:
+    """A fake clock at `START_S`: a server's time (its AT lines' diffs, its ops' stamps) is
+    this clock's, as a real server's is the reactor's."""
+    clock = Clock()
+    clock.advance(START_S)
+    return clock
+
+
 def make_node(
     directory: Path,
     name: str,
@@ -102,15 +112,13 @@ def make_node(
     log = TrafficLog(name, directory / f"{name}.log", None, clock, inline)
     log.start()
     places = FixedPlaces()
-    ticks = iter(range(START_NS, START_NS * 2, 1_000_000))
     server = HerdServer(
         settings=ServerSettings(name, peers, secret, max_line),
         replica=replica,
         committer=committer,
         places=places,
         log=log,
-        clock=clock,
-        now_ns=lambda: next(ticks),
+        clock=HerdClock.following(clock),
         run_cpu=inline,
     )
     return Node(name, server, store, clock, places, failures)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet.task import Clock
 
+from herd.clock import Clock as HerdClock
 from herd.operator import dial_handshake
 from herd.ops import OPERATOR
 from herd.tokens import hash_token
@@ -18,10 +19,9 @@ from notifier.feed import NotifierListener, load
 from notifier.outbox import Outbox
 from notifier.render import Templates, Unsubscribe
 from notifier.routing import Presence, offline
-from tests.protocol.harness import SECRET, START_NS, Node, inline, token
+from tests.protocol.harness import SECRET, Node, inline, token
 from tests.support.channels import RecordingChannel
 
-START_S = START_NS / 10**9  # the harness stamps ops from here: start the clock there too
 TEMPLATES = Templates()
 UNSUBSCRIBE = Unsubscribe(b"test-secret", "mailto:unsubscribe@example.org?subject={user}+{token}")
 
@@ -82,14 +82,14 @@ def attach(node: Node, presence: Presence = offline, clock: Clock | None = None)
         host,
         load(node.store.path),
         {"email": email, "xmpp": xmpp},
-        node.clock,
+        server.clock,
         inline,
         lambda: 0.5,
         op_lines=(logged.line for logged in server.replica.ops.since(0)),
         unsubscribe=UNSUBSCRIBE,
         templates=TEMPLATES,
         presence=presence,
-        listener_clock=clock,
+        listener_clock=None if clock is None else HerdClock.following(clock),
     )
     server.leases = notifier.leases
     assert notifier.start(()).called

@@ -7,10 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from twisted.internet.task import Clock
 
 from herd.store import Store
-from tests.protocol.harness import START_NS, Node, make_node
+from tests.protocol.harness import START_NS, Node, make_node, start_clock
 
 REPORT = b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1700000000.5"
 AT_LINE = b"AT Bailey -0.500000000 kiwi.cs.ucla.edu +34.068930-118.445127 1700000000.5"
@@ -18,7 +17,7 @@ AT_LINE = b"AT Bailey -0.500000000 kiwi.cs.ucla.edu +34.068930-118.445127 170000
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
-    node = make_node(tmp_path, "Bailey", ("Bona",), Clock())
+    node = make_node(tmp_path, "Bailey", ("Bona",), start_clock())
     yield node
     node.close()
 
@@ -138,14 +137,14 @@ def test_replies_keep_request_order_when_places_are_slow(node: Node) -> None:
     node.ask(REPORT + b"\n")
     node.places.hold = True
     connection, transport = node.client()
-    connection.dataReceived(b"WHATSAT kiwi.cs.ucla.edu 1 0\nIAMAT other +1.0+1.0 1700000000\n")
+    connection.dataReceived(b"WHATSAT kiwi.cs.ucla.edu 1 0\nIAMAT other +1.0+1.0 1699999999.999\n")
     node.clock.advance(0)
     assert transport.value() == b""
     node.places.pending[0].callback({"html_attributions": [], "results": [], "status": "OK"})
     node.clock.advance(0)
     whatsat, _, after = transport.value().partition(b"\n\n")
     assert whatsat.startswith(AT_LINE + b"\n{")
-    assert after == b"AT Bailey +0.001000000 other +1.0+1.0 1700000000\n"
+    assert after == b"AT Bailey +0.001000000 other +1.0+1.0 1699999999.999\n"
 
 
 def test_status_lists_peer_links(node: Node) -> None:
@@ -170,7 +169,7 @@ def test_every_line_is_logged(node: Node, tmp_path: Path) -> None:
 
 
 def test_huge_numbers_are_answered_and_the_connection_stays(tmp_path: Path) -> None:
-    node = make_node(tmp_path, "Bailey", (), Clock(), max_line=65536)
+    node = make_node(tmp_path, "Bailey", (), start_clock(), max_line=65536)
     connection, transport = node.client()
     huge = b"WHATSAT kiwi 10 " + b"0" * 5000 + b"5"
     connection.dataReceived(huge + b"\nIAMAT k +1.0+1.0 " + b"9" * 30 + b"\n")

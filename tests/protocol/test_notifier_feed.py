@@ -16,8 +16,8 @@ from twisted.test.iosim import IOPump
 from herd.api import Change, ChangeContext
 from notifier.feed import DIGESTS_PER_TURN, TICK
 from notifier.message import Outgoing
-from tests.protocol.harness import Session, link, make_node, settle
-from tests.protocol.notify_harness import START_S, Notified, add_user, attach
+from tests.protocol.harness import START_S, Session, link, make_node, settle, start_clock
+from tests.protocol.notify_harness import Notified, add_user, attach
 
 WHEN = "2023-11-17T19:00Z"  # three days after the harness's START_S (2023-11-14T22:13:20Z)
 ALICE, BOB = "alice@example.org", "bob@example.org"
@@ -53,8 +53,7 @@ class Herd:
 @pytest.fixture
 def herd(tmp_path: Path) -> Iterator[Herd]:
     """A (alice's server) linked to B (bob's), each with its notifier."""
-    clock = Clock()
-    clock.advance(START_S)
+    clock = start_clock()
     a = attach(make_node(tmp_path / "A", "A", ("B",), clock))
     b = attach(make_node(tmp_path / "B", "B", ("A",), clock))
     made = Herd(clock, a, b, [link(a.node, b.node)])
@@ -210,8 +209,7 @@ def test_notifications_commit_or_roll_back_with_their_change(herd: Herd) -> None
 
 
 def test_folded_items_survive_a_restart(tmp_path: Path) -> None:
-    clock = Clock()
-    clock.advance(START_S)
+    clock = start_clock()
     node = attach(make_node(tmp_path, "A", (), clock))
     add_user(node.node, "alice", f"email={ALICE}")
     add_user(node.node, "bob")
@@ -238,8 +236,7 @@ def test_writes_need_the_tables_that_load_creates(tmp_path: Path) -> None:
 
 
 def test_users_online_in_jabber_are_told_there(tmp_path: Path) -> None:
-    clock = Clock()
-    clock.advance(START_S)
+    clock = start_clock()
     online = {"alice@example.org": "available"}
     node = attach(make_node(tmp_path, "A", (), clock), presence=online.get)
     add_user(node.node, "alice", f"email={ALICE}", "jid=alice@example.org")
@@ -359,18 +356,11 @@ def test_a_digest_held_for_a_down_server_goes_out_from_the_next_and_not_again(
     assert len(herd.b.email.to(ALICE)) == 1
 
 
-def stamp_on_the_clock(herd: Herd) -> None:
-    """Stamp B's ops with the clock (the harness counts from a fixed time by default): which
-    server sends a vote notice caught up after a stop depends on when the vote was made."""
-    herd.b.node.server.now_ns = lambda: round(herd.clock.seconds() * 10**9)
-
-
 def test_a_server_back_from_a_long_stop_leaves_vote_notices_to_the_one_that_took_over(
     herd: Herd, tmp_path: Path
 ) -> None:
     """Votes to alice (home A) while A is down: B sends the notice once A's lease expired; A,
     back, catches the vote up and does not mail it again."""
-    stamp_on_the_clock(herd)
     plan = dinner(herd, "digest off")
     herd.later(TICK)
     herd.a.close()
@@ -393,7 +383,6 @@ def test_votes_made_while_a_server_was_briefly_away_are_still_its_to_send(
 ) -> None:
     """A stops for less than a lease: nobody took its duties over, so A sends the notice of a
     vote made meanwhile once it has caught it up."""
-    stamp_on_the_clock(herd)
     plan = dinner(herd, "digest off")
     herd.later(TICK)
     herd.a.close()

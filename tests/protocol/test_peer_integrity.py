@@ -18,7 +18,7 @@ from herd.config import DEFAULT_ANTI_ENTROPY_SECONDS
 from herd.protocol import LineConnection
 from herd.rules import add_user
 from herd.tokens import hash_token
-from tests.protocol.harness import Node, link, make_node, settle
+from tests.protocol.harness import Node, link, make_node, settle, start_clock
 
 POSITION = b"+34.068930-118.445127"
 TOPOLOGY = {"A": ("B",), "B": ("A", "C"), "C": ("B",)}
@@ -105,7 +105,7 @@ def test_a_client_keeps_its_last_unterminated_line_answered() -> None:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return start_clock()
 
 
 def chain(tmp_path: Path, clock: Clock) -> dict[str, Node]:

@@ -38,6 +38,7 @@ PURE: Final = (
     "herd.changes",
     "herd.leases",
     "herd.slices",
+    "herd.clock",
     "herd.api",
     "notifier.render",
     "notifier.digest",

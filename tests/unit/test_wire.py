@@ -31,7 +31,13 @@ from herd.wire.client import (
     status_reply,
 )
 from herd.wire.commands import CLIENT_PORT, OPERATOR, PEER_LINK, parse_client_port_line
-from herd.wire.grammar import WireError, diff_field, time_key
+from herd.wire.grammar import (
+    WireError,
+    diff_field,
+    iso6709_position,
+    looks_like_iso6709,
+    time_key,
+)
 from herd.wire.peer import (
     Auth,
     Challenge,
@@ -330,6 +336,42 @@ def test_blank_lines_are_ignored(line: bytes) -> None:
 def test_iamat_rejects_positions_just_out_of_range(position: bytes) -> None:
     with pytest.raises(WireError):
         parse_client_line(b"IAMAT kiwi " + position + b" 1621464827")
+
+
+# The three grammars ISO 6709 positions had before there was one parser: IAMAT's (bytes, range
+# checked digit by digit), PROPOSE PLACE's shape (text) and the planning rules' range (Decimal).
+_FORMER_IAMAT = re.compile(rb"([+-])([0-9]+)\.([0-9]+)([+-])([0-9]+)\.([0-9]+)\Z")
+_FORMER_PLANNING = re.compile(r"([+-][0-9]+\.[0-9]+)([+-][0-9]+\.[0-9]+)\Z")
+
+
+def _former_rules(text: str) -> tuple[float, float] | None:
+    match = _FORMER_PLANNING.match(text)
+    if match is not None and abs(Decimal(match[1])) <= 90 and abs(Decimal(match[2])) <= 180:
+        return float(match[1]), float(match[2])
+    return None
+
+
+near_positions = st.one_of(
+    positions,
+    st.builds(lambda lat, lon: lat + lon, coordinates(180), coordinates(400)),
+    st.binary(max_size=24).map(lambda junk: junk.replace(b"\n", b"")),
+    st.lists(st.sampled_from(b"+-.0123456789e\xd9\xa3 "), max_size=24).map(bytes),
+)
+
+
+@given(near_positions)
+def test_one_iso6709_parser_accepts_what_each_former_grammar_did(field: bytes) -> None:
+    """IAMAT, PROPOSE PLACE's shape and the rules' range: same accepts, same coordinates."""
+    text = client_text(field)
+    assert looks_like_iso6709(field) == (_FORMER_PLANNING.match(text) is not None)
+    assert looks_like_iso6709(field) == (_FORMER_IAMAT.match(field) is not None)
+    try:
+        parsed: tuple[float, float] | None = iso6709_position(field)
+    except WireError:
+        parsed = None
+    assert parsed == _former_rules(text)
+    if parsed is not None:
+        assert looks_like_iso6709(field)
 
 
 # --- WHATSAT ---------------------------------------------------------------------------------
