@@ -27,19 +27,10 @@ from herd.tokens import LINK_WINDOW, issue_link_code
 from herd.venues import Venue
 from herd.wire.planning import PlanningError, Suggest, parse_planning_line
 from herd.zones import Position
-from notifier.bot import (
-    BotStep,
-    Conversation,
-    LinkJid,
-    Reply,
-    RunLine,
-    Say,
-    SetPosition,
-    interpret,
-    interpret_stranger,
-    render_reply,
-    user_of_jid,
-)
+from notifier.chat.commands import interpret
+from notifier.chat.linking import interpret_stranger, user_of_jid
+from notifier.chat.replies import render_reply
+from notifier.chat.steps import BotStep, Conversation, LinkJid, Reply, RunLine, Say, SetPosition
 from notifier.render import Templates
 
 ENVIRONMENT = Templates()

@@ -44,7 +44,7 @@ PURE: Final = (
     "notifier.message",
     "notifier.naturaltime",
     "notifier.errors",
-    "notifier.bot",
+    "notifier.chat",  # the bot's conversation: every module in it
 )
 
 IO: Final = frozenset({"twisted", "asyncio", "sqlite3", "socket", "slixmpp", "aiosmtplib"})
