@@ -40,6 +40,8 @@ PURE: Final = (
     "herd.api",
     "notifier.render",
     "notifier.digest",
+    "notifier.held_digests",
+    "notifier.duties",
     "notifier.routing",
     "notifier.message",
     "notifier.naturaltime",
