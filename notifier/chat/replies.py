@@ -9,8 +9,9 @@ from typing import Final
 
 from herd.api import StateView, User, client_text
 from notifier.chat.steps import Reply, RunLine, Say
+from notifier.event_views import OptionView, event_view
 from notifier.message import Recipient
-from notifier.render import OptionView, Templates, event_view
+from notifier.render import Templates
 
 __all__ = ["chat_text", "mistake", "render_reply"]
 

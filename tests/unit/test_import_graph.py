@@ -39,6 +39,7 @@ PURE: Final = (
     "herd.leases",
     "herd.api",
     "notifier.render",
+    "notifier.event_views",
     "notifier.digest",
     "notifier.held_digests",
     "notifier.duties",
