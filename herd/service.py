@@ -49,10 +49,10 @@ from notifier.channels.line import LineHub
 from notifier.channels.smtp import SmtpChannel
 from notifier.channels.xmpp import TlsMode, XmppChannel
 from notifier.feed import NotifierListener
-from notifier.feed import load as load_notifier
 from notifier.outbox import Outbox
 from notifier.render import Templates, Unsubscribe
 from notifier.routing import Timing
+from notifier.tables import load as load_notifier
 
 T = TypeVar("T")
 _log = Logger()

@@ -1,7 +1,7 @@
 """The Jabber bot's glue to one herd server: what the XMPP session's callbacks do.
 
 The bot speaks the line protocol for the people it talks to (`run_as`): a linked user's chat is
-interpreted (`notifier.bot`) into the same planning lines a client would send, so every rule,
+interpreted (`notifier.chat`) into the same planning lines a client would send, so every rule,
 permission and replication path is the line protocol's.  Presence is remembered here for the
 notifier's routing; positions (`here …`, XEP-0080) become IAMATs of the user's XMPP device.
 """
@@ -14,17 +14,11 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred, succeed
 
 from herd.api import Clock, Position, StateView, User, timezone_of
-from notifier.bot import (
-    Conversation,
-    LinkJid,
-    Reply,
-    RunLine,
-    SetPosition,
-    interpret,
-    interpret_stranger,
-    render_reply,
-    user_of_jid,
-)
+from notifier.chat.commands import interpret
+from notifier.chat.linking import interpret_stranger, user_of_jid
+from notifier.chat.phrases import iso6709
+from notifier.chat.replies import render_reply
+from notifier.chat.steps import Conversation, LinkJid, Reply, RunLine, SetPosition
 from notifier.render import Templates
 
 RunAs = Callable[[str, bytes], Deferred[bytes]]
@@ -109,7 +103,7 @@ class BotGlue:
         """XEP-0080: the user's client published where it is."""
         user = user_of_jid(self._state, jid)
         if user is not None:
-            self._here(user, jid, f"{latitude:+.6f}{longitude:+.6f}", when)
+            self._here(user, jid, iso6709(latitude, longitude), when)
 
     def _run(
         self, user: User, step: RunLine, conversation: Conversation, zone: str

@@ -25,10 +25,11 @@ from herd.api import (
 from notifier.botglue import BotGlue, RunAs
 from notifier.channels import Channel
 from notifier.channels.line import LineHub
-from notifier.feed import TICK, NotifierListener, Saved
+from notifier.feed import TICK, NotifierListener
 from notifier.outbox import Outbox
 from notifier.render import Templates, Unsubscribe
 from notifier.routing import Presence, Timing, offline
+from notifier.tables import Saved
 
 __all__ = ["Host", "Notifier", "NotifierSettings", "build_notifier"]
 
@@ -103,7 +104,7 @@ def build_notifier(
 ) -> Notifier:
     """Assemble the notifier of `host` over `channels` (by name: "email", ...).  With `bot`,
     the Jabber bot's glue is made and `bot(glue)` is the "xmpp" channel, whose presence the
-    routing then follows.  `saved` is what `notifier.feed.load` read back from `host.store`,
+    routing then follows.  `saved` is what `notifier.tables.load` read back from `host.store`,
     `op_lines` the op log's JSON lines as restored (read once: who added each user);
     `listener_clock` times the listener's loops and leases if not `clock` (a test that steps the
     notifier's turns apart from the server's)."""

@@ -1,10 +1,11 @@
 """Digests, pure: when each user's is due, and what it says.
 
-Routing folds a digest reader's non-urgent notifications into `DigestItem`s, which the wiring
-keeps until the user's next digest time (`next_digest_at`: 08:00 on their wall clock, daily or
-on Mondays, moved to the end of their quiet hours if those cover it).  `compose_digest` turns
-the items gathered since the last digest into one message: what changed, per event (votes
-folded into one line per event), then the current state of each of the user's open events.
+Routing folds a digest reader's non-urgent notifications into `DigestItem`s, which
+`notifier.held_digests` holds until the user's next digest time (`next_digest_at`: 08:00 on
+their wall clock, daily or on Mondays, moved to the end of their quiet hours if those cover
+it).  `compose_digest` turns the items gathered since the last digest into one message: what
+changed, per event (votes folded into one line per event), then the current state of each of
+the user's open events.
 No items, no digest.
 """
 
@@ -17,8 +18,9 @@ from datetime import datetime, time, timedelta
 from typing import Final
 
 from herd.api import Event, StateView, Status
+from notifier.event_views import EventView
 from notifier.message import FOLDABLE, Digest, Kind, Medium, Outgoing, Recipient, Routed
-from notifier.render import EventView, RenderCache, Unsubscribe, render_email
+from notifier.render import RenderCache, Unsubscribe, render_email
 
 __all__ = ["DIGEST_AT", "DigestItem", "compose_digest", "next_digest_at"]
 
@@ -44,7 +46,7 @@ def next_digest_at(recipient: Recipient, after_ns: int, at_time: time = DIGEST_A
 
 @dataclass(frozen=True, slots=True)
 class DigestItem:
-    """One folded notification, as the wiring stores it until the digest (all fields are
+    """One folded notification, as `notifier.tables` stores it until the digest (all fields are
     plain values; rebuild `kind` with `Kind(text)`).  `id` is the notification's: a change routed
     twice is one item."""
 

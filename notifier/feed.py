@@ -21,18 +21,17 @@ Who does what, so that each message goes out once though every server applies ev
   ops by then), and skips the vote notices and reminders of changes made, or due, after its
   lease had expired (its last renewal is marked durably) and before it started.
 
-Everything the listener needs at run time is in memory (the planning state, what `load` read
-back at start), so nothing here reads the database on the reactor.
+Everything the listener needs at run time is in memory (the planning state, what
+`notifier.tables.load` read back at start), so nothing here reads the database on the reactor.
+What is held for digests is `notifier.held_digests`'s, who sends it `notifier.duties`'s.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Final
 
 from twisted.internet.interfaces import IDelayedCall
@@ -41,7 +40,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.api import (
-    AddUser,
     Body,
     Change,
     ChangeContext,
@@ -52,20 +50,21 @@ from herd.api import (
     Leases,
     Op,
     PositionOf,
-    Stamp,
     StateView,
     User,
-    op_server,
     timezone_of,
 )
 from notifier.channels.line import LinePush, checkpoint
-from notifier.digest import DigestItem, compose_digest, next_digest_at
-from notifier.message import Digest, Kind, Medium, Outgoing, Recipient, Routed
-from notifier.outbox_table import OUTBOX_SCHEMA, enqueue
+from notifier.digest import DigestItem, compose_digest
+from notifier.duties import Duties
+from notifier.held_digests import HeldDigests
+from notifier.message import Medium, Outgoing, Routed
+from notifier.outbox_table import enqueue
 from notifier.render import RenderCache, Templates, Unsubscribe, render
 from notifier.routing import Presence, Timing, due_reminders, offline, route
+from notifier.tables import Saved, forget_items, hold_items, mark, record_digests
 
-__all__ = ["DIGESTS_PER_TURN", "SCHEMA", "TICK", "NotifierListener", "Saved", "load"]
+__all__ = ["DIGESTS_PER_TURN", "TICK", "NotifierListener"]
 
 TICK: Final = 60.0
 """Seconds between looks for due reminders and digests, unless `[notifications] look_every`."""
@@ -74,72 +73,9 @@ DIGESTS_PER_TURN: Final = 25
 _LOOKS_PER_TURN: Final = 20 * DIGESTS_PER_TURN
 """Users whose digest time is worked out in one turn, due or not (~20 µs each)."""
 
-SCHEMA: Final = (
-    OUTBOX_SCHEMA
-    + """
-CREATE TABLE IF NOT EXISTS notifier_digest_items (
-    user_id TEXT NOT NULL,
-    id TEXT NOT NULL,                       -- the notification's id
-    kind TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    actor TEXT,
-    option_id TEXT,
-    cause TEXT NOT NULL,
-    at_ns INTEGER NOT NULL,
-    PRIMARY KEY (user_id, id)
-);
-CREATE TABLE IF NOT EXISTS notifier_digest_sent (
-    user_id TEXT PRIMARY KEY,
-    at_ns INTEGER NOT NULL                  -- the last digest was made then
-);
-CREATE TABLE IF NOT EXISTS notifier_marks (
-    name TEXT PRIMARY KEY,                  -- 'reminders': looked up to at_ns;
-                                            -- 'alive': the lease was last renewed at_ns
-    at_ns INTEGER NOT NULL
-);
-"""
-)
-
-_INSERT_ITEM: Final = """
-INSERT OR IGNORE INTO notifier_digest_items
-    (user_id, id, kind, event_id, actor, option_id, cause, at_ns)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-"""
 _SECOND: Final = 10**9
 
 _log = Logger()
-
-
-@dataclass(frozen=True, slots=True)
-class Saved:
-    """What the notifier keeps in the server's database, as `load` read it back."""
-
-    digest_items: Mapping[str, Mapping[str, DigestItem]]  # user -> notification id -> item
-    digest_sent: Mapping[str, int]  # user -> when their last digest was made (ns)
-    reminders_ns: int | None  # reminders were looked for up to then
-    alive_ns: int | None  # this server last renewed its lease then
-
-
-def load(path: Path) -> Saved:
-    """Create the outbox's and the notifier's tables in a server's database and read the
-    notifier's back.  Blocking: run it on the store's thread before making the listener (its
-    writes need the tables)."""
-    items: dict[str, dict[str, DigestItem]] = {}
-    with closing(sqlite3.connect(path, isolation_level=None)) as db:
-        db.executescript(SCHEMA)
-        rows = db.execute(
-            "SELECT user_id, id, kind, event_id, actor, option_id, cause, at_ns"
-            " FROM notifier_digest_items"
-        )
-        for user_id, item_id, kind, event_id, actor, option_id, cause, at_ns in rows:
-            if kind not in Kind.__members__.values():
-                _log.warn("notifier: dropping a digest item of unknown kind {kind}", kind=kind)
-                continue
-            item = DigestItem(item_id, Kind(kind), event_id, actor, option_id, cause, at_ns)
-            items.setdefault(user_id, {})[item_id] = item
-        sent = dict(db.execute("SELECT user_id, at_ns FROM notifier_digest_sent"))
-        marks = dict(db.execute("SELECT name, at_ns FROM notifier_marks"))
-    return Saved(items, sent, marks.get("reminders"), marks.get("alive"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,11 +92,11 @@ class NotifierListener:
 
     `add_write`/`after_commit` are the server's group committer's (for what the loops write;
     what a change causes is written through its `ChangeContext`); `wake` is the outbox's;
-    `saved` is what `load` read back; `user_adds` are the `user_add` ops the state was restored
-    from, read once to learn which server added each user.  `leases` is this server's view of
-    who holds which duties, shared with the server, whose `renew` announces this server's lease;
-    `accept` makes and accepts an op of the given body (the `digest` records).  `start()`
-    begins the loops, `stop()` ends them.
+    `saved` is what `notifier.tables.load` read back; `user_adds` are the `user_add` ops the
+    state was restored from, read once to learn which server added each user.  `leases` is this
+    server's view of who holds which duties, shared with the server, whose `renew` announces
+    this server's lease; `accept` makes and accepts an op of the given body (the `digest`
+    records).  `start()` begins the loops, `stop()` ends them.
     """
 
     def __init__(
@@ -185,7 +121,6 @@ class NotifierListener:
         timing: Timing,
         look_every: float,
     ) -> None:
-        self._server_name = server_name
         self._state = state
         self._position_of = position_of
         self._add_write = add_write
@@ -202,26 +137,10 @@ class NotifierListener:
         self._timing = timing
         self._look_every = look_every
         self._started_ns = self._clock.now_ns()
-        # Changes made (reminders due) after this, up to the start, fell to another server.
-        # One renewal later than the lease ran out at the peers, so that at the edge a notice
-        # goes out twice rather than not at all.
-        settings = leases.settings
-        self._away_from = (
-            None
-            if saved.alive_ns is None
-            else saved.alive_ns + round((settings.valid + settings.renew) * _SECOND)
+        self._duties = Duties(server_name, leases, self._started_ns, saved.alive_ns, user_adds)
+        self._held = HeldDigests(
+            state, self._zone_of, timing.digest_at, saved.digest_items, saved.digest_sent
         )
-        self._added: dict[str, Stamp] = {}  # user -> stamp of the first op that added them
-        for op in user_adds:
-            self._learn_user(op)
-        self._items: dict[str, dict[str, DigestItem]] = {}
-        for user, held in saved.digest_items.items():
-            upto = state.digest_sent(user)[1]
-            kept = {item_id: item for item_id, item in held.items() if item.at_ns > upto}
-            if kept:
-                self._items[user] = kept
-        self._sent = dict(saved.digest_sent)
-        self._digest_due: dict[str, int] = {}  # user -> digest time (ns), checked when reached
         self._reminders_ns = saved.reminders_ns
         self._reminders = LoopingCall(self._remind)
         self._reminders.clock = clock.scheduler
@@ -236,11 +155,11 @@ class NotifierListener:
     def changed(self, change: Change, context: ChangeContext) -> None:
         """Route one applied change.  Never raises: the op is applied whatever happens here."""
         if change.kind is ChangeKind.USER_ADDED:
-            self._learn_user(change.op)
+            self._duties.learn_user(change.op)
             return
         if change.kind is ChangeKind.USER_UPDATED:
             for user in change.users:  # zone, quiet hours or digest frequency may have changed
-                self._digest_due.pop(user, None)
+                self._held.reschedule(user)
             return
         if change.kind is ChangeKind.DIGEST_SENT:
             self._digest_sent(change.users, context.add_write)
@@ -257,7 +176,7 @@ class NotifierListener:
         def sends(placed: Routed) -> bool:
             if placed.coalesce is None:
                 return accepted_here
-            return self._owes(placed.notification.recipient.user, made_ns, now_ns)
+            return self._duties.owes(placed.notification.recipient.user, made_ns, now_ns)
 
         self._dispatch(routed, now_ns, sends, context.add_write)
 
@@ -293,56 +212,14 @@ class NotifierListener:
                 for message in self._render(replace(placed, channels=(Medium.LINE,)), cache):
                     self._push.publish(notification.recipient.user, mark, message.text)
 
-    def _learn_user(self, op: Op) -> None:
-        """Remember which op added a user: the server in its id is the user's home.  Should
-        two servers add one user concurrently, the earliest stamp seen wins."""
-        if isinstance(op.body, AddUser):
-            known = self._added.get(op.body.user)
-            if known is None or op.stamp < known:
-                self._added[op.body.user] = op.stamp
-
-    def _home(self, user: str) -> str:
-        added = self._added.get(user)
-        return "" if added is None else op_server(added[1])
-
-    def _owes(self, user: str, made_ns: int, now_ns: int) -> bool:
-        """Whether this server sends a held notice to `user` about something made (or due) at
-        `made_ns`: it holds their duties now, and did not leave this one to another."""
-        if self._leases.responsible(self._home(user), now_ns) != self._server_name:
-            return False
-        away = self._away_from
-        return away is None or not away < made_ns <= self._started_ns
-
     def _digest_sent(self, users: Iterable[str], add_write: Callable[[DurableWrite], None]) -> None:
         """A `digest` op arrived (or was made here): drop the items it covered."""
-        gone: list[tuple[str, str]] = []
-        for user in users:
-            held = self._items.get(user)
-            if held is None:
-                continue
-            upto = self._state.digest_sent(user)[1]
-            covered = [item_id for item_id, item in held.items() if item.at_ns <= upto]
-            for item_id in covered:
-                del held[item_id]
-                gone.append((user, item_id))
-            if not held:
-                del self._items[user]
-            self._digest_due.pop(user, None)
+        gone = self._held.drop_covered(users)
         if gone:
-
-            def forget(db: sqlite3.Connection) -> None:
-                db.executemany(
-                    "DELETE FROM notifier_digest_items WHERE user_id = ? AND id = ?", gone
-                )
-
-            add_write(forget)
+            add_write(lambda db: forget_items(db, gone))
 
     def _zone_of(self, user: User) -> str:
         return timezone_of(user.tz, self._position_of(user.id))
-
-    def _zone_of_id(self, user_id: str) -> str:
-        user = self._state.user(user_id)
-        return "" if user is None else self._zone_of(user)
 
     # --- placing routed notifications ------------------------------------------------------
 
@@ -368,11 +245,8 @@ class NotifierListener:
             if placed.digest:
                 if notification.at_ns > self._state.digest_sent(user)[1]:
                     item = DigestItem.of(placed)
-                    held = self._items.setdefault(user, {})
-                    if item.id not in held:
-                        held[item.id] = item
+                    if self._held.hold(user, item):
                         folded.append((user, item))
-                        self._digest_due.pop(user, None)  # a late item may make it sooner
                 continue
             if Medium.LINE in placed.channels:  # `route` places the line on its own
                 lines.append(placed)
@@ -388,13 +262,9 @@ class NotifierListener:
             def write(db: sqlite3.Connection) -> None:
                 for batch in batches:
                     enqueue(db, batch.messages, now, due=batch.due, coalesce=batch.coalesce)
-                db.executemany(_INSERT_ITEM, [_item_row(user, item) for user, item in folded])
+                hold_items(db, folded)
                 if mark_ns is not None:
-                    db.execute(
-                        "INSERT OR REPLACE INTO notifier_marks (name, at_ns)"
-                        " VALUES ('reminders', ?)",
-                        (mark_ns,),
-                    )
+                    mark(db, "reminders", mark_ns)
 
             add_write(write)
         if batches:
@@ -458,13 +328,7 @@ class NotifierListener:
         now_ns = self._clock.now_ns()
         self._renew()
 
-        def mark(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT OR REPLACE INTO notifier_marks (name, at_ns) VALUES ('alive', ?)",
-                (now_ns,),
-            )
-
-        self._add_write(mark)
+        self._add_write(lambda db: mark(db, "alive", now_ns))
 
     def _remind(self) -> None:
         now_ns = self._clock.now_ns()
@@ -485,7 +349,7 @@ class NotifierListener:
 
         def sends(placed: Routed) -> bool:
             notification = placed.notification
-            return self._owes(notification.recipient.user, notification.at_ns, now_ns)
+            return self._duties.owes(notification.recipient.user, notification.at_ns, now_ns)
 
         self._dispatch(routed, now_ns, sends, self._add_write, mark_ns=now_ns)
 
@@ -495,15 +359,8 @@ class NotifierListener:
         if self._digest_run is not None:
             return
         now_ns = self._clock.now_ns()
-        known, leases = self._digest_due, self._leases
-        users = [
-            u
-            for u in self._items
-            if ((due := known.get(u)) is None or due <= now_ns)
-            and leases.mine(self._home(u), now_ns)
-        ]
+        users = self._held.maybe_due(now_ns, lambda user: self._duties.mine(user, now_ns))
         if users:
-            users.sort(key=self._zone_of_id)
             self._compose_digests(deque(users), RenderCache(self._templates, self._state))
 
     def _compose_digests(self, users: deque[str], cache: RenderCache) -> None:
@@ -518,7 +375,8 @@ class NotifierListener:
         while users and len(made) < DIGESTS_PER_TURN and looked < _LOOKS_PER_TURN:
             looked += 1
             user_id = users.popleft()
-            if user_id in self._items and (digest := self._compose_digest(user_id, now_ns, cache)):
+            digest = self._compose_digest(user_id, now_ns, cache)
+            if digest is not None:
                 made.append(digest)
         if users:
             self._digest_run = self._clock.callLater(0, self._compose_digests, users, cache)
@@ -528,10 +386,7 @@ class NotifierListener:
 
         def write(db: sqlite3.Connection) -> None:
             enqueue(db, [message for _, _, message in made if message is not None], now)
-            db.executemany(
-                "INSERT OR REPLACE INTO notifier_digest_sent (user_id, at_ns) VALUES (?, ?)",
-                [(user_id, now_ns) for user_id, _, _ in made],
-            )
+            record_digests(db, [user_id for user_id, _, _ in made], now_ns)
 
         self._add_write(write)
         for user_id, upto, _ in made:  # in the same transaction; applying drops the items
@@ -544,22 +399,13 @@ class NotifierListener:
     ) -> tuple[str, int, Outgoing | None] | None:
         """The user's digest, if it is due: (user, the time of the newest change it covers, the
         message or None if there was nothing left to say or composing failed)."""
-        due = self._digest_due.get(user_id)
-        if due is not None and due > now_ns:
+        due = self._held.take_due(user_id, now_ns)
+        if due is None:
             return None
-        schedule = self._digest_schedule(user_id)  # again at the due time: zones move
-        if schedule is None:
-            return None
-        recipient, due = schedule
-        self._digest_due[user_id] = due
-        if due > now_ns:
-            return None
-        items = self._items[user_id]
-        del self._digest_due[user_id]
-        self._sent[user_id] = now_ns
+        recipient, items = due
         try:
             message = compose_digest(
-                recipient, self._state, items.values(), now_ns, self._unsubscribe, cache
+                recipient, self._state, items, now_ns, self._unsubscribe, cache
             )
         except Exception:
             _log.failure(
@@ -568,31 +414,4 @@ class NotifierListener:
                 count=len(items),
             )
             message = None
-        return user_id, max(item.at_ns for item in items.values()), message
-
-    def _digest_schedule(self, user_id: str) -> tuple[Recipient, int] | None:
-        """The user as their digest is addressed, and its time: the first digest hour after
-        both their last digest and their oldest held item.  Items held for a user who has
-        since turned digests off go out at the next daily hour rather than never."""
-        user = self._state.user(user_id)
-        if user is None:
-            return None
-        recipient = Recipient.of(user, self._zone_of(user))
-        if recipient.digest is Digest.OFF:
-            recipient = replace(recipient, digest=Digest.DAILY)
-        oldest = min(item.at_ns for item in self._items[user_id].values())
-        sent = max(self._sent.get(user_id, 0), self._state.digest_sent(user_id)[0])
-        return recipient, next_digest_at(recipient, max(sent, oldest), self._timing.digest_at)
-
-
-def _item_row(user: str, item: DigestItem) -> tuple[object, ...]:
-    return (
-        user,
-        item.id,
-        item.kind.value,
-        item.event_id,
-        item.actor,
-        item.option_id,
-        item.cause,
-        item.at_ns,
-    )
+        return user_id, max(item.at_ns for item in items), message

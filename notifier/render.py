@@ -20,31 +20,27 @@ it is.  Mails carry `List-Unsubscribe` with a token that only the server can mak
 from __future__ import annotations
 
 import re
-import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, TypedDict
+from typing import Any, Final
 
 import icalendar
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, meta, select_autoescape
 from markupsafe import Markup
 
-from herd.api import Choice, Event, PlaceOption, StateView, TimeOption, unsubscribe_token
+from herd.api import Event, StateView, unsubscribe_token
+from notifier.event_views import EventView, event_view, local_time
 from notifier.message import Attachment, Kind, Medium, Notification, Outgoing, Recipient, Routed
 
 __all__ = [
     "EVENT_DURATION",
     "NAMES_SHOWN",
     "TEMPLATES",
-    "EventView",
-    "OptionView",
     "RenderCache",
     "Templates",
     "Unsubscribe",
-    "event_view",
-    "local_time",
     "names",
     "one_line",
     "render",
@@ -55,21 +51,8 @@ TEMPLATES: Final = Path(__file__).resolve().parent.parent / "templates"
 EVENT_DURATION: Final = timedelta(hours=2)
 """Events have a start only; calendars get this length so they show a block, not a line."""
 
-_DAYS: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS: Final = (
-    *("Jan", "Feb", "Mar", "Apr", "May", "Jun"),
-    *("Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
-)
 _NOT_ONE_LINE: Final = re.compile(r"[\s\x00-\x1f\x7f]+")
 _ICS_EPOCH: Final = 1_577_836_800  # 2020-01-01: SEQUENCE counts seconds from here (fits 32 bits)
-
-
-def local_time(posix: int, tz: str) -> str:
-    """`Fri 5 Dec 19:00 CET`: POSIX seconds on the wall clock of zone `tz`.  Names are spelt
-    here, not by the C locale, so the output does not depend on the host."""
-    moment = datetime.fromtimestamp(posix, zoneinfo.ZoneInfo(tz))
-    day, month = _DAYS[moment.weekday()], _MONTHS[moment.month - 1]
-    return f"{day} {moment.day} {month} {moment:%H:%M} {moment.tzname()}"
 
 
 NAMES_SHOWN: Final = 20
@@ -344,38 +327,6 @@ def render_email(
     )
 
 
-class OptionView(TypedDict):
-    """A time or place option as templates see it; `label` is the time in the recipient's
-    zone, or the place's name."""
-
-    id: str
-    kind: str  # "time" | "place"
-    label: str
-    at: int | None  # POSIX seconds, times only
-    by: str
-    yes: list[str]
-    maybe: list[str]
-    no: list[str]
-
-
-class EventView(TypedDict):
-    """An event as templates see it."""
-
-    id: str
-    title: str
-    organiser: str
-    status: str
-    invitees: list[str]
-    times: list[OptionView]
-    places: list[OptionView]
-    decided_time: OptionView | None
-    decided_place: OptionView | None
-    leading_time: OptionView | None
-    leading_place: OptionView | None
-    not_answered: list[str]  # invitees who have voted on nothing
-    tz: str  # the zone times are shown in
-
-
 def _context(
     notification: Notification, event: Event, view: EventView, cache: RenderCache
 ) -> dict[str, object]:
@@ -400,62 +351,6 @@ def _context(
         "comment": comment,
         "partial": cache.partial,
     }
-
-
-def event_view(event: Event, recipient: Recipient) -> EventView:
-    """What templates see of an event: options with their tallies and labels in the
-    recipient's zone, the decision or the leading options, and who has not answered."""
-    times = [_option_view(event, o, recipient.tz) for o in event.times]
-    places = [_option_view(event, o, recipient.tz) for o in event.places]
-    decided_time = decided_place = None
-    if event.decision is not None:
-        decided_time = next((o for o in times if o["id"] == event.decision[0]), None)
-        decided_place = next((o for o in places if o["id"] == event.decision[1]), None)
-    voted = {voter for votes in event.votes.values() for voter in votes}
-    return {
-        "id": event.id,
-        "title": event.title,
-        "organiser": event.organiser,
-        "status": event.status.value,
-        "invitees": list(event.invitees),
-        "times": times,
-        "places": places,
-        "decided_time": decided_time,
-        "decided_place": decided_place,
-        "leading_time": _leading(times),
-        "leading_place": _leading(places),
-        "not_answered": [user for user in event.invitees if user not in voted],
-        "tz": recipient.tz,
-    }
-
-
-def _option_view(event: Event, option: TimeOption | PlaceOption, tz: str) -> OptionView:
-    tally = event.tally(option.id)
-    if isinstance(option, TimeOption):
-        kind, label, at = "time", local_time(option.at, tz), option.at
-    else:
-        kind, label, at = "place", option.name, None
-    return {
-        "id": option.id,
-        "kind": kind,
-        "label": label,
-        "at": at,
-        "by": option.by,
-        "yes": list(tally[Choice.YES]),
-        "maybe": list(tally[Choice.MAYBE]),
-        "no": list(tally[Choice.NO]),
-    }
-
-
-def _leading(options: Sequence[OptionView]) -> OptionView | None:
-    """Most YES, then most MAYBE, then fewest NO; the first proposed of equals.  None when
-    nobody said YES or MAYBE to any."""
-
-    def score(option: OptionView) -> tuple[int, int, int]:
-        return len(option["yes"]), len(option["maybe"]), -len(option["no"])
-
-    best = max(options, key=score, default=None)  # max keeps the first of equals
-    return None if best is None or score(best)[:2] == (0, 0) else best
 
 
 def _calendar(event: Event, notification: Notification) -> Attachment:

@@ -70,7 +70,7 @@ def jid_lookup_ms(users: int, repeat: int = 20) -> float:
     `repeat`, in ms."""
     from herd.ops import OPERATOR, AddUser, Op, SetUserField, UserField
     from herd.state import PlanningState
-    from notifier.bot import user_of_jid
+    from notifier.chat.linking import user_of_jid
 
     state = PlanningState()
     for index in range(users):

@@ -11,7 +11,7 @@ digest hour has passed since; each user's digest items; untimed), then time:
 
 - **renga**: the server's own digest path on a Twisted asyncio reactor.  Untimed setup, as
   `herd/service.py` builds a server: a `herd.store.Store` (SQLite, WAL) opened on a store
-  thread, `notifier.feed.load` (the notifier's tables), the digest items written to
+  thread, `notifier.tables.load` (the notifier's tables), the digest items written to
   `notifier_digest_items` and read back by `load` as the listener's `Saved`, a
   `GroupCommitter` on the store thread, the `Outbox` on its own thread delivering through
   `SmtpChannel` (aiosmtplib over `--pool` reused connections, the outbox's default 10 deliveries
@@ -241,9 +241,10 @@ def child_renga(
     from herd.store import GroupCommitter, Store
     from notifier.channels.line import LineHub
     from notifier.channels.smtp import SmtpChannel
-    from notifier.feed import SCHEMA, NotifierListener, load
+    from notifier.feed import NotifierListener
     from notifier.outbox import Outbox
     from notifier.render import Templates
+    from notifier.tables import SCHEMA, load
 
     reactor: Any = installed
     T = TypeVar("T")

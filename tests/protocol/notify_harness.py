@@ -15,10 +15,11 @@ from herd.ops import OPERATOR
 from herd.tokens import hash_token
 from notifier.build import Host, build_notifier
 from notifier.channels.line import LineHub
-from notifier.feed import NotifierListener, load
+from notifier.feed import NotifierListener
 from notifier.outbox import Outbox
 from notifier.render import Templates, Unsubscribe
 from notifier.routing import Presence, offline
+from notifier.tables import load
 from tests.protocol.harness import SECRET, Node, inline, token
 from tests.support.channels import RecordingChannel
 

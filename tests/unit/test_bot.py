@@ -1,5 +1,6 @@
 """The bot's conversation: chat to planning lines, current events, option numbers, replies
-rendered from templates, mistakes explained, strangers and link codes.
+rendered from templates, mistakes explained, strangers and link codes; and the phrases people
+type, read on their own.
 
 Pure.  `Server` plays the server's side of the wiring with the real planning core: it runs a
 line as a user (`execute`/`respond`, or `SUGGEST` over a fixed list of venues), keeps each
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from herd.api import Choice
 from herd.ops import Op
 from herd.replies import respond, suggest_reply
 from herd.rules import add_user, execute, suggestion_query
@@ -27,19 +29,28 @@ from herd.tokens import LINK_WINDOW, issue_link_code
 from herd.venues import Venue
 from herd.wire.planning import PlanningError, Suggest, parse_planning_line
 from herd.zones import Position
-from notifier.bot import (
-    BotStep,
-    Conversation,
-    LinkJid,
-    Reply,
-    RunLine,
-    Say,
-    SetPosition,
-    interpret,
-    interpret_stranger,
-    render_reply,
-    user_of_jid,
+from notifier.chat.commands import interpret
+from notifier.chat.linking import interpret_stranger, user_of_jid
+from notifier.chat.phrases import (
+    channels_named,
+    choice_named,
+    command_word,
+    confirms,
+    digest_named,
+    iso6709,
+    iso6709_degrees,
+    listed,
+    place_and_position,
+    position,
+    quiet_hours,
+    radius_km,
+    readable,
+    turns_off,
+    user_id_as_typed,
+    zone_named,
 )
+from notifier.chat.replies import render_reply
+from notifier.chat.steps import BotStep, Conversation, LinkJid, Reply, RunLine, Say, SetPosition
 from notifier.render import Templates
 
 ENVIRONMENT = Templates()
@@ -794,3 +805,101 @@ def test_anything_typed_is_a_well_formed_line_or_a_reply(word: str, tail: str) -
         assert step.text
     else:
         assert abs(step.lat) <= 90 and abs(step.lon) <= 180
+
+
+# --- phrases: what people type, read on its own ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("+48.8566+002.3522", (48.8566, 2.3522)),
+        ("+48.8566+002.3522/", (48.8566, 2.3522)),
+        ("+48+2", (48.0, 2.0)),
+        ("48.8566, 2.3522", (48.8566, 2.3522)),
+        ("48.8566 2.3522", (48.8566, 2.3522)),
+        ("-33.9;18.4", (-33.9, 18.4)),
+        ("geo:48.8566,2.3522;u=35", (48.8566, 2.3522)),
+        ("+91.0+002.0", None),
+        ("48.8566", None),
+        ("Paris", None),
+    ],
+)
+def test_positions_are_read_in_four_spellings_in_range(
+    text: str, expected: tuple[float, float] | None
+) -> None:
+    assert position(text) == expected
+
+
+def test_iso6709_is_read_by_shape_and_range_checked_after() -> None:
+    assert iso6709_degrees("+91.5-200.25") == (91.5, -200.25)
+    assert iso6709_degrees("48.8566, 2.3522") is None
+    assert iso6709(48.8566, 2.3522) == "+48.856600+2.352200"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Chez Paul", ("Chez Paul", None)),
+        ("Chez Paul +48.8566+002.3522", ("Chez Paul", (48.8566, 2.3522))),
+        ("+48.8566+002.3522 Chez Paul", ("Chez Paul", (48.8566, 2.3522))),
+        ("Chez Paul at 48.8566, 2.3522", ("Chez Paul", (48.8566, 2.3522))),
+        ("Chez Paul @ 48.8566; 2.3522", ("Chez Paul", (48.8566, 2.3522))),
+        ("Chez Paul +95.0+002.0", None),
+        ("Chez Paul at 95.5, 2.5", None),
+    ],
+)
+def test_a_place_is_its_name_and_perhaps_a_position(
+    text: str, expected: tuple[str, tuple[float, float] | None] | None
+) -> None:
+    assert place_and_position(text) == expected
+
+
+def test_lists_drop_separators_and_filler() -> None:
+    assert listed("bob, carol and @dave;eve") == ["bob", "carol", "@dave", "eve"]
+    assert listed("yes to option 2") == ["yes", "2"]
+    assert listed(" , ") == []
+
+
+def test_small_readers() -> None:
+    assert command_word("/Status?") == "status"
+    assert command_word("?") == "?"
+    assert [choice_named(word) for word in ("yeah", "perhaps", "nope", "2")] == [
+        Choice.YES,
+        Choice.MAYBE,
+        Choice.NO,
+        None,
+    ]
+    assert (digest_named("Week"), digest_named("hourly")) == ("weekly", None)
+    assert channels_named("") == ("xmpp",)
+    assert channels_named("All") == ("email", "line", "xmpp")
+    assert channels_named("fax") is None
+    assert (radius_km("within 2,5 km"), radius_km("far")) == ("2.5", None)
+    assert (zone_named("america/new york"), zone_named("Mars/Olympus")) == (
+        "America/New_York",
+        None,
+    )
+    assert turns_off("Auto") and not turns_off("on")
+    assert confirms("YES") and not confirms("no")
+    assert readable("café 19:00") and not readable("a\x00b") and not readable("\ud800")
+
+
+@pytest.mark.parametrize(
+    ("span", "expected"),
+    [
+        ("22:00-07:00", "22:00-07:00"),
+        ("22-7", "22:00-07:00"),
+        ("22:30 to 6", "22:30-06:00"),
+        ("22 until 22", None),
+        ("22", None),
+        ("22-7-9", None),
+    ],
+)
+def test_quiet_hours(span: str, expected: str | None) -> None:
+    assert quiet_hours(span) == expected
+
+
+def test_a_user_id_in_another_case_is_theirs(server: Server) -> None:
+    state = server.state
+    assert user_id_as_typed(state, "ALICE") == "alice"
+    assert user_id_as_typed(state, "nobody") == "nobody"

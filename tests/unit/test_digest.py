@@ -1,4 +1,5 @@
-"""Digests (pure): their schedule on the user's wall clock, and what one says."""
+"""Digests (pure): their schedule on the user's wall clock, what one says, and what is held for
+each reader until theirs is due."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from herd.api import User
 from herd.ops import (
     OPERATOR,
     AddComment,
@@ -17,12 +19,14 @@ from herd.ops import (
     Choice,
     CreateEvent,
     Decide,
+    DigestSent,
     Invite,
     SetUserField,
     Uninvite,
     UserField,
 )
-from notifier.digest import DigestItem, compose_digest, next_digest_at
+from notifier.digest import DIGEST_AT, DigestItem, compose_digest, next_digest_at
+from notifier.held_digests import HeldDigests
 from notifier.message import Digest, Kind, Medium, QuietHours, Recipient
 from notifier.routing import route
 from tests.unit.test_render import (
@@ -226,3 +230,76 @@ def test_a_reader_who_dropped_email_gets_the_digest_by_chat_or_not_at_all() -> N
         )
         is None
     )
+
+
+# --- held until due -------------------------------------------------------------------------
+
+
+def held_for_bob() -> tuple[Story, HeldDigests, list[DigestItem]]:
+    """The dinner story's folded items held for bob (Paris, daily), none sent yet."""
+    story, _ = digest_story()
+    story.apply("carol", AddComment("e1", "Count me in"), "c9")
+    story.apply("dave", AddComment("e1", "Me too"), "c10")
+    items = folded(story)
+    assert len({item.at_ns for item in items}) == 2
+    held = HeldDigests(story.state, zone_of, DIGEST_AT, {}, {})
+    assert all(held.hold("bob", item) for item in items)
+    return story, held, items
+
+
+def zone_of(user: User) -> str:
+    return user.tz or "UTC"
+
+
+def test_held_items_wait_for_the_digest_hour_and_count_as_sent_once_taken() -> None:
+    _, held, items = held_for_bob()
+    eight = at("2026-12-05 08:00", "Europe/Paris")  # the first 08:00 after the items
+    assert held.take_due("bob", eight - 1) is None
+    due = held.take_due("bob", eight)
+    assert due is not None
+    recipient, covered = due
+    assert recipient.user == "bob" and sorted(covered, key=str) == sorted(items, key=str)
+    assert held.take_due("bob", eight + 60 * S) is None  # made now: the next is tomorrow's
+    assert held.take_due("bob", at("2026-12-06 08:00", "Europe/Paris")) is not None
+
+
+def test_an_item_is_held_once() -> None:
+    _, held, items = held_for_bob()
+    assert not held.hold("bob", items[0])
+
+
+def test_a_digest_op_drops_what_it_covered() -> None:
+    story, held, items = held_for_bob()
+    newest = max(item.at_ns for item in items)
+    story.apply(OPERATOR, DigestSent("bob", newest), "d1")
+    assert sorted(held.drop_covered(["bob", "carol"])) == sorted(("bob", i.id) for i in items)
+    assert held.take_due("bob", at("2026-12-09 08:00", "Europe/Paris")) is None
+    assert held.maybe_due(at("2026-12-09 08:00", "Europe/Paris"), lambda user: True) == []
+
+
+def test_saved_items_a_digest_op_covered_are_not_held_again() -> None:
+    story, _, items = held_for_bob()
+    oldest = min(item.at_ns for item in items)
+    story.apply(OPERATOR, DigestSent("bob", oldest), "d1")
+    saved = {"bob": {item.id: item for item in items}}
+    held = HeldDigests(story.state, zone_of, DIGEST_AT, saved, {})
+    due = held.take_due("bob", at("2026-12-06 08:00", "Europe/Paris"))
+    assert due is not None
+    assert {item.id for item in due[1]} == {i.id for i in items if i.at_ns > oldest} != set()
+
+
+def test_who_may_be_due_is_asked_of_the_duties_and_goes_by_zone() -> None:
+    _, held, items = held_for_bob()
+    for item in items:
+        held.hold("alice", item)
+    later = at("2026-12-09 08:00", "Europe/Paris")
+    assert held.maybe_due(later, lambda user: True) == ["alice", "bob"]  # New York < Paris
+    assert held.maybe_due(later, lambda user: user == "bob") == ["bob"]
+
+
+def test_items_held_for_a_user_who_turned_digests_off_go_out_daily() -> None:
+    story, held, _ = held_for_bob()
+    story.apply(OPERATOR, SetUserField("bob", UserField.DIGEST, "off"), "bob-off")
+    held.reschedule("bob")
+    due = held.take_due("bob", at("2026-12-05 08:00", "Europe/Paris"))
+    assert due is not None and due[0].digest is Digest.DAILY

@@ -40,6 +40,7 @@ from herd.ops import (
 )
 from herd.state import PlanningState
 from herd.tokens import unsubscribe_token
+from notifier.event_views import local_time
 from notifier.message import (
     Kind,
     Medium,
@@ -55,7 +56,6 @@ from notifier.render import (
     RenderCache,
     Templates,
     Unsubscribe,
-    local_time,
     names,
     one_line,
     render,
