@@ -11,9 +11,9 @@ from functools import partial
 
 from herd.config import HerdConfig
 from herd.errors import HerdError
-from herd.handshake import Handshake, NotChallenged, WrongProof
 from herd.ops import OPERATOR
 from herd.tokens import new_nonce, peer_mac
+from herd.wire.handshake import Handshake, NotChallenged, WrongProof
 from herd.wire.operator import OperatorCommand
 
 TIMEOUT = 5.0

@@ -1,5 +1,5 @@
-"""Peer links (Twisted, thin): both ends of the handshake (`herd.handshake` decides, this module
-does the I/O), then the link itself: flooding, catch-up and keepalive, reported to the server
+"""Peer links (Twisted, thin): both ends of the handshake (`herd.wire.handshake` decides, this
+module does the I/O), then the link itself: flooding, catch-up and keepalive, reported to the server
 through `PeerHandler`.
 
 A connection becomes a peer link by a challenge-response over the herd secret; the secret
@@ -35,19 +35,19 @@ from twisted.python.failure import Failure
 
 from herd.backoff import Backoff
 from herd.clock import Clock
-from herd.handshake import (
-    Authenticated,
-    Handshake,
-    NotChallenged,
-    NotForUs,
-    WrongProof,
-)
 from herd.ops import OPERATOR
 from herd.protocol import LineConnection, LineHandler, Traffic
 from herd.slices import SliceScheduler
 from herd.tokens import new_nonce, peer_mac
 from herd.wire.client import Hello, error_reply
 from herd.wire.grammar import WireError
+from herd.wire.handshake import (
+    Authenticated,
+    Handshake,
+    NotChallenged,
+    NotForUs,
+    WrongProof,
+)
 from herd.wire.peer import (
     Digest,
     DigestEnd,

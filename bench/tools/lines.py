@@ -19,9 +19,9 @@ from functools import partial
 from typing import Any, cast
 
 from bench.harness import HOST, BenchError
-from herd.handshake import Handshake, NotChallenged, WrongProof
 from herd.ops import OPERATOR
 from herd.tokens import hash_token, new_nonce, new_token, peer_mac
+from herd.wire.handshake import Handshake, NotChallenged, WrongProof
 
 REPLY_TIMEOUT = 120.0
 PushHandler = Callable[[bytes, int], None]

@@ -1,7 +1,7 @@
 """The command tables: for each port, a line's first word to the parser of its wire class.
 
 Kept apart from `herd.wire`'s `__init__` because the planning commands' values (`Choice`,
-`UserField`) come from `herd.events`, which itself needs `herd.wire.grammar`: a package
+`UserField`) come from `herd.ops`, which itself needs `herd.wire.grammar`: a package
 `__init__` importing every submodule would make that a cycle.
 """
 

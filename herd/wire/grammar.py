@@ -155,7 +155,7 @@ def redact_secrets(line: bytes) -> bytes:
 
 
 USER_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-"""The user id grammar (the same as `herd.events.is_id`), ASCII so it is one field."""
+"""The user id grammar (the same as `herd.ops.is_id`), ASCII so it is one field."""
 
 TOKEN_HASH: Final = re.compile(
     r"scrypt\$(?:1024|2048|4096|8192|16384)\$[1-8]\$[12]\$(?:[0-9a-f]{2}){8,32}\$[0-9a-f]{64}\Z"

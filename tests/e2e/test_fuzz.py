@@ -2,7 +2,7 @@
 
 The lines go to Bailey over a few pipelined connections (a writer and a reader thread each).
 Replies come in request order, so reply i answers line i.  An independent oracle, written from
-docs/protocol.md §1-§5 rather than from herd/wire.py, says what each line is:
+docs/protocol.md §1-§5 rather than from herd/wire/, says what each line is:
 
 - not a valid command: the reply must be exactly `? <line as received>`;
 - a valid IAMAT: an AT line for that client; a new report's AT line has Bailey's name, a diff
@@ -88,7 +88,7 @@ def classify(line: bytes) -> Expect:
         valid = _in_range(position[1], 90) and _in_range(position[2], 180)
         if not valid:
             return Expect(Kind.INVALID)
-        # herd/wire.py refuses a time of more than 19 whole digits, which the contract does
+        # herd/wire/ refuses a time of more than 19 whole digits, which the contract does
         # not (see test_times_of_more_than_19_digits_are_valid): either answer passes here.
         huge = len(fields[3].partition(b".")[0].lstrip(b"0")) > 19
         return Expect(Kind.IAMAT, fields, either=huge)

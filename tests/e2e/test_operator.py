@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from herd.handshake import Handshake, WrongProof
 from herd.operator import dial_handshake
 from herd.ops import OPERATOR
 from herd.tokens import hash_token, new_nonce, peer_mac
+from herd.wire.handshake import Handshake, WrongProof
 from herd.wire.peer import Auth
 from tests.support.herd import NAMES, REPO, SECRET, Herd, config_text, running_herd
 from tests.support.lines import Client, now_time

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from herd.handshake import (
+from herd.tokens import peer_mac
+from herd.wire.client import Hello
+from herd.wire.handshake import (
     Authenticated,
     Challenged,
     Handshake,
@@ -22,8 +24,6 @@ from herd.handshake import (
     Signer,
     WrongProof,
 )
-from herd.tokens import peer_mac
-from herd.wire.client import Hello
 from herd.wire.peer import Auth, Challenge, parse_peer_line
 
 SECRET = b"doc-secret"

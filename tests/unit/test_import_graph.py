@@ -32,7 +32,6 @@ PURE: Final = (
     "herd.backoff",
     "herd.offload",
     "herd.errors",
-    "herd.handshake",
     "herd.fairness",
     "herd.logrules",
     "herd.changes",
@@ -186,4 +185,4 @@ def test_the_graph_is_read_from_the_source() -> None:
     """The checks above would pass on an empty graph: make sure they see the edges."""
     assert "herd.api" in ours("notifier.feed")
     assert "twisted" in {name.split(".")[0] for name in imports("herd.server")}
-    assert "herd.events" not in ours("herd.changes")  # under TYPE_CHECKING only
+    assert "herd.ops" not in ours("herd.changes")  # under TYPE_CHECKING only
