@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, cast
 
-from bench.harness import HOST, BenchError
+from bench.harness import BenchError
 from herd.handshake import Handshake, NotChallenged, WrongProof
 from herd.ops import OPERATOR
 from herd.tokens import hash_token, new_nonce, new_token, peer_mac
+from tests.support.ports import HOST
 
 REPLY_TIMEOUT = 120.0
 PushHandler = Callable[[bytes, int], None]
