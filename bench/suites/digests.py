@@ -229,20 +229,21 @@ def child_renga(
     from typing import TypeVar
 
     from twisted.internet import reactor as installed
-    from twisted.internet.defer import Deferred, ensureDeferred
-    from twisted.internet.task import LoopingCall
+    from twisted.internet.defer import Deferred, ensureDeferred, succeed
+    from twisted.internet.task import LoopingCall, deferLater
     from twisted.internet.threads import deferToThreadPool
     from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
     from twisted.python.failure import Failure
     from twisted.python.threadpool import ThreadPool
     from zope.interface import provider
 
-    from herd.api import Clock, user_additions
+    from herd.api import Body, Clock, LeaseSettings, op_server, user_additions
+    from herd.changes import ChangeFeed
+    from herd.ops import OPERATOR, Op
+    from herd.records import OpLog, Sequencer
     from herd.store import GroupCommitter, Store
-    from notifier.channels.line import LineHub
+    from notifier.build import Host, NotifierSettings, build_notifier
     from notifier.channels.smtp import SmtpChannel
-    from notifier.feed import NotifierListener
-    from notifier.outbox import Outbox
     from notifier.render import Templates
     from notifier.tables import SCHEMA, load
 
@@ -357,35 +358,72 @@ def child_renga(
                 return smtp.close()
 
         channel = Counting()
-        outbox = Outbox(path, {"email": channel}, reactor, on_outbox, lambda: 0.5)
         commits: list[float] = []  # when each turn's transaction had committed
 
-        def wake() -> None:
-            """The outbox's wake, run by the committer after each turn's transaction."""
-            commits.append(time.monotonic())
-            if "enqueued" not in marks:
-                marks["enqueued"] = time.monotonic()
-                cpu["enqueued"] = time.process_time()
-            outbox.wake()
+        def after_commit(effect: Callable[[], None]) -> None:
+            """The committer's, noting when each digest turn's transaction has committed (the
+            listener then wakes the outbox)."""
 
-        listener = NotifierListener(
-            server_name=SERVER,
+            def committed() -> None:
+                commits.append(time.monotonic())
+                if "enqueued" not in marks:
+                    marks["enqueued"] = time.monotonic()
+                    cpu["enqueued"] = time.process_time()
+                effect()
+
+            committer.after_commit(committed)
+
+        # What the server's `accept_body` does with the listener's records (`DigestSent`):
+        # make an op of this server's own, log it in the turn's transaction, apply it and
+        # publish its changes (the listener drops the user's items in the same transaction).
+        feed = ChangeFeed(state, committer.add_write)
+        ops = OpLog(Sequencer())
+        made_ops = iter(range(1, 10**9))
+
+        def accept(body: Body) -> None:
+            op = Op(f"{SERVER}.d.{next(made_ops)}", state.next_time(time.time_ns()), OPERATOR, body)
+            committer.add_op(ops.add(op.op_id, op.to_json()))
+            feed.publish(state.apply(op), accepted_here=True)
+
+        host = Host(
+            name=SERVER,
+            servers=[SERVER],
             state=state,
             position_of=lambda user_id: None,
+            subscribe=feed.subscribe,
             add_write=committer.add_write,
-            after_commit=committer.after_commit,
-            wake=wake,
-            push=LineHub(),
-            unsubscribe=_unsubscribe(),
-            clock=Clock(reactor, time.time_ns),
-            templates=Templates(),
-            saved=saved,
-            user_adds=user_additions(user_lines),
+            after_commit=after_commit,
+            renew=lambda: None,  # no peers to tell
+            accept=accept,
+            run_as=lambda user, line: succeed(b""),  # no Jabber bot
+            secret=b"bench-secret",
+            store=path,
         )
-        strangers = [r.user for r in recipients if not listener._sends_digest_of(r.user)]
-        if strangers:
-            raise BenchError(f"{SERVER} would not send the digests of {strangers[:3]}…")
-        await outbox.start()
+        notifier = build_notifier(
+            host,
+            saved,
+            {"email": channel},
+            Clock(reactor, time.time_ns),
+            on_outbox,
+            lambda: 0.5,
+            op_lines=user_lines,
+            unsubscribe=_unsubscribe(),
+            templates=Templates(),
+            # A one-server herd whose start grace (one lease's length) is over: its digests
+            # are its own to send at once.  The loops look once an hour: the run is timed from
+            # the bench's own call of what the minute loop calls.
+            settings=NotifierSettings(
+                look_every=3600.0, lease=LeaseSettings(renew=3600.0, valid=0.001)
+            ),
+        )
+        listener, outbox = notifier.listener, notifier.outbox
+        homes = {op_server(op.op_id) for op in user_additions(user_lines)}
+        if homes != {SERVER}:
+            raise BenchError(f"the users' homes are {sorted(homes)[:3]}, not {SERVER} alone")
+        await notifier.start(())
+        await deferLater(reactor, 0.01, lambda: None)
+        if not notifier.leases.mine(SERVER, time.time_ns()):
+            raise BenchError(f"{SERVER} does not hold its own users' duties")
         gc.freeze()  # as `HerdService` does once it has started
 
         # Whatever the notifier logs as an error (a digest it could not compose, a failed loop)

@@ -44,7 +44,14 @@ from bench.harness import (
     wait_quiet,
 )
 from bench.suites.planning import op_count
-from bench.tools.lines import LineClient, Operator, authed, reply_json, user_token
+from bench.tools.lines import (
+    AUTH_PER_ADDRESS,
+    LineClient,
+    Operator,
+    authed,
+    reply_json,
+    user_token,
+)
 from bench.tools.loadgen import new_event_loop
 from herd.config import load_config
 from tests.support.herd import NAMES
@@ -169,9 +176,11 @@ async def herd_trials(herd: Herd, options: argparse.Namespace) -> dict[str, Any]
     position = {user: index for index, user in enumerate(users)}
     layouts: dict[str, list[LineClient]] = {}
     gate = asyncio.Semaphore(64)
+    # Each server lets one address have only so many AUTHs waiting (all of these come from one).
+    per_server = {port: asyncio.Semaphore(AUTH_PER_ADDRESS) for port in ports}
 
     async def subscriber(port: int, user: str, label: str) -> LineClient:
-        async with gate:
+        async with gate, per_server[port]:
             client = await authed(port, user, token, receivers.handler(f"{label}/{user}"))
             reply = await client.ask(b"SUBSCRIBE")
             if not reply.startswith(b"SUBSCRIBED "):

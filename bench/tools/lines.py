@@ -18,12 +18,17 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, cast
 
-from bench.harness import HOST, BenchError
+from bench.harness import BenchError
+from herd.config import LimitsConfig
 from herd.ops import OPERATOR
 from herd.tokens import hash_token, new_nonce, new_token, peer_mac
 from herd.wire.handshake import Handshake, NotChallenged, WrongProof
+from tests.support.ports import HOST
 
 REPLY_TIMEOUT = 120.0
+# A server refuses an AUTH while this many from the same address wait for their token check
+# (`[limits] auth_per_address`, default): every bench client comes from one loopback address.
+AUTH_PER_ADDRESS = LimitsConfig().auth_per_address
 PushHandler = Callable[[bytes, int], None]
 
 
@@ -204,12 +209,15 @@ async def authed_many(
     on_push: Callable[[str], PushHandler] | None = None,
     concurrency: int = 64,
 ) -> list[LineClient]:
-    """One authenticated connection per user, user i on ports[i % len(ports)]."""
+    """One authenticated connection per user, user i on ports[i % len(ports)]; at most
+    `concurrency` logins at once, and no more per server than it lets one address have waiting."""
     gate = asyncio.Semaphore(concurrency)
+    per_server = {port: asyncio.Semaphore(AUTH_PER_ADDRESS) for port in ports}
 
     async def one(index: int, user: str) -> LineClient:
-        async with gate:
+        port = ports[index % len(ports)]
+        async with gate, per_server[port]:
             handler = on_push(user) if on_push is not None else None
-            return await authed(ports[index % len(ports)], user, token, handler)
+            return await authed(port, user, token, handler)
 
     return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(users))))
