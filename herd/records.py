@@ -300,8 +300,9 @@ class OpLog:
 
 
 def op_origin(op_id: str) -> bytes:
-    """The server that accepted an operation (its id is `<server>.<instance>.<n>`)."""
-    return op_id.partition(".")[0].encode()
+    """The server that accepted an operation (its id is `<server>.<instance>.<n>`; a server
+    name may hold dots, the other two parts do not: `herd.changes.op_server` reads it alike)."""
+    return op_id.rsplit(".", 2)[0].encode()
 
 
 def changes_since(table: LocationTable, ops: OpLog, seq: int) -> list[Location | LoggedOp]:

@@ -10,7 +10,8 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from herd.records import Location, LocationTable, Outcome, location_key
+from herd.changes import op_server
+from herd.records import Location, LocationTable, Outcome, location_key, op_origin
 from herd.wire.client import At, IAmAt, format_at, parse_client_line
 
 POSITION = b"+34.068930-118.445127"
@@ -264,3 +265,9 @@ def test_restore_of_current_rows_only() -> None:
     assert [loc.seq for loc in restored] == [2, 3, 4]
     assert restored.since(2) == original.since(2)
     assert restored.last_seq == 4
+
+
+def test_an_ops_origin_is_the_server_that_made_it_even_when_its_name_has_dots() -> None:
+    assert op_origin("A.abcdef.12") == b"A"
+    assert op_origin("eu.west.q1w2e3.7") == b"eu.west"
+    assert op_origin("eu.west.q1w2e3.7").decode() == op_server("eu.west.q1w2e3.7")
