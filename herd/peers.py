@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from herd.backoff import Backoff
 from herd.clock import Clock
 from herd.ops import OPERATOR
-from herd.protocol import LineConnection, LineHandler, Traffic
+from herd.protocol import ConnectionLimits, LineConnection, LineHandler, Traffic
 from herd.slices import SliceScheduler
 from herd.tokens import new_nonce, peer_mac
 from herd.wire.client import Hello, error_reply
@@ -93,6 +93,8 @@ class PeerHandler(TypingProtocol):
     def log(self) -> Traffic: ...
     @property
     def slices(self) -> SliceScheduler: ...
+    @property
+    def connection_limits(self) -> ConnectionLimits: ...
     @property
     def anti_entropy_seconds(self) -> float: ...
     @property
@@ -404,7 +406,12 @@ class DialFactory(Factory):
         dialer = Dialer(self.server, self.peer, self.clock)
         server = self.server
         connection = _DialConnection(
-            dialer, server.max_line, server.log, self.peer, scheduler=server.slices
+            dialer,
+            server.max_line,
+            server.log,
+            self.peer,
+            scheduler=server.slices,
+            limits=server.connection_limits,
         )
         connection.pause_reading_when_full = False
         return connection

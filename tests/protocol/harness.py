@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
 from herd.clock import Clock as HerdClock
+from herd.config import LimitsConfig
 from herd.handlers.core import ServerSettings
 from herd.peers import DialFactory
 from herd.protocol import LineConnection
@@ -103,6 +104,7 @@ def make_node(
     clock: Clock,
     secret: bytes = SECRET,
     max_line: int = 1024,
+    limits: LimitsConfig = LimitsConfig(),  # noqa: B008 (frozen)
 ) -> Node:
     """A server reading back whatever its store under `directory` already holds."""
     store = Store(directory / f"{name}.sqlite")
@@ -113,7 +115,7 @@ def make_node(
     log.start()
     places = FixedPlaces()
     server = HerdServer(
-        settings=ServerSettings(name, peers, secret, max_line),
+        settings=ServerSettings(name, peers, secret, max_line, limits),
         replica=replica,
         committer=committer,
         places=places,

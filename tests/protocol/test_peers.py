@@ -18,6 +18,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump
 
+from herd.config import LimitsConfig
 from herd.peers import (
     AUTH_FAILURE_HOLD_OFF,
     KEEPALIVE_SECONDS,
@@ -159,6 +160,17 @@ def test_a_dialer_refused_by_name_is_held_off(tmp_path: Path, clock: Clock) -> N
     assert pump.clientIO.disconnected
     stranger.close()
     b.close()
+
+
+def test_a_dialed_link_works_within_the_configured_limits(tmp_path: Path, clock: Clock) -> None:
+    """Both ends of a link hold and run what `[limits]` says: the dialing end too, not the
+    defaults."""
+    limits = LimitsConfig(output_budget=4096, input_budget=2048, slice_lines=4)
+    node = make_node(tmp_path, "A", ("B",), clock, limits=limits)
+    connection = DialFactory(node.server, "B", clock).buildProtocol(None)
+    assert (connection.limits.output_budget, connection.limits.input_budget) == (4096, 2048)
+    assert connection.limits.slice_lines == 4
+    node.close()
 
 
 def test_a_link_floods_once_synced_and_is_closed_when_lost(
