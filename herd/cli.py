@@ -31,32 +31,128 @@ STOP_GRACE_SECONDS = 10.0
 HARD_STOP_SECONDS = 8.0  # below `herd up`'s grace, above the outbox's 5 s for deliveries
 
 
+DESCRIPTION = """\
+Renga: a herd of servers that share where people are and plan get-togethers.
+
+Start with `herd up` (the whole herd of the config, a mail sink and a Jabber server), then
+`herd talk` to type lines to a server.  Each command has its own --help."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="herd", description="Renga herd servers")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run one server in the foreground")
-    run.add_argument("name")
-    up = commands.add_parser("up", help="run the whole herd of a config")
-    status = commands.add_parser("status", help="show each server and its peer links")
+    parser = argparse.ArgumentParser(
+        prog="herd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, description=description)
+
+    run = command(
+        "run",
+        "run one server in the foreground",
+        "Run one server of the config until SIGTERM or Ctrl-C; its log goes to stderr and to "
+        "<data_dir>/<NAME>.log.",
+    )
+    run.add_argument("name", metavar="NAME", help="the server's name in the config")
+    up = command(
+        "up",
+        "run the whole herd of a config",
+        "Run every server of the config as its own process, with a mail sink and a Prosody "
+        "with demo users when the config names none; Ctrl-C stops them all.",
+    )
+    status = command(
+        "status",
+        "show each server and its peer links",
+        "Ask each server of the config for its peer links: one line per server (down when it "
+        "does not answer).",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    user = commands.add_parser("user", help="create users and issue their tokens")
-    user_commands = user.add_subparsers(dest="user_command", required=True)
-    user_add = user_commands.add_parser("add", help="create a user and print their token")
-    user_add.add_argument("user")
-    user_add.add_argument("--email", default=None)
-    user_add.add_argument("--jid", default=None)
-    user_token = user_commands.add_parser("token", help="issue a new token (the old one stops)")
-    user_token.add_argument("user")
-    for command in (user_add, user_token):
-        command.add_argument("--server", default=None, help="ask this server (default: any)")
-    box = commands.add_parser("outbox", help="see and replay undelivered notifications")
-    box.add_argument("what", choices=("list", "dead", "retry"))
+    user = command(
+        "user",
+        "create users and issue their tokens",
+        "Create a user or issue a new token, through any running server of the config.",
+    )
+    user_commands = user.add_subparsers(
+        dest="user_command", metavar="ACTION", title="actions", required=True
+    )
+    user_add = user_commands.add_parser(
+        "add",
+        help="create a user and print their token",
+        description="Create a user and print their token, once (only its hash is stored).",
+    )
+    user_add.add_argument("user", metavar="USER", help="the new user's id (letters, digits, .-_)")
+    user_add.add_argument("--email", default=None, help="their email address, for notices")
+    user_add.add_argument("--jid", default=None, help="their Jabber ID, for chat notices")
+    user_token = user_commands.add_parser(
+        "token",
+        help="issue a new token (the old one stops)",
+        description="Issue a new token for a user and print it, once; the old one stops working.",
+    )
+    user_token.add_argument("user", metavar="USER", help="the user's id")
+    for each in (user_add, user_token):
+        each.add_argument("--server", default=None, help="ask this server (default: any)")
+    box = command(
+        "outbox",
+        "see and replay undelivered notifications",
+        "Each server's pending and dead notifications, read from its database (whether it runs "
+        "or not), and replaying dead letters.",
+    )
+    box.add_argument(
+        "what",
+        choices=("list", "dead", "retry"),
+        help="list: pending; dead: given up; retry: queue dead letters again",
+    )
     box.add_argument("keys", nargs="*", help="retry: these dead letters (default: all)")
     box.add_argument("--server", default=None, help="this server's outbox (default: all)")
-    mail_command = commands.add_parser("mail", help="the mails `herd up`'s mail sink kept")
-    mail_command.add_argument("id", nargs="?", default=None, help="show this one")
-    for command in (run, up, status, user_add, user_token, box, mail_command):
-        command.add_argument("--config", type=Path, default=None, help="config file (TOML)")
+    mail_command = command(
+        "mail",
+        "read the mails `herd up`'s mail sink kept",
+        "Without ID: a list of the mails the local mail sink kept. With ID: that mail's "
+        "headers and text, or its HTML part (--html) or calendar file (--ics).",
+    )
+    mail_command.add_argument("id", nargs="?", default=None, metavar="ID", help="show this one")
+    parts = mail_command.add_mutually_exclusive_group()
+    parts.add_argument(
+        "--html",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FILE",
+        help="write the HTML part to FILE (- for stdout); without FILE, to "
+        "<data_dir>/mail/ID.html, opened in a browser if there is one",
+    )
+    parts.add_argument(
+        "--ics",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FILE",
+        help="write the calendar attachment to FILE (- for stdout); without FILE, to "
+        "<data_dir>/mail/ID.ics",
+    )
+    talk_command = command(
+        "talk",
+        "type lines to a server (a line-protocol client)",
+        "Connect to a server's client port. On a terminal: a prompt with history and line "
+        "editing, every line the server sends shown as it arrives. From a pipe: sends stdin, "
+        "half-closes at its end and copies every byte received to stdout until the server "
+        "closes.",
+    )
+    talk_command.add_argument(
+        "server",
+        nargs="?",
+        default=None,
+        metavar="SERVER",
+        help="a server's name in the config (default: the first) or HOST:PORT",
+    )
+    for each in (run, up, status, user_add, user_token, box, mail_command, talk_command):
+        each.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            metavar="PATH",
+            help="the herd's config file (TOML; default: config/herd.toml)",
+        )
     return parser
 
 
@@ -65,7 +161,11 @@ def _load(path: Path | None) -> HerdConfig:
 
 
 def main(argv: list[str]) -> int:
-    arguments = _parser().parse_args(argv)
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    if arguments.command is None:  # `herd` alone: what it can do
+        parser.print_help()
+        return 0
     try:
         config = _load(arguments.config)
         if arguments.command == "run":
@@ -76,7 +176,11 @@ def main(argv: list[str]) -> int:
         if arguments.command == "outbox":
             return outbox(config, arguments)
         if arguments.command == "mail":
-            return mail(config, arguments.id)
+            return mail(config, arguments.id, arguments.html, arguments.ics)
+        if arguments.command == "talk":
+            from herd.clients.talk import talk
+
+            return talk(config, arguments.server)
         if arguments.command == "user":
             return user(config, arguments)
         return status(config, as_json=arguments.json)
@@ -346,16 +450,67 @@ def outbox(config: HerdConfig, arguments: argparse.Namespace) -> int:
     return 0
 
 
-def mail(config: HerdConfig, mail_id: str | None) -> int:
-    from notifier.mailsink import format_mail_list, list_mail, show_mail
+def mail(
+    config: HerdConfig, mail_id: str | None, html: str | None = None, ics: str | None = None
+) -> int:
+    """The kept mails, one of them, or one's HTML part or calendar file (`html`, `ics`: None
+    for no, "" for the default file beside the mail, "-" for stdout, else a file)."""
+    from notifier.mailsink import calendar_part, format_mail_list, html_part, list_mail, show_mail
 
     if mail_id is None:
+        if html is not None or ics is not None:
+            print("herd: --html and --ics need a mail ID (`herd mail` lists them)", file=sys.stderr)
+            return 2
         for line in format_mail_list(list_mail(config.data_dir)):
             print(line)
         return 0
     try:
+        if html is not None:
+            return _write_part(config, mail_id, "html", html_part(config.data_dir, mail_id), html)
+        if ics is not None:
+            data = calendar_part(config.data_dir, mail_id)
+            return _write_part(config, mail_id, "ics", data, ics)
         print(show_mail(config.data_dir, mail_id))
     except KeyError:
         print(f"herd: no mail {mail_id!r}", file=sys.stderr)
         return 1
     return 0
+
+
+_PART_NAMES = {"html": "HTML part", "ics": "calendar attachment (.ics)"}
+
+
+def _write_part(
+    config: HerdConfig, mail_id: str, kind: str, data: bytes | None, target: str
+) -> int:
+    """Write a mail's part to stdout ("-"), to a file, or ("") to `<data_dir>/mail/<ID>.<kind>`
+    (printing its path, and opening an HTML file there in a browser, when there is one)."""
+    if data is None:
+        print(f"herd: mail {mail_id} has no {_PART_NAMES[kind]}", file=sys.stderr)
+        return 1
+    if target == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return 0
+    path = Path(target) if target else config.data_dir / "mail" / f"{mail_id}.{kind}"
+    try:
+        path.write_bytes(data)
+    except OSError as error:
+        print(f"herd: cannot write {path}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    print(path, flush=True)
+    if kind == "html" and not target:
+        _open_in_browser(path)
+    return 0
+
+
+def _open_in_browser(path: Path) -> None:
+    import webbrowser
+
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        print("herd: no browser here: open that file in one", file=sys.stderr)
+        return
+    if not browser.open(path.resolve().as_uri()):
+        print("herd: the browser did not start: open that file in one", file=sys.stderr)

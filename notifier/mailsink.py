@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
 from pathlib import Path
 
@@ -234,20 +234,31 @@ def format_mail_list(summaries: list[MailSummary]) -> list[str]:
     ]
 
 
-def show_mail(data_dir: Path, mail_id: str, raw: bool = False) -> str:
-    """One kept message for reading: its main headers, its text, and a list of its other parts
-    (or, with `raw`, the file as received).  Raises `KeyError` for an unknown id."""
+def _read_mail(data_dir: Path, mail_id: str) -> bytes:
+    """A kept message's file; `KeyError` for an unknown id (or one that is not an id at all:
+    nothing outside the mail folder is ever read)."""
     if not _ID.fullmatch(mail_id):
         raise KeyError(mail_id)
     path = data_dir / "mail" / f"{mail_id}.eml"
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise KeyError(mail_id) from None
-    if raw:
-        return data.decode("utf-8", "replace")
+
+
+def _parse(data: bytes) -> EmailMessage:
     message = BytesParser(policy=_POLICY).parsebytes(data)
     assert isinstance(message, EmailMessage)
+    return message
+
+
+def show_mail(data_dir: Path, mail_id: str, raw: bool = False) -> str:
+    """One kept message for reading: its main headers, its text, and a list of its other parts
+    (or, with `raw`, the file as received).  Raises `KeyError` for an unknown id."""
+    data = _read_mail(data_dir, mail_id)
+    if raw:
+        return data.decode("utf-8", "replace")
+    message = _parse(data)
     lines = [
         f"{name}: {_printable(str(message[name]))}"
         for name in ("From", "To", "Date", "Subject", "Message-ID", "In-Reply-To")
@@ -266,6 +277,31 @@ def show_mail(data_dir: Path, mail_id: str, raw: bool = False) -> str:
         label = f"{filename}, " if filename else ""
         lines.append(f"[{label}{part.get_content_type()}, {size} bytes]")
     return "\n".join(lines) + "\n"
+
+
+def html_part(data_dir: Path, mail_id: str) -> bytes | None:
+    """The HTML body of a kept message, its bytes as written (undone from their transfer
+    encoding, in the charset the part declares), or None if it has none.  `KeyError` for an
+    unknown id."""
+    body = _parse(_read_mail(data_dir, mail_id)).get_body(preferencelist=("html",))
+    return None if body is None else _payload(body)
+
+
+CALENDAR_TYPES = ("text/calendar", "application/ics")
+
+
+def calendar_part(data_dir: Path, mail_id: str) -> bytes | None:
+    """The first calendar part (`text/calendar`, an event's `.ics`) of a kept message, as
+    attached, or None if it has none.  `KeyError` for an unknown id."""
+    for part in _parse(_read_mail(data_dir, mail_id)).walk():
+        if not part.is_multipart() and part.get_content_type() in CALENDAR_TYPES:
+            return _payload(part)
+    return None
+
+
+def _payload(part: MIMEPart) -> bytes:
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
 
 
 def _printable(text: str) -> str:

@@ -39,6 +39,7 @@ PURE: Final = (
     "herd.slices",
     "herd.clock",
     "herd.api",
+    "herd.clients.talk_core",
     "notifier.render",
     "notifier.event_views",
     "notifier.digest",

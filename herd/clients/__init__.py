@@ -1,0 +1,1 @@
+"""terminal clients for people: talk, chat, demo"""
