@@ -122,6 +122,9 @@ def _copy_out(connection: socket.socket, stdout_fd: int) -> None:
     while True:
         try:
             chunk = connection.recv(CHUNK)
+        except ConnectionResetError:
+            _say("herd talk: the server reset the connection")
+            return
         except OSError as error:
             _say(f"herd talk: the connection failed: {error.strerror or error}")
             return
