@@ -147,6 +147,29 @@ def test_a_server_closing_first_ends_talk_with_what_came(pair: Herd) -> None:
     assert out.count(b"\n") == 1 and out.startswith(b'STATUS {"server":"Bailey"'), out
 
 
+def test_lines_are_sent_as_read_and_replies_copied_as_they_come(pair: Herd) -> None:
+    """A pipe that stays open: each reply arrives before stdin ends; EOF half-closes."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "herd", "talk", "Bona", "--config", str(pair.config_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            for word in (b"ONE", b"TWO"):
+                proc.stdin.write(b"%s\n" % word)
+                proc.stdin.flush()
+                assert proc.stdout.readline() == b"? %s\n" % word
+            proc.stdin.write(b"THREE")
+            proc.stdin.close()  # the half-close: the last line is answered, then the close
+            assert proc.stdout.read() == b"? THREE\n"
+            assert proc.wait(TALK_SECONDS) == 0
+        finally:
+            proc.kill()
+
+
 def test_a_huge_reply_is_streamed_not_held(pair: Herd) -> None:
     """Many replies in one go (more than the pipe and socket buffers) all arrive, in order."""
     count = 3000
