@@ -339,6 +339,22 @@ def test_history_is_recalled_in_the_next_session(
         terminal.close()
 
 
+def test_a_history_that_cannot_be_written_is_no_obstacle(
+    pair: Herd, terminal_env: dict[str, str], state_home: Path
+) -> None:
+    state_home.write_text("a file where the state folder should be")
+    terminal = open_terminal(pair, terminal_env)
+    try:
+        terminal.expect(r"Bailey>")
+        terminal.type("STATUS\r")
+        terminal.expect(r'STATUS \{"server":"Bailey"')
+        terminal.type("\x04")
+        assert terminal.wait() == 0
+    finally:
+        terminal.close()
+    assert "Traceback" not in terminal.screen()
+
+
 def test_the_server_closing_ends_the_prompt(pair: Herd, terminal_env: dict[str, str]) -> None:
     terminal = open_terminal(pair, terminal_env, "Bailey")
     try:
