@@ -55,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     box.add_argument("--server", default=None, help="this server's outbox (default: all)")
     mail_command = commands.add_parser("mail", help="the mails `herd up`'s mail sink kept")
     mail_command.add_argument("id", nargs="?", default=None, help="show this one")
+    demo = commands.add_parser(
+        "demo",
+        help="play a narrated get-together on the running `herd up` (gives alice, bob, carol new "
+        "tokens)",
+        description="Plays a short get-together through the line protocol against the running "
+        "`herd up` (positions, a plan, times and a place, votes, a decision), narrating each "
+        "step and where its notices show. It gives alice, bob and carol new tokens: the ones "
+        "`herd up` printed stop working; the new ones are printed at the end.",
+    )
+    demo.add_argument("--pace", type=float, default=1.5, help="seconds between steps (default 1.5)")
+    demo.add_argument("--config", type=Path, default=None, help="config file (TOML)")
     for command in (run, up, status, user_add, user_token, box, mail_command):
         command.add_argument("--config", type=Path, default=None, help="config file (TOML)")
     return parser
@@ -79,6 +90,10 @@ def main(argv: list[str]) -> int:
             return mail(config, arguments.id)
         if arguments.command == "user":
             return user(config, arguments)
+        if arguments.command == "demo":
+            from herd.clients.demo import play_demo
+
+            return play_demo(arguments.config, arguments.pace)
         return status(config, as_json=arguments.json)
     except ConfigError as error:
         print(f"herd: bad config: {error}", file=sys.stderr)
