@@ -52,6 +52,7 @@ PURE: Final = (
     "notifier.mime",
     "notifier.stanza",
     "notifier.contacts",
+    "herd.clients.demoscript",
 )
 
 IO: Final = frozenset({"twisted", "asyncio", "sqlite3", "socket", "slixmpp", "aiosmtplib"})
