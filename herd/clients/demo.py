@@ -258,7 +258,11 @@ class Play:
     async def follow(self, user: str, connection: _Connection) -> None:
         """Show every line the subscribed connection gets, as it comes."""
         while True:
-            line = await connection.reader.readline()
+            try:
+                line = await connection.reader.readline()
+            except (OSError, ValueError) as error:  # ValueError: a line over READ_LIMIT
+                _say(f"   [{user}'s line client] (the connection failed: {error!r})")
+                return
             if not line:
                 _say(f"   [{user}'s line client] (the server closed the connection)")
                 return

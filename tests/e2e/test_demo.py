@@ -113,6 +113,19 @@ def test_the_demo_plays_a_get_together_to_its_decision(
 
     wait_until(carols_decision, 10.0, "the decision's mail to carol in the sink")
 
+    # A step the herd refuses stops the demo with the server's answer: bob takes alice's phone.
+    tokens = dict(re.findall(r"AUTH (alice|bob) (\S{43})", out.split("== Summary")[1]))
+    with Client(ports[setting.alice]) as client:
+        assert client.request(f"AUTH alice {tokens['alice']}".encode()).startswith(b"USER ")
+        assert client.request(b"DEVICE REMOVE alice-phone").startswith(b"USER ")
+        assert client.request(f"AUTH bob {tokens['bob']}".encode()).startswith(b"USER ")
+        assert client.request(b"DEVICE ADD alice-phone").startswith(b"USER ")
+    again = _run_demo(config)
+    assert again.returncode == 1, again.stdout[-2000:]
+    assert "< ERR device-taken: alice-phone reports for another user" in again.stdout
+    assert again.stderr.startswith(f"herd demo: {setting.alice} refused `DEVICE ADD alice-phone`")
+    assert "ERR device-taken" in again.stderr and "== 2." not in again.stdout
+
 
 def test_without_a_running_herd_it_says_to_start_herd_up(tmp_path: Path) -> None:
     ports = dict(zip(NAMES, free_ports(len(NAMES)), strict=True))
