@@ -39,7 +39,6 @@ from herd.secretfile import SecretFileError, choose_secret, read_secret
 from herd.wire.client import Status
 from herd.wire.planning import Login
 
-DEFAULT_PACE: Final = 1.5
 CONNECT_SECONDS: Final = 2.0
 REPLY_SECONDS: Final = 10.0
 CATCH_UP_SECONDS: Final = 5.0
@@ -128,8 +127,12 @@ async def _answers(config: HerdConfig, name: str) -> bool:
 
 def _introduce(path: Path, setting: Setting) -> None:
     _say(
-        f"herd demo: alice, bob and carol plan a dinner on the herd of {path}. alice plays on "
-        f"{setting.alice}, bob on {setting.bob}, carol on {setting.carol}."
+        textwrap.fill(
+            f"herd demo: alice, bob and carol plan a dinner on the herd of {path}. alice plays "
+            f"on {setting.alice}, bob on {setting.bob}, carol on {setting.carol}.",
+            WIDTH,
+            subsequent_indent="   ",
+        )
     )
     _tell(
         "Lines sent are marked `>`, replies `<`. Each friend gets a new token first: the ones "
@@ -153,7 +156,7 @@ def _issue_tokens(config: HerdConfig, setting: Setting, answering: list[str]) ->
             token, reply = issue_demo_token(config, user, names)
         except OperatorError as error:
             raise DemoFailed(f"could not issue {user}'s token: {error}") from None
-        _say(f"   {user}: < {reply}")
+        _say(f"   < {reply}")
         if not reply.startswith("OK "):
             raise DemoFailed(f"could not issue {user}'s token: {reply}")
         tokens[user] = token
