@@ -44,6 +44,9 @@ REPLY_SECONDS: Final = 10.0
 CATCH_UP_SECONDS: Final = 5.0
 """How long a server may take to hear of a change another server accepted (a token, an event)."""
 RETRY_PAUSE: Final = 0.2
+MAIL_SECONDS: Final = 5.0
+MAIL_QUIET_SECONDS: Final = 1.0
+"""The end waits for the sink's mails until none came for this long (at most MAIL_SECONDS)."""
 LAST_PUSH_SECONDS: Final = 5.0
 """How long the end waits for bob's line client to get the decision."""
 READ_LIMIT: Final = 1 << 20
@@ -85,12 +88,16 @@ def play_demo(config_path: Path | None, pace: float) -> int:
         alice, bob, carol, checked, mail=config.smtp is not None, jabber=config.xmpp is not None
     )
     option = "" if config_path is None else f" --config {config_path}"
+    sink = config.data_dir / "mail" if chosen == derived else None
     try:
         _introduce(chosen, setting)
+        kept = _kept(sink)
         tokens = _issue_tokens(config, setting, answering)
         steps = get_together(time.time_ns(), setting)
         play = Play(config, tokens, pace)
         known = asyncio.run(play.run(steps))
+        if sink is not None:
+            _show_new_mail(sink, kept)
     except DemoFailed as error:
         print(f"herd demo: {error}", file=sys.stderr)
         return 1
@@ -102,6 +109,35 @@ def play_demo(config_path: Path | None, pace: float) -> int:
     for line in summary(known, tokens, setting, option):
         _say(line)
     return 0
+
+
+def _kept(sink: Path | None) -> set[str]:
+    """The ids of the mails `herd up`'s sink holds now."""
+    if sink is None:
+        return set()
+    from notifier.mailsink import list_mail
+
+    return {mail.id for mail in list_mail(sink.parent)}
+
+
+def _show_new_mail(sink: Path, before: set[str]) -> None:
+    """The mails the sink got during the demo, once no more come (a second without one)."""
+    from notifier.mailsink import format_mail_list, list_mail
+
+    deadline = time.monotonic() + MAIL_SECONDS
+    new = [mail for mail in list_mail(sink.parent) if mail.id not in before]
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < MAIL_QUIET_SECONDS:
+        time.sleep(RETRY_PAUSE)
+        now = [mail for mail in list_mail(sink.parent) if mail.id not in before]
+        if len(now) != len(new):
+            new, quiet_since = now, time.monotonic()
+    _say("")
+    _say("== The mails the sink got meanwhile (`herd mail ID` shows one)")
+    if not new:
+        _say("   none (whoever chats with the bot gets Jabber messages instead)")
+    for line in format_mail_list(new) if new else []:
+        _say(f"   {line}")
 
 
 async def _answering(config: HerdConfig) -> list[str]:

@@ -89,6 +89,8 @@ def test_the_demo_plays_a_get_together_to_its_decision(
     assert re.search(r"\[bob's line client got\] PUSH \S+ invited ", out)
     assert re.search(r"\[bob's line client got\] PUSH \S+ decided ", out)
     assert "herd chat carol" in out and "herd mail" in out
+    mails = out.split("== The mails the sink got meanwhile")[1].split("== Summary")[0]
+    assert re.search(r"carol@example\.org +Decided: Dinner with friends", mails), mails
 
     event = re.search(r'The event (\S+) "Dinner with friends" is decided\.', out)
     token = re.search(r"AUTH carol (\S{43})", out.split("== Summary")[1])
