@@ -88,7 +88,9 @@ def play_demo(config_path: Path | None, pace: float) -> int:
         alice, bob, carol, checked, mail=config.smtp is not None, jabber=config.xmpp is not None
     )
     option = "" if config_path is None else f" --config {config_path}"
-    sink = config.data_dir / "mail" if chosen == derived else None
+    mail_dir = config.data_dir / "mail"
+    # Only `herd up`'s own sink keeps mail there; a herd may mail through a relay, or not at all.
+    sink = mail_dir if chosen == derived and mail_dir.is_dir() else None
     try:
         _introduce(chosen, setting)
         kept = _kept(sink)
