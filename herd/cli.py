@@ -145,7 +145,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SERVER",
         help="a server's name in the config (default: the first) or HOST:PORT",
     )
-    for each in (run, up, status, user_add, user_token, box, mail_command, talk_command):
+    demo = command(
+        "demo",
+        "play a narrated get-together on the running `herd up`",
+        "Play a short get-together through the line protocol against the running `herd up` "
+        "(positions, a plan, times and a place, votes, a decision), narrating each step and "
+        "where its notices show. It gives alice, bob and carol new tokens: the ones `herd up` "
+        "printed stop working; the new ones are printed at the end.",
+    )
+    demo.add_argument(
+        "--pace", type=float, default=1.5, metavar="SECONDS", help="seconds between steps (1.5)"
+    )
+    for each in (run, up, status, user_add, user_token, box, mail_command, talk_command, demo):
         each.add_argument(
             "--config",
             type=Path,
@@ -183,6 +194,10 @@ def main(argv: list[str]) -> int:
             return talk(config, arguments.server)
         if arguments.command == "user":
             return user(config, arguments)
+        if arguments.command == "demo":
+            from herd.clients.demo import play_demo
+
+            return play_demo(arguments.config, arguments.pace)
         return status(config, as_json=arguments.json)
     except ConfigError as error:
         print(f"herd: bad config: {error}", file=sys.stderr)

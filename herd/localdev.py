@@ -18,15 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from herd.config import HerdConfig
-from herd.operator import OperatorError, operator_command
+from herd.demousers import DEMO_USERS, issue_demo_token
+from herd.operator import OperatorError
 from herd.processes import die_with_parent
 from herd.secretfile import SecretFileError, choose_secret, read_secret
-from herd.tokens import hash_token, new_token
-from herd.wire.operator import UserAdd, UserToken
 from notifier.localxmpp import LocalProsody
 
 BOT_USER = "renga"
-DEMO_USERS = ("alice", "bob", "carol")
 SINK_START_SECONDS = 10.0
 
 
@@ -125,13 +123,8 @@ def create_demo_users(config: HerdConfig) -> list[str]:
         return [f"demo users: not created ({error})"]
     lines = []
     for user in DEMO_USERS:
-        token = new_token(secrets.token_bytes(32))
-        digest = hash_token(token, secrets.token_bytes(16))
-        add = UserAdd(user, digest, email=f"{user}@example.org", jid=f"{user}@localhost")
         try:
-            reply = operator_command(config, list(config.servers), add)
-            if reply.startswith("ERR user-exists"):
-                reply = operator_command(config, list(config.servers), UserToken(user, digest))
+            token, reply = issue_demo_token(config, user, list(config.servers))
         except OperatorError as error:
             return [f"demo users: not created ({error})"]
         if reply.startswith("OK "):

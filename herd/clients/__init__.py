@@ -1,1 +1,1 @@
-"""terminal clients for people: talk, chat, demo"""
+"""Terminal clients for people: talk, chat, demo."""

@@ -53,6 +53,7 @@ PURE: Final = (
     "notifier.mime",
     "notifier.stanza",
     "notifier.contacts",
+    "herd.clients.demoscript",
 )
 
 IO: Final = frozenset({"twisted", "asyncio", "sqlite3", "socket", "slixmpp", "aiosmtplib"})
