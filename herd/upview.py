@@ -76,7 +76,11 @@ def banner_lines(banner: Banner) -> list[str]:
         lines.append(f"demo users: {banner.demo_note}")
     lines.append("try:")
     tries = [
-        (f"herd talk {first}", f"the line protocol on {first} (send one of the AUTH lines)"),
+        (
+            f"herd talk {first}",
+            f"the line protocol on {first}"
+            + (" (send one of the AUTH lines)" if banner.tokens else ""),
+        ),
         ("herd chat alice", "chat with the bot as alice"),
         ("herd demo", "three friends plan a get-together"),
         ("herd mail", "the mails the herd sent"),
@@ -190,13 +194,21 @@ class Board:
                         events.append(f"herd: the link {name}-{peer} is up again")
         return events
 
+    def _down_for(self, server: _Server, peer: str, now: float) -> float:
+        """How long `server` has seen its link to `peer` down, or its peer has (the longer)."""
+        since = [server.down_since.get(peer, now)]
+        other = self.servers.get(peer)
+        if other is not None and other.state == "up" and server.info.name in other.down_since:
+            since.append(other.down_since[server.info.name])
+        return now - min(since)
+
     def _peer_text(self, server: _Server, peer: str, now: float) -> str:
         link = server.links.get(peer)
         if link is None:
             return f"{peer} ?"
         if link == "up":
             return f"{peer} up"
-        down = now - server.down_since.get(peer, now)
+        down = self._down_for(server, peer, now)
         if down >= LINK_DOWN_SECONDS:
             return f"{peer} DOWN {down:.0f}s"
         return f"{peer} {'down' if peer in server.ever_up else 'connecting'}"
@@ -225,7 +237,7 @@ class Board:
             link = server.links.get(peer)
             if link == "up":
                 peers.append((peer, "up"))
-            elif now - server.down_since.get(peer, now) >= LINK_DOWN_SECONDS:
+            elif self._down_for(server, peer, now) >= LINK_DOWN_SECONDS:
                 peers.append((peer, "down"))
             elif peer in server.ever_up:
                 peers.append((peer, "up"))  # a short drop: not worth a line
