@@ -131,7 +131,9 @@ def _start_prosody(folder: Path, preferred_port: int) -> tuple[LocalProsody, str
     if not secret_file.exists():
         secret_file.write_text(secrets.token_urlsafe(24), encoding="utf-8")
         secret_file.chmod(0o600)
-    prosody = LocalProsody(folder, preferred_port=preferred_port or None)
+    prosody = LocalProsody(
+        folder, preferred_port=preferred_port or None, preexec_fn=die_with_parent
+    )
     prosody.register(BOT_USER, secret_file.read_text(encoding="utf-8").strip())
     for user in DEMO_USERS:
         prosody.register(user, f"{user}-demo")

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -101,9 +102,11 @@ class LocalProsody:
         port: int | None = None,
         preferred_port: int | None = None,
         log_level: str = "info",
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         """``port``: that port, whatever listens there; else ``preferred_port`` when it is free
-        (``herd up`` prefers 5222, the port a Jabber client tries first); else a free port."""
+        (``herd up`` prefers 5222, the port a Jabber client tries first); else a free port.
+        ``preexec_fn`` runs in the child before Prosody (``herd up``: die with its parent)."""
         if not _NAME.match(domain):
             raise ValueError(f"not a plain domain name: {domain!r}")
         self.folder = folder.resolve()
@@ -113,6 +116,7 @@ class LocalProsody:
             port = preferred_port
         self.port = port if port is not None else free_port(self.host)
         self.log_level = log_level
+        self._preexec_fn = preexec_fn
         self.config_path = self.folder / "prosody.cfg.lua"
         self.log_path = self.folder / "prosody.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -169,6 +173,7 @@ VirtualHost "{self.domain}"
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C to `herd up` must not hit it before we stop it
+                preexec_fn=self._preexec_fn,
             )
         try:
             self._wait_ready(timeout)

@@ -72,7 +72,8 @@ def test_herd_up_shows_a_short_banner_a_problem_and_what_ctrl_c_stopped(
     first = up.text().splitlines()
     assert len(first) < FIRST_LINES, "\n".join(first)
     assert not any(" recv " in line or " sent " in line for line in first), "\n".join(first)
-    assert "Bailey" in (up.data_dir / "Bailey.log").read_text(errors="replace")
+    assert " Bailey recv " in (up.data_dir / "Bailey.log").read_text(errors="replace")
+    assert " recv " not in (up.data_dir / "Bailey.stderr").read_text(errors="replace")
 
     # A server killed is reported, with the last lines of its stderr.
     clark = up.server_process("Clark")

@@ -53,14 +53,18 @@ def test_herd_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert mail.returncode == 0 and mail.stdout.startswith("ID"), mail
 
 
-def test_taken_ports_give_way_to_free_ones(tmp_path: Path) -> None:
+def test_taken_ports_give_way_to_free_ones_and_a_server_that_cannot_start_says_why(
+    tmp_path: Path,
+) -> None:
     """The mail sink's and Prosody's ports are preferences: when something listens there,
-    `herd up` takes free ports and its banner and derived config say which."""
-    config, _ = up_config(tmp_path)
+    `herd up` takes free ports and its banner and derived config say which.  A server's port
+    is not: that server exits, and `herd up` shows what it said on stderr."""
+    config, ports = up_config(tmp_path)
     smtp_port, xmpp_port = free_ports(2)
     with (
         socket.create_server(("127.0.0.1", smtp_port)),
         socket.create_server(("127.0.0.1", xmpp_port)),
+        socket.create_server(("127.0.0.1", ports["Clark"])),
     ):
         output = tmp_path / "up.out"
         with output.open("wb") as out:
@@ -86,6 +90,12 @@ def test_taken_ports_give_way_to_free_ones(tmp_path: Path) -> None:
             assert int(sink[1]) != smtp_port and int(jabber[1]) != xmpp_port
             derived = (tmp_path / ".herd.up.toml").read_text()
             assert f"port = {sink[1]}\n" in derived and f"port = {jabber[1]}\n" in derived
+            wait_until(
+                lambda: "  | herd: Clark could not start" in output.read_text(errors="replace"),
+                30.0,
+                lambda: output.read_text(errors="replace"),
+            )
+            assert "herd: Clark exited (exit code 1)" in output.read_text(errors="replace")
         finally:
             process.send_signal(signal.SIGINT)
-            assert process.wait(30) == 0
+            assert process.wait(30) == 1  # a server exited
