@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from herd.config import HerdConfig
@@ -42,6 +42,18 @@ class LocalServices:
     sink: subprocess.Popen[bytes] | None = None
     sink_port: int | None = None
     prosody: LocalProsody | None = None
+    _gone: set[str] = field(default_factory=set)
+
+    def exited(self) -> list[str]:
+        """The services that exited since this was last asked (each said once)."""
+        gone = []
+        if self.sink is not None and self.sink.poll() is not None and "sink" not in self._gone:
+            self._gone.add("sink")
+            gone.append(f"the mail sink exited ({self.sink.returncode})")
+        if self.prosody is not None and not self.prosody.running and "xmpp" not in self._gone:
+            self._gone.add("xmpp")
+            gone.append(f"Prosody exited (its log: {self.prosody.log_path})")
+        return gone
 
     def stop(self, shown: Callable[[Path], str] = str) -> list[str]:
         """Stop what was started and remove the derived config; says what it did."""

@@ -93,7 +93,9 @@ def up(
                 note = "not created (no server answered)"
         if not stopping:
             _print(out, banner_lines(_banner(config, services, tokens, note, verbose)))
-            code = _supervise(config, children, exited, screen, verbose, lambda: bool(stopping))
+            code = _supervise(
+                config, children, exited, services, screen, verbose, lambda: bool(stopping)
+            )
     finally:
         screen.close()
         if stopping or code == 0:
@@ -110,6 +112,7 @@ def _supervise(
     config: HerdConfig,
     children: dict[str, subprocess.Popen[bytes]],
     exited: set[str],
+    services: LocalServices,
     screen: Screen,
     verbose: bool,
     stopping: Callable[[], bool],
@@ -135,6 +138,7 @@ def _supervise(
                     code = 1
                     tail = _tail(config.data_dir / f"{name}.stderr")
                     above += board.exited(name, child.returncode, tail)
+            above += [f"herd: {what}" for what in services.exited()]
             for follower in followers:
                 above += follower.lines()
             now = time.monotonic()

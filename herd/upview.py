@@ -8,12 +8,14 @@ the ANSI text that redraws the status block in place on a terminal.
 from __future__ import annotations
 
 import signal
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 LINK_DOWN_SECONDS = 10.0  # a link down longer than this is a problem worth a line
 SILENT_SECONDS = 5.0  # a server that answered and then did not for this long "does not answer"
 START_SECONDS = 30.0  # a server that never answered after this long "does not answer"
+INDENT = " " * 12
 STDERR_TAIL = 10  # lines of a server's stderr shown when it exits
 
 
@@ -56,17 +58,20 @@ def banner_lines(banner: Banner) -> list[str]:
         lines.append(f"  {server.name:{width}}  {server.host}:{server.port:<5}  peers {peers}")
     if banner.mail is not None:
         lines.append(f"mail sink   {banner.mail}  keeps every mail in {banner.mail_dir}")
-        lines.append("            read them: herd mail (a list), herd mail ID (one)")
+        lines.append("            read them with: herd mail (the list), herd mail ID (one mail)")
     else:
         lines.append("mail        the config's [smtp] server")
     if banner.jabber is not None:
-        lines.append(
-            f"jabber      {banner.jabber}  Prosody, plain connection (no TLS), "
-            f"the bot is {banner.bot}"
-        )
+        lines.append(f"jabber      {banner.jabber}  Prosody, plain connection (no TLS)")
         if banner.demo_accounts:
+            lines.append(f"            the bot: {banner.bot}; demo accounts (JID / password):")
             accounts = ", ".join(f"{jid} / {password}" for jid, password in banner.demo_accounts)
-            lines.append(f"            accounts {accounts}")
+            indent = " " * 12
+            lines.extend(
+                textwrap.wrap(accounts, 80, initial_indent=indent, subsequent_indent=indent)
+            )
+        else:
+            lines.append(f"            the bot: {banner.bot}")
     else:
         lines.append(f"jabber      the config's [xmpp] server; the bot is {banner.bot}")
     if banner.tokens:
@@ -89,7 +94,7 @@ def banner_lines(banner: Banner) -> list[str]:
         tries = [entry for entry in tries if not entry[0].startswith("herd chat")]
     lines.extend(f"  {command:18} {what}" for command, what in tries)
     follow = "followed below" if banner.verbose else "herd up --verbose follows them"
-    lines.append(f"logs in {banner.data_dir}/NAME.log ({follow}); Ctrl-C stops everything")
+    lines.append(f"logs: {banner.data_dir}/NAME.log ({follow}). Ctrl-C stops everything.")
     return lines
 
 
@@ -204,6 +209,9 @@ class Board:
 
     def _peer_text(self, server: _Server, peer: str, now: float) -> str:
         link = server.links.get(peer)
+        other = self.servers.get(peer)
+        if link != "up" and other is not None and other.state == "exited":
+            return f"{peer} exited"
         if link is None:
             return f"{peer} ?"
         if link == "up":
@@ -235,7 +243,10 @@ class Board:
         peers = []
         for peer in server.info.peers:
             link = server.links.get(peer)
-            if link == "up":
+            other = self.servers.get(peer)
+            if link != "up" and other is not None and other.state == "exited":
+                peers.append((peer, "exited"))
+            elif link == "up":
                 peers.append((peer, "up"))
             elif self._down_for(server, peer, now) >= LINK_DOWN_SECONDS:
                 peers.append((peer, "down"))

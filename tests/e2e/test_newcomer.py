@@ -49,7 +49,7 @@ def test_herd_up_shows_a_short_banner_a_problem_and_what_ctrl_c_stopped(
     up = newcomer_up
     banner = up.text()
     assert f"mail sink   127.0.0.1:{up.smtp_port}  keeps every mail in" in banner
-    assert f"jabber      127.0.0.1:{up.xmpp_port}  Prosody, plain connection (no TLS)" in banner
+    assert f"jabber      127.0.0.1:{up.xmpp_port}  Prosody, plain connection (no TLS)\n" in banner
     assert "alice@localhost / alice-demo" in banner
     for user in ("alice", "bob", "carol"):
         assert len(up.token(user)) > 20
@@ -60,18 +60,18 @@ def test_herd_up_shows_a_short_banner_a_problem_and_what_ctrl_c_stopped(
     assert up.derived.exists()
     assert f"port = {up.xmpp_port}" in up.derived.read_text()
 
-    # Every server links up and the status says so; the servers' traffic stays in their logs.
-    for name in up.ports:
-        up.wait_for(f"  {name}", 30.0)
-    wait_until(lambda: all(status(port) for port in up.ports.values()), 20.0, "servers up")
-    with Client(up.ports["Campbell"]) as client:
-        reply = client.request(f"AUTH alice {up.token('alice')}".encode())
-    assert reply.startswith(b"USER ") and b'"jid":"alice@localhost"' in reply
-
+    # The first seconds stay short: the servers' traffic goes to their logs only.
     time.sleep(max(0.0, up.started + FIRST_SECONDS - time.monotonic()))
     first = up.text().splitlines()
     assert len(first) < FIRST_LINES, "\n".join(first)
     assert not any(" recv " in line or " sent " in line for line in first), "\n".join(first)
+
+    # Every server links up and its status line says so.
+    for name, port in up.ports.items():
+        up.wait_for(f"  {name:8}  {port:>5}  up    peers: ", 30.0)
+    with Client(up.ports["Campbell"]) as client:
+        reply = client.request(f"AUTH alice {up.token('alice')}".encode())
+    assert reply.startswith(b"USER ") and b'"jid":"alice@localhost"' in reply
     assert " Bailey recv " in (up.data_dir / "Bailey.log").read_text(errors="replace")
     assert " recv " not in (up.data_dir / "Bailey.stderr").read_text(errors="replace")
 
@@ -79,12 +79,12 @@ def test_herd_up_shows_a_short_banner_a_problem_and_what_ctrl_c_stopped(
     clark = up.server_process("Clark")
     clark.kill()
     up.wait_for("herd: Clark exited (killed by SIGKILL); the last lines of its stderr:")
-    up.wait_for("  Clark     ")
+    up.wait_for(f"  Clark     {up.ports['Clark']:>5}  EXITED (killed by SIGKILL)")
 
     # Ctrl-C: what was stopped is said, and nothing is left behind.
     left = up.descendants()
     assert len(left) >= 5  # four servers, the mail sink, Prosody (and what they run)
-    assert up.stop() == 1  # a server exited on its own
+    assert up.stop() == 1, up.text()  # a server exited on its own
     out = up.text()
     summary = out[out.index("herd up: stopped") :]
     assert "  servers: Bailey, Bona, Campbell, Jaquez" in summary
@@ -101,7 +101,7 @@ def test_sigterm_stops_everything_and_a_clean_stop_exits_0(newcomer_up: RunningU
     up = newcomer_up
     wait_until(lambda: all(status(port) for port in up.ports.values()), 20.0, "servers up")
     left = up.descendants()
-    assert up.stop(signal.SIGTERM) == 0
+    assert up.stop(signal.SIGTERM) == 0, up.text()
     out = up.text()
     assert "  servers: Bailey, Bona, Campbell, Clark, Jaquez" in out
     assert not up.derived.exists()
@@ -113,4 +113,4 @@ def test_verbose_follows_the_server_logs(tmp_path: Path) -> None:
     with running_up(tmp_path, "--verbose") as up:
         assert "followed below" in up.text()
         up.wait_for(" Bailey recv ")  # the servers' traffic, as their logs have it
-        assert up.stop() == 0
+        assert up.stop() == 0, up.text()

@@ -17,7 +17,6 @@ import pytest
 from tests.support.herd import REPO
 from tests.support.lines import Client
 from tests.support.polling import wait_until
-from tests.support.ports import free_ports
 from tests.support.up import running_up, up_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,8 +58,7 @@ def test_taken_ports_give_way_to_free_ones_and_a_server_that_cannot_start_says_w
     """The mail sink's and Prosody's ports are preferences: when something listens there,
     `herd up` takes free ports and its banner and derived config say which.  A server's port
     is not: that server exits, and `herd up` shows what it said on stderr."""
-    config, ports = up_config(tmp_path)
-    smtp_port, xmpp_port = free_ports(2)
+    config, ports, (smtp_port, xmpp_port) = up_config(tmp_path)
     with (
         socket.create_server(("127.0.0.1", smtp_port)),
         socket.create_server(("127.0.0.1", xmpp_port)),

@@ -91,19 +91,20 @@ class RunningUp:
         return self.process.wait(STOP_SECONDS)
 
 
-def up_config(folder: Path) -> tuple[Path, dict[str, int]]:
-    """The five-server config of the end-to-end tests, on free ports, data under folder/var."""
-    ports = dict(zip(NAMES, free_ports(len(NAMES)), strict=True))
+def up_config(folder: Path) -> tuple[Path, dict[str, int], tuple[int, int]]:
+    """The five-server config of the end-to-end tests, on free ports, data under folder/var;
+    and two more free ports, for the mail sink and Prosody."""
+    *chosen, smtp_port, xmpp_port = free_ports(len(NAMES) + 2)
+    ports = dict(zip(NAMES, chosen, strict=True))
     config = folder / "herd.toml"
     config.write_text(config_text(ports, LINKS))
-    return config, ports
+    return config, ports, (smtp_port, xmpp_port)
 
 
 @contextmanager
 def running_up(folder: Path, *extra: str) -> Iterator[RunningUp]:
     """`herd up --config folder/herd.toml` (plus `extra` arguments) until the block ends."""
-    config, ports = up_config(folder)
-    smtp_port, xmpp_port = free_ports(2)
+    config, ports, (smtp_port, xmpp_port) = up_config(folder)
     output = folder / "up.out"
     command = [
         sys.executable,

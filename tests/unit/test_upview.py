@@ -49,7 +49,8 @@ def test_the_banner_says_where_everything_is_and_what_to_try() -> None:
     assert "  Bailey  127.0.0.1:12001  peers Bona" in text
     assert "mail sink   127.0.0.1:2525  keeps every mail in var/mail" in text
     assert "herd mail" in text
-    assert "jabber      127.0.0.1:5222  Prosody, plain connection (no TLS)" in text
+    assert "jabber      127.0.0.1:5222  Prosody, plain connection (no TLS)\n" in text
+    assert "the bot: renga@localhost; demo accounts (JID / password):" in text
     assert "alice@localhost / alice-demo, bob@localhost / bob-demo" in text
     assert "  AUTH alice TOKEN-A\n  AUTH bob TOKEN-B" in text
     for command in ("herd talk Bailey", "herd chat alice", "herd demo", "herd mail"):
@@ -57,6 +58,8 @@ def test_the_banner_says_where_everything_is_and_what_to_try() -> None:
     assert "herd up --verbose follows them" in text
     assert "followed below" in "\n".join(banner_lines(_banner(verbose=True)))
     assert len(banner_lines(_banner())) < 40
+    three = tuple((f"{user}@localhost", f"{user}-demo") for user in ("alice", "bob", "carol"))
+    assert all(len(line) <= 80 for line in banner_lines(_banner(demo_accounts=three)))
 
 
 def test_a_banner_without_local_services_or_tokens_says_so() -> None:
@@ -124,6 +127,14 @@ def test_an_exit_shows_the_last_lines_of_stderr_made_harmless() -> None:
         "  | (nothing)",
     ]
     assert board.line("Bona", 1.0) == "  Bona    12002  EXITED (killed by SIGKILL)"
+    fresh = Board(SERVERS, now=0.0)
+    fresh.exited("Bona", 1, [])
+    fresh.answered("Bailey", {"Bona": "down"}, 50.0)
+    assert fresh.line("Bailey", 90.0) == "  Bailey  12001  up    peers: Bona exited"
+    assert fresh.changes(90.0) == [
+        "  Bailey  12001  up    peers: Bona exited",
+        "  Bona    12002  EXITED (exit code 1)",
+    ]
     assert board.answered("Bona", None, 100.0) == []  # an exited server is not polled into news
 
 
