@@ -41,13 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--smtp-port",
         type=int,
-        default=2525,
+        metavar="PORT",
         help="the local mail sink's port when free, else a free one; 0: any (default 2525)",
     )
     up.add_argument(
         "--xmpp-port",
         type=int,
-        default=5222,
+        metavar="PORT",
         help="the local Prosody's client port when free, else a free one; 0: any (default 5222)",
     )
     status = commands.add_parser("status", help="show each server and its peer links")

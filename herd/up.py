@@ -57,11 +57,12 @@ TAIL_BYTES = 16384
 def up(
     config: HerdConfig,
     verbose: bool = False,
-    smtp_port: int = SMTP_PORT,
-    xmpp_port: int = XMPP_PORT,
+    smtp_port: int | None = None,
+    xmpp_port: int | None = None,
 ) -> int:
     """Run the herd until Ctrl-C, SIGTERM or SIGHUP (exit 0), or until every server has exited; exit
-    1 if any server exited on its own.  However it ends, everything it started is stopped."""
+    1 if any server exited on its own.  However it ends, everything it started is stopped.  The
+    local mail sink and Prosody take the given ports (default 2525 and 5222) when they are free."""
     out = sys.stdout
     stopping: list[int] = []
 
@@ -72,7 +73,11 @@ def up(
         signal.signal(signum, stop)
     _prepare_places(config, out)
     try:
-        services = start_local_services(config, smtp_port, xmpp_port)
+        services = start_local_services(
+            config,
+            SMTP_PORT if smtp_port is None else smtp_port,
+            XMPP_PORT if xmpp_port is None else xmpp_port,
+        )
     except (OSError, RuntimeError) as error:
         print(f"herd: the local services could not start: {error}", file=sys.stderr)
         return 1
