@@ -87,6 +87,7 @@ def up(
     screen = Screen(out, out.isatty())
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        followers = _followers(config) if verbose else []  # from before the servers start
         for name in config.servers:
             children[name] = _start_server(config, services.config_path, name)
         tokens: list[tuple[str, str]] = []
@@ -99,7 +100,7 @@ def up(
         if not stopping:
             _print(out, banner_lines(_banner(config, services, tokens, note, verbose)))
             code = _supervise(
-                config, children, exited, services, screen, verbose, lambda: bool(stopping)
+                config, children, exited, services, screen, followers, lambda: bool(stopping)
             )
     finally:
         screen.close()
@@ -119,7 +120,7 @@ def _supervise(
     exited: set[str],
     services: LocalServices,
     screen: Screen,
-    verbose: bool,
+    followers: list[Follower],
     stopping: Callable[[], bool],
 ) -> int:
     """Watch the servers until a stop is asked for or none is left; 1 if any exited."""
@@ -127,11 +128,6 @@ def _supervise(
         ServerInfo(s.name, dial_host(s.host), s.port, s.peers) for s in config.servers.values()
     ]
     board = Board(servers, time.monotonic())
-    followers: list[Follower] = []
-    if verbose:
-        for name in children:
-            followers.append(Follower(config.data_dir / f"{name}.log", ""))
-            followers.append(Follower(config.data_dir / f"{name}.stderr", f"{name} stderr: "))
     code = 0
     next_poll = 0.0
     with ThreadPoolExecutor(max_workers=len(servers)) as pool:
@@ -161,6 +157,15 @@ def _supervise(
             screen.show(above, board.lines(now), board.changes(now))
             time.sleep(TICK_SECONDS)
     return code
+
+
+def _followers(config: HerdConfig) -> list[Follower]:
+    """For --verbose: each server's log (its lines name it) and its stderr."""
+    followers = []
+    for name in config.servers:
+        followers.append(Follower(config.data_dir / f"{name}.log", ""))
+        followers.append(Follower(config.data_dir / f"{name}.stderr", f"{name} stderr: "))
+    return followers
 
 
 def _banner(

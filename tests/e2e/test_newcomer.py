@@ -113,4 +113,5 @@ def test_verbose_follows_the_server_logs(tmp_path: Path) -> None:
     with running_up(tmp_path, "--verbose") as up:
         assert "followed below" in up.text()
         up.wait_for(" Bailey recv ")  # the servers' traffic, as their logs have it
+        up.wait_for(" Bailey note - Bailey listening on ")  # from before the banner too
         assert up.stop() == 0, up.text()
