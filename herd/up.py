@@ -72,6 +72,9 @@ def up(
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
         signal.signal(signum, stop)
     _prepare_places(config, out)
+    if stopping:
+        _print(out, ["herd up: stopped before anything started"])
+        return 0
     try:
         services = start_local_services(
             config,
