@@ -8,26 +8,19 @@ import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from herd.config import ConfigError, HerdConfig, default_config_path, load_config
-from herd.processes import die_with_parent
+from herd.probe import ask_status, dial_host
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-STATUS_TIMEOUT = 1.0
-STOP_GRACE_SECONDS = 10.0
 HARD_STOP_SECONDS = 8.0  # below `herd up`'s grace, above the outbox's 5 s for deliveries
 
 
@@ -54,11 +47,31 @@ def _parser() -> argparse.ArgumentParser:
         "<data_dir>/<NAME>.log.",
     )
     run.add_argument("name", metavar="NAME", help="the server's name in the config")
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="log to <data_dir>/NAME.log only, not also to stderr (as `herd up` runs servers)",
+    )
     up = command(
         "up",
         "run the whole herd of a config",
         "Run every server of the config as its own process, with a mail sink and a Prosody "
         "with demo users when the config names none; Ctrl-C stops them all.",
+    )
+    up.add_argument(
+        "--verbose", action="store_true", help="also follow the servers' logs in the terminal"
+    )
+    up.add_argument(
+        "--smtp-port",
+        type=int,
+        metavar="PORT",
+        help="the local mail sink's port when free, else a free one; 0: any (default 2525)",
+    )
+    up.add_argument(
+        "--xmpp-port",
+        type=int,
+        metavar="PORT",
+        help="the local Prosody's client port when free, else a free one; 0: any (default 5222)",
     )
     status = command(
         "status",
@@ -181,9 +194,11 @@ def main(argv: list[str]) -> int:
         config = _load(arguments.config)
         if arguments.command == "run":
             config.server(arguments.name)
-            return run(config, arguments.name)
+            return run(config, arguments.name, arguments.quiet)
         if arguments.command == "up":
-            return up(config)
+            from herd.up import up
+
+            return up(config, arguments.verbose, arguments.smtp_port, arguments.xmpp_port)
         if arguments.command == "outbox":
             return outbox(config, arguments)
         if arguments.command == "mail":
@@ -207,16 +222,17 @@ def main(argv: list[str]) -> int:
 # --- herd run ------------------------------------------------------------------------------
 
 
-def run(config: HerdConfig, name: str) -> int:
+def run(config: HerdConfig, name: str, quiet: bool = False) -> int:
     """One server until SIGTERM/SIGINT, or until it cannot go on (its store cannot write): then
-    it says why on stderr and exits 1.  However the stop goes, the process is gone within
+    it says why on stderr and exits 1.  Its log goes to its file and, unless `quiet`, to stderr.
+    However the stop goes, the process is gone within
     `HARD_STOP_SECONDS` of it starting.  The asyncio reactor is already installed."""
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 
     from herd.service import HerdService
 
-    service = HerdService(config, name, reactor, sys.stderr.buffer)
+    service = HerdService(config, name, reactor, None if quiet else sys.stderr.buffer)
     globalLogBeginner.beginLoggingTo([service.log.observer()], redirectStandardIO=False)
     outcome: dict[str, Any] = {"code": 0}
 
@@ -255,126 +271,7 @@ def _say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-# --- herd up -------------------------------------------------------------------------------
-
-
-def up(config: HerdConfig) -> int:
-    """Every server of the config as its own process, plus the local services it lacks (a mail
-    sink, a Prosody with demo users); all stopped on Ctrl-C or SIGTERM."""
-    from herd.localdev import create_demo_users, start_local_services
-
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    stopping = False
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    _prepare_places(config)
-    services = start_local_services(config)
-    try:
-        for name in config.servers:
-            children[name] = subprocess.Popen(
-                [sys.executable, "-m", "herd", "run", name, "--config", str(services.config_path)],
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-        notes = services.notes
-        if services.prosody is not None and _wait_answering(config, lambda: stopping):
-            notes = [*notes, *create_demo_users(config)]
-        print(_up_banner(config, notes), file=sys.stderr, flush=True)
-        code = 0
-        while not stopping:
-            for name, child in list(children.items()):
-                if child.poll() is not None:
-                    print(f"herd: {name} exited with {child.returncode}", file=sys.stderr)
-                    del children[name]
-                    code = 1
-            if not children:
-                break
-            time.sleep(0.2)
-        return code
-    finally:
-        _stop_all(children)
-        services.stop()
-
-
-def _wait_answering(config: HerdConfig, stopping: Callable[[], bool]) -> bool:
-    """Wait until some server answers (they start in well under a second)."""
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline and not stopping():
-        if any(ask_status(_dial_host(s.host), s.port, 0.2) for s in config.servers.values()):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _dial_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "") else host
-
-
-def _prepare_places(config: HerdConfig) -> None:
-    """Build the shared offline places index once, before the servers start, so that none of
-    them waits for it on its first WHATSAT."""
-    if config.places.provider != "offline":
-        return
-    from herd.places.index import DEFAULT_MIN_POPULATION, open_index
-
-    print("herd: preparing the offline places index...", file=sys.stderr, flush=True)
-    open_index(config.data_dir, config.places.files, DEFAULT_MIN_POPULATION).close()
-
-
-def _up_banner(config: HerdConfig, notes: list[str]) -> str:
-    lines = [f"herd: {len(config.servers)} servers from {config.path}:"]
-    for server in config.servers.values():
-        lines.append(
-            f"  {server.name:10} {server.host}:{server.port}  peers {', '.join(server.peers)}"
-        )
-    lines.append(f"  data and logs in {config.data_dir}; Ctrl-C stops them all")
-    lines.extend(notes)
-    return "\n".join(lines)
-
-
-def _stop_all(children: dict[str, subprocess.Popen[bytes]]) -> None:
-    for child in children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for name, child in children.items():
-        try:
-            child.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(f"herd: {name} did not stop in time: killed", file=sys.stderr)
-            child.kill()
-            child.wait()
-
-
 # --- herd status ---------------------------------------------------------------------------
-
-
-def ask_status(host: str, port: int, timeout: float = STATUS_TIMEOUT) -> dict[str, str] | None:
-    """A server's peer links by its STATUS command, or None if it does not answer."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as connection:
-            connection.sendall(b"STATUS\n")
-            connection.shutdown(socket.SHUT_WR)
-            reply = b""
-            while not reply.endswith(b"\n"):
-                chunk = connection.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
-    except OSError:
-        return None
-    if not reply.startswith(b"STATUS "):
-        return None
-    try:
-        peers = json.loads(reply[len(b"STATUS ") :])["peers"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return {str(peer): str(state) for peer, state in peers.items()}
 
 
 def status(config: HerdConfig, as_json: bool) -> int:
@@ -382,7 +279,7 @@ def status(config: HerdConfig, as_json: bool) -> int:
     with ThreadPoolExecutor(max_workers=len(servers)) as pool:
         answers = list(
             pool.map(
-                lambda s: ask_status(_dial_host(s.host), s.port),
+                lambda s: ask_status(dial_host(s.host), s.port),
                 servers,
             )
         )

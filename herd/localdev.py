@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +23,12 @@ from herd.demousers import DEMO_USERS, issue_demo_token
 from herd.operator import OperatorError
 from herd.processes import die_with_parent
 from herd.secretfile import SecretFileError, choose_secret, read_secret
-from notifier.localxmpp import LocalProsody
+from notifier.localxmpp import LocalProsody, port_is_free
 
 BOT_USER = "renga"
 SINK_START_SECONDS = 10.0
+XMPP_PORT = 5222  # the Jabber client port a newcomer's client tries first, when it is free
+SMTP_PORT = 2525  # the mail sink's port, when it is free
 
 
 @dataclass
@@ -33,77 +36,114 @@ class LocalServices:
     """What `herd up` started besides the servers, and how to reach it."""
 
     config_path: Path
-    notes: list[str] = field(default_factory=list)
+    derived: Path | None = None  # the derived config, when one was written
     sink: subprocess.Popen[bytes] | None = None
+    sink_port: int | None = None
     prosody: LocalProsody | None = None
+    _gone: set[str] = field(default_factory=set)
 
-    def stop(self) -> None:
-        if self.sink is not None and self.sink.poll() is None:
-            self.sink.terminate()
-            try:
-                self.sink.wait(5)
-            except subprocess.TimeoutExpired:
-                self.sink.kill()
-                self.sink.wait()
+    def exited(self) -> list[str]:
+        """The services that exited since this was last asked (each said once)."""
+        gone = []
+        if self.sink is not None and self.sink.poll() is not None and "sink" not in self._gone:
+            self._gone.add("sink")
+            gone.append(f"the mail sink exited ({self.sink.returncode})")
+        if self.prosody is not None and not self.prosody.running and "xmpp" not in self._gone:
+            self._gone.add("xmpp")
+            gone.append(f"Prosody exited (its log: {self.prosody.log_path})")
+        return gone
+
+    def stop(self, shown: Callable[[Path], str] = str) -> list[str]:
+        """Stop what was started and remove the derived config; says what it did."""
+        done: list[str] = []
+        if self.sink is not None:
+            if self.sink.poll() is None:
+                self.sink.terminate()
+                try:
+                    self.sink.wait(5)
+                    done.append(f"the mail sink on 127.0.0.1:{self.sink_port}")
+                except subprocess.TimeoutExpired:
+                    self.sink.kill()
+                    self.sink.wait()
+                    done.append(f"the mail sink on 127.0.0.1:{self.sink_port} (killed)")
+            self.sink = None
         if self.prosody is not None:
-            self.prosody.stop()
+            if self.prosody.running:
+                self.prosody.stop()
+                done.append(f"Prosody on {self.prosody.host}:{self.prosody.port}")
+            self.prosody = None
+        if self.derived is not None:
+            self.derived.unlink(missing_ok=True)
+            done.append(f"removed {shown(self.derived)}")
+            self.derived = None
+        return done
 
 
-def start_local_services(config: HerdConfig) -> LocalServices:
-    """Start what the config lacks and write the derived config the servers run with."""
+def derived_config_path(config_path: Path) -> Path:
+    """Beside the user's config, so every relative path in it still means the same."""
+    return config_path.with_name(f".{config_path.stem}.up.toml")
+
+
+def start_local_services(
+    config: HerdConfig, smtp_port: int = SMTP_PORT, xmpp_port: int = XMPP_PORT
+) -> LocalServices:
+    """Start what the config lacks, on the given ports when they are free (else on free ones;
+    0: any free port), and write the derived config the servers run with."""
     extra: list[str] = []
     services = LocalServices(config.path)
     try:
         if config.smtp is None:
-            port = _free_port()
-            services.sink = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "notifier.mailsink",
-                    str(config.data_dir),
-                    "--port",
-                    str(port),
-                ],
-                stdout=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-            )
+            port = port_or_free(smtp_port)
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            with (config.data_dir / "mailsink.stderr").open("wb") as stderr:
+                services.sink = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "notifier.mailsink",
+                        str(config.data_dir),
+                        "--port",
+                        str(port),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    start_new_session=True,  # a Ctrl-C to `herd up` is for `herd up` to handle
+                    preexec_fn=die_with_parent,
+                )
+            services.sink_port = port
             _wait_listening(port, services.sink)
             extra.append(
                 f'[smtp]\nhost = "127.0.0.1"\nport = {port}\n'
                 f'sender = "Renga <{BOT_USER}@localhost>"\ntls = "none"\n'
             )
-            services.notes.append(
-                f"mail: kept under {config.data_dir / 'mail'}; read it with `herd mail`"
-            )
         if config.xmpp is None:
-            services.prosody, table = _start_prosody(config.data_dir / "prosody")
+            services.prosody, table = _start_prosody(config.data_dir / "prosody", xmpp_port)
             extra.append(table)
-            services.notes.append(
-                f"jabber: a local Prosody on 127.0.0.1:{services.prosody.port} (plain, no TLS);"
-                f" log in as alice@localhost / alice-demo (also bob, carol) and chat with"
-                f" {BOT_USER}@localhost"
+        if extra:
+            derived = derived_config_path(config.path)
+            derived.write_text(
+                config.path.read_text(encoding="utf-8")
+                + "\n# added by herd up, removed when it stops\n"
+                + "\n".join(extra),
+                encoding="utf-8",
             )
+            services.derived = services.config_path = derived
     except BaseException:
         services.stop()
         raise
-    if extra:
-        derived = config.path.with_name(f".{config.path.stem}.up.toml")
-        derived.write_text(
-            config.path.read_text(encoding="utf-8") + "\n# added by herd up\n" + "\n".join(extra),
-            encoding="utf-8",
-        )
-        services.config_path = derived
     return services
 
 
-def _start_prosody(folder: Path) -> tuple[LocalProsody, str]:
+def _start_prosody(folder: Path, preferred_port: int) -> tuple[LocalProsody, str]:
     folder.mkdir(parents=True, exist_ok=True)
     secret_file = folder / "bot.secret"
     if not secret_file.exists():
         secret_file.write_text(secrets.token_urlsafe(24), encoding="utf-8")
         secret_file.chmod(0o600)
-    prosody = LocalProsody(folder)
+    prosody = LocalProsody(
+        folder, preferred_port=preferred_port or None, preexec_fn=die_with_parent
+    )
     prosody.register(BOT_USER, secret_file.read_text(encoding="utf-8").strip())
     for user in DEMO_USERS:
         prosody.register(user, f"{user}-demo")
@@ -115,23 +155,37 @@ def _start_prosody(folder: Path) -> tuple[LocalProsody, str]:
     return prosody, table
 
 
-def create_demo_users(config: HerdConfig) -> list[str]:
-    """Renga users for the demo Jabber accounts, with fresh tokens (printed, never stored)."""
+def demo_accounts() -> list[tuple[str, str]]:
+    """The demo Jabber accounts of the local Prosody: (JID, password)."""
+    return [(f"{user}@localhost", f"{user}-demo") for user in DEMO_USERS]
+
+
+def create_demo_users(config: HerdConfig) -> tuple[list[tuple[str, str]], str | None]:
+    """Renga users for the demo Jabber accounts, with fresh tokens (shown, never stored):
+    (user, token) pairs, and why some are missing (None if none is)."""
     try:
         config = choose_secret(config, read_secret)
     except SecretFileError as error:
-        return [f"demo users: not created ({error})"]
-    lines = []
+        return [], f"not created ({error})"
+    tokens: list[tuple[str, str]] = []
+    problems: list[str] = []
     for user in DEMO_USERS:
         try:
             token, reply = issue_demo_token(config, user, list(config.servers))
         except OperatorError as error:
-            return [f"demo users: not created ({error})"]
+            return tokens, f"not created ({error})"
         if reply.startswith("OK "):
-            lines.append(f"  AUTH {user} {token}")
+            tokens.append((user, token))
         else:
-            lines.append(f"  {user}: {reply}")
-    return ["demo users (line protocol):", *lines]
+            problems.append(f"{user}: {reply}")
+    return tokens, "; ".join(problems) or None
+
+
+def port_or_free(preferred: int, host: str = "127.0.0.1") -> int:
+    """`preferred` if nothing listens there now, else (or for 0) a free port."""
+    if preferred and port_is_free(preferred, host):
+        return preferred
+    return _free_port()
 
 
 def _free_port() -> int:

@@ -57,7 +57,7 @@ def scrub(payload: bytes) -> bytes:
 
 def format_records(server: bytes, records: list[_Record]) -> bytes:
     """`<UTC time> <server> <direction> <who> <line>` for every line of every record (the
-    server's name, because `herd up` merges every server's stderr)."""
+    server's name, because `herd up --verbose` shows every server's log in one terminal)."""
     out: list[bytes] = []
     last_whole = -1
     stamp = b""

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -68,6 +69,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on `host:port` now (as a server binds it: with SO_REUSEADDR, so a
+    connection of a stopped server lingering in TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def _lua(text: str) -> str:
     """A Lua string literal (paths may hold quotes or backslashes)."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -87,15 +100,23 @@ class LocalProsody:
         *,
         domain: str = "localhost",
         port: int | None = None,
+        preferred_port: int | None = None,
         log_level: str = "info",
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
+        """``port``: that port, whatever listens there; else ``preferred_port`` when it is free
+        (``herd up`` prefers 5222, the port a Jabber client tries first); else a free port.
+        ``preexec_fn`` runs in the child before Prosody (``herd up``: die with its parent)."""
         if not _NAME.match(domain):
             raise ValueError(f"not a plain domain name: {domain!r}")
         self.folder = folder.resolve()
         self.domain = domain
         self.host = "127.0.0.1"
+        if port is None and preferred_port is not None and port_is_free(preferred_port):
+            port = preferred_port
         self.port = port if port is not None else free_port(self.host)
         self.log_level = log_level
+        self._preexec_fn = preexec_fn
         self.config_path = self.folder / "prosody.cfg.lua"
         self.log_path = self.folder / "prosody.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -152,6 +173,7 @@ VirtualHost "{self.domain}"
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C to `herd up` must not hit it before we stop it
+                preexec_fn=self._preexec_fn,
             )
         try:
             self._wait_ready(timeout)
@@ -217,6 +239,7 @@ VirtualHost "{self.domain}"
             text=True,
             timeout=30,
             check=False,
+            start_new_session=True,  # a Ctrl-C meant for `herd up` must not cut it short
         )
         if done.returncode != 0:
             raise ProsodyError(f"prosodyctl register {user} failed: {done.stdout}{done.stderr}")

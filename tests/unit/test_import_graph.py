@@ -38,6 +38,7 @@ PURE: Final = (
     "herd.leases",
     "herd.slices",
     "herd.clock",
+    "herd.upview",
     "herd.api",
     "herd.clients.talk_core",
     "notifier.render",
