@@ -152,7 +152,7 @@ def test_one_doc_value_twice_in_a_line_must_be_one_value() -> None:
             "HERD-CHALLENGE 97deb5bed26d765a89dbe32d9bad0224 " + "7" * 64,
             b"HERD-CHALLENGE " + b"0" * 32 + b" " + b"a" * 64,
         ),
-        ("LINKCODE 7K2M9QXD 1796000000", b"LINKCODE ABCDEFGH 1800000600"),
+        ("LINKCODE 7k2m9qxd 1796000000", b"LINKCODE abcdefgh 1800000600"),
         ('"at":"2026-11-24T04:16:32Z","text":"hi"', b'"at":"2031-01-01T00:00:00Z","text":"hi"'),
         ("Bailey     12001  up", b"Bailey     40123  up"),
     ],
