@@ -191,25 +191,28 @@ def check_parsed(session: Session) -> None:
 
 # --- running shell commands --------------------------------------------------------------------
 
-HERD_COMMAND = re.compile(r"(?<![\w/.-])(?:\.venv/bin/)?herd(?= )")
+# `herd …` or `.venv/bin/herd …`, up to the end of its arguments (a pipe, `;`, `&`, `>`, `#`).
+HERD_COMMAND = re.compile(r"(?<![\w/.-])(?:\.venv/bin/)?herd((?: [^|;&#>\n]*?)?)(\s*)(?=$|[|;&#>])")
 
 
 def shell_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HERD_SECRET", "RENGA_XMPP_PASSWORD")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(REPO)  # `herd` is this checkout's, wherever the command runs
     return env
 
 
 def run_shell(
-    shell: ShellSession, bindings: Bindings, cwd: Path, rewrite: dict[str, str] | None = None
+    shell: ShellSession, bindings: Bindings, cwd: Path, config: Path | None = None
 ) -> None:
     """Each `$ ` command, run by bash in `cwd` (stdout and stderr together, as a terminal shows
-    them); its output lines matched against the doc's."""
+    them); its output lines matched against the doc's.  `herd` is this interpreter's, and with
+    `config` every `herd` command gets `--config config` (the README's commands use the
+    default config, whose ports a test cannot assume free)."""
+    herd = f"{shlex.quote(sys.executable)} -m herd"
+    extra = "" if config is None else f" --config {shlex.quote(str(config))}"
     for command in shell.commands:
         text = bindings.substitute(command.command.encode()).decode()
-        text = HERD_COMMAND.sub(shlex.quote(str(Path(sys.executable).parent / "herd")), text)
-        for old, new in (rewrite or {}).items():
-            text = text.replace(old, new)
+        text = HERD_COMMAND.sub(lambda found: f"{herd}{found[1]}{extra}{found[2]}", text)
         done = subprocess.run(
             ["bash", "-c", text],
             cwd=cwd,
@@ -255,3 +258,63 @@ def test_every_example_session_of_the_protocol_reference(protocol_herd: Herd) ->
             story.run(example)
             ran += 1
     assert ran > 30 and parsed > 3, (ran, parsed)
+
+
+# --- README.md ---------------------------------------------------------------------------------
+
+
+def herd_subcommands() -> set[str]:
+    """The subcommands this build's `herd` has (from its --help)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "herd", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+    return set(re.findall(r"^\s{2,}(\w+)\s", done.stdout, re.MULTILINE))
+
+
+def readme_blocks() -> list[ShellSession]:
+    found = examples(README)
+    sessions = [block for block in found if isinstance(block, Session)]
+    assert not sessions, [block.where for block in sessions]
+    shells = [block for block in found if isinstance(block, ShellSession)]
+    for block in shells:
+        reason = block.markers.get("not run")
+        assert reason is None or reason.strip(), f"{block.where}: say why it is not run"
+    return shells
+
+
+@pytest.fixture
+def readme_herd(tmp_path_factory: pytest.TempPathFactory, places_seed: Path) -> Iterator[Herd]:
+    """The default five servers and links (config/herd.toml's), on free ports."""
+    with running_herd(tmp_path_factory.mktemp("readme"), seed=places_seed) as herd:
+        herd.up()
+        yield herd
+
+
+def test_every_readme_command_runs_or_says_which_test_runs_it(
+    request: pytest.FixtureRequest,
+) -> None:
+    blocks = readme_blocks()
+    run = [block for block in blocks if "not run" not in block.markers]
+    assert run, "the README shows commands that run"
+    known = herd_subcommands()
+    needed = {
+        found[1]
+        for block in run
+        for command in block.commands
+        for found in re.finditer(r"herd (\w+)", command.command)
+    }
+    if not needed <= known:
+        pytest.skip(f"this build has no `herd {', '.join(sorted(needed - known))}` yet")
+    readme_herd: Herd = request.getfixturevalue("readme_herd")
+    # the README names the default ports; here they are free ones
+    default_ports = {name: 12001 + index for index, name in enumerate(readme_herd.names)}
+    bindings = Bindings()
+    for name, port in default_ports.items():
+        assert bindings.bind(str(port).encode(), str(readme_herd.port(name)).encode()) is None
+    for block in run:
+        run_shell(block, bindings, REPO, readme_herd.config_path)
