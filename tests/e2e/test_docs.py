@@ -54,6 +54,7 @@ PROTOCOL_LINKS = (("Bailey", "Bona"), ("Bona", "Campbell"))
 OP_ID = re.compile(
     r"[A-Za-z][!-~]*\.[0-9a-f]{6}\.[1-9][0-9]*"
 )  # as handlers/planning.py makes them
+LATER = re.compile(r"([0-9]+(?:\.[0-9]+)?) s later")
 ID_FIELD = re.compile(r'"(id|event|option|time|place)":"([^"]*)"')
 
 
@@ -86,6 +87,17 @@ class _Reader:
         data, self.buffer = self.buffer[:end], self.buffer[end:]
         return data
 
+    def wait_for_line(self, since: float) -> float:
+        """Seconds from `since` until a whole line is buffered (it stays for `line`)."""
+        deadline = time.monotonic() + READ_SECONDS
+        while b"\n" not in self.buffer:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            self.buffer += chunk
+        return time.monotonic() - since
+
     def closed(self) -> bytes:
         """What arrives before the server closes (b"" if nothing)."""
         rest = self.buffer
@@ -113,6 +125,7 @@ class Story:
         with connect(self.ports[server], READ_SECONDS) as sock:
             reader = _Reader(sock)
             pending_auth: tuple[bytes, bytes] | None = None
+            sent_at = time.monotonic()
             for step in session.steps:
                 if isinstance(step, Send):
                     data = self.bindings.substitute(step.data)
@@ -121,6 +134,7 @@ class Story:
                         pending_auth = (fields[1], fields[2])
                     transcript.append(f"> {data!r}")
                     sock.sendall(data)
+                    sent_at = time.monotonic()
                 elif isinstance(step, Expect):
                     received = reader.line()
                     transcript.append(f"< {received!r}")
@@ -141,6 +155,13 @@ class Story:
                     self._act(server, step, transcript)
                 else:
                     assert isinstance(step, Note)
+                    later = LATER.fullmatch(step.text)
+                    if later is not None:  # "(0.504 s later)": the next reply took that long
+                        waited = reader.wait_for_line(sent_at)
+                        if waited < float(later[1]) * 0.9:
+                            raise SessionFailed(
+                                f"{session.where}: answered after {waited:.3f} s, not ({step.text})"
+                            )
 
     def _act(self, server: str, action: Action, transcript: list[str]) -> None:
         """`(alice sends …)`: alice, logged in on a connection of her own, sends the line."""
