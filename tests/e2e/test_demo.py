@@ -6,7 +6,6 @@ no herd running it refuses and says what to do."""
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from tests.support.lines import Client, status
 from tests.support.polling import wait_until
 from tests.support.ports import free_ports
 from tests.support.smtp import read_mails
+from tests.support.up import running_up
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,33 +40,9 @@ def _run_demo(config: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def herd_up(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int]]]:
-    """`herd up` on free ports, once it has made the demo users; stopped by Ctrl-C after."""
-    ports = dict(zip(NAMES, free_ports(len(NAMES)), strict=True))
-    config = tmp_path / "herd.toml"
-    config.write_text(config_text(ports, LINKS))
-    output = tmp_path / "up.output"
-    with output.open("wb") as sink:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "herd", "up", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=sink,
-            cwd=REPO,
-        )
-    try:
-        wait_until(
-            lambda: re.search(rb"AUTH carol \S{43}", output.read_bytes()),
-            UP_SECONDS,
-            lambda: output.read_text(errors="replace")[-2000:],
-        )
-        yield config, ports
-    finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
+    """`herd up` on free ports (its sink and Prosody too), once its banner is out."""
+    with running_up(tmp_path) as up:
+        yield up.config, up.ports
 
 
 def test_the_demo_plays_a_get_together_to_its_decision(
