@@ -2,9 +2,12 @@
 refuse recipients, stall, keep each message as a file and count what it got.
 
 In process (`SmtpServer`, on the running asyncio loop: the reactor's in reactor tests) it can die,
-sessions and all, and come back on the same port.  As a process of its own (`SmtpProcess`,
-running `python -m tests.support.smtp`) it can be stopped and started again by an end-to-end
-test, or measured by a benchmark (`python -m bench smtpsink` runs the same `main`).  The
+sessions and all, and come back on the same port; it can also offer STARTTLS or speak implicit
+TLS with a test CA's certificate (`tests.support.testca`) and require AUTH against a table of
+accounts, recording each login (`logins`) and whether it was made over TLS.  As a process of
+its own (`SmtpProcess`, running `python -m tests.support.smtp`) it can be stopped and started
+again by an end-to-end test, or measured by a benchmark (`python -m bench smtpsink` runs the
+same `main`).  The
 product's own sink, `notifier.mailsink` (what `herd up` runs), is started by `SmtpProcess` when
 nothing is to be refused or stalled: the end-to-end tests exercise it as a user meets it.
 """
@@ -19,16 +22,18 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 
-from aiosmtpd.smtp import DATA_SIZE_DEFAULT, SMTP, Envelope, Session
+from aiosmtpd.smtp import DATA_SIZE_DEFAULT, SMTP, AuthResult, Envelope, LoginPassword, Session
 from twisted.internet.defer import Deferred
 
 from notifier.aio import as_deferred
@@ -142,17 +147,37 @@ class Mailbox:
         os.replace(partial, self.directory / f"{name}.eml")
 
 
+@dataclass(frozen=True, slots=True)
+class Login:
+    """One AUTH attempt the server saw: who, whether the password was right, and the TLS
+    version of the connection it came over (None: in clear)."""
+
+    user: str
+    accepted: bool
+    tls: str | None
+
+
 class _Session(SMTP):
     """An SMTP session its server can find again, to close it when the server dies."""
 
     def __init__(self, server: SmtpServer) -> None:
-        super().__init__(
-            server.mailbox,
-            hostname="test-smtp",
-            enable_SMTPUTF8=server.smtputf8,
-            data_size_limit=server.data_size_limit,
-            loop=asyncio.get_running_loop(),
-        )
+        starttls = server.tls_context is not None and not server.implicit_tls
+        with warnings.catch_warnings():
+            # Over implicit TLS aiosmtpd does not see the encryption, so it would refuse AUTH
+            # unless told TLS is not required, and warns that it is not: `authenticate` checks.
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            super().__init__(
+                server.mailbox,
+                hostname="test-smtp",
+                enable_SMTPUTF8=server.smtputf8,
+                data_size_limit=server.data_size_limit,
+                loop=asyncio.get_running_loop(),
+                tls_context=server.tls_context if starttls else None,
+                require_starttls=starttls,
+                auth_require_tls=not server.implicit_tls,
+                auth_required=server.accounts is not None,
+                authenticator=None if server.accounts is None else server.authenticate,
+            )
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -175,10 +200,24 @@ class SmtpServer:
         mailbox: Mailbox | None = None,
         smtputf8: bool = False,
         data_size_limit: int = DATA_SIZE_DEFAULT,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        accounts: Mapping[str, str] | None = None,
     ) -> None:
+        """Plain SMTP by default.  With a server-side `tls_context` it offers STARTTLS and
+        requires it before MAIL, or with `implicit_tls` speaks TLS from the first byte (port
+        465 style).  With `accounts` (user -> password) it offers AUTH only over TLS and
+        requires it before MAIL."""
+        if implicit_tls and tls_context is None:
+            raise ValueError("implicit TLS needs a tls_context")
         self.mailbox = Mailbox() if mailbox is None else mailbox
         self.smtputf8 = smtputf8
         self.data_size_limit = data_size_limit
+        self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
+        self.accounts = None if accounts is None else dict(accounts)
+        self.logins: list[Login] = []
         self.port = 0
         self.sessions: set[_Session] = set()
         self.connections = 0
@@ -201,9 +240,30 @@ class SmtpServer:
         """Listen (on `port`, else the last one, else a free one); returns the port."""
         loop = asyncio.get_running_loop()
         wanted = self.port if port is None else port
-        self._server = await loop.create_server(lambda: _Session(self), HOST, wanted)
+        self._server = await loop.create_server(
+            lambda: _Session(self),
+            HOST,
+            wanted,
+            ssl=self.tls_context if self.implicit_tls else None,
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: object
+    ) -> AuthResult:
+        """aiosmtpd's authenticator: the accounts' passwords, only over TLS; each attempt is
+        recorded in `logins`."""
+        if not isinstance(data, LoginPassword) or self.accounts is None:
+            return AuthResult(success=False, handled=False)
+        user = data.login.decode("utf-8", "replace")
+        password = data.password.decode("utf-8", "replace")
+        transport = server.transport
+        tls = None if transport is None else transport.get_extra_info("ssl_object")
+        version = tls.version() if isinstance(tls, ssl.SSLObject) else None
+        accepted = version is not None and self.accounts.get(user) == password
+        self.logins.append(Login(user, accepted, version))
+        return AuthResult(success=accepted, handled=False, auth_data=data if accepted else None)
 
     async def close(self) -> None:
         """Stop listening and drop every session, releasing held messages first."""
