@@ -183,11 +183,11 @@ class SmtpChannel:
         try:
             await client.connect()
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            raise _failure(
-                TransientDeliveryError,
-                f"no SMTP session with {self.host}:{self.port}: {_explain(error)}",
-                error,
-            ) from error
+            # The outbox keeps the reason with the message; the log tells the operator, as a
+            # relay that is down, a refused certificate or password is theirs to fix.
+            text = f"no SMTP session with {self.host}:{self.port}: {_explain(error)}"
+            _log.warn("SMTP: {text}", text=text)
+            raise _failure(TransientDeliveryError, text, error) from error
 
     async def _transaction(
         self, client: aiosmtplib.SMTP, recipient: str, data: bytes, options: list[str]
