@@ -130,7 +130,7 @@ class LocalProsody:
         data = self.folder / "data"
         data.mkdir(parents=True, exist_ok=True)
         (self.folder / "certs").mkdir(exist_ok=True)  # Prosody indexes it, and logs if absent
-        direct = "" if self.direct_tls_port is None else str(self.direct_tls_port)
+        direct = " " if self.direct_tls_port is None else f" {self.direct_tls_port} "
         tls_module = ""
         if self.certificate is None or self.key is None:
             tls = (
@@ -151,7 +151,7 @@ data_path = {_lua(str(data))}
 run_as_root = true -- Prosody 0.12 refuses uid 0, then hangs, without this
 interfaces = {{ "{self.host}" }}
 c2s_ports = {{ {self.port} }}
-c2s_direct_tls_ports = {{ {direct} }}
+c2s_direct_tls_ports = {{{direct}}}
 s2s_ports = {{ }}
 http_ports = {{ }}
 https_ports = {{ }}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from zope.interface import provider
 
 from notifier.channels.smtp import SmtpChannel
-from notifier.channels.xmpp import TlsMode, XmppChannel
+from notifier.channels.xmpp import TlsMode, XmppChannel, tls_context
 from notifier.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from notifier.localxmpp import LocalProsody
 from notifier.message import Outgoing
@@ -433,3 +434,36 @@ async def test_starttls_is_required_not_hoped_for(relays: Relays) -> None:
     assert isinstance(error, TransientDeliveryError)
     assert "STARTTLS" in str(error)
     assert server.logins == [] and server.mailbox.received == []
+
+
+# --- what the channels refuse to be built with ------------------------------------------------
+
+
+def test_a_ca_file_without_tls_is_refused(authorities: Authorities) -> None:
+    ca_file = authorities.ours.ca_file
+    with pytest.raises(ValueError, match="ca_file"):
+        SmtpChannel("localhost", 25, SENDER, tls="none", clock=Clock(), ca_file=ca_file)
+    with pytest.raises(ValueError, match="ca_file"):
+        XmppChannel(
+            jid="renga@localhost",
+            password="pw",
+            resource="r",
+            priority=0,
+            loop=asyncio.get_event_loop(),
+            clock=Clock(),
+            is_known=lambda who: True,
+            on_command=lambda who, text: Deferred(),
+            jitter=lambda: 0.5,
+            host="127.0.0.1",
+            tls="none",
+            ca_file=ca_file,
+        )
+
+
+def test_the_channels_context_verifies_against_the_ca_file_only(authorities: Authorities) -> None:
+    context = tls_context(authorities.ours.ca_file)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert [cert["subject"] for cert in context.get_ca_certs()] == [
+        ((("commonName", "Renga Test CA"),),)
+    ]
+    assert len(tls_context(None).get_ca_certs()) != 1  # the system's store (empty, or many)
