@@ -21,6 +21,11 @@ for an 8 KB body; this way ~15 and ~27 µs. Characters that XML 1.0 forbids are 
 text we send: one would make the server close the stream (``not-well-formed``), failing everything
 in flight, and the retried message would do it again.
 
+TLS. With ``starttls`` or ``direct`` the server's certificate is verified against ``ca_file``
+(or the system's store) and for the JID's domain, which slixmpp passes as the TLS server name
+whatever ``host`` we connect to; a failed handshake, or a server that offers no STARTTLS, is
+logged and retried like an unreachable server, and no password is sent without TLS.
+
 Reconnection. slixmpp retries a failing *connect*, but does nothing when an established session
 drops (a Prosody restart): this channel reconnects itself on the injected clock, with exponential
 backoff and jitter (``RECONNECT_BACKOFF``), for both cases. XEP-0199 keepalive pings detect dead
@@ -168,10 +173,10 @@ class XmppChannel:
         bare = JID(jid)
         if bare.resource or not bare.user:
             raise ValueError(f"the bot JID must be a bare user JID: {jid!r}")
-        if tls == "none" and not _is_loopback(host):
-            raise ValueError("tls = 'none' is allowed only with a loopback host")
         if tls not in ("starttls", "direct", "none"):
             raise ValueError(f"tls must be starttls, direct or none, not {tls!r}")
+        if tls == "none" and not _is_loopback(host):
+            raise ValueError("tls = 'none' is allowed only with a loopback host")
         if tls == "none" and ca_file is not None:
             raise ValueError("a ca_file is for TLS; tls = 'none' has none")
         self._loop = loop
@@ -383,9 +388,9 @@ class XmppChannel:
 
     def _tls_refused(self, error: ssl.SSLError) -> None:
         """STARTTLS: the handshake failed (the server's certificate was refused, say).  slixmpp
-        would keep the failed handshake as its "connection attempt" (so it never connects
-        again) and, as this event is handled, the connection open: drop both.  The disconnect
-        starts the backoff."""
+        keeps the failed handshake as its connection attempt (``is_connecting()`` would stay
+        true, and it would never connect again) and, since we handle this event, leaves the
+        connection to us: we drop both.  The disconnect starts the backoff."""
         _log.error("XMPP: TLS with {where} failed: {error}", where=self._where(), error=error)
         self._xmpp.cancel_connection_attempt()
         self._xmpp.abort()
