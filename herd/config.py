@@ -3,13 +3,15 @@
 The config is a contract that users and outside programs write against, so every key name is
 exact and anything unexpected is refused at start with the file, the key and what is wrong:
 a typo must never pass silently and leave a server running with a default the operator did not
-choose. The loader reads the config file, the XMPP password file and the environment it is
-given, and nothing else, so tests can pass their own environment.
+choose. The loader reads the config file, the XMPP password file, the CA files that `[xmpp]` and
+`[smtp]` name and the environment it is given, and nothing else, so tests can pass their own
+environment.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -125,6 +127,7 @@ class XmppConfig:
     host: str | None  # None: find the server from the JID's domain (SRV/A records)
     port: int
     tls: str  # "starttls", "direct" or "none" (loopback host only)
+    ca_file: Path | None = None  # PEM CAs the server's certificate must chain to; None: system's
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,7 @@ class SmtpConfig:
     username: str  # "" means no AUTH
     password: str
     tls: str  # "starttls", "direct" or "none"
+    ca_file: Path | None = None  # PEM CAs the server's certificate must chain to; None: system's
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +372,7 @@ def _places(table: _Table, env: Mapping[str, str]) -> PlacesConfig:
 
 
 def _xmpp(table: _Table, env: Mapping[str, str]) -> XmppConfig:
-    table.only("jid", "password_file", "host", "port", "tls")
+    table.only("jid", "password_file", "host", "port", "tls", "ca_file")
     jid = table.string("jid", None)
     local, at, domain = jid.partition("@")
     if not (local and at and domain) or "/" in jid or any(char.isspace() for char in jid):
@@ -386,6 +390,7 @@ def _xmpp(table: _Table, env: Mapping[str, str]) -> XmppConfig:
         host=host,
         port=table.port("port", XMPP_PORTS[tls]),
         tls=tls,
+        ca_file=_ca_file(table, tls),
     )
 
 
@@ -407,7 +412,7 @@ def _read_password(table: _Table, name: str | None) -> str:
 
 
 def _smtp(table: _Table, env: Mapping[str, str]) -> SmtpConfig:
-    table.only("host", "port", "sender", "username", "tls")
+    table.only("host", "port", "sender", "username", "tls", "ca_file")
     host = _host(table, table.string("host", None))
     sender = table.string("sender", None)
     if "@" not in parseaddr(sender)[1]:
@@ -423,7 +428,35 @@ def _smtp(table: _Table, env: Mapping[str, str]) -> SmtpConfig:
         username=username,
         password=env.get("RENGA_SMTP_PASSWORD", ""),
         tls=tls,
+        ca_file=_ca_file(table, tls),
     )
+
+
+def _ca_file(table: _Table, tls: str) -> Path | None:
+    """`ca_file`, relative to the config's folder: a readable file of PEM certificates, the
+    only CAs the server's certificate may chain to (absent: the system's trust store)."""
+    name = table.optional_string("ca_file")
+    if name is None:
+        return None
+    if tls == "none":
+        raise table.error("ca_file", "is for TLS, and tls = 'none' has none: remove one of them")
+    file = (table.path.parent / name).resolve()
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise table.error("ca_file", f"cannot read {file}: {error.strerror or error}") from None
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise table.error("ca_file", f"{file} is not a PEM file (not ASCII text)") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise table.error("ca_file", f"{file} holds no PEM certificate") from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+    except (ssl.SSLError, ValueError) as error:
+        problem = f"{file} is not a valid PEM certificate file: {error}"
+        raise table.error("ca_file", problem) from None
+    return file
 
 
 def _log(table: _Table) -> LogConfig:

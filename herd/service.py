@@ -224,6 +224,7 @@ class HerdService(Service):
                     _tls(smtp.tls),
                     pool_size=OUTBOX_EMAIL_CONCURRENCY,
                     clock=self.clock.scheduler,
+                    ca_file=smtp.ca_file,
                 )
             except ValueError as error:
                 # The mail builder is the judge of what a From header can carry (a display
@@ -254,6 +255,7 @@ class HerdService(Service):
                     host=xmpp.host,
                     port=xmpp.port,
                     tls=_tls(xmpp.tls),
+                    ca_file=xmpp.ca_file,
                 )
                 self.bot.start().addErrback(
                     lambda failure: _log.failure("the Jabber bot cannot log in", failure)

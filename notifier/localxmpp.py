@@ -90,8 +90,11 @@ def _lua(text: str) -> str:
 class LocalProsody:
     """One unprivileged Prosody: config, data, pid and log under ``folder``; c2s on loopback only.
 
-    Plain-text auth is allowed because it listens on 127.0.0.1 only; no s2s, no HTTP. Accounts and
-    offline messages live in ``folder/data`` and survive ``restart()``.
+    By default it speaks plain XMPP (no certificate, plain-text auth allowed: it listens on
+    127.0.0.1 only), as ``herd up`` runs it. Given a ``certificate`` and its ``key`` (PEM files),
+    it offers STARTTLS on ``port`` and requires it before authentication, and with
+    ``direct_tls`` it also listens for direct TLS (XEP-0368) on ``direct_tls_port``. No s2s, no
+    HTTP. Accounts and offline messages live in ``folder/data`` and survive ``restart()``.
     """
 
     def __init__(
@@ -103,18 +106,33 @@ class LocalProsody:
         preferred_port: int | None = None,
         log_level: str = "info",
         preexec_fn: Callable[[], None] | None = None,
+        certificate: Path | None = None,
+        key: Path | None = None,
+        direct_tls: bool = False,
+        direct_tls_port: int | None = None,
     ) -> None:
         """``port``: that port, whatever listens there; else ``preferred_port`` when it is free
         (``herd up`` prefers 5222, the port a Jabber client tries first); else a free port.
         ``preexec_fn`` runs in the child before Prosody (``herd up``: die with its parent)."""
         if not _NAME.match(domain):
             raise ValueError(f"not a plain domain name: {domain!r}")
+        if (certificate is None) != (key is None):
+            raise ValueError("a certificate needs its key, and a key its certificate")
+        if (direct_tls or direct_tls_port is not None) and certificate is None:
+            raise ValueError("direct TLS needs a certificate and key")
         self.folder = folder.resolve()
         self.domain = domain
         self.host = "127.0.0.1"
         if port is None and preferred_port is not None and port_is_free(preferred_port):
             port = preferred_port
         self.port = port if port is not None else free_port(self.host)
+        self.certificate = None if certificate is None else certificate.resolve()
+        self.key = None if key is None else key.resolve()
+        self.direct_tls_port: int | None = None
+        if direct_tls or direct_tls_port is not None:
+            self.direct_tls_port = (
+                direct_tls_port if direct_tls_port is not None else free_port(self.host)
+            )
         self.log_level = log_level
         self._preexec_fn = preexec_fn
         self.config_path = self.folder / "prosody.cfg.lua"
@@ -133,6 +151,20 @@ class LocalProsody:
         data = self.folder / "data"
         data.mkdir(parents=True, exist_ok=True)
         (self.folder / "certs").mkdir(exist_ok=True)  # Prosody indexes it, and logs if absent
+        direct = " " if self.direct_tls_port is None else f" {self.direct_tls_port} "
+        tls_module = ""
+        if self.certificate is None or self.key is None:
+            tls = (
+                "c2s_require_encryption = false\n"
+                "allow_unencrypted_plain_auth = true -- loopback only, see interfaces\n"
+            )
+        else:
+            tls = (
+                f"ssl = {{ certificate = {_lua(str(self.certificate))}, "
+                f"key = {_lua(str(self.key))} }}\n"
+                "c2s_require_encryption = true -- STARTTLS (or direct TLS) before any login\n"
+            )
+            tls_module = '"tls"; '
         self.config_path.write_text(
             f"""-- Written by notifier.localxmpp: a throwaway Prosody on loopback.
 pidfile = {_lua(str(self.folder / "prosody.pid"))}
@@ -140,17 +172,15 @@ data_path = {_lua(str(data))}
 run_as_root = true -- Prosody 0.12 refuses uid 0, then hangs, without this
 interfaces = {{ "{self.host}" }}
 c2s_ports = {{ {self.port} }}
-c2s_direct_tls_ports = {{ }}
+c2s_direct_tls_ports = {{{direct}}}
 s2s_ports = {{ }}
 http_ports = {{ }}
 https_ports = {{ }}
 modules_enabled = {{
-    "roster"; "saslauth"; "disco"; "ping"; "pep"; "offline"; "posix";
+    "roster"; "saslauth"; {tls_module}"disco"; "ping"; "pep"; "offline"; "posix";
 }}
 modules_disabled = {{ "s2s" }}
-c2s_require_encryption = false
-allow_unencrypted_plain_auth = true -- loopback only, see interfaces
-authentication = "internal_hashed"
+{tls}authentication = "internal_hashed"
 storage = "internal"
 log = {{ {{ levels = {{ min = "{self.log_level}" }}, to = "file", filename = {
                 _lua(str(self.log_path))
@@ -188,7 +218,7 @@ VirtualHost "{self.domain}"
                 raise ProsodyError(
                     f"prosody exited with {self._process.returncode}; {self._tail()}"
                 )
-            if self._answers():
+            if self._answers() and self._direct_tls_listening():
                 return
             if time.monotonic() > deadline:
                 raise ProsodyError(f"prosody not ready after {timeout} s; {self._tail()}")
@@ -208,6 +238,15 @@ VirtualHost "{self.domain}"
                 return True
         except OSError:
             return False
+
+    def _direct_tls_listening(self) -> bool:
+        if self.direct_tls_port is None:
+            return True
+        try:
+            socket.create_connection((self.host, self.direct_tls_port), timeout=1.0).close()
+        except OSError:
+            return False
+        return True
 
     def _tail(self, lines: int = 20) -> str:
         try:

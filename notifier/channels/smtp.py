@@ -10,6 +10,11 @@ is noticed on use and replaced once, at once, and any other failure is mapped fo
   those are about the relay or our configuration, not this message, and dead-lettering the whole
   queue for a wrong password would be worse than retrying until the outbox gives up.
 
+With TLS (`tls = "starttls"`, or `"direct"` for implicit TLS, port 465 style) the server's
+certificate must chain to `ca_file` (PEM; the system trust store when None) and name `host`; a
+refused certificate, or a server that offers no STARTTLS, is a session failure like the others:
+transient, and no password or mail is sent.
+
 Each message is written straight as bytes by `notifier.mime` (the stdlib generator cost ten
 times as much, and its header parser decodes encoded-word lookalikes in the text it is given).
 """
@@ -20,6 +25,7 @@ import asyncio
 import re
 import ssl
 from enum import Enum
+from pathlib import Path
 from typing import Literal, TypeVar
 
 import aiosmtplib
@@ -85,9 +91,14 @@ class SmtpChannel:
         clock: IReactorTime,
         local_hostname: str | None = None,
         tls_context: ssl.SSLContext | None = None,
+        ca_file: Path | str | None = None,
     ) -> None:
+        """`tls_context`, if given, is used as it is; else one is made that trusts `ca_file`
+        only (or the system's store) and checks that the certificate names `host`."""
         if tls not in ("starttls", "direct", "none"):
             raise ValueError(f"tls must be starttls, direct or none, not {tls!r}")
+        if ca_file is not None and (tls == "none" or tls_context is not None):
+            raise ValueError("a ca_file is for TLS, and for the channel's own context only")
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self.builder = MessageBuilder(sender)
@@ -100,6 +111,10 @@ class SmtpChannel:
         self._timeout = timeout
         self._clock = clock
         self._local_hostname = local_hostname
+        if tls_context is None and tls != "none":
+            tls_context = ssl.create_default_context(
+                cafile=None if ca_file is None else str(ca_file)
+            )
         self._tls_context = tls_context
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(pool_size)
@@ -168,11 +183,11 @@ class SmtpChannel:
         try:
             await client.connect()
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            raise _failure(
-                TransientDeliveryError,
-                f"no SMTP session with {self.host}:{self.port}: {_explain(error)}",
-                error,
-            ) from error
+            # The outbox keeps the reason with the message; the log tells the operator, as a
+            # relay that is down, a refused certificate or password is theirs to fix.
+            text = f"no SMTP session with {self.host}:{self.port}: {_explain(error)}"
+            _log.warn("SMTP: {text}", text=text)
+            raise _failure(TransientDeliveryError, text, error) from error
 
     async def _transaction(
         self, client: aiosmtplib.SMTP, recipient: str, data: bytes, options: list[str]

@@ -21,6 +21,11 @@ for an 8 KB body; this way ~15 and ~27 µs. Characters that XML 1.0 forbids are 
 text we send: one would make the server close the stream (``not-well-formed``), failing everything
 in flight, and the retried message would do it again.
 
+TLS. With ``starttls`` or ``direct`` the server's certificate is verified against ``ca_file``
+(or the system's store) and for the JID's domain, which slixmpp passes as the TLS server name
+whatever ``host`` we connect to; a failed handshake, or a server that offers no STARTTLS, is
+logged and retried like an unreachable server, and no password is sent without TLS.
+
 Reconnection. slixmpp retries a failing *connect*, but does nothing when an established session
 drops (a Prosody restart): this channel reconnects itself on the injected clock, with exponential
 backoff and jitter (``RECONNECT_BACKOFF``), for both cases. XEP-0199 keepalive pings detect dead
@@ -31,9 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 from collections.abc import Callable
 from contextlib import suppress
 from enum import Enum
+from pathlib import Path
 from typing import Any, Literal
 
 from slixmpp import JID, ClientXMPP, InvalidJID
@@ -115,7 +122,11 @@ class XmppChannel:
     ``jid`` is the bot's bare JID, ``resource`` the server's name, ``priority`` distinct per server
     (the highest available one gets the chats; keep them >= 0, or offline messages wait).
     ``host``/``port`` skip the domain's SRV lookup; ``tls="none"`` is refused unless ``host`` is
-    loopback. Callbacks get normalised bare JIDs (``user@domain``) and run on the reactor:
+    loopback. With ``"starttls"`` or ``"direct"`` the server's certificate must chain to
+    ``ca_file`` (PEM; the system trust store when None) and name the JID's domain, whatever
+    ``host`` is (an IP address, say); a certificate that fails, or a server that offers no TLS,
+    is logged and retried with the backoff, and the password is never sent. Callbacks get
+    normalised bare JIDs (``user@domain``) and run on the reactor:
 
     - ``is_known(jid)``: may this JID command the bot and subscribe to it?
     - ``on_command(jid, text) -> Deferred[str]``: a known user's chat; the result is the reply,
@@ -151,6 +162,7 @@ class XmppChannel:
         host: str | None = None,
         port: int = 5222,
         tls: TlsMode = "starttls",
+        ca_file: Path | str | None = None,
         stranger_reply: str = STRANGER_REPLY,
         apology: str = APOLOGY,
         stranger_cooldown: float = 600.0,
@@ -161,13 +173,18 @@ class XmppChannel:
         bare = JID(jid)
         if bare.resource or not bare.user:
             raise ValueError(f"the bot JID must be a bare user JID: {jid!r}")
+        if tls not in ("starttls", "direct", "none"):
+            raise ValueError(f"tls must be starttls, direct or none, not {tls!r}")
         if tls == "none" and not _is_loopback(host):
             raise ValueError("tls = 'none' is allowed only with a loopback host")
+        if tls == "none" and ca_file is not None:
+            raise ValueError("a ca_file is for TLS; tls = 'none' has none")
         self._loop = loop
         self._clock = clock
         self._priority = priority
         self._host = host
         self._port = port
+        self._tls = tls
         self._is_known = is_known
         self._on_command = on_command
         self._on_presence = on_presence
@@ -201,6 +218,7 @@ class XmppChannel:
             password,
             on_connect_failed=self._schedule_reconnect,
             loop=loop,
+            ssl_context=tls_context(ca_file),
             plugin_config={
                 "feature_mechanisms": {"unencrypted_plain": plain, "unencrypted_scram": plain},
                 "xep_0199": {"keepalive": True, "interval": keepalive_interval, "timeout": 30},
@@ -224,6 +242,8 @@ class XmppChannel:
         xmpp.add_event_handler("session_start", self._session_started)
         xmpp.add_event_handler("disconnected", self._disconnected)
         xmpp.add_event_handler("failed_all_auth", self._login_failed)
+        xmpp.add_event_handler("connection_failed", self._connection_failed)
+        xmpp.add_event_handler("ssl_invalid_chain", self._tls_refused)
         xmpp.add_event_handler("stream_error", self._stream_error)
         xmpp.add_event_handler("message", self._message)
         xmpp.add_event_handler("message_error", self._message_error)
@@ -237,6 +257,15 @@ class XmppChannel:
     def session_up(self) -> bool:
         """Logged in with presence sent: deliveries are accepted."""
         return self._state is SessionState.UP
+
+    @property
+    def encryption(self) -> str | None:
+        """The TLS version of the connection (``"TLSv1.3"``), None if not connected or plain."""
+        transport = self._xmpp.transport
+        if transport is None:
+            return None
+        tls = transport.get_extra_info("ssl_object")
+        return tls.version() if isinstance(tls, ssl.SSLObject | ssl.SSLSocket) else None
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -299,7 +328,11 @@ class XmppChannel:
         self._xmpp.send_presence(ppriority=self._priority)
         self._state = SessionState.UP
         self._up_since = self._clock.seconds()
-        _log.info("XMPP: session up as {jid}", jid=str(self._xmpp.boundjid))
+        _log.info(
+            "XMPP: session up as {jid} ({tls})",
+            jid=str(self._xmpp.boundjid),
+            tls=self.encryption or "no TLS",
+        )
         if not self._started.called:
             self._started.callback(None)
 
@@ -335,9 +368,38 @@ class XmppChannel:
         )
 
     def _login_failed(self, _event: object) -> None:
+        if self._tls != "none" and self.encryption is None:
+            # slixmpp found no mechanism it may use without TLS: the password was not sent.
+            _log.error(
+                "XMPP: {where} offered no STARTTLS; not logging in without TLS",
+                where=self._where(),
+            )
+            return  # slixmpp disconnects; retried with the backoff (the server may be fixed)
         _log.error("XMPP: login refused for {jid}", jid=str(self._xmpp.boundjid))
         if not self._started.called:
             self._started.errback(XmppLoginError(f"login refused for {self._xmpp.boundjid}"))
+
+    def _connection_failed(self, error: object) -> None:
+        """A connect that failed: refused, unreachable, or (direct TLS) a certificate refused."""
+        if isinstance(error, ssl.SSLError):
+            _log.error("XMPP: TLS with {where} failed: {error}", where=self._where(), error=error)
+        else:
+            _log.info("XMPP: cannot connect to {where}: {error}", where=self._where(), error=error)
+
+    def _tls_refused(self, error: ssl.SSLError) -> None:
+        """STARTTLS: the handshake failed (the server's certificate was refused, say).  slixmpp
+        keeps the failed handshake as its connection attempt (``is_connecting()`` would stay
+        true, and it would never connect again) and, since we handle this event, leaves the
+        connection to us: we drop both.  The disconnect starts the backoff."""
+        _log.error("XMPP: TLS with {where} failed: {error}", where=self._where(), error=error)
+        self._xmpp.cancel_connection_attempt()
+        self._xmpp.abort()
+
+    def _where(self) -> str:
+        domain = self._xmpp.boundjid.domain
+        if self._host is None:
+            return domain
+        return f"{self._host}:{self._port} (for {domain})"
 
     # -- delivery ------------------------------------------------------------------------------
 
@@ -524,6 +586,12 @@ class XmppChannel:
             callback(*args)
         except Exception:
             _log.failure("XMPP: callback {name} failed", name=getattr(callback, "__name__", "?"))
+
+
+def tls_context(ca_file: Path | str | None) -> ssl.SSLContext:
+    """A client context that verifies the server: chain to ``ca_file`` (PEM) only, or to the
+    system trust store when None, and the name checked (by the caller's ``server_hostname``)."""
+    return ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
 
 
 def _fire(waiters: list[Deferred[None]], error: Exception | None) -> None:

@@ -1,6 +1,8 @@
 """What every `Channel` promises, checked on the in-memory channel the unit and protocol tests use
 (`tests.support.channels.RecordingChannel`) and on the real ones against real servers:
-`SmtpChannel` against the kit's aiosmtpd sink and `XmppChannel` against Prosody.
+`SmtpChannel` against the kit's aiosmtpd sink and `XmppChannel` against Prosody, each plain and
+over TLS as a deployment runs them (mail with STARTTLS and AUTH, the bot with STARTTLS, both
+verifying a certificate from a CA the test makes: `tests.support.testca`).
 
 A delivery that the far end takes fires; a recipient the far end can never reach fails with
 `PermanentDeliveryError`; a channel that cannot reach the far end for now fails with
@@ -12,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -29,7 +32,9 @@ from notifier.localxmpp import LocalProsody
 from notifier.message import Outgoing
 from tests.support.channels import RecordingChannel
 from tests.support.fixtures import XMPP_PASSWORD
+from tests.support.prosody import running_prosody
 from tests.support.smtp import SmtpServer
+from tests.support.testca import CertAuthority
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -69,18 +74,49 @@ def _clock_at(seconds: float) -> Clock:
     return clock
 
 
-async def _smtp() -> AsyncIterator[FarEnd]:
-    server = SmtpServer()
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
+    return CertAuthority(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def tls_prosody(
+    tmp_path_factory: pytest.TempPathFactory, authority: CertAuthority
+) -> Iterator[LocalProsody]:
+    """A Prosody requiring STARTTLS, with a certificate for localhost from the test's CA."""
+    issued = authority.issue("localhost", stem="prosody")
+    accounts = {"sender": XMPP_PASSWORD, "receiver": XMPP_PASSWORD}
+    with running_prosody(
+        tmp_path_factory.mktemp("prosody-tls"),
+        accounts,
+        certificate=issued.cert_file,
+        key=issued.key_file,
+    ) as server:
+        yield server
+
+
+async def _smtp(authority: CertAuthority | None = None) -> AsyncIterator[FarEnd]:
+    """The sink, plain; or with `authority`, requiring STARTTLS and AUTH (as a relay does)."""
+    if authority is None:
+        server = SmtpServer()
+        host, tls, login, ca_file = "127.0.0.1", "none", {}, None
+    else:
+        issued = authority.issue("localhost", stem=f"smtp{next(_keys)}")
+        server = SmtpServer(tls_context=issued.server_context(), accounts={"renga": "pw"})
+        host, tls, ca_file = "localhost", "starttls", authority.ca_file
+        login = {"username": "renga", "password": "pw"}
     await server.start()
     channel = SmtpChannel(
-        "127.0.0.1",
+        host,
         server.port,
         SENDER,
         clock=_clock_at(1_700_000_000.0),
         local_hostname="renga.test",
-        tls="none",
+        tls=tls,  # type: ignore[arg-type]
         pool_size=1,
         timeout=5.0,
+        ca_file=ca_file,
+        **login,
     )
 
     def arrived(sent: Outgoing) -> bool:
@@ -94,7 +130,10 @@ async def _smtp() -> AsyncIterator[FarEnd]:
             await server.stop()
 
 
-async def _xmpp(prosody: LocalProsody, account: Callable[[str], str]) -> AsyncIterator[FarEnd]:
+async def _xmpp(
+    prosody: LocalProsody, account: Callable[[str], str], ca_file: Path | None = None
+) -> AsyncIterator[FarEnd]:
+    """Two bots on `prosody`: plain, or with `ca_file`, over STARTTLS verified against it."""
     got: list[str] = []
 
     def bot(jid: str, on_command: Callable[[str, str], Deferred[str]]) -> XmppChannel:
@@ -110,7 +149,8 @@ async def _xmpp(prosody: LocalProsody, account: Callable[[str], str]) -> AsyncIt
             jitter=lambda: 0.5,
             host=prosody.host,
             port=prosody.port,
-            tls="none",
+            tls="none" if ca_file is None else "starttls",
+            ca_file=ca_file,
         )
 
     def heard(who: str, text: str) -> Deferred[str]:
@@ -135,14 +175,24 @@ async def _xmpp(prosody: LocalProsody, account: Callable[[str], str]) -> AsyncIt
         await receiver.close()
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "smtp", "xmpp"])
+@pytest_twisted.async_yield_fixture(params=["memory", "smtp", "smtp-tls", "xmpp", "xmpp-tls"])
 async def far_end(request: pytest.FixtureRequest) -> AsyncIterator[FarEnd]:
     if request.param == "memory":
         ends = _memory()
     elif request.param == "smtp":
         ends = _smtp()
-    else:
+    elif request.param == "smtp-tls":
+        ends = _smtp(request.getfixturevalue("authority"))
+    elif request.param == "xmpp":
         ends = _xmpp(request.getfixturevalue("prosody"), request.getfixturevalue("xmpp_account"))
+    else:
+        prosody: LocalProsody = request.getfixturevalue("tls_prosody")
+        authority: CertAuthority = request.getfixturevalue("authority")
+
+        def account(name: str) -> str:
+            return prosody.jid(name)  # registered with the Prosody: "sender", "receiver"
+
+        ends = _xmpp(prosody, account, authority.ca_file)
     end = await ends.__anext__()
     yield end
     await ends.aclose()

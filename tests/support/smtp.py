@@ -2,9 +2,12 @@
 refuse recipients, stall, keep each message as a file and count what it got.
 
 In process (`SmtpServer`, on the running asyncio loop: the reactor's in reactor tests) it can die,
-sessions and all, and come back on the same port.  As a process of its own (`SmtpProcess`,
-running `python -m tests.support.smtp`) it can be stopped and started again by an end-to-end
-test, or measured by a benchmark (`python -m bench smtpsink` runs the same `main`).  The
+sessions and all, and come back on the same port; it can also offer STARTTLS or speak implicit
+TLS with a test CA's certificate (`tests.support.testca`) and require AUTH against a table of
+accounts, recording each login (`logins`) and whether it was made over TLS.  As a process of
+its own (`SmtpProcess`, running `python -m tests.support.smtp`) it can be stopped and started
+again by an end-to-end test, or measured by a benchmark (`python -m bench smtpsink` runs the
+same `main`).  The
 product's own sink, `notifier.mailsink` (what `herd up` runs), is started by `SmtpProcess` when
 nothing is to be refused or stalled: the end-to-end tests exercise it as a user meets it.
 """
@@ -19,16 +22,19 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
+from typing import Any
 
-from aiosmtpd.smtp import DATA_SIZE_DEFAULT, SMTP, Envelope, Session
+from aiosmtpd.smtp import DATA_SIZE_DEFAULT, SMTP, AuthResult, Envelope, LoginPassword, Session
 from twisted.internet.defer import Deferred
 
 from notifier.aio import as_deferred
@@ -36,6 +42,7 @@ from tests.support.polling import HerdError, wait_until
 from tests.support.ports import HOST
 
 START_SECONDS = 15.0
+LOGIN_FILE = "logins.jsonl"  # under a process sink's directory: its AUTH attempts
 STOP_SECONDS = 5.0
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,17 +149,37 @@ class Mailbox:
         os.replace(partial, self.directory / f"{name}.eml")
 
 
+@dataclass(frozen=True, slots=True)
+class Login:
+    """One AUTH attempt the server saw: who, whether the password was right, and the TLS
+    version of the connection it came over (None: in clear)."""
+
+    user: str
+    accepted: bool
+    tls: str | None
+
+
 class _Session(SMTP):
     """An SMTP session its server can find again, to close it when the server dies."""
 
     def __init__(self, server: SmtpServer) -> None:
-        super().__init__(
-            server.mailbox,
-            hostname="test-smtp",
-            enable_SMTPUTF8=server.smtputf8,
-            data_size_limit=server.data_size_limit,
-            loop=asyncio.get_running_loop(),
-        )
+        starttls = server.tls_context is not None and not server.implicit_tls
+        with warnings.catch_warnings():
+            # Over implicit TLS aiosmtpd does not see the encryption, so it would refuse AUTH
+            # unless told TLS is not required, and warns that it is not: `authenticate` checks.
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            super().__init__(
+                server.mailbox,
+                hostname="test-smtp",
+                enable_SMTPUTF8=server.smtputf8,
+                data_size_limit=server.data_size_limit,
+                loop=asyncio.get_running_loop(),
+                tls_context=server.tls_context if starttls else None,
+                require_starttls=starttls,
+                auth_require_tls=not server.implicit_tls,
+                auth_required=server.accounts is not None,
+                authenticator=None if server.accounts is None else server.authenticate,
+            )
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -175,10 +202,26 @@ class SmtpServer:
         mailbox: Mailbox | None = None,
         smtputf8: bool = False,
         data_size_limit: int = DATA_SIZE_DEFAULT,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        accounts: Mapping[str, str] | None = None,
+        login_file: Path | None = None,
     ) -> None:
+        """Plain SMTP by default.  With a server-side `tls_context` it offers STARTTLS and
+        requires it before MAIL, or with `implicit_tls` speaks TLS from the first byte (port
+        465 style).  With `accounts` (user -> password) it offers AUTH only over TLS and
+        requires it before MAIL; each attempt is also appended to `login_file` (JSON lines)."""
+        if implicit_tls and tls_context is None:
+            raise ValueError("implicit TLS needs a tls_context")
         self.mailbox = Mailbox() if mailbox is None else mailbox
         self.smtputf8 = smtputf8
         self.data_size_limit = data_size_limit
+        self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
+        self.accounts = None if accounts is None else dict(accounts)
+        self.logins: list[Login] = []
+        self.login_file = login_file
         self.port = 0
         self.sessions: set[_Session] = set()
         self.connections = 0
@@ -201,9 +244,34 @@ class SmtpServer:
         """Listen (on `port`, else the last one, else a free one); returns the port."""
         loop = asyncio.get_running_loop()
         wanted = self.port if port is None else port
-        self._server = await loop.create_server(lambda: _Session(self), HOST, wanted)
+        self._server = await loop.create_server(
+            lambda: _Session(self),
+            HOST,
+            wanted,
+            ssl=self.tls_context if self.implicit_tls else None,
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: object
+    ) -> AuthResult:
+        """aiosmtpd's authenticator: the accounts' passwords, only over TLS; each attempt is
+        recorded in `logins`."""
+        if not isinstance(data, LoginPassword) or self.accounts is None:
+            return AuthResult(success=False, handled=False)
+        user = data.login.decode("utf-8", "replace")
+        password = data.password.decode("utf-8", "replace")
+        transport = server.transport
+        tls = None if transport is None else transport.get_extra_info("ssl_object")
+        version = tls.version() if isinstance(tls, ssl.SSLObject) else None
+        accepted = version is not None and self.accounts.get(user) == password
+        login = Login(user, accepted, version)
+        self.logins.append(login)
+        if self.login_file is not None:
+            with self.login_file.open("a", encoding="utf-8") as file:
+                file.write(json.dumps([login.user, login.accepted, login.tls]) + "\n")
+        return AuthResult(success=accepted, handled=False, auth_data=data if accepted else None)
 
     async def close(self) -> None:
         """Stop listening and drop every session, releasing held messages first."""
@@ -263,13 +331,27 @@ class SmtpProcess:
         self.stderr = directory / "smtp.stderr"
         directory.mkdir(parents=True, exist_ok=True)
 
-    def start(self, refuse: Sequence[str] = (), stall: bool = False) -> None:
-        """The project's mail sink, or (to refuse or stall) this module's sink."""
+    def start(
+        self,
+        refuse: Sequence[str] = (),
+        stall: bool = False,
+        *,
+        certificate: tuple[Path, Path] | None = None,
+        implicit_tls: bool = False,
+        accounts: Mapping[str, str] | None = None,
+    ) -> None:
+        """The project's mail sink, or (to refuse or stall, or with a `certificate` and key
+        for STARTTLS or `implicit_tls`, or `accounts` to require AUTH) this module's sink."""
         assert self.proc is None or self.proc.poll() is not None, "SMTP server is running"
-        if refuse or stall:
+        if refuse or stall or certificate is not None or accounts is not None:
             program = ["-m", "tests.support.smtp", "--keep", str(self.directory)]
             program += [f"--refuse={address}" for address in refuse]
             program += ["--stall"] if stall else []
+            if certificate is not None:
+                program += [f"--tls-cert={certificate[0]}", f"--tls-key={certificate[1]}"]
+            program += ["--implicit-tls"] if implicit_tls else []
+            for user, password in (accounts or {}).items():
+                program += [f"--account={user}:{password}"]
         else:
             program = ["-m", "notifier.mailsink", str(self.directory)]
         with self.stderr.open("ab") as stderr:
@@ -314,6 +396,14 @@ class SmtpProcess:
     def mails(self) -> list[Mail]:
         return read_mails(self.directory)
 
+    def logins(self) -> list[Login]:
+        """Every AUTH attempt the sink saw (this module's sink, with `accounts`)."""
+        path = self.directory / LOGIN_FILE
+        if not path.exists():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [Login(*json.loads(line)) for line in lines if line]
+
     def diagnose(self) -> str:
         text = self.stderr.read_bytes()[-2000:] if self.stderr.exists() else b""
         return "--- SMTP server stderr tail:\n" + text.decode("utf-8", "replace")
@@ -331,9 +421,10 @@ def refusing(addresses: Sequence[str]) -> Refusal:
     return refuse
 
 
-async def serve(port: int, mailbox: Mailbox) -> SmtpServer:
-    """Listen until SIGTERM or SIGINT; prints `ready <port>` once listening."""
-    server = SmtpServer(mailbox, smtputf8=True, data_size_limit=10 * 1024 * 1024)
+async def serve(port: int, mailbox: Mailbox, **options: Any) -> SmtpServer:
+    """Listen until SIGTERM or SIGINT; prints `ready <port>` once listening.  `options` go to
+    `SmtpServer` (TLS, accounts)."""
+    server = SmtpServer(mailbox, smtputf8=True, data_size_limit=10 * 1024 * 1024, **options)
     bound = await server.listen(port)
     print(f"ready {bound}", flush=True)
     stop = asyncio.Event()
@@ -359,7 +450,22 @@ def main(
     parser.add_argument("--refuse", action="append", default=[], help="answer 550 at RCPT")
     parser.add_argument("--stall", action="store_true", help="keep, then never answer DATA")
     parser.add_argument("--loop", choices=sorted(choices), default=next(reversed(choices)))
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: offer STARTTLS")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's PEM key")
+    parser.add_argument("--implicit-tls", action="store_true", help="TLS from the first byte")
+    parser.add_argument(
+        "--account", action="append", default=[], help="USER:PASSWORD; AUTH is then required"
+    )
     options = parser.parse_args(argv)
+    server_options: dict[str, Any] = {}
+    if options.tls_cert is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(options.tls_cert, options.tls_key)
+        server_options.update(tls_context=context, implicit_tls=options.implicit_tls)
+    if options.account:
+        server_options["accounts"] = dict(item.split(":", 1) for item in options.account)
+        if options.keep is not None:
+            server_options["login_file"] = options.keep / LOGIN_FILE
     directory = None if options.keep is None else options.keep / "mail"
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -372,7 +478,7 @@ def main(
             stall_after_keeping=options.stall,
             record=False,
         )
-        server = loop.run_until_complete(serve(options.port, mailbox))
+        server = loop.run_until_complete(serve(options.port, mailbox, **server_options))
     finally:
         loop.close()
     counts = {

@@ -21,6 +21,7 @@ from herd.config import (
     default_config_path,
     load_config,
 )
+from tests.support.testca import CertAuthority
 
 ONE_SERVER = """
 [servers.Bailey]
@@ -520,6 +521,78 @@ def test_smtp_without_tls_to_a_relay_without_auth_is_allowed(tmp_path: Path) -> 
 
     assert smtp is not None
     assert (smtp.host, smtp.port, smtp.tls) == ("smtp.example.org", 25, "none")
+
+
+# CA files for TLS ([xmpp] ca_file, [smtp] ca_file)
+
+TLS_LOOPBACK = """
+[xmpp]
+jid = "renga@localhost"
+host = "127.0.0.1"
+tls = "{xmpp_tls}"
+ca_file = "{xmpp_ca}"
+[smtp]
+host = "localhost"
+sender = "renga@localhost"
+tls = "{smtp_tls}"
+ca_file = "{smtp_ca}"
+"""
+GOOD_CA = "tls/ours.ca.pem"
+
+
+def tls_tables(table: str = "", tls: str = "starttls", ca: str = GOOD_CA) -> str:
+    """Both tables with TLS and our CA file, but `table` ("xmpp" or "smtp") with `tls`, `ca`."""
+    settings = {"xmpp_tls": "starttls", "xmpp_ca": GOOD_CA, "smtp_tls": "starttls"}
+    settings["smtp_ca"] = GOOD_CA
+    if table:
+        settings[f"{table}_tls"], settings[f"{table}_ca"] = tls, ca
+    return ONE_SERVER + TLS_LOOPBACK.format(**settings)
+
+
+def test_ca_files_default_to_the_system_store_and_are_read_relative_to_the_config(
+    tmp_path: Path,
+) -> None:
+    config = load(tmp_path, ONE_SERVER + XMPP + SMTP, {"RENGA_XMPP_PASSWORD": "pw"})
+    assert config.xmpp is not None and config.xmpp.ca_file is None
+    assert config.smtp is not None and config.smtp.ca_file is None
+
+    authority = CertAuthority(tmp_path / "tls", "ours")
+    config = load(tmp_path, tls_tables(), {"RENGA_XMPP_PASSWORD": "pw"})
+    assert config.xmpp is not None and config.smtp is not None
+    assert config.xmpp.ca_file == config.smtp.ca_file == authority.ca_file.resolve()
+
+
+@pytest.mark.parametrize("table", ["xmpp", "smtp"])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "cannot read"),
+        (b"", "holds no PEM certificate"),
+        (b"\xff\xfe", "not a PEM file"),
+        (b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n", "valid"),
+    ],
+)
+def test_unusable_ca_file_is_refused_at_start(
+    tmp_path: Path, table: str, content: bytes | None, problem: str
+) -> None:
+    CertAuthority(tmp_path / "tls", "ours")  # the other table's CA file is fine
+    if content is not None:
+        (tmp_path / "bad.pem").write_bytes(content)
+    text = tls_tables(table, ca="bad.pem")
+    error = refusal(tmp_path, text, {"RENGA_XMPP_PASSWORD": "pw"})
+
+    assert error.key == f"{table}.ca_file"
+    assert problem in error.problem
+    assert str((tmp_path / "bad.pem").resolve()) in error.problem
+
+
+@pytest.mark.parametrize("table", ["xmpp", "smtp"])
+def test_a_ca_file_without_tls_is_refused(tmp_path: Path, table: str) -> None:
+    CertAuthority(tmp_path / "tls", "ours")
+    error = refusal(tmp_path, tls_tables(table, tls="none"), {"RENGA_XMPP_PASSWORD": "pw"})
+
+    assert error.key == f"{table}.ca_file"
+    assert "tls = 'none'" in error.problem
 
 
 # The [log] table
