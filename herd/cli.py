@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,8 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from herd.config import ConfigError, HerdConfig, default_config_path, load_config
 from herd.processes import die_with_parent
+from herd.reach import client_context, connect, dial_host
 
 if TYPE_CHECKING:
+    import ssl
+
     from twisted.internet.defer import Deferred
 
 STATUS_TIMEOUT = 1.0
@@ -186,14 +188,11 @@ def _wait_answering(config: HerdConfig, stopping: Callable[[], bool]) -> bool:
     """Wait until some server answers (they start in well under a second)."""
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline and not stopping():
-        if any(ask_status(_dial_host(s.host), s.port, 0.2) for s in config.servers.values()):
+        tls = client_context(config)
+        if any(ask_status(dial_host(s.host), s.port, 0.2, tls) for s in config.servers.values()):
             return True
         time.sleep(0.1)
     return False
-
-
-def _dial_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
 def _prepare_places(config: HerdConfig) -> None:
@@ -235,12 +234,15 @@ def _stop_all(children: dict[str, subprocess.Popen[bytes]]) -> None:
 # --- herd status ---------------------------------------------------------------------------
 
 
-def ask_status(host: str, port: int, timeout: float = STATUS_TIMEOUT) -> dict[str, str] | None:
-    """A server's peer links by its STATUS command, or None if it does not answer."""
+def ask_status(
+    host: str, port: int, timeout: float = STATUS_TIMEOUT, tls: ssl.SSLContext | None = None
+) -> dict[str, str] | None:
+    """A server's peer links by its STATUS command, or None if it does not answer (`tls`: the
+    herd's client context, `herd.reach.client_context`)."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as connection:
+        with connect(host, port, timeout, tls) as connection:
             connection.sendall(b"STATUS\n")
-            connection.shutdown(socket.SHUT_WR)
+            connection.shutdown_write()
             reply = b""
             while not reply.endswith(b"\n"):
                 chunk = connection.recv(65536)
@@ -260,10 +262,11 @@ def ask_status(host: str, port: int, timeout: float = STATUS_TIMEOUT) -> dict[st
 
 def status(config: HerdConfig, as_json: bool) -> int:
     servers = list(config.servers.values())
+    tls = client_context(config)
     with ThreadPoolExecutor(max_workers=len(servers)) as pool:
         answers = list(
             pool.map(
-                lambda s: ask_status(_dial_host(s.host), s.port),
+                lambda s: ask_status(dial_host(s.host), s.port, STATUS_TIMEOUT, tls),
                 servers,
             )
         )
