@@ -106,6 +106,10 @@ class HerdService(Service):
         self.config = config
         self.server_name = name
         self.server_config = config.server(name)
+        if config.tls is not None:
+            # refused now, before any thread starts, if a file is missing or does not fit
+            server_options(config, config.tls, name)
+            client_options(config, config.tls, "localhost")
         self.reactor = reactor
         # the one clock of this server: reactor time, and exact nanoseconds for IAMAT's times
         self.clock = Clock(reactor, time.time_ns)
@@ -134,10 +138,6 @@ class HerdService(Service):
         self.port: IListeningPort | None = None
         self.factory: ClientFactory | None = None
         self.dialers: list[ClientService] = []
-        if config.tls is not None:
-            # refused now, before anything starts, if a file is missing or does not fit
-            server_options(config, config.tls, name)
-            client_options(config, config.tls, "localhost")
         self.started: Deferred[None] = Deferred()
         # Fires (once) with what went wrong when the server cannot go on: its owner reports it
         # and stops the process with a failure code.

@@ -26,6 +26,7 @@ from OpenSSL.SSL import Error as OpenSSLError
 from OpenSSL.SSL import WantReadError, ZeroReturnError
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
+from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IProtocol,
@@ -89,7 +90,7 @@ def server_options(config: HerdConfig, tls: TlsConfig, name: str) -> ssl.Certifi
             extraCertChain=[certificate.original for certificate in chain[1:]],
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
-    except (OpenSSLError, ValueError) as error:
+    except (OpenSSLError, ValueError, VerifyError) as error:
         raise ConfigError(
             config.path, "tls.key", f"{key_path} does not match {certificate_path}: {error}"
         ) from None

@@ -27,7 +27,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 @dataclass
-class TestCA:
+class HerdCA:
     """A CA: its certificate file, and `issue` for server certificates it signs."""
 
     name: str
@@ -36,7 +36,7 @@ class TestCA:
     path: Path  # the CA certificate (PEM)
 
     @classmethod
-    def create(cls, folder: Path, name: str = "Renga test CA") -> TestCA:
+    def create(cls, folder: Path, name: str = "Renga test CA") -> HerdCA:
         folder.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
