@@ -106,7 +106,7 @@ class Hosts:
             self.heal(a, b)
 
     def _ends(self, a: str, b: str) -> list[tuple[str, str, str]]:
-        """(namespace, its veth, the address behind it) for both ends of the link between a and b."""
+        """(namespace, its veth, the address behind it) for both ends of the link a to b."""
         return [
             (self.namespace(a), self._veth(b), self._address[b]),
             (self.namespace(b), self._veth(a), self._address[a]),
