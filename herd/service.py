@@ -336,7 +336,7 @@ class HerdService(Service):
         dialer = ClientService(
             endpoint,
             factory,
-            retryPolicy=retry_policy(self.jitter),
+            retryPolicy=retry_policy(self.jitter, lambda: factory.tls_failed),
             clock=self.clock.scheduler,
         )
         dialer.startService()

@@ -5,6 +5,7 @@ CA, or speaks plain TCP, gets nothing; a config whose files are missing is refus
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 import ssl
@@ -80,6 +81,10 @@ def _read_to_end(stream: LineStream, timeout: float) -> bytes:
             return received
         received += chunk
     raise HerdError(f"no close within {timeout} s; got {received!r}")
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def _all_linked(herd: Herd) -> bool:
@@ -217,3 +222,56 @@ def test_bad_tls_files_are_refused_at_start(
     assert done.returncode == 2, done.stderr
     assert f"herd: bad config: {herd.config_path}: {key}: " in done.stderr, done.stderr
     assert problem in done.stderr, done.stderr
+
+
+def test_a_tls_server_stops_cleanly_and_its_links_come_back(tls_herd: Herd) -> None:
+    """SIGTERM closes the TLS links (both the dialed and the accepted one) and the server exits
+    0 in time; started again, it links up over TLS."""
+    assert tls_herd.terminate("Bona") == 0
+    tls_herd.start("Bona")
+    wait_until(lambda: _all_linked(tls_herd), 30.0, lambda: f"links back\n{tls_herd.diagnose()}")
+
+
+def test_a_peer_with_a_certificate_from_another_ca_is_refused(
+    tmp_path: Path, places_seed: Path
+) -> None:
+    """Bona's certificate is signed by another CA: Bailey does not link to it, and says why."""
+    with running_herd(
+        tmp_path, ("Bailey", "Bona"), (("Bailey", "Bona"),), seed=places_seed
+    ) as herd:
+        ca = HerdCA.create(tmp_path / "tls")
+        ca.path.rename(tmp_path / "tls" / "ca.pem")
+        ca.issue(tmp_path / "tls", "Bailey", "127.0.0.1")
+        HerdCA.create(tmp_path / "other", "Other CA").issue(tmp_path / "tls", "Bona", "127.0.0.1")
+        herd.config_path.write_text(herd.config_path.read_text() + TLS_TABLE)
+        herd.start()
+        wait_until(
+            lambda: "certificate verify failed" in _text(herd.log_path("Bailey")),
+            20.0,
+            lambda: f"Bailey's log says why\n{herd.diagnose()}",
+        )
+        done = herd_cli(herd.config_path, "status", "--json")
+        servers = json.loads(done.stdout)["servers"]
+        assert servers["Bailey"]["up"] and servers["Bailey"]["peers"]["Bona"] != "up", servers
+        assert not servers["Bona"]["up"]  # `herd status` trusts only the herd's CA too
+        # retried as after a failed handshake (every 5 s), not in a tight loop
+        failures = wait_until(
+            lambda: (
+                _failures(herd.log_path("Bailey"))
+                if len(_failures(herd.log_path("Bailey"))) >= 2
+                else None
+            ),
+            20.0,
+            "a second attempt",
+        )
+        assert failures[1] - failures[0] >= 4.5, failures
+
+
+def _failures(log: Path) -> list[float]:
+    """When Bailey's dials to Bona failed in TLS (seconds, from its log)."""
+    times = []
+    for line in _text(log).splitlines():
+        if "certificate verify failed" in line:
+            stamp = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
+            times.append(stamp.timestamp())
+    return times
