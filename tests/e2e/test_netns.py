@@ -7,6 +7,7 @@ cut with `ip link set … down` and healed.
 2. A partition (Jaquez's two links cut): each side takes reports the other does not see; once
    healed, every server knows every report within a bound (catch-up over the new links).
 
+Run twice: plain TCP, and TLS (`[tls]`, a certificate per address from a CA the test makes).
 Skipped, saying why, where namespaces cannot be made (not root, no `ip`, EPERM). Every
 namespace and veth is deleted when the test ends, however it ends.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ from tests.support.herd import LINKS, NAMES, REPO, SECRET
 from tests.support.lines import now_time
 from tests.support.netns import Hosts, NamespacesUnavailable, probe
 from tests.support.polling import wait_until
+from tests.support.tls import HerdCA
 from tests.support.users import herd_cli
 
 PORT = 12001  # every host has its own network stack: the same port on each is free
@@ -38,9 +41,10 @@ DOWN_SECONDS = 30.0  # a silent link is dropped after three 5 s keepalives
 class NetHerd:
     """The herd's processes, one per namespace."""
 
-    def __init__(self, root: Path, hosts: Hosts) -> None:
+    def __init__(self, root: Path, hosts: Hosts, tls: bool) -> None:
         self.root = root
         self.hosts = hosts
+        self.context: ssl.SSLContext | None = None
         self.config_path = root / "herd.toml"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         listed: dict[str, list[str]] = {name: [] for name in NAMES}
@@ -55,6 +59,17 @@ class NetHerd:
                 f"peers = {json.dumps(listed[name])}",
                 "",
             ]
+        if tls:  # each server a certificate for its own address, from a CA of the test's own
+            ca = HerdCA.create(root / "tls")
+            for name in NAMES:
+                ca.issue(root / "tls", name, hosts.address(name))
+            lines += [
+                "[tls]",
+                f"ca = {json.dumps(str(ca.path))}",
+                'certificate = "tls/{server}.pem"',
+                'key = "tls/{server}.key"',
+            ]
+            self.context = ssl.create_default_context(cafile=str(ca.path))
         self.config_path.write_text("\n".join(lines))
 
     def start(self) -> None:
@@ -85,7 +100,7 @@ class NetHerd:
         return "\n".join(parts)
 
     def exchange(self, name: str, data: bytes, timeout: float = 3.0) -> bytes:
-        with connect(self.hosts.address(name), PORT, timeout) as stream:
+        with connect(self.hosts.address(name), PORT, timeout, self.context) as stream:
             stream.sendall(data)
             stream.shutdown_write()
             received = b""
@@ -151,12 +166,15 @@ def hosts() -> Iterator[Hosts]:
         assert made.leftovers() == []
 
 
-@pytest.fixture
-def net_herd(tmp_path: Path, hosts: Hosts, places_seed: Path) -> Iterator[NetHerd]:
+@pytest.fixture(params=["plain", "tls"])
+def net_herd(
+    request: pytest.FixtureRequest, tmp_path: Path, hosts: Hosts, places_seed: Path
+) -> Iterator[NetHerd]:
+    """The herd on its hosts, its peer links and client ports plain TCP or TLS (`[tls]`)."""
     (tmp_path / "var").mkdir()
     for index in places_seed.glob("places-*.sqlite"):
         shutil.copyfile(index, tmp_path / "var" / index.name)
-    herd = NetHerd(tmp_path, hosts)
+    herd = NetHerd(tmp_path, hosts, tls=request.param == "tls")
     try:
         herd.start()
         yield herd
