@@ -32,10 +32,7 @@ def operator_command(config: HerdConfig, names: list[str], command: OperatorComm
     if not config.secret:
         raise OperatorError("no herd secret to prove")
     failures = []
-    try:
-        tls = client_context(config)
-    except (OSError, ssl.SSLError) as error:
-        raise OperatorError(f"cannot read the herd's CA ([tls] ca): {error}") from None
+    tls = client_context(config)  # ConfigError if the herd's CA cannot be read
     for name in names:
         server = config.server(name)
         try:

@@ -15,7 +15,7 @@ import socket
 import ssl
 from typing import Protocol
 
-from herd.config import HerdConfig, ServerConfig
+from herd.config import ConfigError, HerdConfig, ServerConfig
 
 __all__ = [
     "LineStream",
@@ -36,11 +36,15 @@ def dial_host(host: str) -> str:
 
 
 def client_context(config: HerdConfig) -> ssl.SSLContext | None:
-    """What a client trusts: the herd's CA only (None: the herd runs without TLS). OSError or
-    ssl.SSLError when the CA file cannot be read."""
+    """What a client trusts: the herd's CA only (None: the herd runs without TLS). A
+    ConfigError naming `tls.ca` when the file cannot be read or holds no certificate."""
     if config.tls is None:
         return None
-    context = ssl.create_default_context(cafile=str(config.tls.ca))
+    try:
+        context = ssl.create_default_context(cafile=str(config.tls.ca))
+    except (OSError, ssl.SSLError) as error:
+        problem = f"cannot use {config.tls.ca}: {getattr(error, 'strerror', None) or error}"
+        raise ConfigError(config.path, "tls.ca", problem) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 

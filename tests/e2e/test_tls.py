@@ -275,3 +275,13 @@ def _failures(log: Path) -> list[float]:
             stamp = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
             times.append(stamp.timestamp())
     return times
+
+
+@pytest.mark.parametrize("command", [("status",), ("user", "add", "carol")])
+def test_the_cli_refuses_a_ca_it_cannot_read(tmp_path: Path, command: tuple[str, ...]) -> None:
+    herd = _tls_herd(tmp_path)
+    table = TLS_TABLE.replace("tls/ca.pem", "tls/no-ca.pem")
+    herd.config_path.write_text(herd.config_path.read_text() + table)
+    done = herd_cli(herd.config_path, *command)
+    assert done.returncode == 2, done.stderr
+    assert f"herd: bad config: {herd.config_path}: tls.ca: cannot use " in done.stderr
