@@ -285,3 +285,21 @@ def test_the_cli_refuses_a_ca_it_cannot_read(tmp_path: Path, command: tuple[str,
     done = herd_cli(herd.config_path, *command)
     assert done.returncode == 2, done.stderr
     assert f"herd: bad config: {herd.config_path}: tls.ca: cannot use " in done.stderr
+
+
+def test_a_client_that_does_not_read_is_held_to_its_budgets(tls_herd: Herd) -> None:
+    """Over TLS as over TCP: a client that sends and never reads is stopped from sending once
+    its replies fill the budgets and the kernel's buffers (the server stops reading from it),
+    and the server goes on answering others meanwhile."""
+    chunk = b"STATUS\n" * 10_000  # 70 kB of lines, ~3 MB of replies
+    sent = 0
+    with _stream(tls_herd, "Campbell") as hog:
+        hog.settimeout(3.0)
+        with pytest.raises(TimeoutError):
+            while sent < 400 * len(chunk):  # 28 MB: far more than the budgets and buffers hold
+                hog.sendall(chunk)
+                sent += len(chunk)
+        reply = _exchange(tls_herd, "Campbell", b"STATUS\n")
+        assert reply.startswith(b"STATUS "), reply
+    # what the kernel's buffers took on loopback: 3.0 MB measured on plain TCP, 3.5 MB on TLS
+    assert sent < 10_000_000, sent
