@@ -62,11 +62,12 @@ def _load_certificates(config: HerdConfig, key: str, path: Path) -> list[ssl.Cer
     data = _read(config, key, path)
     blocks = data.split(b"-----END CERTIFICATE-----")
     certificates: list[ssl.Certificate] = []
-    for block in blocks[:-1]:
+    for number, block in enumerate(blocks[:-1], 1):
         try:
             certificates.append(ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----\n"))
         except OpenSSLError:
-            break
+            problem = f"{path}: certificate {number} is not a valid PEM certificate"
+            raise ConfigError(config.path, key, problem) from None
     if not certificates:
         raise ConfigError(config.path, key, f"{path} holds no PEM certificate")
     return certificates
