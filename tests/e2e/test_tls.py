@@ -1,7 +1,9 @@
 """TLS on the client port and the peer links (`[tls]`): a herd of real `herd run` processes with
 certificates from a CA the test creates; reports flood across TLS links; `herd status` and
 `herd user` reach it; a client that half-closes gets every reply; a client that trusts another
-CA, or speaks plain TCP, gets nothing; a config whose files are missing is refused at start."""
+CA, or speaks plain TCP, gets nothing; a client that does not read is held to its budgets; a
+peer with another CA's certificate is refused; files that are missing or wrong are refused at
+start, naming the key."""
 
 from __future__ import annotations
 
@@ -34,12 +36,17 @@ key = "tls/{server}.key"
 """
 
 
-def _tls_herd(root: Path) -> Herd:
-    """`herd`'s config with [tls]: each server a certificate for 127.0.0.1 from the test CA."""
+def _certificates(root: Path) -> None:
+    """`root`/tls: the test CA as ca.pem, and each server a certificate for 127.0.0.1."""
     ca = HerdCA.create(root / "tls")
-    (root / "tls" / ca.path.name).rename(root / "tls" / "ca.pem")
+    ca.path.rename(root / "tls" / "ca.pem")
     for name in NAMES:
         ca.issue(root / "tls", name, "127.0.0.1")
+
+
+def _tls_herd(root: Path) -> Herd:
+    """A herd config (not started) and its certificates; the test adds the [tls] table."""
+    _certificates(root)
     return Herd(root, NAMES, LINKS)
 
 
@@ -47,10 +54,7 @@ def _tls_herd(root: Path) -> Herd:
 def tls_herd(tmp_path_factory: pytest.TempPathFactory, places_seed: Path) -> Iterator[Herd]:
     root = tmp_path_factory.mktemp("tls")
     with running_herd(root, NAMES, LINKS, seed=places_seed) as herd:
-        ca = HerdCA.create(root / "tls")
-        ca.path.rename(root / "tls" / "ca.pem")
-        for name in NAMES:
-            ca.issue(root / "tls", name, "127.0.0.1")
+        _certificates(root)
         text = herd.config_path.read_text()
         herd.config_path.write_text(text + TLS_TABLE + "\n[limits]\nlisten_backlog = 77\n")
         herd.start()
