@@ -15,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from herd.config import ConfigError, HerdConfig, default_config_path, load_config
-from herd.probe import ask_status, dial_host
+from herd.config import ConfigError, HerdConfig, default_config_path, dial_host, load_config
+from herd.probe import STATUS_TIMEOUT, ask_status
+from herd.reach import client_context
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -276,10 +277,11 @@ def _say(message: str) -> None:
 
 def status(config: HerdConfig, as_json: bool) -> int:
     servers = list(config.servers.values())
+    tls = client_context(config)
     with ThreadPoolExecutor(max_workers=len(servers)) as pool:
         answers = list(
             pool.map(
-                lambda s: ask_status(dial_host(s.host), s.port),
+                lambda s: ask_status(dial_host(s.host), s.port, STATUS_TIMEOUT, tls),
                 servers,
             )
         )

@@ -32,6 +32,7 @@ __all__ = [
     "PlacesConfig",
     "ServerConfig",
     "SmtpConfig",
+    "TlsConfig",
     "XmppConfig",
     "default_config_path",
     "load_config",
@@ -81,6 +82,37 @@ class ServerConfig:
     host: str
     port: int
     peers: tuple[str, ...]  # every neighbour, whichever side listed the link; sorted
+
+
+def dial_host(host: str) -> str:
+    """Where a client reaches a server listening on `host`: the wildcard addresses are this
+    machine's loopback."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS on every server's client port and peer links (`[tls]`): the herd's CA, which peers
+    and the CLI trust (and nothing else), and each server's certificate chain and key, whose
+    paths may hold `{server}` for the server's name."""
+
+    ca: Path
+    certificate: str  # an absolute path, with `{server}` where the name goes
+    key: str
+
+    def files(self, server: str) -> tuple[Path, Path]:
+        """Server `server`'s certificate chain and private key."""
+        return (
+            Path(self.certificate.replace(TLS_NAME, server)),
+            Path(self.key.replace(TLS_NAME, server)),
+        )
+
+
+TLS_NAME = "{server}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +232,7 @@ class HerdConfig:
     log: LogConfig = LogConfig()
     limits: LimitsConfig = LimitsConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    tls: TlsConfig | None = None  # None: plain TCP on the client port and the peer links
 
     def with_secret(self, secret: bytes) -> HerdConfig:
         """This config with the secret its servers really use (the generated one, when the
@@ -242,7 +275,16 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     path = Path(path).resolve()
     root = _Table(path, "", _read_toml(path))
     root.only(
-        "herd", "servers", "places", "xmpp", "smtp", "log", "limits", "notifications", what="table"
+        "herd",
+        "servers",
+        "places",
+        "xmpp",
+        "smtp",
+        "log",
+        "limits",
+        "notifications",
+        "tls",
+        what="table",
     )
 
     herd = root.table("herd") or _Table(path, "herd", {})
@@ -268,6 +310,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     log_table = root.table("log")
     limits_table = root.table("limits")
     notifications_table = root.table("notifications")
+    tls_table = root.table("tls")
     return HerdConfig(
         path=path,
         data_dir=data_dir,
@@ -284,6 +327,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
         notifications=_notifications(notifications_table)
         if notifications_table
         else NotificationsConfig(),
+        tls=_tls_files(tls_table) if tls_table else None,
     )
 
 
@@ -457,6 +501,25 @@ def _ca_file(table: _Table, tls: str) -> Path | None:
         problem = f"{file} is not a valid PEM certificate file: {error}"
         raise table.error("ca_file", problem) from None
     return file
+
+
+def _tls_files(table: _Table) -> TlsConfig:
+    """`[tls]`: three paths, relative to the config file. The files themselves are read where
+    they are used (a server reads its own certificate and key at start, and each machine holds
+    only its own), so a missing one is refused by `herd run`, naming the key."""
+    table.only("ca", "certificate", "key")
+    paths: dict[str, str] = {}
+    for key in ("ca", "certificate", "key"):
+        value = table.string(key, None)
+        if not value.strip():
+            raise table.error(key, "must be a file path, got an empty string")
+        rest = value.replace(TLS_NAME, "")
+        if "{" in rest or "}" in rest:
+            raise table.error(key, f"the only placeholder is {TLS_NAME}, got {value!r}")
+        if key == "ca" and TLS_NAME in value:
+            raise table.error(key, f"one CA serves the whole herd: no {TLS_NAME} here")
+        paths[key] = str(table.path.parent / value)
+    return TlsConfig(Path(paths["ca"]), paths["certificate"], paths["key"])
 
 
 def _log(table: _Table) -> LogConfig:

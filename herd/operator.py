@@ -5,13 +5,14 @@ connection, shared with the tests and tools that act as the operator or as a pee
 
 from __future__ import annotations
 
-import socket
+import ssl
 from collections.abc import Callable
 from functools import partial
 
-from herd.config import HerdConfig
+from herd.config import HerdConfig, ServerConfig
 from herd.errors import HerdError
 from herd.ops import OPERATOR
+from herd.reach import LineStream, client_context, open_stream
 from herd.tokens import new_nonce, peer_mac
 from herd.wire.handshake import Handshake, NotChallenged, WrongProof
 from herd.wire.operator import OperatorCommand
@@ -31,11 +32,11 @@ def operator_command(config: HerdConfig, names: list[str], command: OperatorComm
     if not config.secret:
         raise OperatorError("no herd secret to prove")
     failures = []
+    tls = client_context(config)  # ConfigError if the herd's CA cannot be read
     for name in names:
         server = config.server(name)
-        host = "127.0.0.1" if server.host in ("0.0.0.0", "") else server.host
         try:
-            return _ask(config.secret, name, host, server.port, line)
+            return _ask(config, server, tls, line)
         except OSError as error:
             failures.append(f"{name}: {error}")
     raise OperatorError("no server answered (" + "; ".join(failures) + ")")
@@ -62,15 +63,34 @@ def dial_handshake(
     return outcome.auth
 
 
-def _ask(secret: bytes, name: str, host: str, port: int, line: bytes) -> str:
-    with socket.create_connection((host, port), timeout=TIMEOUT) as connection:
-        lines = connection.makefile("rb")
+def _ask(config: HerdConfig, server: ServerConfig, tls: ssl.SSLContext | None, line: bytes) -> str:
+    name = server.name
+    with open_stream(config, server, TIMEOUT, tls) as connection:
+        lines = _Lines(connection)
         auth = dial_handshake(
-            secret, OPERATOR.encode(), name.encode(), connection.sendall, lines.readline
+            config.secret, OPERATOR.encode(), name.encode(), connection.sendall, lines.readline
         )
         connection.sendall(auth + line)
         reply = lines.readline().decode("utf-8", "replace").rstrip("\r\n")
-        lines.close()
     if not reply:
         raise OperatorError(f"{name} closed the connection without answering")
     return reply
+
+
+class _Lines:
+    """Lines read from a stream, one at a time."""
+
+    def __init__(self, stream: LineStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    def readline(self) -> bytes:
+        """The next line with its LF; what is left (maybe b"") when the server closes."""
+        while b"\n" not in self.buffer:
+            chunk = self.stream.recv()
+            if not chunk:
+                line, self.buffer = self.buffer, b""
+                return line
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line + b"\n"

@@ -26,6 +26,7 @@ from functools import partial
 from typing import Protocol as TypingProtocol
 from typing import runtime_checkable
 
+from OpenSSL.SSL import Error as SSLError
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
@@ -286,10 +287,17 @@ class PeerSession:
 class Dialer:
     """The dialing side's handshake on a fresh connection; becomes a `PeerSession`."""
 
-    def __init__(self, server: PeerHandler, peer: str, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        server: PeerHandler,
+        peer: str,
+        clock: IReactorTime,
+        on_tls_failure: Callable[[bool], None] = lambda failed: None,
+    ) -> None:
         self.server = server
         self.peer = peer
         self.clock = clock
+        self.on_tls_failure = on_tls_failure
         sign = partial(peer_mac, server.secret)
         self.handshake = Handshake.dialer(sign, server.name.encode(), peer.encode(), new_nonce())
 
@@ -304,10 +312,18 @@ class Dialer:
             self._fail(connection, "the peer does not know the herd secret")
         else:
             connection.send(outcome.auth)
+            self.on_tls_failure(False)
             PeerSession(self.peer, connection, self.server, self.clock).start()
 
     def connection_lost(self, connection: LineConnection, reason: Failure) -> None:
-        _log.info("link to {peer} lost during the handshake", peer=self.peer)
+        # With TLS, a certificate the herd's CA did not sign (or for another host) ends here:
+        # the next dial waits as after a failed handshake, not in a tight loop.
+        self.on_tls_failure(reason.check(SSLError) is not None)
+        _log.info(
+            "link to {peer} lost during the handshake: {why}",
+            peer=self.peer,
+            why=reason.getErrorMessage(),
+        )
 
     def _fail(self, connection: LineConnection, why: str) -> None:
         _log.error("link to {peer} refused: {why}", peer=self.peer, why=why)
@@ -401,9 +417,14 @@ class DialFactory(Factory):
         self.server = server
         self.peer = peer
         self.clock = clock
+        # the last dial failed in TLS (`ClientService` counts the TCP connection a success)
+        self.tls_failed = False
+
+    def _tls_failure(self, failed: bool) -> None:
+        self.tls_failed = failed
 
     def buildProtocol(self, addr: object) -> _DialConnection:
-        dialer = Dialer(self.server, self.peer, self.clock)
+        dialer = Dialer(self.server, self.peer, self.clock, self._tls_failure)
         server = self.server
         connection = _DialConnection(
             dialer,
@@ -417,12 +438,15 @@ class DialFactory(Factory):
         return connection
 
 
-def retry_policy(jitter: Callable[[], float]) -> Callable[[int], float]:
+def retry_policy(
+    jitter: Callable[[], float], held_off: Callable[[], bool] = lambda: False
+) -> Callable[[int], float]:
     """Backoff for dialing a peer (`ClientService`'s retry policy): 0.1 s doubling to 1 s, plus up
     to a quarter of that at random, so a returning peer is found within about a second and a
-    half."""
+    half; `AUTH_FAILURE_HOLD_OFF` while `held_off()` says the last dial failed in TLS."""
 
     def policy(failed_attempts: int) -> float:
-        return DIAL_BACKOFF.delay(failed_attempts, jitter())
+        delay = DIAL_BACKOFF.delay(failed_attempts, jitter())
+        return max(delay, AUTH_FAILURE_HOLD_OFF) if held_off() else delay
 
     return policy

@@ -1,25 +1,25 @@
-"""A running server's STATUS, asked over a plain blocking socket (for `herd status` and `herd up`,
-which run no reactor)."""
+"""A running server's STATUS, asked over a blocking connection, plain or TLS (for `herd status`
+and `herd up`, which run no reactor)."""
 
 from __future__ import annotations
 
 import json
-import socket
+import ssl
+
+from herd.reach import connect
 
 STATUS_TIMEOUT = 1.0
 
 
-def dial_host(host: str) -> str:
-    """Where to reach a server that listens on `host` (a wildcard address: on loopback)."""
-    return "127.0.0.1" if host in ("0.0.0.0", "") else host
-
-
-def ask_status(host: str, port: int, timeout: float = STATUS_TIMEOUT) -> dict[str, str] | None:
-    """A server's peer links by its STATUS command, or None if it does not answer."""
+def ask_status(
+    host: str, port: int, timeout: float = STATUS_TIMEOUT, tls: ssl.SSLContext | None = None
+) -> dict[str, str] | None:
+    """A server's peer links by its STATUS command, or None if it does not answer (`tls`: the
+    herd's client context, `herd.reach.client_context`)."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as connection:
+        with connect(host, port, timeout, tls) as connection:
             connection.sendall(b"STATUS\n")
-            connection.shutdown(socket.SHUT_WR)
+            connection.shutdown_write()
             reply = b""
             while not reply.endswith(b"\n"):
                 chunk = connection.recv(65536)

@@ -19,7 +19,7 @@ from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -39,6 +39,7 @@ from herd.protocol import LineConnection
 from herd.secretfile import choose_secret, read_or_create_secret
 from herd.server import HerdServer, Replica
 from herd.store import GroupCommitter, Store
+from herd.tls import TlsClientEndpoint, client_options, server_factory, server_options
 from herd.tokens import issue_link_code, verify_unsubscribe
 from herd.traffic import TrafficLog
 from herd.venues import ProposedVenues
@@ -105,6 +106,10 @@ class HerdService(Service):
         self.config = config
         self.server_name = name
         self.server_config = config.server(name)
+        if config.tls is not None:
+            # refused now, before any thread starts, if a file is missing or does not fit
+            server_options(config, config.tls, name)
+            client_options(config, config.tls, "localhost")
         self.reactor = reactor
         # the one clock of this server: reactor time, and exact nanoseconds for IAMAT's times
         self.clock = Clock(reactor, time.time_ns)
@@ -188,12 +193,17 @@ class HerdService(Service):
             backlog=self.config.limits.listen_backlog,
             interface=self.server_config.host,
         )
-        self.port = await endpoint.listen(self.factory)
+        tls = self.config.tls
+        listening: IProtocolFactory = self.factory
+        if tls is not None:
+            listening = server_factory(self.config, tls, self.server_name, self.factory)
+        self.port = await endpoint.listen(listening)
         _log.info(
-            "{name} listening on {host}:{port} with {count} stored locations",
+            "{name} listening on {host}:{port}{tls} with {count} stored locations",
             name=self.server_name,
             host=self.server_config.host,
             port=self.server_config.port,
+            tls=" (TLS)" if tls is not None else "",
             count=len(replica.table),
         )
         for peer in self.server_config.peers:
@@ -318,10 +328,17 @@ class HerdService(Service):
         host = "127.0.0.1" if target.host in ("0.0.0.0", "") else target.host
         factory = DialFactory(server, peer, self.clock.scheduler)
         factory.noisy = False
+        endpoint: IStreamClientEndpoint = TCP4ClientEndpoint(
+            self.reactor, host, target.port, timeout=5
+        )
+        if self.config.tls is not None:
+            endpoint = TlsClientEndpoint(
+                endpoint, client_options(self.config, self.config.tls, host)
+            )
         dialer = ClientService(
-            TCP4ClientEndpoint(self.reactor, host, target.port, timeout=5),
+            endpoint,
             factory,
-            retryPolicy=retry_policy(self.jitter),
+            retryPolicy=retry_policy(self.jitter, lambda: factory.tls_failed),
             clock=self.clock.scheduler,
         )
         dialer.startService()

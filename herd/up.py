@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from herd.config import HerdConfig
+from herd.config import HerdConfig, dial_host
 from herd.localdev import (
     BOT_USER,
     SMTP_PORT,
@@ -34,8 +34,9 @@ from herd.localdev import (
     demo_accounts,
     start_local_services,
 )
-from herd.probe import ask_status, dial_host
+from herd.probe import ask_status
 from herd.processes import die_with_parent
+from herd.reach import client_context
 from herd.upview import (
     Banner,
     Board,
@@ -131,6 +132,7 @@ def _supervise(
         ServerInfo(s.name, dial_host(s.host), s.port, s.peers) for s in config.servers.values()
     ]
     board = Board(servers, time.monotonic())
+    tls = client_context(config)
     code = 0
     next_poll = 0.0
     with ThreadPoolExecutor(max_workers=len(servers)) as pool:
@@ -148,7 +150,9 @@ def _supervise(
             now = time.monotonic()
             if now >= next_poll:
                 alive = [s for s in servers if s.name not in exited]
-                answers = list(pool.map(lambda s: ask_status(s.host, s.port, POLL_TIMEOUT), alive))
+                answers = list(
+                    pool.map(lambda s: ask_status(s.host, s.port, POLL_TIMEOUT, tls), alive)
+                )
                 now = time.monotonic()
                 for server, peers in zip(alive, answers, strict=True):
                     above += board.answered(server.name, peers, now)
@@ -218,8 +222,9 @@ def _start_server(config: HerdConfig, config_path: Path, name: str) -> subproces
 def _wait_answering(config: HerdConfig, stopping: Callable[[], bool]) -> bool:
     """Wait until some server answers (they start in well under a second)."""
     deadline = time.monotonic() + ANSWER_SECONDS
+    tls = client_context(config)
     while time.monotonic() < deadline and not stopping():
-        if any(ask_status(dial_host(s.host), s.port, 0.2) for s in config.servers.values()):
+        if any(ask_status(dial_host(s.host), s.port, 0.2, tls) for s in config.servers.values()):
             return True
         time.sleep(0.1)
     return False

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from herd.config import dial_host
 from herd.wire.grammar import redact_secrets
 
 MAX_HELD: Final = 64 * 1024  # bytes of one unfinished line held for the terminal
@@ -51,16 +52,6 @@ def parse_address(text: str) -> tuple[str, int] | None:
     elif ":" in host or not host or any(ch.isspace() or not ch.isprintable() for ch in host):
         return None  # a bare IPv6 address needs brackets: "::1:80" reads two ways
     return host, port
-
-
-def dial_host(host: str) -> str:
-    """Where a client reaches a server listening on `host`: the wildcard addresses are this
-    machine's loopback."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
 
 
 def resolve_target(spec: str | None, servers: Mapping[str, tuple[str, int]]) -> Target:

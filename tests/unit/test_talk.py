@@ -13,13 +13,13 @@ from herd.clients.talk_core import (
     LineSplitter,
     Target,
     TargetError,
-    dial_host,
     for_terminal,
     history_path,
     keep_in_history,
     parse_address,
     resolve_target,
 )
+from herd.config import dial_host
 
 SERVERS = {
     "Bailey": ("127.0.0.1", 12001),
