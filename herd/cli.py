@@ -55,7 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     box.add_argument("--server", default=None, help="this server's outbox (default: all)")
     mail_command = commands.add_parser("mail", help="the mails `herd up`'s mail sink kept")
     mail_command.add_argument("id", nargs="?", default=None, help="show this one")
-    for command in (run, up, status, user_add, user_token, box, mail_command):
+    chat_command = commands.add_parser(
+        "chat", help="chat with the Jabber bot as a demo user of the running `herd up`"
+    )
+    chat_command.add_argument("user", help="the demo user (alice, bob, carol) or a bare JID")
+    chat_command.add_argument("--password", default=None, help="default: USER-demo")
+    for command in (run, up, status, user_add, user_token, box, mail_command, chat_command):
         command.add_argument("--config", type=Path, default=None, help="config file (TOML)")
     return parser
 
@@ -79,6 +84,10 @@ def main(argv: list[str]) -> int:
             return mail(config, arguments.id)
         if arguments.command == "user":
             return user(config, arguments)
+        if arguments.command == "chat":
+            from herd.clients.chat import chat  # slixmpp: imported only when chatting
+
+            return chat(config, arguments.user, arguments.password)
         return status(config, as_json=arguments.json)
     except ConfigError as error:
         print(f"herd: bad config: {error}", file=sys.stderr)

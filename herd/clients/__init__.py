@@ -1,0 +1,1 @@
+"""Terminal clients for people: talk, chat, demo."""
