@@ -5,7 +5,10 @@ notice over Jabber instead of by mail.  Real processes, real Prosody, real slixm
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -20,7 +23,7 @@ from tests.support.polling import wait_until
 from tests.support.ports import free_ports
 from tests.support.smtp import SmtpProcess
 
-from .bot_harness import NOTICE_SECONDS, bot_scene
+from .bot_harness import NOTICE_SECONDS, PASSWORD, bot_scene
 from .notify_harness import smtp_table
 
 pytestmark = pytest.mark.timeout(120)
@@ -189,3 +192,64 @@ def test_a_linked_user_who_accepts_gets_notices_by_chat_not_mail(
             assert len(mails_to_dave()) == mailed, mails_to_dave()  # and not by mail
         finally:
             smtp.close()
+
+
+class Terminal:
+    """A child process on a pseudo-terminal: what it wrote so far, and keys typed into it."""
+
+    def __init__(self, argv: list[str]) -> None:
+        leader, follower = pty.openpty()
+        env = {**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": "200"}
+        self.proc = subprocess.Popen(
+            argv, stdin=follower, stdout=follower, stderr=follower, cwd=REPO, env=env
+        )
+        os.close(follower)
+        self.leader = leader
+        self.seen = b""
+
+    def read(self) -> str:
+        while select.select([self.leader], [], [], 0.05)[0]:
+            try:
+                chunk = os.read(self.leader, 65536)
+            except OSError:  # the child is gone: EIO
+                break
+            if not chunk:
+                break
+            self.seen += chunk
+        return self.seen.decode(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> None:
+        wait_until(lambda: text in self.read(), timeout, lambda: f"{text!r} in {self.read()!r}")
+
+    def type(self, keys: str) -> None:
+        os.write(self.leader, keys.encode())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.leader)
+
+
+def test_herd_chat_on_a_terminal_prints_notices_as_they_come(
+    tmp_path: Path, places_seed: Path
+) -> None:
+    with bot_scene(tmp_path, ("Bailey",), (), places_seed, ("alice",)) as scene:
+        herd = scene.herd
+        herd.up()
+        herd.add_user("alice", jid=scene.prosody.jid("alice"))
+        herd.add_user("bob")
+        argv = [sys.executable, "-m", "herd", "chat", "alice", "--password", PASSWORD]
+        terminal = Terminal([*argv, "--config", str(herd.config_path)])
+        try:
+            terminal.wait_for("alice>")
+            terminal.type("hello\r")
+            terminal.wait_for("renga: Hi alice! Try plan Dinner")
+            with herd.line("Bailey", "bob") as line:  # a notice while alice sits at the prompt
+                event = line.event("PLAN Quiz night")["id"]
+                line.event(f"INVITE {event} alice")
+            terminal.wait_for('renga: bob invited you to "Quiz night"')
+            terminal.type("\x04")  # Ctrl-D
+            assert terminal.proc.wait(10) == 0, terminal.read()
+        finally:
+            terminal.close()
