@@ -56,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     mail_command = commands.add_parser("mail", help="the mails `herd up`'s mail sink kept")
     mail_command.add_argument("id", nargs="?", default=None, help="show this one")
     chat_command = commands.add_parser(
-        "chat", help="chat with the Jabber bot as a demo user of the running `herd up`"
+        "chat",
+        help="chat with the Jabber bot as a demo user of the running `herd up`",
+        description="Log in to `herd up`'s Jabber server as USER@<the bot's domain> (password "
+        "USER-demo) and chat with the bot: a prompt on a terminal; from a pipe, each line is "
+        "sent in turn and the bot's replies printed. See docs/chat.md.",
     )
     chat_command.add_argument("user", help="the demo user (alice, bob, carol) or a bare JID")
     chat_command.add_argument("--password", default=None, help="default: USER-demo")
