@@ -455,7 +455,7 @@ class XmppChannel:
                     answer.addCallback(lambda _: self._ask_presence(sender.bare))
                     answer.addErrback(lambda failure: _log.failure("XMPP: not sent", failure))
                 return
-            self._answer_stranger(sender)
+            self._answer_stranger(sender, msg["thread"])
             return
         if msg["request_receipt"] and msg["id"]:
             receipt = self._xmpp.make_message(mto=sender)
@@ -485,11 +485,15 @@ class XmppChannel:
         reply["request_receipt"] = True
         reply.send()
 
-    def _answer_stranger(self, sender: JID) -> None:
-        """One polite line per stranger per cooldown: never a bot-to-bot loop, bounded memory."""
+    def _answer_stranger(self, sender: JID, thread: str) -> None:
+        """One polite line per stranger per cooldown: never a bot-to-bot loop, bounded memory.
+        In the message's thread, like every reply (a client may wait for its answer by it)."""
         if not self._strangers.should_answer(sender.bare, self._clock.seconds()):
             return
-        self._xmpp.make_message(mto=sender, mbody=self._stranger_reply, mtype="chat").send()
+        reply = self._xmpp.make_message(mto=sender, mbody=self._stranger_reply, mtype="chat")
+        if thread:
+            reply["thread"] = thread
+        reply.send()
 
     def _ask_presence(self, bare: str) -> None:
         """A known user whose presence we do not get: ask for it (see ``PresenceAsks``)."""

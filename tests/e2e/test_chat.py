@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from notifier.channels.xmpp import STRANGER_REPLY
 from tests.support.herd import NAMES, REPO, config_text
 from tests.support.polling import wait_until
 from tests.support.ports import free_ports
@@ -234,11 +235,15 @@ class Terminal:
 def test_herd_chat_on_a_terminal_prints_notices_as_they_come(
     tmp_path: Path, places_seed: Path
 ) -> None:
-    with bot_scene(tmp_path, ("Bailey",), (), places_seed, ("alice",)) as scene:
+    with bot_scene(tmp_path, ("Bailey",), (), places_seed, ("alice", "eve")) as scene:
         herd = scene.herd
         herd.up()
         herd.add_user("alice", jid=scene.prosody.jid("alice"))
         herd.add_user("bob")
+        # first, from a pipe, someone the bot does not know: one polite line, in the thread
+        eve = herd_chat(herd.config_path, "eve", "--password", PASSWORD, stdin="hi\n")
+        assert eve.stdout == f"renga: {STRANGER_REPLY}\n", eve
+        assert eve.returncode == 0, eve.stderr
         argv = [sys.executable, "-m", "herd", "chat", "alice", "--password", PASSWORD]
         terminal = Terminal([*argv, "--config", str(herd.config_path)])
         try:
