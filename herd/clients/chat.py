@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import sys
 import time
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 
 from slixmpp import JID, ClientXMPP, InvalidJID
 from slixmpp.stanza import Message, Presence
@@ -45,6 +46,9 @@ REPLY_SECONDS = 15.0  # pipe mode: the bot's answer to one line
 QUIET_SECONDS = 2.0  # pipe mode, after EOF: the bot said nothing for this long
 LINGER_SECONDS = 10.0  # pipe mode, after EOF: at most this long in all
 CLOSE_SECONDS = 2.0
+# What XML 1.0 forbids even escaped (C0 controls but tab, LF, CR; lone surrogates; U+FFFE/U+FFFF):
+# one in a message would make the server close the stream.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 # --- pure: where, who, what is printed, when to stop -----------------------------------------
 
@@ -100,6 +104,13 @@ def user_jid(user: str, domain: str) -> str:
     if not jid.user or jid.resource:
         raise ChatSetupError(f"herd chat: {user!r} makes no Jabber address")
     return jid.bare
+
+
+def sendable(line: bytes | str) -> str:
+    """A typed or piped line as a message: invalid UTF-8 replaced, characters XML cannot carry
+    dropped, outer whitespace trimmed (the bot reads the words; it refuses what it cannot)."""
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+    return _NOT_XML.sub("", text).strip()
 
 
 def demo_password(jid: str) -> str:
@@ -251,7 +262,7 @@ class ChatSession:
 # --- the two modes -------------------------------------------------------------------------
 
 
-async def _pipe(session: ChatSession, lines: TextIO) -> int:
+async def _pipe(session: ChatSession, lines: BinaryIO) -> int:
     """Each line in turn, each after the previous one's reply; then wait for a quiet bot."""
     loop = asyncio.get_running_loop()
     missed = 0
@@ -259,7 +270,7 @@ async def _pipe(session: ChatSession, lines: TextIO) -> int:
         line = await loop.run_in_executor(None, lines.readline)
         if not line:
             break
-        text = line.strip()
+        text = sendable(line)
         if not text:
             continue
         answered = session.say(text, thread=f"herd-chat-{secrets.token_hex(6)}")
@@ -284,11 +295,11 @@ async def _terminal(session: ChatSession, user: str) -> int:
     with patch_stdout(raw=True):
         while True:
             try:
-                text = await prompt.prompt_async(f"{user}> ")
+                text = sendable(await prompt.prompt_async(f"{user}> "))
             except (EOFError, KeyboardInterrupt):
                 return 0
-            if text.strip():
-                session.say(text.strip())
+            if text:
+                session.say(text)
 
 
 async def _run(server: ChatServer, jid: str, password: str, interactive: bool) -> int:
@@ -305,7 +316,7 @@ async def _run(server: ChatServer, jid: str, password: str, interactive: bool) -
         await session.open()
         if interactive:
             return await _terminal(session, jid.partition("@")[0])
-        return await _pipe(session, sys.stdin)
+        return await _pipe(session, sys.stdin.buffer)
     finally:
         await session.close()
 

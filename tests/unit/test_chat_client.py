@@ -14,6 +14,7 @@ from herd.clients.chat import (
     demo_password,
     derived_config_path,
     done_lingering,
+    sendable,
     sender_label,
     shown,
     user_jid,
@@ -68,3 +69,11 @@ def test_a_pipe_waits_for_a_quiet_bot_but_not_forever() -> None:
     assert done_lingering(eof + 1.0 + QUIET_SECONDS, eof, last_heard=eof + 1.0)
     chatty = eof + LINGER_SECONDS - 0.1
     assert done_lingering(eof + LINGER_SECONDS, eof, last_heard=chatty)  # bounded in all
+
+
+def test_a_line_is_made_sendable() -> None:
+    assert sendable(b"  plan Tea\r\n") == "plan Tea"
+    # characters XML forbids are dropped, bad UTF-8 replaced
+    assert sendable(b"he\x00l\x1bp\xff\n") == "help\ufffd"
+    assert sendable("tab\there\ud800\uffff") == "tab\there"
+    assert sendable(b"\x01\x02\n") == ""
