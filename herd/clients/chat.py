@@ -15,7 +15,10 @@ stderr, so stdout holds only the conversation.
 - From a pipe: each stdin line is sent in order, each after the bot answered the one before
   (its reply carries the thread the line was sent with; at most `REPLY_SECONDS` each), every
   message printed; at EOF it waits until the bot has been quiet for `QUIET_SECONDS` (at most
-  `LINGER_SECONDS`), then exits: 0, or 1 if a line got no reply.
+  `LINGER_SECONDS`), then exits: 0, or 1 if a line got no reply or was too long to send.
+
+Lines are made sendable first: invalid UTF-8 replaced, characters XML cannot carry dropped; a
+line over `MAX_MESSAGE_BYTES` is not sent.
 
 Exit 1 with one line on stderr when there is no server to talk to, it cannot be reached or the
 login is refused.  The pure parts (where the server is, the JID, the output format, when to stop
@@ -46,6 +49,8 @@ REPLY_SECONDS = 15.0  # pipe mode: the bot's answer to one line
 QUIET_SECONDS = 2.0  # pipe mode, after EOF: the bot said nothing for this long
 LINGER_SECONDS = 10.0  # pipe mode, after EOF: at most this long in all
 CLOSE_SECONDS = 2.0
+MAX_MESSAGE_BYTES = 16 * 1024  # the bot reads 2,500 characters at most and says so; Prosody
+# closes a stream on a stanza over 256 KiB: longer lines are not sent at all
 # What XML 1.0 forbids even escaped (C0 controls but tab, LF, CR; lone surrogates; U+FFFE/U+FFFF):
 # one in a message would make the server close the stream.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -273,12 +278,16 @@ async def _pipe(session: ChatSession, lines: BinaryIO) -> int:
         text = sendable(line)
         if not text:
             continue
+        if len(text.encode()) > MAX_MESSAGE_BYTES:
+            missed += 1
+            print(f"herd chat: a line over {MAX_MESSAGE_BYTES} bytes, not sent", file=sys.stderr)
+            continue
         answered = session.say(text, thread=f"herd-chat-{secrets.token_hex(6)}")
         try:
             await asyncio.wait_for(answered.wait(), REPLY_SECONDS)
         except TimeoutError:
             missed += 1
-            print(f"herd chat: no reply to {text!r} within {REPLY_SECONDS:g} s", file=sys.stderr)
+            print(f"herd chat: no reply to {text[:60]!r} in {REPLY_SECONDS:g} s", file=sys.stderr)
     eof_at = time.monotonic()
     while not done_lingering(time.monotonic(), eof_at, session.last_heard):
         await asyncio.sleep(0.1)
@@ -298,7 +307,9 @@ async def _terminal(session: ChatSession, user: str) -> int:
                 text = sendable(await prompt.prompt_async(f"{user}> "))
             except (EOFError, KeyboardInterrupt):
                 return 0
-            if text:
+            if len(text.encode()) > MAX_MESSAGE_BYTES:
+                print(f"herd chat: over {MAX_MESSAGE_BYTES} bytes, not sent", file=sys.stderr)
+            elif text:
                 session.say(text)
 
 

@@ -95,14 +95,15 @@ def test_herd_chat_from_a_pipe_prints_the_bots_help(tmp_path: Path) -> None:
         # bytes XML cannot carry and bad UTF-8 in a line: dropped or replaced, the session lives
         again = subprocess.run(
             [sys.executable, "-m", "herd", "chat", "alice", "--config", str(config)],
-            input=b"sta\x00tus\x1b 1\xff\nhello\n",
+            input=b"sta\x00tus\x1b 1\xff\n" + b"x" * 20_000 + b"\nhello\n",
             capture_output=True,
             timeout=CHAT_SECONDS,
             cwd=REPO,
             check=False,
         )
         out, err = again.stdout.decode(), again.stderr.decode()
-        assert again.returncode == 0, err
+        assert again.returncode == 1, err  # the long line was not sent
+        assert "herd chat: a line over 16384 bytes, not sent" in err, err
         assert out.startswith("renga: "), out
         assert "\nrenga: Hi alice! Try plan Dinner" in out, out
         assert "asked to see" not in err  # once, not on every visit
