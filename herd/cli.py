@@ -170,7 +170,29 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--pace", type=float, default=1.5, metavar="SECONDS", help="seconds between steps (1.5)"
     )
-    for each in (run, up, status, user_add, user_token, box, mail_command, talk_command, demo):
+    chat_command = command(
+        "chat",
+        "chat with the Jabber bot as a demo user of the running `herd up`",
+        "Log in to `herd up`'s Jabber server as USER@<the bot's domain> (password USER-demo) "
+        "and chat with the bot: a prompt on a terminal; from a pipe, each line is sent in turn "
+        "and the bot's replies printed. See docs/chat.md.",
+    )
+    chat_command.add_argument(
+        "user", metavar="USER", help="the demo user (alice, bob, carol) or a bare JID"
+    )
+    chat_command.add_argument("--password", default=None, help="default: USER-demo")
+    for each in (
+        run,
+        up,
+        status,
+        user_add,
+        user_token,
+        box,
+        mail_command,
+        talk_command,
+        demo,
+        chat_command,
+    ):
         each.add_argument(
             "--config",
             type=Path,
@@ -214,6 +236,10 @@ def main(argv: list[str]) -> int:
             from herd.clients.demo import play_demo
 
             return play_demo(arguments.config, arguments.pace)
+        if arguments.command == "chat":
+            from herd.clients.chat import chat  # slixmpp: imported only when chatting
+
+            return chat(config, arguments.user, arguments.password)
         return status(config, as_json=arguments.json)
     except ConfigError as error:
         print(f"herd: bad config: {error}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Whom the bot talks to, as bookkeeping (pure; the time is passed in): a stranger gets one polite
-reply and a few tries at linking per cooldown, with bounded memory; a contact's presence is read
-over all their devices.
+reply and a few tries at linking per cooldown, with bounded memory; a user whose presence the bot
+does not see is asked to share it once per cooldown; a contact's presence is read over all their
+devices.
 
 `notifier.channels.xmpp` asks this on each stanza from a stranger or a contact.
 """
@@ -14,6 +15,7 @@ from typing import Final, Literal
 PresenceState = Literal["available", "away", "unavailable"]
 
 LINK_ATTEMPTS: Final = 5
+ASK_AGAIN_AFTER: Final = 24 * 3600.0  # seconds before asking again one who did not accept
 REMEMBERED: Final = 1024  # strangers kept per kind; the least recently seen are forgotten first
 
 
@@ -46,6 +48,32 @@ class Strangers:
         self._answered.move_to_end(bare)
         while len(self._answered) > REMEMBERED:
             self._answered.popitem(last=False)
+        return True
+
+
+class PresenceAsks:
+    """Linked users asked to let the bot see their presence (so notices reach them here while
+    they are online): asked when they link and when they chat without sharing it, but once, not
+    on every message.  The roster says what the server knows (subscribed already, a request
+    pending); this remembers who was asked, so one who declined is not asked again within the
+    cooldown.  Bounded memory, like `Strangers`."""
+
+    def __init__(self, cooldown: float = ASK_AGAIN_AFTER) -> None:
+        self.cooldown = cooldown
+        self._asked: OrderedDict[str, float] = OrderedDict()
+
+    def should_ask(self, bare: str, now: float, *, receiving: bool, pending: bool) -> bool:
+        """Whether to send `bare` a subscription request now (asking it is counted).
+        `receiving`: the bot gets their presence already; `pending`: a request awaits them."""
+        if receiving or pending:
+            return False
+        last = self._asked.get(bare)
+        if last is not None and now - last < self.cooldown:
+            return False
+        self._asked[bare] = now
+        self._asked.move_to_end(bare)
+        while len(self._asked) > REMEMBERED:
+            self._asked.popitem(last=False)
         return True
 
 

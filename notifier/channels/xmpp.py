@@ -54,7 +54,7 @@ from twisted.python.failure import Failure
 
 from herd.api import Backoff
 from notifier.aio import as_deferred
-from notifier.contacts import PresenceState, Strangers, presence_of
+from notifier.contacts import ASK_AGAIN_AFTER, PresenceAsks, PresenceState, Strangers, presence_of
 from notifier.errors import NotifierError, PermanentDeliveryError, TransientDeliveryError
 from notifier.message import Outgoing
 from notifier.stanza import NOT_XML, chat_stanza, posix_time, xml_attr, xml_text
@@ -139,6 +139,11 @@ class XmppChannel:
       POSIX time, the clock's time if the publication has none. Every server whose session is up
       gets each publication (PEP notifies all our resources).
     - ``on_receipt(jid, id)``: an XEP-0184 receipt; for deliveries the id is the outbox key.
+
+    A user who links, or who chats while the bot does not see their presence, is asked for it (a
+    ``subscribe`` after the reply; once, and again after ``presence_ask_cooldown`` only if they
+    did not accept), so notices reach them here while they are online. Their own request is
+    accepted, and the bot subscribes back.
     """
 
     name = "xmpp"
@@ -166,6 +171,7 @@ class XmppChannel:
         stranger_reply: str = STRANGER_REPLY,
         apology: str = APOLOGY,
         stranger_cooldown: float = 600.0,
+        presence_ask_cooldown: float = ASK_AGAIN_AFTER,
         keepalive_interval: float = 60.0,
         confirm_timeout: float = 10.0,
         reconnect: Backoff = RECONNECT_BACKOFF,
@@ -195,6 +201,7 @@ class XmppChannel:
         self._stranger_reply = NOT_XML.sub("", stranger_reply)
         self._apology = apology
         self._strangers = Strangers(stranger_cooldown)
+        self._asks = PresenceAsks(presence_ask_cooldown)
         self._confirm_timeout = confirm_timeout
         self._reconnect = reconnect
 
@@ -507,9 +514,10 @@ class XmppChannel:
                     answer = maybeDeferred(self._on_stranger, sender.bare, body)
                     answer.addErrback(self._command_failed, sender.bare)
                     answer.addCallback(self._reply, sender, msg["thread"])
+                    answer.addCallback(lambda _: self._ask_presence(sender.bare))
                     answer.addErrback(lambda failure: _log.failure("XMPP: not sent", failure))
                 return
-            self._answer_stranger(sender)
+            self._answer_stranger(sender, msg["thread"])
             return
         if msg["request_receipt"] and msg["id"]:
             receipt = self._xmpp.make_message(mto=sender)
@@ -518,6 +526,7 @@ class XmppChannel:
         answer = maybeDeferred(self._on_command, sender.bare, body)
         answer.addErrback(self._command_failed, sender.bare)
         answer.addCallback(self._reply, sender, msg["thread"])
+        answer.addCallback(lambda _: self._ask_presence(sender.bare))
         answer.addErrback(lambda failure: _log.failure("XMPP: reply not sent", failure))
 
     def _command_failed(self, failure: Failure, bare: str) -> str:
@@ -538,17 +547,39 @@ class XmppChannel:
         reply["request_receipt"] = True
         reply.send()
 
-    def _answer_stranger(self, sender: JID) -> None:
-        """One polite line per stranger per cooldown: never a bot-to-bot loop, bounded memory."""
+    def _answer_stranger(self, sender: JID, thread: str) -> None:
+        """One polite line per stranger per cooldown: never a bot-to-bot loop, bounded memory.
+        In the message's thread, like every reply (a client may wait for its answer by it)."""
         if not self._strangers.should_answer(sender.bare, self._clock.seconds()):
             return
-        self._xmpp.make_message(mto=sender, mbody=self._stranger_reply, mtype="chat").send()
+        reply = self._xmpp.make_message(mto=sender, mbody=self._stranger_reply, mtype="chat")
+        if thread:
+            reply["thread"] = thread
+        reply.send()
+
+    def _ask_presence(self, bare: str) -> None:
+        """A known user whose presence we do not get: ask for it (see ``PresenceAsks``)."""
+        if self._state is not SessionState.UP or not self._is_known(bare):
+            return  # a stranger whose link failed; or no session to send on
+        item = self._xmpp.client_roster[bare]
+        now = self._clock.seconds()
+        if self._asks.should_ask(
+            bare, now, receiving=bool(item["to"]), pending=bool(item["pending_out"])
+        ):
+            _log.info("XMPP: asking {who} to share their presence", who=bare)
+            item.subscribe()
 
     def _subscribe_request(self, presence: Presence) -> None:
-        """Known users: accept and subscribe back (for their presence and location); others: no."""
+        """Known users: accept and subscribe back (for their presence and location); others: no.
+
+        One the bot asked already (the roster, shared by all its resources, shows our request
+        pending or granted) is accepted even if this server does not know them yet: they just
+        linked at another server, and their client answers our request with its own before the
+        link has reached every server; a refusal from this one would cancel the subscription.
+        """
         bare = presence["from"].bare
         item = self._xmpp.client_roster[bare]
-        if not self._is_known(bare):
+        if not self._is_known(bare) and not (item["to"] or item["pending_out"]):
             _log.info("XMPP: refused a subscription from stranger {who}", who=bare)
             item.unauthorize()
             return

@@ -271,6 +271,32 @@ async def test_stranger_gets_one_polite_line_and_no_subscription(scene: Scene) -
 
 @pytest.mark.timeout(60)
 @pytest_twisted.ensureDeferred
+async def test_a_known_user_is_asked_for_presence_once_and_every_server_accepts_the_answer(
+    scene: Scene,
+) -> None:
+    alice = scene.person("alice")  # slixmpp's defaults: accepts requests and subscribes back
+    bailey = scene.bot([alice.jid], resource="Bailey", priority=10)
+    bona = scene.bot([], resource="Bona", priority=5)  # alice's link has not reached it yet
+    await bailey.start()
+    await bona.start()
+    await alice.login()
+    alice.say(scene.bot_jid, "one")
+    alice.say(scene.bot_jid, "two")
+    await until(lambda: len(alice.chats) == 2, "both answers")
+    item = alice.xmpp.client_roster[scene.bot_jid]
+    await until(lambda: item["to"] and item["from"], "a mutual subscription with the bot")
+    await until(lambda: alice.bot_resources(scene.bot_jid) == {"Bailey", "Bona"}, "both servers")
+    alice.say(scene.bot_jid, "three")
+    await until(lambda: len(alice.chats) == 3, "the third answer")
+    await _d(alice.xmpp.plugin["xep_0199"].ping(JID(f"{scene.bot_jid}/Bailey")))
+    await _d(alice.xmpp.plugin["xep_0199"].ping(JID(f"{scene.bot_jid}/Bona")))
+    kinds = [p["type"] for p in alice.presences if p["from"].bare == scene.bot_jid]
+    assert kinds.count("subscribe") == 1, kinds  # asked once, not at every message
+    assert "unsubscribed" not in kinds, kinds  # Bona did not refuse her answer
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
 async def test_delivery_to_an_offline_user_arrives_at_login_with_receipt(scene: Scene) -> None:
     carol = scene.person("carol")
     receipts: list[tuple[str, str]] = []
