@@ -4,12 +4,10 @@ reply carries back), and the reply must match the `< ` lines after it, `…` sta
 text.  The sessions run in the page's order on one herd (alice, bob and carol are users with
 their JIDs, like `herd up`'s demo users).
 
-The parser and matcher here are deliberately small (fenced blocks, `> `/`< ` lines, `…`); the
-shared one for all docs is `tests/support/doc_sessions.py`."""
+The sessions are read and matched by `tests/support/doc_sessions.py`, as protocol.md's are."""
 
 from __future__ import annotations
 
-import re
 import secrets
 import threading
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ import pytest
 from slixmpp import JID
 from slixmpp.stanza import Message
 
+from tests.support.doc_sessions import Expect, Send, Session, match, sessions
 from tests.support.herd import REPO
 from tests.support.polling import wait_until
 
@@ -29,65 +28,31 @@ pytestmark = pytest.mark.timeout(300)
 
 DOC = REPO / "docs" / "chat.md"
 PEOPLE = ("alice", "bob", "carol")
-WILDCARD = "…"
 
 
-# --- the docs' sessions (pure) -------------------------------------------------------------------
+# --- the docs' sessions ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
-    """One line the user sends and the reply lines the doc shows for it."""
+    """One line the user sends and the reply the doc shows for it (its `< ` lines)."""
 
     said: str
-    reply: tuple[str, ...]
+    reply: bytes
 
 
-def sessions(markdown: str) -> list[tuple[int, list[Exchange]]]:
-    """The fenced blocks made of `> `/`< ` lines, with the line each starts on."""
-    found: list[tuple[int, list[Exchange]]] = []
-    block: list[str] | None = None
-    start = 0
-    for number, line in enumerate(markdown.splitlines(), start=1):
-        if line.startswith("```"):
-            if block is None:
-                block, start = [], number
-                continue
-            if block and all(text.startswith(("> ", "< ")) for text in block):
-                found.append((start, _exchanges(block)))
-            block = None
-        elif block is not None:
-            block.append(line)
-    return found
-
-
-def _exchanges(lines: list[str]) -> list[Exchange]:
-    exchanges: list[Exchange] = []
-    for line in lines:
-        if line.startswith("> "):
-            exchanges.append(Exchange(line[2:], ()))
+def exchanges(session: Session) -> list[Exchange]:
+    """A session's `> ` lines, each with the `< ` lines after it."""
+    found: list[Exchange] = []
+    for step in session.steps:
+        if isinstance(step, Send):
+            found.append(Exchange(step.data.decode().rstrip("\n"), b""))
+        elif isinstance(step, Expect):
+            assert found, f"{session.where}: a reply before anything was said"
+            found[-1] = Exchange(found[-1].said, found[-1].reply + step.line)
         else:
-            assert exchanges, f"a reply before anything was said: {line!r}"
-            last = exchanges[-1]
-            exchanges[-1] = Exchange(last.said, (*last.reply, line[2:]))
-    return exchanges
-
-
-def matches(expected: tuple[str, ...], text: str) -> bool:
-    """The reply's text against the doc's lines; `…` is any text, across lines too."""
-    pieces = "\n".join(expected).split(WILDCARD)
-    return re.fullmatch(".*".join(map(re.escape, pieces)), text, re.DOTALL) is not None
-
-
-def test_the_parser_and_matcher() -> None:
-    text = "x\n```\n> a\n< b …\n< c\n> d\n< e\n```\n```console\n$ herd up\n```\n```\n```\n"
-    assert sessions(text) == [(2, [Exchange("a", ("b …", "c")), Exchange("d", ("e",))])]
-    assert matches(("b …", "c"), "b 12\nc")
-    assert matches(("b …", "c"), "b \nc")
-    assert matches(("1. …", "end"), "1. x\n2. y\nend")
-    assert not matches(("b …", "c"), "b 12\nc!")
-    assert not matches(("b",), "b\nmore")
-    assert matches(("(…) [x]",), "(id.1) [x]")  # regex characters are literal
+            raise AssertionError(f"{session.where}: a chat session has only > and < lines")
+    return found
 
 
 # --- running them --------------------------------------------------------------------------------
@@ -148,22 +113,16 @@ def talk(tmp_path_factory: pytest.TempPathFactory, places_seed: Path) -> Iterato
         yield Talk(scene, alice, replies)
 
 
-SESSIONS = sessions(DOC.read_text(encoding="utf-8"))
+SESSIONS = sessions(DOC)
 
 
 def test_the_page_has_sessions() -> None:
     assert len(SESSIONS) >= 6, SESSIONS
 
 
-@pytest.mark.parametrize(
-    "exchanges", [exchanges for _, exchanges in SESSIONS], ids=[f"line{n}" for n, _ in SESSIONS]
-)
-def test_a_session_of_the_chat_docs(talk: Talk, exchanges: list[Exchange]) -> None:
-    for exchange in exchanges:
+@pytest.mark.parametrize("session", SESSIONS, ids=[f"line{s.line}" for s in SESSIONS])
+def test_a_session_of_the_chat_docs(talk: Talk, session: Session) -> None:
+    for exchange in exchanges(session):
         reply = talk.send(exchange.said)
-        assert matches(exchange.reply, reply), (
-            f"> {exchange.said}\nexpected:\n"
-            + "\n".join(f"< {line}" for line in exchange.reply)
-            + "\ngot:\n"
-            + "\n".join(f"< {line}" for line in reply.splitlines())
-        )
+        mismatch = match(exchange.reply, reply.encode() + b"\n")
+        assert mismatch is None, f"{session.where}: > {exchange.said}\n{mismatch}"
