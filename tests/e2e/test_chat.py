@@ -9,7 +9,6 @@ import os
 import pty
 import re
 import select
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from tests.support.herd import NAMES, REPO, config_text
 from tests.support.polling import wait_until
 from tests.support.ports import free_ports
 from tests.support.smtp import SmtpProcess
+from tests.support.up import running_up
 
 from .bot_harness import NOTICE_SECONDS, PASSWORD, bot_scene
 from .notify_harness import smtp_table
@@ -35,36 +35,10 @@ CHAT_SECONDS = 60.0
 
 @contextmanager
 def herd_up(root: Path) -> Iterator[Path]:
-    """`herd up` on a config of free ports, until its demo users exist; stopped with SIGINT
-    however the test ends.  Yields the config path."""
-    ports = dict(zip(NAMES, free_ports(len(NAMES)), strict=True))
-    config = root / "herd.toml"
-    config.write_text(config_text(ports, [("Bailey", "Bona"), ("Bona", "Campbell")]))
-    banner = root / "up.stderr"
-    with banner.open("wb") as stderr:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "herd", "up", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            cwd=REPO,
-        )
-    try:
-        wait_until(
-            lambda: b"AUTH carol " in banner.read_bytes() or up.poll() is not None,
-            UP_SECONDS,
-            lambda: banner.read_text(errors="replace")[-2000:],
-        )
-        assert up.poll() is None, banner.read_text(errors="replace")[-2000:]
-        yield config
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)
-            try:
-                up.wait(30)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
+    """`herd up` on free ports (its sink and Prosody too), once its banner is out; stopped with
+    SIGINT however the test ends.  Yields the user's config path."""
+    with running_up(root) as up:
+        yield up.config
 
 
 def herd_chat(config: Path, *words: str, stdin: str) -> subprocess.CompletedProcess[str]:
