@@ -9,8 +9,11 @@ newcomer gets."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +118,76 @@ def test_verbose_follows_the_server_logs(tmp_path: Path) -> None:
         up.wait_for(" Bailey recv ")  # the servers' traffic, as their logs have it
         up.wait_for(" Bailey note - Bailey listening on ")  # from before the banner too
         assert up.stop() == 0, up.text()
+
+
+def _herd(up: RunningUp, *arguments: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """`herd ARGUMENTS --config <the user's config>` beside the running `herd up`, stdin piped."""
+    return subprocess.run(
+        [sys.executable, "-m", "herd", *arguments, "--config", str(up.config)],
+        input=stdin,
+        capture_output=True,
+        timeout=90,
+        check=False,
+        cwd=up.config.parent,
+    )
+
+
+def test_the_tour_talk_chat_demo_and_mail_then_ctrl_c(newcomer_up: RunningUp) -> None:
+    """The README's tour as a newcomer takes it, each channel through its own `herd` command."""
+    up = newcomer_up
+    wait_until(lambda: all(status(port) for port in up.ports.values()), 30.0, "servers up")
+
+    # The line protocol: a report on Bailey, known on Bona.
+    iamat = b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\n"
+    talk = _herd(up, "talk", "Bailey", stdin=iamat)
+    assert talk.returncode == 0, talk.stderr
+    assert talk.stdout.startswith(b"AT Bailey "), talk.stdout
+    assert talk.stdout.endswith(b" kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\n")
+
+    def known_on_bona() -> bool:
+        answer = _herd(up, "talk", "Bona", stdin=b"WHATSAT kiwi.cs.ucla.edu 5 1\n")
+        return answer.stdout.startswith(talk.stdout)
+
+    wait_until(known_on_bona, 10.0, "Bona to know kiwi's report")
+
+    # Jabber: alice chats with the bot.
+    chat = _herd(up, "chat", "alice", stdin=b"help\n")
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.startswith(b"renga: Planning (on your current event"), chat.stdout
+
+    # All three at once: the demo plays a get-together to its decision.
+    demo = _herd(up, "demo", "--pace", "0")
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr
+    decided = re.search(rb'The event (\S+) "Dinner with friends" is decided\.', demo.stdout)
+    assert decided is not None, demo.stdout[-2000:]
+
+    # Mail: carol's decision is listed, readable, and carries its calendar file.
+    def carols_decision() -> bytes | None:
+        listing = _herd(up, "mail").stdout
+        for line in listing.splitlines():
+            if b"carol@example.org" in line and b"Decided: Dinner with friends" in line:
+                return line.split()[0]
+        return None
+
+    mail_id = wait_until(carols_decision, 15.0, "the decision's mail to carol").decode()
+    shown = _herd(up, "mail", mail_id)
+    assert shown.returncode == 0 and b"Subject: Decided: Dinner with friends" in shown.stdout
+    ics = _herd(up, "mail", mail_id, "--ics", "-")
+    assert ics.returncode == 0, ics.stderr
+    assert ics.stdout.startswith(b"BEGIN:VCALENDAR") and b"Dinner with friends" in ics.stdout
+    head = subprocess.run(  # a reader that stops early ends `herd mail` quietly
+        f"{sys.executable} -m herd mail --config {up.config} | head -1",
+        shell=True,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert head.stdout.startswith(b"ID ") and b"Traceback" not in head.stderr, head.stderr
+
+    # Ctrl-C stops everything it started, and nothing is left.
+    left = up.descendants()
+    assert up.stop() == 0, up.text()
+    assert "herd up: stopped" in up.text()
+    assert [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    assert [port for port in up.listening_ports() if _listening(port)] == []
+    assert not up.derived.exists()
