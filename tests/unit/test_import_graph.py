@@ -189,3 +189,21 @@ def test_the_graph_is_read_from_the_source() -> None:
     assert "herd.api" in ours("notifier.feed")
     assert "twisted" in {name.split(".")[0] for name in imports("herd.server")}
     assert "herd.ops" not in ours("herd.changes")  # under TYPE_CHECKING only
+
+
+HERD_MAY_USE_THE_NOTIFIER: Final = frozenset(
+    {"herd.service", "herd.cli", "herd.localdev", "herd.up", "herd.clients.demo"}
+)
+"""The wiring, which builds the notifier and its local services, and the demo, which reads the
+mail sink's files to show what the get-together sent."""
+
+
+def test_the_herd_imports_the_notifier_only_in_the_wiring() -> None:
+    reaching_out = {
+        module
+        for module in modules()
+        if module.split(".")[0] == "herd"
+        and any(name.split(".")[0] == "notifier" for name in imports(module))
+    }
+    assert "herd.service" in reaching_out
+    assert reaching_out <= HERD_MAY_USE_THE_NOTIFIER, sorted(reaching_out)
