@@ -231,6 +231,32 @@ def test_herd_talk_sends_lines_as_read_and_half_closes_over_tls(tls_herd: Herd) 
             proc.kill()
 
 
+def test_herd_talk_ends_when_the_tls_server_closes_first(tls_herd: Herd) -> None:
+    """stdin stays open; the server closes on a too-long line (its close_notify): talk prints
+    the reply that came before it and exits 0 without waiting for stdin."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "herd", "talk", "Campbell", "--config", str(tls_herd.config_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(b"STATUS\n" + b"X" * 1025 + b"\nSTATUS\n")
+        proc.stdin.flush()
+        assert proc.wait(30) == 0  # stdin still open
+        out, err = proc.stdout.read(), proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert err == b"", err
+    assert out.count(b"\n") == 1 and out.startswith(b'STATUS {"server":"Campbell"'), out
+
+
 def test_herd_talk_streams_many_replies_over_tls(tls_herd: Herd) -> None:
     """More lines and replies than the pipe and socket buffers hold, in one go: all arrive,
     in order (the one thread reads replies while the server is slow to take more lines)."""
