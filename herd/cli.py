@@ -150,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
         "Connect to a server's client port. On a terminal: a prompt with history and line "
         "editing, every line the server sends shown as it arrives. From a pipe: sends stdin, "
         "half-closes at its end and copies every byte received to stdout until the server "
-        "closes.",
+        "closes. With [tls] in the config, over TLS, trusting the herd's CA only.",
     )
     talk_command.add_argument(
         "server",

@@ -88,18 +88,21 @@ class PlainStream:
 
 
 class TlsStream:
-    """TLS over a TCP connection, through memory BIOs (see the module's docstring)."""
+    """TLS over a TCP connection, through memory BIOs (see the module's docstring). `sock`,
+    `tls`, `incoming` and `outgoing` are there for a caller that drives the connection itself
+    once the handshake is done (`herd talk` from a pipe, in one thread over a non-blocking
+    socket)."""
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, hostname: str) -> None:
         self.sock = sock
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self.tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=hostname)
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=hostname)
         self._eof = False
         self._handshake()
 
     def _flush(self) -> None:
-        data = self._outgoing.read()
+        data = self.outgoing.read()
         if data:
             self.sock.sendall(data)
 
@@ -107,9 +110,9 @@ class TlsStream:
         """Read from the socket into the TLS object; False at the server's FIN."""
         data = self.sock.recv(_CHUNK)
         if not data:
-            self._incoming.write_eof()
+            self.incoming.write_eof()
             return False
-        self._incoming.write(data)
+        self.incoming.write(data)
         return True
 
     def _handshake(self) -> None:

@@ -124,7 +124,7 @@ def is_free_text(value: str, limit: int) -> bool:
 def parse_time(text: str, now_ns: int) -> int | PlanningError:
     """An ISO 8601 time with a zone, not before `now_ns`, as POSIX seconds (UTC; fractions of
     a second dropped)."""
-    example = "e.g. 2026-12-05T19:00+01:00 or 2026-12-05T18:00Z"
+    example = "e.g. 2099-12-05T19:00+01:00 or 2099-12-05T18:00Z"
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

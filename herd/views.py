@@ -18,7 +18,7 @@ __all__ = ["Comment", "Event", "PlaceOption", "Status", "TimeOption", "User", "f
 
 
 def format_utc(posix: int) -> str:
-    """POSIX seconds as ISO 8601 in UTC, the form every view shows: `2026-12-05T18:00:00Z`."""
+    """POSIX seconds as ISO 8601 in UTC, the form every view shows: `2099-12-05T18:00:00Z`."""
     return datetime.fromtimestamp(posix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -1,6 +1,7 @@
 """What templates see of an event (`event_view`): its options with their tallies and labels in
-the recipient's zone (`local_time`), the decision or the leading options, and who has not
-answered.  Notifications, digests and the bot's replies all show an event through it."""
+the recipient's zone (`local_time`, with the year when it is not the current one), the decision
+or the leading options, and who has not answered.  Notifications, digests and the bot's replies
+all show an event through it.  Pure: the current time is passed in."""
 
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ _MONTHS: Final = (
 )
 
 
-def local_time(posix: int, tz: str) -> str:
-    """`Fri 5 Dec 19:00 CET`: POSIX seconds on the wall clock of zone `tz`.  Names are spelt
-    here, not by the C locale, so the output does not depend on the host."""
-    moment = datetime.fromtimestamp(posix, zoneinfo.ZoneInfo(tz))
+def local_time(posix: int, tz: str, now: int) -> str:
+    """`Fri 5 Dec 19:00 CET`: POSIX seconds on the wall clock of zone `tz`, with the year when
+    it is not the year of `now` (POSIX seconds) in that zone: `Mon 1 Jun 2099 12:00 UTC`.
+    Names are spelt here, not by the C locale, so the output does not depend on the host."""
+    zone = zoneinfo.ZoneInfo(tz)
+    moment = datetime.fromtimestamp(posix, zone)
     day, month = _DAYS[moment.weekday()], _MONTHS[moment.month - 1]
-    return f"{day} {moment.day} {month} {moment:%H:%M} {moment.tzname()}"
+    year = "" if moment.year == datetime.fromtimestamp(now, zone).year else f" {moment.year}"
+    return f"{day} {moment.day} {month}{year} {moment:%H:%M} {moment.tzname()}"
 
 
 class OptionView(TypedDict):
@@ -61,11 +65,13 @@ class EventView(TypedDict):
     tz: str  # the zone times are shown in
 
 
-def event_view(event: Event, recipient: Recipient) -> EventView:
+def event_view(event: Event, recipient: Recipient, now_ns: int) -> EventView:
     """What templates see of an event: options with their tallies and labels in the
-    recipient's zone, the decision or the leading options, and who has not answered."""
-    times = [_option_view(event, o, recipient.tz) for o in event.times]
-    places = [_option_view(event, o, recipient.tz) for o in event.places]
+    recipient's zone (as `local_time` shows them at `now_ns`), the decision or the leading
+    options, and who has not answered."""
+    now = now_ns // 1_000_000_000
+    times = [_option_view(event, o, recipient.tz, now) for o in event.times]
+    places = [_option_view(event, o, recipient.tz, now) for o in event.places]
     decided_time = decided_place = None
     if event.decision is not None:
         decided_time = next((o for o in times if o["id"] == event.decision[0]), None)
@@ -88,10 +94,10 @@ def event_view(event: Event, recipient: Recipient) -> EventView:
     }
 
 
-def _option_view(event: Event, option: TimeOption | PlaceOption, tz: str) -> OptionView:
+def _option_view(event: Event, option: TimeOption | PlaceOption, tz: str, now: int) -> OptionView:
     tally = event.tally(option.id)
     if isinstance(option, TimeOption):
-        kind, label, at = "time", local_time(option.at, tz), option.at
+        kind, label, at = "time", local_time(option.at, tz, now), option.at
     else:
         kind, label, at = "place", option.name, None
     return {

@@ -203,7 +203,7 @@ class NotifierListener:
             except Exception:
                 _log.failure("notifier: could not route op {op_id}", op_id=change.op.op_id)
                 continue
-            cache = RenderCache(self._templates, self._state)
+            cache = RenderCache(self._templates, self._state, now_ns)
             for placed in routed:
                 if placed.digest or Medium.LINE not in placed.channels:
                     continue
@@ -237,7 +237,7 @@ class NotifierListener:
         mark, if given); effects after its commit."""
         batches: list[_Batch] = []
         lines: list[Routed] = []
-        cache = RenderCache(self._templates, self._state)
+        cache = RenderCache(self._templates, self._state, now_ns)
         folded: list[tuple[str, DigestItem]] = []
         for placed in routed:
             notification = placed.notification
@@ -361,7 +361,7 @@ class NotifierListener:
         now_ns = self._clock.now_ns()
         users = self._held.maybe_due(now_ns, lambda user: self._duties.mine(user, now_ns))
         if users:
-            self._compose_digests(deque(users), RenderCache(self._templates, self._state))
+            self._compose_digests(deque(users), RenderCache(self._templates, self._state, now_ns))
 
     def _compose_digests(self, users: deque[str], cache: RenderCache) -> None:
         """Compose the due digests of the first of `users`, at most `DIGESTS_PER_TURN`, and in

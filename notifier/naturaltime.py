@@ -9,14 +9,14 @@ is never a silent guess:
   ahead, else tomorrow.  `today` and `tomorrow` are taken literally: `today 8:00` said at noon
   is refused as past.  `next fri` is refused (this coming Friday, or the one after?).
 - A date without a year (`dec 5 19:00`, `5 dec 7pm`) is its next occurrence, this year or
-  later; with a year (`dec 5 2027 19:00`, `2026-12-05 19:00`) it must not be past.  Numeric
+  later; with a year (`dec 5 2099 19:00`, `2099-12-05 19:00`) it must not be past.  Numeric
   dates such as `5/12` are refused: day/month and month/day readings differ.
 - Clocks: `19:00`, `19h`, `19h30`, `7pm`, `7:30 pm`, `noon`.  A bare number (`fri 7`) is refused:
   morning or evening?  `midnight` is refused too (the start or the end of that day?).
 - `in 2 hours`, `in 30 min`, `in an hour` count real time from now (seconds dropped);
   `in 3 days`, `in 2 weeks` keep the wall-clock time, or take one: `in 3 days at 19:00`.
-- ISO 8601 with a zone (`2026-12-05T19:00+01:00`, `…Z`) is that instant; without one
-  (`2026-12-05T19:00`) it is read in the user's zone.
+- ISO 8601 with a zone (`2099-12-05T19:00+01:00`, `…Z`) is that instant; without one
+  (`2099-12-05T19:00`) it is read in the user's zone.
 - Daylight saving: a wall time that does not exist (skipped when clocks go forward) is refused
   with the nearest time that does; one that happens twice (clocks go back) is the first, and
   the result says so in `note`.
@@ -34,7 +34,7 @@ from herd.api import MAX_POSIX
 
 __all__ = ["Moment", "NotATime", "parse_clock", "parse_when"]
 
-_EXAMPLE: Final = "e.g. fri 19:00, tomorrow 8pm, dec 5 19:00, in 2 hours or 2026-12-05T19:00+01:00"
+_EXAMPLE: Final = "e.g. fri 19:00, tomorrow 8pm, dec 5 19:00, in 2 hours or 2099-12-05T19:00+01:00"
 
 _WEEKDAYS: Final = {
     **dict.fromkeys(("mon", "monday"), 0),
@@ -145,7 +145,7 @@ def _iso(text: str, tz: zoneinfo.ZoneInfo, now_ns: int) -> Moment | NotATime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        return NotATime(f"{text} is not an ISO 8601 time, e.g. 2026-12-05T19:00+01:00")
+        return NotATime(f"{text} is not an ISO 8601 time, e.g. 2099-12-05T19:00+01:00")
     if moment.tzinfo is None:
         return _localize(moment.date(), moment.time(), tz, now_ns)
     return Moment(_ns(moment))
@@ -263,7 +263,7 @@ def _read_parts(words: str) -> _Parts | NotATime:
                 return NotATime(f"{word} is not a date in the calendar")
         elif _NUMERIC_DATE.match(word):
             return NotATime(
-                f"{word} reads differently in different countries: write dec 5, 2026-12-05 or 19:30"
+                f"{word} reads differently in different countries: write dec 5, 2099-12-05 or 19:30"
             )
         elif (match := _DAY.match(word)) is not None and 1 <= int(match[1]) <= 31:
             taken, parts.day, parts.bare_day = parts.day, int(match[1]), match[2] is None

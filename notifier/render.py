@@ -2,7 +2,8 @@
 
 One Jinja environment (`Templates`), built once by the wiring and passed in: `StrictUndefined` (a
 misspelt variable is an error, not an empty string), autoescape for `.html.j2` only, times shown
-in the recipient's zone.  Every template of a kind gets the same context (see `_context`), so any
+in the recipient's zone (with the year when it is not the current one: the `RenderCache` holds
+the time it renders at).  Every template of a kind gets the same context (see `_context`), so any
 template may use any of it.
 
 Recipients share renderings (`RenderCache`): a template that reads neither `user` nor
@@ -174,17 +175,19 @@ class RenderCache:
     the same object until an op changes it), so a cache may outlive a reactor turn.  It is
     bounded, so that a run over every event does not keep them all: at `views` views (which
     hold many small objects) those start again, at `block_chars` characters of blocks the
-    blocks do."""
+    blocks do.  Times are shown as at `now_ns` (a year other than its own is spelt out)."""
 
     def __init__(
         self,
         templates: Templates,
         state: StateView,
+        now_ns: int,
         views: int = 5000,
         block_chars: int = 16_000_000,
     ) -> None:
         self.templates = templates
         self._state = state
+        self.now_ns = now_ns
         self._most_views = views
         self._most_chars = block_chars
         self._views: dict[tuple[str, str], tuple[Event, EventView]] = {}
@@ -200,7 +203,8 @@ class RenderCache:
                 self._views.clear()
                 self._contexts.clear()
                 self._texts.clear()
-            held = self._views[(event.id, recipient.tz)] = event, event_view(event, recipient)
+            view = event_view(event, recipient, self.now_ns)
+            held = self._views[(event.id, recipient.tz)] = event, view
         return held[1]
 
     def partial(self, name: str, view: EventView) -> str:
@@ -349,6 +353,7 @@ def _context(
         "option": option,
         "choice": choice,
         "comment": comment,
+        "now": cache.now_ns // 10**9,  # for `local`
         "partial": cache.partial,
     }
 

@@ -72,7 +72,7 @@ def run(users: int, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
                 items[k],
                 now_ns,
                 unsubscribe,
-                shared or RenderCache(templates, state),
+                shared or RenderCache(templates, state, now_ns),
             )
             for k in order
         ]
@@ -81,7 +81,7 @@ def run(users: int, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
     rows: list[dict[str, float]] = []
     for number in range(rounds):
         made, alone = compose(list(range(len(recipients))), None)
-        _, one_run = compose(by_zone, RenderCache(templates, state))
+        _, one_run = compose(by_zone, RenderCache(templates, state, now_ns))
         started = time.process_time()
         for message in made:
             builder.build(message, time.time())

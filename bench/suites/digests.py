@@ -189,7 +189,7 @@ def compose_all(state: Any, recipients: list[Any], items: list[list[Any]], count
     out = []
     for index in range(count):
         k = index % len(recipients)
-        cache = RenderCache(templates, state)  # none shared: the naive way
+        cache = RenderCache(templates, state, now_ns)  # none shared: the naive way
         message = compose_digest(recipients[k], state, items[k], now_ns, unsubscribe, cache)
         if message is None:
             raise BenchError(f"no digest for {recipients[k].user}")

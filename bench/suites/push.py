@@ -333,7 +333,8 @@ def breakdown(participants: int, repeat: int = 3, decide: bool = False) -> dict[
         started = time.perf_counter()
         routed = route(change, state, time.time_ns())
         routed_at = time.perf_counter()
-        cache = RenderCache(templates, state)  # one per change, as NotifierListener._dispatch does
+        # one cache per change, as NotifierListener._dispatch does
+        cache = RenderCache(templates, state, time.time_ns())
         messages = [(r, render(r, state, unsubscribe, cache)) for r in routed]
         rendered_at = time.perf_counter()
         for placed, rendered in messages:

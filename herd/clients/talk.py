@@ -11,6 +11,13 @@ From a pipe: a stream copy both ways with the bytes exactly as on the wire, like
 the socket as it is read (one thread; half-close at its end), the socket to stdout until the
 server closes (exit 0).  Either way, a server that cannot be reached is one line on stderr and
 exit 1.  What to dial and the pure rules are in `herd.clients.talk_core`.
+
+With `[tls]` in the config, both modes speak TLS, trusting the herd's CA only and checking the
+name or address dialed (`herd.reach.client_context`); a certificate that does not pass is "cannot
+connect", exit 1.  From a pipe, TLS runs in one thread (`_TlsPump`: an `ssl.SSLObject` is not for
+two threads at once) and half-closes with `close_notify`, which the server takes as a TCP FIN
+(herd/tls.py).  On a terminal, asyncio's TLS cannot half-close: leaving shows what comes for
+`LINGER_SECONDS`, then closes.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import asyncio
 import contextlib
 import datetime
 import os
+import select
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Iterable
@@ -36,6 +45,7 @@ from herd.clients.talk_core import (
     keep_in_history,
     resolve_target,
 )
+from herd.reach import TlsStream, client_context, connect
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
@@ -49,16 +59,18 @@ CHUNK = 64 * 1024  # bytes read or written at once: all that a copy holds
 
 
 def talk(config: HerdConfig, spec: str | None) -> int:
-    """`herd talk`: resolve SERVER, then the terminal or the pipe mode."""
+    """`herd talk`: resolve SERVER, then the terminal or the pipe mode, over TLS when the
+    config has `[tls]` (a CA that cannot be read is the caller's ConfigError)."""
     servers = {name: (server.host, server.port) for name, server in config.servers.items()}
     try:
         target = resolve_target(spec, servers)
     except TargetError as error:
         _say(f"herd talk: {error}")
         return 2
+    context = client_context(config)
     if os.isatty(0) and os.isatty(1):
-        return talk_terminal(target, _history())
-    return talk_pipe(target, 0, 1)
+        return talk_terminal(target, _history(), context)
+    return talk_pipe(target, 0, 1, context)
 
 
 def _say(message: str) -> None:
@@ -72,16 +84,30 @@ def _where(target: Target) -> str:
 
 
 def _cannot_connect(target: Target, error: OSError) -> None:
-    reason = "timed out" if isinstance(error, TimeoutError) else error.strerror or str(error)
-    _say(f"herd talk: cannot connect to {_where(target)}: {reason}")
+    _say(f"herd talk: cannot connect to {_where(target)}: {_reason(error)}")
+
+
+def _reason(error: OSError) -> str:
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"its certificate is not trusted ({error.verify_message})"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS failed ({error.reason or error})"
+    return error.strerror or str(error)
 
 
 # --- from a pipe ---------------------------------------------------------------------------
 
 
-def talk_pipe(target: Target, stdin_fd: int, stdout_fd: int) -> int:
+def talk_pipe(
+    target: Target, stdin_fd: int, stdout_fd: int, context: ssl.SSLContext | None = None
+) -> int:
     """Copy `stdin_fd` to the server and the server to `stdout_fd`, byte for byte, until the
-    server closes; half-close when stdin ends.  0, or 1 if the server cannot be reached."""
+    server closes; half-close when stdin ends.  0, or 1 if the server cannot be reached.
+    With `context`, over TLS (`_TlsPump`)."""
+    if context is not None:
+        return _talk_pipe_tls(target, stdin_fd, stdout_fd, context)
     try:
         connection = socket.create_connection((target.host, target.port), CONNECT_SECONDS)
     except OSError as error:
@@ -139,6 +165,135 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+# --- from a pipe, over TLS -----------------------------------------------------------------
+
+
+def _talk_pipe_tls(target: Target, stdin_fd: int, stdout_fd: int, context: ssl.SSLContext) -> int:
+    try:
+        stream = connect(target.host, target.port, CONNECT_SECONDS, context)
+    except OSError as error:  # ssl.SSLCertVerificationError included
+        _cannot_connect(target, error)
+        return 1
+    assert isinstance(stream, TlsStream)
+    with stream:
+        try:
+            _TlsPump(stream, stdin_fd, stdout_fd).run()
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+class _TlsPump:
+    """`talk_pipe` over a TLS connection whose handshake is done, in one thread: a poll over
+    stdin and the socket (made non-blocking).  stdin is encrypted as it is read, and read only
+    while less than `CHUNK` bytes of records wait for the socket, so a server that stops
+    reading holds stdin back rather than filling memory, while its replies are still read;
+    what the socket brings is decrypted to stdout as it comes.  At stdin's end, `close_notify`
+    (the half-close); the end is the server's `close_notify` or its FIN."""
+
+    def __init__(self, stream: TlsStream, stdin_fd: int, stdout_fd: int) -> None:
+        self.stream = stream
+        self.stdin_fd = stdin_fd
+        self.stdout_fd = stdout_fd
+        self.records = bytearray()  # encrypted, not yet on the socket
+        self.reading = True  # stdin not at its end yet
+        self.sending = True  # the socket still takes what is sent
+
+    def run(self) -> None:
+        sock = self.stream.sock
+        sock.setblocking(False)
+        poll = select.poll()
+        if not self._deliver():  # what came along with the handshake
+            return
+        while True:
+            if self.reading and len(self.records) < CHUNK:
+                poll.register(self.stdin_fd, select.POLLIN)
+            else:
+                with contextlib.suppress(KeyError):
+                    poll.unregister(self.stdin_fd)
+            poll.register(sock, select.POLLIN | (select.POLLOUT if self.records else 0))
+            for fd, events in poll.poll():
+                if fd != sock.fileno():
+                    self._read_stdin()
+                    continue
+                if events & select.POLLOUT:
+                    self._send()
+                if events & ~select.POLLOUT and not self._receive():
+                    return
+
+    def _read_stdin(self) -> None:
+        chunk = _read(self.stdin_fd)
+        try:
+            if chunk:
+                self.stream.tls.write(chunk)
+            else:
+                self.reading = False
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    self.stream.tls.unwrap()  # sends close_notify; the server's comes later
+        except ssl.SSLError:  # the connection is broken: the reading side says so
+            self._stop_sending()
+        self._queue()
+
+    def _queue(self) -> None:
+        records = self.stream.outgoing.read()
+        if self.sending:
+            self.records += records
+
+    def _send(self) -> None:
+        """As much as the socket takes.  A server gone ends the sending quietly, as the thread
+        of the plain mode does: the reading side reports the end."""
+        try:
+            sent = self.stream.sock.send(self.records)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._stop_sending()
+            return
+        del self.records[:sent]
+
+    def _stop_sending(self) -> None:
+        self.sending = self.reading = False
+        self.records.clear()
+
+    def _receive(self) -> bool:
+        """What the socket has, decrypted to stdout; False at the end."""
+        try:
+            data = self.stream.sock.recv(CHUNK)
+        except BlockingIOError:
+            return True
+        except ConnectionResetError:
+            _say("herd talk: the server reset the connection")
+            return False
+        except OSError as error:
+            _say(f"herd talk: the connection failed: {error.strerror or error}")
+            return False
+        if not data:
+            self.stream.incoming.write_eof()
+            self._deliver()
+            return False  # a FIN, with close_notify or without: no more bytes either way
+        self.stream.incoming.write(data)
+        return self._deliver()
+
+    def _deliver(self) -> bool:
+        """Every byte the TLS object can decrypt now, to stdout; False at the server's
+        `close_notify` (or a broken stream, said on stderr)."""
+        while True:
+            try:
+                chunk = self.stream.tls.read(CHUNK)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return False
+            except ssl.SSLError as error:
+                _say(f"herd talk: the connection failed: {error.reason or error}")
+                return False
+            if not chunk:
+                return False
+            _write_all(self.stdout_fd, chunk)
+        self._queue()  # TLS may have something to answer (a key update)
+        return True
+
+
 # --- on a terminal -------------------------------------------------------------------------
 
 
@@ -182,21 +337,28 @@ def _file_history(path: Path) -> History:
     return QuietFileHistory(path)
 
 
-def talk_terminal(target: Target, history: History) -> int:
-    """The prompt until Ctrl-D, Ctrl-C or the server closing: 0, or 1 if it cannot connect."""
+def talk_terminal(target: Target, history: History, context: ssl.SSLContext | None = None) -> int:
+    """The prompt until Ctrl-D, Ctrl-C or the server closing: 0, or 1 if it cannot connect.
+    With `context`, over TLS."""
     try:
-        return asyncio.run(_terminal(target, history))
+        return asyncio.run(_terminal(target, history, context))
     except KeyboardInterrupt:  # a second Ctrl-C, while leaving
         return 0
 
 
-async def _terminal(target: Target, history: History) -> int:
+async def _terminal(target: Target, history: History, context: ssl.SSLContext | None) -> int:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.patch_stdout import patch_stdout
 
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(target.host, target.port), CONNECT_SECONDS
+            asyncio.open_connection(
+                target.host,
+                target.port,
+                ssl=context,
+                server_hostname=None if context is None else target.host,
+            ),
+            CONNECT_SECONDS,
         )
     except (OSError, TimeoutError) as error:
         _cannot_connect(target, error)
@@ -274,7 +436,8 @@ def _end_if_done(session: PromptSession[str], shown: asyncio.Task[None]) -> None
 
 
 async def _leave(writer: asyncio.StreamWriter, shown: asyncio.Task[None]) -> None:
-    """Half-close, and show what still comes for a moment (until the server closes)."""
+    """Half-close (not over TLS: asyncio cannot), and show what still comes for a moment
+    (until the server closes)."""
     with contextlib.suppress(OSError):
         if writer.can_write_eof():
             writer.write_eof()

@@ -217,7 +217,7 @@ class UninviteUsers:
 
 @dataclass(frozen=True, slots=True)
 class ProposeTime:
-    """`PROPOSE <event> TIME <iso>`: ISO 8601 with a zone (`2026-12-05T19:00+01:00`, `…Z`),
+    """`PROPOSE <event> TIME <iso>`: ISO 8601 with a zone (`2099-12-05T19:00+01:00`, `…Z`),
     not in the past; kept in UTC, to the second.  Reply: `EVENT <json>`."""
 
     event: str

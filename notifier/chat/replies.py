@@ -61,7 +61,7 @@ def _event_context(
     event = state.event(event_id)
     if event is None:
         raise ValueError(f"the server answered with event {event_id}, which the state lacks")
-    view = event_view(event, Recipient.of(user, zone))
+    view = event_view(event, Recipient.of(user, zone), now_ns)
     options = [*view["times"], *view["places"]]
     numbers = {option["id"]: n for n, option in enumerate(options, start=1)}
     past = {o["id"] for o in view["times"] if o["at"] is not None and o["at"] * 10**9 < now_ns}

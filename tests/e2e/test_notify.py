@@ -80,10 +80,13 @@ def iso(posix: int) -> str:
 
 
 def local_label(posix: int, zone: str) -> str:
-    """How a time should read in `zone` (`Sat 5 Dec 11:00 PST`), spelt here independently."""
+    """How a time should read in `zone` (`Sat 5 Dec 11:00 PST`, with the year when it is not
+    this year there), spelt here independently."""
     moment = datetime.fromtimestamp(posix, ZoneInfo(zone))
     day, month = _DAYS[moment.weekday()], _MONTHS[moment.month - 1]
-    return f"{day} {moment.day} {month} {moment:%H:%M} {moment.tzname()}"
+    this_year = datetime.now(ZoneInfo(zone)).year
+    year = "" if moment.year == this_year else f" {moment.year}"
+    return f"{day} {moment.day} {month}{year} {moment:%H:%M} {moment.tzname()}"
 
 
 def wait_mails(smtp: SmtpProcess, count: int, timeout: float = DELIVERY_SECONDS) -> list[Mail]:

@@ -1,17 +1,20 @@
 """TLS on the client port and the peer links (`[tls]`): a herd of real `herd run` processes with
-certificates from a CA the test creates; reports flood across TLS links; `herd status` and
-`herd user` reach it; a client that half-closes gets every reply; a client that trusts another
-CA, or speaks plain TCP, gets nothing; a client that does not read is held to its budgets; a
-peer with another CA's certificate is refused; files that are missing or wrong are refused at
-start, naming the key."""
+certificates from a CA the test creates; reports flood across TLS links; `herd status`, `herd
+user` and `herd talk` (from a pipe and on a terminal) reach it; a client that half-closes gets
+every reply; a client that trusts another CA, or speaks plain TCP, gets nothing; a client that
+does not read is held to its budgets; a peer with another CA's certificate is refused; files
+that are missing or wrong are refused at start, naming the key."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
+import re
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +23,8 @@ import pytest
 
 from herd.config import load_config
 from herd.reach import LineStream, TlsStream, client_context, connect, open_stream
-from tests.support.herd import Herd, running_herd
+from tests.e2e.test_talk import Terminal
+from tests.support.herd import REPO, Herd, running_herd
 from tests.support.lines import now_time
 from tests.support.polling import HerdError, wait_until
 from tests.support.tls import HerdCA
@@ -168,6 +172,133 @@ def test_fin_without_close_notify_closes(tls_herd: Herd) -> None:
         stream.sock.shutdown(socket.SHUT_WR)  # no close_notify
         received = _read_to_end(stream, 5.0)
     assert received == b"" or received.startswith(b"STATUS "), received
+
+
+def _talk(
+    config: Path, *arguments: str, data: bytes = b"", timeout: float = 30.0
+) -> subprocess.CompletedProcess[bytes]:
+    """`herd talk ARGUMENTS --config CONFIG` with `data` on its stdin (a pipe)."""
+    return subprocess.run(
+        [sys.executable, "-m", "herd", "talk", *arguments, "--config", str(config)],
+        input=data,
+        capture_output=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def test_herd_talk_pipes_iamat_and_whatsat_over_tls(tls_herd: Herd) -> None:
+    position, when = b"+34.068930-118.445127", now_time()
+    done = _talk(
+        tls_herd.config_path,
+        "Bona",
+        data=b"IAMAT tls-talk %s %s\nWHATSAT tls-talk 10 2\n" % (position, when),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == b""
+    at, whatsat = done.stdout.split(b"\n", 1)
+    assert re.fullmatch(
+        rb"AT Bona [+-]\d+\.\d+ tls-talk " + re.escape(position + b" " + when), at
+    ), at
+    assert whatsat.startswith(at + b"\n{\n"), whatsat  # the stored AT line, then the JSON
+    assert whatsat.endswith(b"}\n\n"), whatsat
+    assert json.loads(whatsat[len(at) + 1 :])["status"] == "OK"
+
+
+def test_herd_talk_sends_lines_as_read_and_half_closes_over_tls(tls_herd: Herd) -> None:
+    """Each reply comes while stdin is still open; stdin's end is close_notify, after which the
+    last line (without LF) is still answered, then the server closes."""
+    command = [sys.executable, "-m", "herd", "talk", "Bailey"]
+    with subprocess.Popen(
+        [*command, "--config", str(tls_herd.config_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            for word in (b"ONE", b"TWO"):
+                proc.stdin.write(b"%s\n" % word)
+                proc.stdin.flush()
+                assert proc.stdout.readline() == b"? %s\n" % word
+            proc.stdin.write(b"THREE")
+            proc.stdin.close()
+            assert proc.stdout.read() == b"? THREE\n"
+            assert proc.wait(30) == 0
+        finally:
+            proc.kill()
+
+
+def test_herd_talk_ends_when_the_tls_server_closes_first(tls_herd: Herd) -> None:
+    """stdin stays open; the server closes on a too-long line (its close_notify): talk prints
+    the reply that came before it and exits 0 without waiting for stdin."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "herd", "talk", "Campbell", "--config", str(tls_herd.config_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(b"STATUS\n" + b"X" * 1025 + b"\nSTATUS\n")
+        proc.stdin.flush()
+        assert proc.wait(30) == 0  # stdin still open
+        out, err = proc.stdout.read(), proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert err == b"", err
+    assert out.count(b"\n") == 1 and out.startswith(b'STATUS {"server":"Campbell"'), out
+
+
+def test_herd_talk_streams_many_replies_over_tls(tls_herd: Herd) -> None:
+    """More lines and replies than the pipe and socket buffers hold, in one go: all arrive,
+    in order (the one thread reads replies while the server is slow to take more lines)."""
+    count = 20_000
+    done = _talk(tls_herd.config_path, data=b"".join(b"NOPE %d\n" % i for i in range(count)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"".join(b"? NOPE %d\n" % i for i in range(count))
+
+
+def test_herd_talk_refuses_a_server_certificate_from_another_ca(
+    tls_herd: Herd, tmp_path: Path
+) -> None:
+    """The config trusts another CA: one line on stderr, exit 1, nothing sent or shown."""
+    other = HerdCA.create(tmp_path / "other", "Another CA")
+    text = tls_herd.config_path.read_text().replace(
+        'ca = "tls/ca.pem"', f"ca = {json.dumps(str(other.path))}"
+    )
+    config = tmp_path / "herd.toml"
+    config.write_text(text)
+    done = _talk(config, "Bailey", data=b"STATUS\n")
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == b""
+    message = done.stderr.decode()
+    assert message.count("\n") == 1, message
+    where = f"Bailey (127.0.0.1:{tls_herd.port('Bailey')})"
+    assert message.startswith(
+        f"herd talk: cannot connect to {where}: its certificate is not trusted ("
+    ), message
+
+
+def test_herd_talk_on_a_terminal_over_tls(tls_herd: Herd, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMPT_TOOLKIT", "LC_"))}
+    env |= {"TERM": "xterm-256color", "XDG_STATE_HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    terminal = Terminal(["Campbell", "--config", str(tls_herd.config_path)], env)
+    try:
+        terminal.expect(r"connected to Campbell")
+        terminal.type("STATUS\r")
+        terminal.expect(r'STATUS \{"server":"Campbell"')
+        terminal.type("\x04")  # Ctrl-D
+        assert terminal.wait() == 0
+    finally:
+        terminal.close()
 
 
 def test_client_with_another_ca_is_refused(tls_herd: Herd, tmp_path: Path) -> None:

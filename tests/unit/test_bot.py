@@ -548,7 +548,7 @@ def test_a_time_that_happens_twice_is_noted(server: Server) -> None:
     server.chat("alice", "plan Late")
     answer = server.chat("alice", "time 2027-10-31 2:30")
     assert answer == (
-        "Added option 1 to “Late”: Sun 31 Oct 02:30 CEST. Vote with: vote yes 1\n"
+        "Added option 1 to “Late”: Sun 31 Oct 2027 02:30 CEST. Vote with: vote yes 1\n"
         "02:30 on Sun 31 Oct 2027 happens twice in Europe/Paris (the clocks go back); "
         "I took the first, UTC+02:00"
     )

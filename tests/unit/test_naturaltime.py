@@ -141,7 +141,7 @@ def test_the_same_words_in_another_zone() -> None:
         ("19", "Is 19 a time? Write 19:00"),
         ("5th 19:00", "The 5th of which month? e.g. dec 5 19:00"),
         ("dec 19:00", "Which day of Dec?"),
-        ("5/12 19:00", "write dec 5, 2026-12-05 or 19:30"),
+        ("5/12 19:00", "write dec 5, 2099-12-05 or 19:30"),
         ("19.30", "reads differently"),
         ("next fri 19:00", "give the date"),
         ("fri midnight", "Say 00:00 or 23:59"),

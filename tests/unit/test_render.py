@@ -66,12 +66,13 @@ S = 10**9
 T0 = 1_796_385_600 * S  # 2026-12-04T12:00:00Z, a Friday
 DINNER = 1_796_493_600  # 2026-12-05T18:00:00Z: 19:00 in Paris, 13:00 in New York
 LUNCH = 1_796_562_000  # 2026-12-06T13:00:00Z
+FAR = 4_083_998_400  # 2099-06-01T12:00:00Z, a Monday
 ENVIRONMENT = Templates()
 
 
 def fresh(state: StateView) -> RenderCache:
     """A cache of its own, as for one change."""
-    return RenderCache(ENVIRONMENT, state)
+    return RenderCache(ENVIRONMENT, state, T0)
 
 
 UNSUBSCRIBE = Unsubscribe(
@@ -284,10 +285,38 @@ def test_folded_notifications_and_vanished_events_render_nothing() -> None:
 
 
 def test_times_are_shown_on_the_recipients_wall_clock() -> None:
-    assert local_time(DINNER, "Europe/Paris") == "Sat 5 Dec 19:00 CET"
-    assert local_time(DINNER, "America/New_York") == "Sat 5 Dec 13:00 EST"
-    assert local_time(1_782_000_000, "Europe/Paris") == "Sun 21 Jun 02:00 CEST"
-    assert local_time(DINNER, "Asia/Kolkata") == "Sat 5 Dec 23:30 IST"
+    now = T0 // S
+    assert local_time(DINNER, "Europe/Paris", now) == "Sat 5 Dec 19:00 CET"
+    assert local_time(DINNER, "America/New_York", now) == "Sat 5 Dec 13:00 EST"
+    assert local_time(1_782_000_000, "Europe/Paris", now) == "Sun 21 Jun 02:00 CEST"
+    assert local_time(DINNER, "Asia/Kolkata", now) == "Sat 5 Dec 23:30 IST"
+
+
+def test_a_time_in_another_year_than_now_shows_the_year() -> None:
+    """Later years and earlier ones; the year is that of the recipient's zone, for the time
+    and for now alike."""
+    assert local_time(FAR, "UTC", T0 // S) == "Mon 1 Jun 2099 12:00 UTC"
+    assert local_time(DINNER, "Europe/Paris", FAR) == "Sat 5 Dec 2026 19:00 CET"
+    eve = 1_798_759_800  # 2026-12-31T23:30:00Z
+    new_year = eve + 3600  # 2027-01-01T00:30:00Z
+    assert local_time(new_year, "UTC", eve) == "Fri 1 Jan 2027 00:30 UTC"
+    assert local_time(new_year, "Europe/Paris", eve) == "Fri 1 Jan 01:30 CET"  # 2027 there too
+    assert local_time(new_year, "America/New_York", eve) == "Thu 31 Dec 19:30 EST"
+    # now is 2027-01-01 08:30 in Tokyo: a year ago there is last year
+    assert local_time(eve - 86400 * 365, "Asia/Tokyo", eve) == "Thu 1 Jan 2026 08:30 JST"
+
+
+def test_an_option_in_another_year_is_labelled_with_its_year() -> None:
+    story = Story()
+    story.apply("alice", AddTime("e1", FAR), "t3")
+    routed = story.routed(Kind.NEW_OPTION, "bob", "t3", "alice", "t3")
+    [xmpp] = [
+        m
+        for m in render(routed, story.state, UNSUBSCRIBE, fresh(story.state))
+        if m.channel == "xmpp"
+    ]
+    assert 'a new time for "Dinner & drinks" (e1): Mon 1 Jun 2099 14:00 CEST' in xmpp.text
+    assert "t1 Sat 5 Dec 19:00 CET: " in xmpp.text  # this year's: no year
 
 
 def test_one_line_collapses_every_kind_of_line_break() -> None:
@@ -325,7 +354,7 @@ def test_one_cache_for_many_recipients_renders_what_each_would_get_alone(kind: K
         for user in ("bob", "carol", "dave")
         for tz in ("Europe/Paris", "America/New_York")
     ]
-    shared = RenderCache(ENVIRONMENT, state)
+    shared = RenderCache(ENVIRONMENT, state, T0)
     for recipient in recipients:
         one = replace(routed, notification=replace(routed.notification, recipient=recipient))
         assert render(one, state, UNSUBSCRIBE, shared) == render(
@@ -336,7 +365,7 @@ def test_one_cache_for_many_recipients_renders_what_each_would_get_alone(kind: K
 def test_a_cache_kept_past_a_change_renders_the_new_state() -> None:
     story = Story()
     routed = story.routed(Kind.NEW_OPTION, "bob", "p2", "dave", "p2")
-    cache = RenderCache(ENVIRONMENT, story.state)
+    cache = RenderCache(ENVIRONMENT, story.state, T0)
     before = render(routed, story.state, UNSUBSCRIBE, cache)
     story.apply("bob", CastVote("e1", "p2", Choice.YES), "vb")
     after = render(routed, story.state, UNSUBSCRIBE, cache)
@@ -348,7 +377,7 @@ def test_a_cache_kept_past_a_change_renders_the_new_state() -> None:
 
 def test_a_full_cache_starts_again_and_still_renders_right() -> None:
     state, routed = scene(Kind.COMMENT)
-    tiny = RenderCache(ENVIRONMENT, state, views=1, block_chars=10)
+    tiny = RenderCache(ENVIRONMENT, state, T0, views=1, block_chars=10)
     for tz in ("Europe/Paris", "Asia/Tokyo", "Europe/Paris"):
         recipient = replace(routed.notification.recipient, tz=tz)
         one = replace(routed, notification=replace(routed.notification, recipient=recipient))

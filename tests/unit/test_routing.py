@@ -225,7 +225,8 @@ def test_a_burst_of_votes_becomes_one_message_with_the_final_tally() -> None:
         now = NOW + second * S
         for routed in herd.route(herd.op(voter, CastVote(event, option, Choice.MAYBE)), now=now):
             db.execute("BEGIN")
-            messages = render(routed, herd.state, unsubscribe, RenderCache(templates, herd.state))
+            cache = RenderCache(templates, herd.state, now)
+            messages = render(routed, herd.state, unsubscribe, cache)
             enqueue(db, messages, now / S, due=routed.deliver_at / S, coalesce=routed.coalesce)
             db.execute("COMMIT")
     rows = db.execute("SELECT channel, state, due, text FROM outbox").fetchall()

@@ -308,13 +308,13 @@ def test_plan_invite_and_view(world: World) -> None:
             "alice",
             "PROPOSE {e} TIME 2026-12-05T19:00",
             "bad-time: 2026-12-05T19:00 has no time zone: add Z or an offset, "
-            "e.g. 2026-12-05T19:00+01:00 or 2026-12-05T18:00Z",
+            "e.g. 2099-12-05T19:00+01:00 or 2099-12-05T18:00Z",
         ),
         (
             "alice",
             "PROPOSE {e} TIME soon",
             "bad-time: soon is not an ISO 8601 time, "
-            "e.g. 2026-12-05T19:00+01:00 or 2026-12-05T18:00Z",
+            "e.g. 2099-12-05T19:00+01:00 or 2099-12-05T18:00Z",
         ),
         (
             "alice",
