@@ -30,7 +30,7 @@ from tests.support.herd import LINKS, NAMES, REPO, SECRET
 from tests.support.lines import now_time
 from tests.support.netns import Hosts, NamespacesUnavailable, probe
 from tests.support.polling import wait_until
-from tests.support.tls import HerdCA
+from tests.support.testca import CertAuthority
 from tests.support.users import herd_cli
 
 PORT = 12001  # every host has its own network stack: the same port on each is free
@@ -60,16 +60,16 @@ class NetHerd:
                 "",
             ]
         if tls:  # each server a certificate for its own address, from a CA of the test's own
-            ca = HerdCA.create(root / "tls")
+            ca = CertAuthority(root / "tls")
             for name in NAMES:
-                ca.issue(root / "tls", name, hosts.address(name))
+                ca.issue(hosts.address(name), stem=name)
             lines += [
                 "[tls]",
-                f"ca = {json.dumps(str(ca.path))}",
+                f"ca = {json.dumps(str(ca.ca_file))}",
                 'certificate = "tls/{server}.pem"',
                 'key = "tls/{server}.key"',
             ]
-            self.context = ssl.create_default_context(cafile=str(ca.path))
+            self.context = ssl.create_default_context(cafile=str(ca.ca_file))
         self.config_path.write_text("\n".join(lines))
 
     def start(self) -> None:

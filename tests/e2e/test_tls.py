@@ -27,7 +27,7 @@ from tests.e2e.test_talk import Terminal
 from tests.support.herd import REPO, Herd, running_herd
 from tests.support.lines import now_time
 from tests.support.polling import HerdError, wait_until
-from tests.support.tls import HerdCA
+from tests.support.testca import CertAuthority
 from tests.support.users import add_user, herd_cli
 
 NAMES = ("Bailey", "Bona", "Campbell")
@@ -42,10 +42,10 @@ key = "tls/{server}.key"
 
 def _certificates(root: Path) -> None:
     """`root`/tls: the test CA as ca.pem, and each server a certificate for 127.0.0.1."""
-    ca = HerdCA.create(root / "tls")
-    ca.path.rename(root / "tls" / "ca.pem")
+    ca = CertAuthority(root / "tls")
+    ca.ca_file.rename(root / "tls" / "ca.pem")
     for name in NAMES:
-        ca.issue(root / "tls", name, "127.0.0.1")
+        ca.issue("127.0.0.1", stem=name)
 
 
 def _tls_herd(root: Path) -> Herd:
@@ -270,9 +270,9 @@ def test_herd_talk_refuses_a_server_certificate_from_another_ca(
     tls_herd: Herd, tmp_path: Path
 ) -> None:
     """The config trusts another CA: one line on stderr, exit 1, nothing sent or shown."""
-    other = HerdCA.create(tmp_path / "other", "Another CA")
+    other = CertAuthority(tmp_path / "other", "other", "Another CA")
     text = tls_herd.config_path.read_text().replace(
-        'ca = "tls/ca.pem"', f"ca = {json.dumps(str(other.path))}"
+        'ca = "tls/ca.pem"', f"ca = {json.dumps(str(other.ca_file))}"
     )
     config = tmp_path / "herd.toml"
     config.write_text(text)
@@ -302,8 +302,8 @@ def test_herd_talk_on_a_terminal_over_tls(tls_herd: Herd, tmp_path: Path) -> Non
 
 
 def test_client_with_another_ca_is_refused(tls_herd: Herd, tmp_path: Path) -> None:
-    other = HerdCA.create(tmp_path / "other", "Another CA")
-    context = ssl.create_default_context(cafile=str(other.path))
+    other = CertAuthority(tmp_path / "other", "other", "Another CA")
+    context = ssl.create_default_context(cafile=str(other.ca_file))
     with pytest.raises(ssl.SSLCertVerificationError):
         connect("127.0.0.1", tls_herd.port("Bailey"), 5.0, context)
 
@@ -374,10 +374,10 @@ def test_a_peer_with_a_certificate_from_another_ca_is_refused(
     with running_herd(
         tmp_path, ("Bailey", "Bona"), (("Bailey", "Bona"),), seed=places_seed
     ) as herd:
-        ca = HerdCA.create(tmp_path / "tls")
-        ca.path.rename(tmp_path / "tls" / "ca.pem")
-        ca.issue(tmp_path / "tls", "Bailey", "127.0.0.1")
-        HerdCA.create(tmp_path / "other", "Other CA").issue(tmp_path / "tls", "Bona", "127.0.0.1")
+        ca = CertAuthority(tmp_path / "tls")
+        ca.ca_file.rename(tmp_path / "tls" / "ca.pem")
+        ca.issue("127.0.0.1", stem="Bailey")
+        CertAuthority(tmp_path / "tls", "other", "Other CA").issue("127.0.0.1", stem="Bona")
         herd.config_path.write_text(herd.config_path.read_text() + TLS_TABLE)
         herd.start()
         wait_until(
