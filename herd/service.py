@@ -53,6 +53,9 @@ from notifier.outbox import Outbox
 from notifier.render import Templates, Unsubscribe
 from notifier.routing import Timing
 from notifier.tables import load as load_notifier
+from web.host import WebHost
+from web.site import build_site
+from web.templates import WebTemplates, read_static
 
 T = TypeVar("T")
 _log = Logger()
@@ -131,6 +134,7 @@ class HerdService(Service):
         self.server: HerdServer | None = None
         self.places: PlacesProvider | None = None
         self.port: IListeningPort | None = None
+        self.web_port: IListeningPort | None = None  # the web site's, when the herd has [web]
         self.factory: ClientFactory | None = None
         self.dialers: list[ClientService] = []
         self.started: Deferred[None] = Deferred()
@@ -196,9 +200,41 @@ class HerdService(Service):
             port=self.server_config.port,
             count=len(replica.table),
         )
+        await self._start_web(server, replica)
         for peer in self.server_config.peers:
             if self.server_name < peer:
                 self._dial(server, peer)
+
+    async def _start_web(self, server: HerdServer, replica: Replica) -> None:
+        """The web site (`[web]`, docs/web.md) on this server's web port: pages read the
+        server's state, writes go through `run_as` like the Jabber bot's."""
+        web = self.config.web_of(self.server_name)
+        if web is None:
+            return
+        static = await self._on_thread(self._cpu_pool)(read_static)
+        host = WebHost(
+            name=self.server_name,
+            web=web,
+            secret=self.config.secret,
+            state=replica.planning,
+            position_of=server.position_of,
+            run_as=partial(server.run_as, channel="web"),
+            clock=self.clock,
+            log=self.log.received,
+            templates=WebTemplates(),
+            static=static,
+        )
+        endpoint = TCP4ServerEndpoint(
+            self.reactor, web.port, backlog=self.config.limits.listen_backlog, interface=web.host
+        )
+        self.web_port = await endpoint.listen(build_site(host))
+        _log.info(
+            "{name} web on {host}:{port} ({url})",
+            name=self.server_name,
+            host=web.host,
+            port=web.port,
+            url=web.base_url,
+        )
 
     async def _start_notifier(
         self, server: HerdServer, committer: GroupCommitter, replica: Replica
@@ -373,6 +409,8 @@ class HerdService(Service):
         await DeferredList([dialer.stopService() for dialer in self.dialers])
         if self.port is not None:
             await maybeDeferred(self.port.stopListening)
+        if self.web_port is not None:
+            await maybeDeferred(self.web_port.stopListening)
         if self.factory is not None:
             for connection in self.factory.connections:
                 connection.stopProducing()
