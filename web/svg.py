@@ -10,6 +10,7 @@ coordinate is a finite number inside the view box, whatever the positions are.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
@@ -23,7 +24,9 @@ SIZE: Final = 320  # the view box is SIZE x SIZE
 _MARGIN: Final = 40  # room for labels at the edge
 _EARTH_KM: Final = 6371.0088
 _MAX_NAME: Final = 24  # characters of a name drawn; the table beside the figure has them all
-_MAX_PEOPLE: Final = 200  # drawn; beyond, the figure would be a blot (the count is said)
+_UNSHOWABLE: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+_MAX_PEOPLE: Final = 200
+_SAME_SPOT_KM: Final = 1e-6  # closer than a millimetre: drawn on the centre  # drawn; beyond, the figure would be a blot (the count is said)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,13 @@ class PositionsFigure:
     svg: str  # a complete <svg> element, safe to put into HTML as it is
     people: tuple[Located, ...]  # farthest last
     centre_is_place: bool  # False: no leading place with a position; centred on the people
+    place_name: str | None = None
+
+
+def _text(value: str, limit: int = _MAX_NAME) -> str:
+    """`value` cut to `limit` characters, escaped, control characters (which XML cannot hold
+    even escaped) and lone surrogates shown as U+FFFD."""
+    return escape(_UNSHOWABLE.sub("\ufffd", value[:limit]))
 
 
 def distance_km(a: Position, b: Position) -> float:
@@ -74,6 +84,11 @@ def _offset_km(centre: Position, point: Position) -> tuple[float, float]:
     return east, north
 
 
+def _inside(coordinate: float) -> float:
+    """A coordinate rounded to a tenth of a pixel and kept inside the view box."""
+    return round(min(max(coordinate, 0.0), float(SIZE)), 1)
+
+
 def _round_ring(km: float) -> float:
     """A round distance (1, 2 or 5 times a power of ten) at most `km`, for the scale ring."""
     if km <= 0:
@@ -102,15 +117,15 @@ def positions_figure(
     offsets = [(user, *_offset_km(centre, position)) for user, position in shown]
     far = max(math.hypot(east, north) for _, east, north in offsets)
     radius = SIZE / 2 - _MARGIN
-    scale = radius / far if far > 0 else 0.0  # px per km
+    scale = radius / far if far > _SAME_SPOT_KM else 0.0  # px per km
     mid = SIZE / 2
     located = sorted(
         (
             Located(
                 user,
                 distance_km(centre, position),
-                round(mid + east * scale, 1),
-                round(mid - north * scale, 1),
+                _inside(mid + east * scale),
+                _inside(mid - north * scale),
             )
             for (user, east, north), (_, position) in zip(offsets, shown, strict=True)
         ),
@@ -125,10 +140,10 @@ def positions_figure(
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {SIZE} {SIZE}" width="{SIZE}" '
         f'height="{SIZE}" role="img" aria-labelledby="positions-title" class="positions">',
-        f'<title id="positions-title">{escape(title)}</title>',
+        f'<title id="positions-title">{_text(title, 400)}</title>',
         f'<rect x="0" y="0" width="{SIZE}" height="{SIZE}" class="frame"/>',
     ]
-    ring_km = _round_ring(far)
+    ring_km = _round_ring(far) if scale > 0 else 0.0
     if ring_km > 0:
         ring = round(ring_km * scale, 1)
         parts.append(f'<circle cx="{mid}" cy="{mid}" r="{ring}" class="ring"/>')
@@ -141,7 +156,7 @@ def positions_figure(
         parts.append(
             f'<rect x="{mid - 6}" y="{mid - 6}" width="12" height="12" class="place"/>'
             f'<text x="{mid + 9}" y="{mid + 4}" class="place-name">'
-            f"{escape((place_name or '')[:_MAX_NAME])}</text>"
+            f"{_text(place_name or '')}</text>"
         )
     for person in located:
         anchor = "start" if person.x <= mid else "end"
@@ -149,7 +164,7 @@ def positions_figure(
         parts.append(
             f'<circle cx="{person.x}" cy="{person.y}" r="5" class="person"/>'
             f'<text x="{round(person.x + dx, 1)}" y="{round(person.y + 4, 1)}" '
-            f'text-anchor="{anchor}" class="name">{escape(person.user[:_MAX_NAME])}</text>'
+            f'text-anchor="{anchor}" class="name">{_text(person.user)}</text>'
         )
     parts.append("</svg>")
-    return PositionsFigure("".join(parts), tuple(located), place is not None)
+    return PositionsFigure("".join(parts), tuple(located), place is not None, place_name)
