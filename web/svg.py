@@ -25,8 +25,8 @@ _MARGIN: Final = 40  # room for labels at the edge
 _EARTH_KM: Final = 6371.0088
 _MAX_NAME: Final = 24  # characters of a name drawn; the table beside the figure has them all
 _UNSHOWABLE: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
-_MAX_PEOPLE: Final = 200
-_SAME_SPOT_KM: Final = 1e-6  # closer than a millimetre: drawn on the centre  # drawn; beyond, the figure would be a blot (the count is said)
+_MAX_PEOPLE: Final = 200  # drawn; beyond, the figure would be a blot (the count is said)
+_SAME_SPOT_KM: Final = 1e-6  # closer than a millimetre: drawn on the centre
 
 
 @dataclass(frozen=True, slots=True)
