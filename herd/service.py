@@ -50,10 +50,11 @@ from notifier.channels.smtp import SmtpChannel
 from notifier.channels.xmpp import TlsMode, XmppChannel
 from notifier.feed import NotifierListener
 from notifier.outbox import Outbox
-from notifier.render import Templates, Unsubscribe
+from notifier.render import Templates, Unsubscribe, no_event_link
 from notifier.routing import Timing
 from notifier.tables import load as load_notifier
 from web.host import WebHost
+from web.links import PersonalLinks
 from web.site import build_site
 from web.templates import WebTemplates, read_static
 
@@ -211,7 +212,6 @@ class HerdService(Service):
         web = self.config.web_of(self.server_name)
         if web is None:
             return
-        static = await self._on_thread(self._cpu_pool)(read_static)
         host = WebHost(
             name=self.server_name,
             web=web,
@@ -222,7 +222,7 @@ class HerdService(Service):
             clock=self.clock,
             log=self.log.received,
             templates=WebTemplates(),
-            static=static,
+            static=read_static(),  # a few small files, read once
         )
         endpoint = TCP4ServerEndpoint(
             self.reactor, web.port, backlog=self.config.limits.listen_backlog, interface=web.host
@@ -266,7 +266,14 @@ class HerdService(Service):
                 # name too long for one encoded word, say): refused like any bad config key.
                 raise ConfigError(self.config.path, "smtp.sender", str(error)) from None
             sender_address = parseaddr(smtp.sender)[1] or sender_address
-        templates = Templates()
+        web = self.config.web_of(self.server_name)
+        templates = Templates(
+            event_link=no_event_link
+            if web is None
+            else PersonalLinks(
+                secret, web.base_url, web.settings.link_days, replica.planning, self.clock
+            ).event_link
+        )
         xmpp = self.config.xmpp
         bot: Callable[[BotGlue], Channel] | None = None
         if xmpp is not None:

@@ -61,6 +61,7 @@ PURE: Final = (
     "web.rules",
     "web.templates",
     "web.host",
+    "web.links",
 )
 
 IO: Final = frozenset({"twisted", "asyncio", "sqlite3", "socket", "slixmpp", "aiosmtplib"})
