@@ -185,7 +185,7 @@ def _text(mail: Mail) -> str:
 
 def open_page(scene: Scene, user: str, server: str = "Bailey") -> Browser:
     """`user` opens the link in their mail (on `server`'s site: any server accepts it)."""
-    port, path, token = mail_link(scene, user, scene.event_id)
+    _, path, token = mail_link(scene, user, scene.event_id)
     scene.seen_tokens.add(token)
     browser = Browser(scene.herd.web_ports[server])
     status, headers, _ = browser.get(path)
@@ -283,7 +283,7 @@ def test_script_in_a_comment_is_shown_as_text(scene: Scene) -> None:
 
 
 def test_forged_expired_and_other_event_links_show_nothing(scene: Scene) -> None:
-    _, path, token = mail_link(scene, "bob", scene.event_id)
+    _, _, token = mail_link(scene, "bob", scene.event_id)
     browser = Browser(scene.herd.web_ports["Bona"])
     forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     expired = link_token(SECRET.encode(), "bob", scene.event_id, int(time.time()) - 1, 0)
@@ -346,7 +346,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(scene: Scene) -> Non
 
 
 def test_revoked_links_and_their_sessions_open_nothing(scene: Scene) -> None:
-    port, path, token = mail_link(scene, "bob", scene.event_id)
+    port, path, _ = mail_link(scene, "bob", scene.event_id)
     browser = open_page(scene, "bob", "Bona")
     assert browser.get(f"/e/{scene.event_id}")[0] == 200
     with Session(scene.herd.ports["Bailey"], "bob", scene.tokens["bob"]) as bob:
