@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 _FORM: Final = b"application/x-www-form-urlencoded"
+_TOO_MANY_REQUESTS: Final = 429  # RFC 6585; twisted.web.http has no name for it
 _LINE_BREAKS: Final = re.compile(r"[\r\n\t]+")
 _CHOICES: Final = {"yes": Choice.YES, "maybe": Choice.MAYBE, "no": Choice.NO}
 DENIED: Final = (
@@ -323,7 +324,25 @@ class _FormResource(Resource):
         line = self.line(form)
         if isinstance(line, str):
             return self._back(request, line)
+        address = str(getattr(request.getClientAddress(), "host", "-"))
+        in_flight = host.writes.get(address, 0)
+        if in_flight >= host.web.settings.writes_per_address:
+            request.setResponseCode(_TOO_MANY_REQUESTS)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            request.setHeader(b"Retry-After", b"1")
+            return b"too many at once: try again\n"
+        host.writes[address] = in_flight + 1
+
+        def done(result: object) -> object:
+            left = host.writes.get(address, 1) - 1
+            if left > 0:
+                host.writes[address] = left
+            else:
+                host.writes.pop(address, None)
+            return result
+
         answered = host.run_as(session.claim.user, line.rstrip(b"\n"))
+        answered.addBoth(done)
         finished = request.notifyFinish()
         gone: list[bool] = []
         finished.addErrback(lambda _: gone.append(True))

@@ -215,3 +215,28 @@ def test_the_access_log_shows_no_token(site: tuple[WebSite, Recorder]) -> None:
         assert who.startswith("web:")
         assert token.encode() not in line
     assert recorder.logged[0][1] == b"GET /e/E?t=... 303 0"
+
+
+def test_posts_waiting_for_their_line_are_bounded_per_address(
+    site: tuple[WebSite, Recorder],
+) -> None:
+    web, recorder = site
+    cookie, csrf = session_of(web)
+    waiting: list[Deferred[bytes]] = []
+
+    def slow(user: str, line: bytes) -> Deferred[bytes]:
+        recorder.lines.append((user, line))
+        waiting.append(Deferred())
+        return waiting[-1]
+
+    object.__setattr__(web.host, "run_as", slow)
+    vote = post("/e/E/vote", f"csrf={csrf}&option=t1&choice=yes".encode(), cookie)
+    limit = web.host.web.settings.writes_per_address
+    answers = [exchange(web, vote) for _ in range(limit + 1)]
+    assert all(answer == b"" for answer in answers[:limit])  # waiting for their line
+    assert answers[limit].startswith(b"HTTP/1.1 429 ")
+    assert len(recorder.lines) == limit
+    for each in waiting:
+        each.callback(b'EVENT {"id":"E"}\n')
+    assert web.host.writes == {}
+    assert exchange(web, vote) == b""  # room again
