@@ -26,6 +26,7 @@ from herd.api import (
     Choice,
     CommentOn,
     Event,
+    RevokeLinks,
     VoteOn,
     WebClaim,
     check_csrf,
@@ -199,6 +200,8 @@ class EventResource(Resource):
             return VoteResource(self.host, self.event_id)
         if path == b"comment":
             return CommentResource(self.host, self.event_id)
+        if path == b"revoke":
+            return RevokeResource(self.host, self.event_id)
         factory = self.actions.get(path)
         if factory is not None:
             return factory(self.host, self.event_id)
@@ -396,6 +399,34 @@ class CommentResource(_FormResource):
         if not text:
             return "Not done: the comment is empty."
         return CommentOn(self.event_id, text).to_line()
+
+
+class RevokeResource(_FormResource):
+    """`POST /e/<event>/revoke`: `csrf`.  `LINKS REVOKE` as the user: every link sent so far,
+    and this page's own session, stop working; the answer says so (there is no page to go
+    back to)."""
+
+    done = (
+        "Your links are revoked: the links in the messages Renga sent you so far, and every page "
+        "opened with one, no longer open anything. The next messages carry new links."
+    )
+
+    def line(self, form: Mapping[str, str]) -> bytes | str:
+        return RevokeLinks().to_line()
+
+    def _back(self, request: Request, message: str) -> bytes:
+        cleared = Cookie(SESSION_COOKIE, "", f"/e/{self.event_id}", 0, self.host.web.secure)
+        request.setHeader(b"Set-Cookie", cleared.header())
+        revoked = message == self.done
+        page = self.host.templates.page(
+            "denied",
+            {
+                "heading": "Links revoked" if revoked else "Not done",
+                "message": message,
+                "server": self.host.name,
+            },
+        )
+        return _html(request, page)
 
 
 def _form(args: Mapping[bytes, list[bytes]]) -> dict[str, str]:

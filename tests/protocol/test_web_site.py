@@ -240,3 +240,22 @@ def test_posts_waiting_for_their_line_are_bounded_per_address(
         each.callback(b'EVENT {"id":"E"}\n')
     assert web.host.writes == {}
     assert exchange(web, vote) == b""  # room again
+
+
+def test_revoking_from_the_page_is_one_links_revoke_line(site: tuple[WebSite, Recorder]) -> None:
+    web, recorder = site
+    cookie, csrf = session_of(web)
+    recorder.answer = b'LINKS {"user":"bob","generation":1}\n'
+    answer = exchange(web, post("/e/E/revoke", f"csrf={csrf}".encode(), cookie))
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"Set-Cookie: renga_session=; Path=/e/E; Max-Age=0" in answer
+    assert b"Links revoked" in answer
+    assert recorder.lines == [("bob", b"LINKS REVOKE")]
+    # a cross-site page cannot make someone revoke their links
+    assert (
+        b" 403 "
+        in exchange(
+            web, post("/e/E/revoke", f"csrf={csrf}".encode(), cookie, "https://evil.example")
+        )[:20]
+    )
+    assert len(recorder.lines) == 1
