@@ -1,4 +1,4 @@
-"""The herd's public interface for the notifier (and later the web): the listener interface the
+"""The herd's public interface for the notifier and the web: the listener interface the
 herd defines (`ChangeListener`, told a `Change` with a `ChangeContext`), the read-only views of the
 planning state and the few names a listener needs.  No notifier module imports another herd
 module (but `herd.config`, for the wiring: `tests/unit/test_import_graph.py`); everything here is
@@ -41,13 +41,26 @@ from herd.ops import (
     client_text,
     is_id,
 )
-from herd.tokens import check_link_code, unsubscribe_token
+from herd.tokens import (
+    USER_SCOPE,
+    WebClaim,
+    check_csrf,
+    check_link_code,
+    csrf_token,
+    link_token,
+    open_link,
+    open_session,
+    session_token,
+    unsubscribe_token,
+)
 from herd.views import Comment, Event, PlaceOption, Status, TimeOption, User, format_utc
 from herd.wire.grammar import WireError
+from herd.wire.planning import CommentOn, RevokeLinks, VoteOn
 from herd.zones import Position, PositionOf, timezone_of
 
 __all__ = [
     "MAX_POSIX",
+    "USER_SCOPE",
     "AddComment",
     "AddPlace",
     "AddTime",
@@ -62,6 +75,7 @@ __all__ = [
     "Choice",
     "Clock",
     "Comment",
+    "CommentOn",
     "DigestSent",
     "DurableWrite",
     "Event",
@@ -73,6 +87,7 @@ __all__ = [
     "PlaceOption",
     "Position",
     "PositionOf",
+    "RevokeLinks",
     "RunBlocking",
     "Stamp",
     "StateView",
@@ -80,13 +95,21 @@ __all__ = [
     "TimeOption",
     "Uninvite",
     "User",
+    "VoteOn",
+    "WebClaim",
     "WireError",
+    "check_csrf",
     "check_link_code",
     "client_bytes",
     "client_text",
+    "csrf_token",
     "format_utc",
     "is_id",
+    "link_token",
     "op_server",
+    "open_link",
+    "open_session",
+    "session_token",
     "timezone_of",
     "unsubscribe_token",
     "user_additions",

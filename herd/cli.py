@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="the local Prosody's client port when free, else a free one; 0: any (default 5222)",
     )
+    up.add_argument(
+        "--web-port",
+        type=int,
+        metavar="PORT",
+        help="the first server's web port when the config has no [web]; the next servers take "
+        "the next free ones; 0: any (default 8001)",
+    )
     status = command(
         "status",
         "show each server and its peer links",
@@ -221,7 +228,13 @@ def main(argv: list[str]) -> int:
         if arguments.command == "up":
             from herd.up import up
 
-            return up(config, arguments.verbose, arguments.smtp_port, arguments.xmpp_port)
+            return up(
+                config,
+                arguments.verbose,
+                arguments.smtp_port,
+                arguments.xmpp_port,
+                arguments.web_port,
+            )
         if arguments.command == "outbox":
             return outbox(config, arguments)
         if arguments.command == "mail":

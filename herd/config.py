@@ -31,8 +31,10 @@ __all__ = [
     "NotificationsConfig",
     "PlacesConfig",
     "ServerConfig",
+    "ServerWeb",
     "SmtpConfig",
     "TlsConfig",
+    "WebConfig",
     "XmppConfig",
     "default_config_path",
     "load_config",
@@ -82,6 +84,9 @@ class ServerConfig:
     host: str
     port: int
     peers: tuple[str, ...]  # every neighbour, whichever side listed the link; sorted
+    web_port: int | None = None  # `[servers.X] web_port`: this server's web port, over `[web]`
+    web_base_url: str | None = None  # ... its public URL prefix, over `[web] base_url`
+    status_port: int | None = None  # ... its status listener's port, over `[web] status_port`
 
 
 def dial_host(host: str) -> str:
@@ -216,6 +221,56 @@ class NotificationsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The web channel (`[web]`, docs/web.md): off when the table is absent.  `port`,
+    `base_url` and `status_port` are defaults a server's own `web_port`, `web_base_url` and
+    `status_port` override (`HerdConfig.web_of` resolves them for one server)."""
+
+    port: int | None = None  # None: every server names its own `web_port`
+    host: str | None = None  # None: the server's own host
+    base_url: str | None = None  # None: http://<host>:<port>
+    status_port: int | None = None  # None: no status listener (unless a server sets one)
+    link_days: int = 30  # a personal link in a notification works this long
+    session_hours: int = 24  # a session a link opened lasts at most this long
+    body_bytes: int = 16 * 1024  # the largest request body (a form) a server reads
+    header_bytes: int = 16 * 1024  # the request line and headers of one request, together
+    idle_seconds: float = 60.0  # a connection with no request in flight is closed after this
+    streams_per_user: int = 8  # open live streams of one user on one server
+    streams_per_address: int = 64  # open live streams from one client address on one server
+    heartbeat_seconds: float = 15.0  # a live stream gets a comment line this often when idle
+    writes_per_address: int = 8  # form posts from one client address waiting for their line
+
+
+WEB_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
+    "link_days": (1, 366),
+    "session_hours": (1, 24 * 366),
+    "body_bytes": (1024, 1 << 24),
+    "header_bytes": (1024, 1 << 20),
+    "idle_seconds": (1.0, 86400.0),
+    "streams_per_user": (1, 1 << 16),
+    "streams_per_address": (1, 1 << 20),
+    "heartbeat_seconds": (1.0, 3600.0),
+    "writes_per_address": (1, 1 << 16),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerWeb:
+    """One server's web listener as the config resolves it (`HerdConfig.web_of`)."""
+
+    host: str  # the interface the site listens on
+    port: int
+    base_url: str  # the public URL prefix links in notifications use, no trailing slash
+    status_port: int | None  # the status listener's port on 127.0.0.1, or None: off
+    settings: WebConfig
+
+    @property
+    def secure(self) -> bool:
+        """Whether people reach the site over HTTPS (cookies are then marked Secure)."""
+        return self.base_url.startswith("https://")
+
+
+@dataclass(frozen=True, slots=True)
 class HerdConfig:
     """A whole herd: every server of it loads the same file and picks itself by name."""
 
@@ -233,6 +288,20 @@ class HerdConfig:
     limits: LimitsConfig = LimitsConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     tls: TlsConfig | None = None  # None: plain TCP on the client port and the peer links
+    web: WebConfig | None = None
+
+    def web_of(self, name: str) -> ServerWeb | None:
+        """Server `name`'s web listener, or None when the herd has no `[web]`."""
+        web = self.web
+        if web is None:
+            return None
+        server = self.server(name)
+        port = server.web_port if server.web_port is not None else web.port
+        assert port is not None  # load_config refuses a server with neither
+        host = web.host or server.host
+        base_url = server.web_base_url or web.base_url or f"http://{_url_host(host)}:{port}"
+        status_port = server.status_port if server.status_port is not None else web.status_port
+        return ServerWeb(host, port, base_url.rstrip("/"), status_port, web)
 
     def with_secret(self, secret: bytes) -> HerdConfig:
         """This config with the secret its servers really use (the generated one, when the
@@ -284,6 +353,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
         "limits",
         "notifications",
         "tls",
+        "web",
         what="table",
     )
 
@@ -311,6 +381,9 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
     limits_table = root.table("limits")
     notifications_table = root.table("notifications")
     tls_table = root.table("tls")
+    web_table = root.table("web")
+    web = _web(web_table) if web_table else None
+    _check_web_ports(root, servers, web)
     return HerdConfig(
         path=path,
         data_dir=data_dir,
@@ -328,6 +401,7 @@ def load_config(path: Path | str, env: Mapping[str, str]) -> HerdConfig:
         if notifications_table
         else NotificationsConfig(),
         tls=_tls_files(tls_table) if tls_table else None,
+        web=web,
     )
 
 
@@ -365,6 +439,7 @@ def _servers(root: _Table) -> dict[str, ServerConfig]:
     if table is None or not table.data:
         raise ConfigError(root.path, "servers", "at least one server is needed")
     listed: dict[str, tuple[str, int, tuple[str, ...]]] = {}
+    web_overrides: dict[str, tuple[int | None, str | None, int | None]] = {}
     used: dict[tuple[str, int], str] = {}
     for name in table.data:
         if not name or not all("!" <= char <= "~" for char in name):
@@ -375,13 +450,19 @@ def _servers(root: _Table) -> dict[str, ServerConfig]:
             )
         server = table.table(name)
         assert server is not None  # name is one of table's keys
-        server.only("host", "port", "peers")
+        server.only("host", "port", "peers", "web_port", "web_base_url", "status_port")
         host = _host(server, server.string("host", DEFAULT_HOST))
         port = server.port("port", None)
         other = used.setdefault((_host_identity(host), port), name)
         if other != name:
             raise server.error("port", f"port {port} on {host} is already used by {other}")
         listed[name] = (host, port, server.strings("peers"))
+        web_base_url = server.optional_string("web_base_url")
+        web_overrides[name] = (
+            None if "web_port" not in server.data else server.port("web_port", None),
+            None if web_base_url is None else _base_url(server, "web_base_url", web_base_url),
+            None if "status_port" not in server.data else server.port("status_port", None),
+        )
 
     neighbours: dict[str, set[str]] = {name: set() for name in listed}
     for name, (_, _, peers) in listed.items():
@@ -395,9 +476,89 @@ def _servers(root: _Table) -> dict[str, ServerConfig]:
             neighbours[name].add(peer)
             neighbours[peer].add(name)
     return {
-        name: ServerConfig(name, host, port, tuple(sorted(neighbours[name])))
+        name: ServerConfig(name, host, port, tuple(sorted(neighbours[name])), *web_overrides[name])
         for name, (host, port, _) in listed.items()
     }
+
+
+def _web(table: _Table) -> WebConfig:
+    """`[web]`: where each server's site listens and what it may be made to hold."""
+    table.only("port", "host", "base_url", "status_port", *WEB_RANGES)
+    port = None if "port" not in table.data else table.port("port", None)
+    host = table.optional_string("host")
+    if host is not None:
+        _host(table, host)
+    base_url = table.optional_string("base_url")
+    if base_url is not None:
+        base_url = _base_url(table, "base_url", base_url)
+    status_port = None if "status_port" not in table.data else table.port("status_port", None)
+    defaults = WebConfig()
+    values: dict[str, float] = {}
+    for key, (low, high) in WEB_RANGES.items():
+        default = getattr(defaults, key)
+        if isinstance(default, float):
+            value: float = table.number(key, default)
+        else:
+            value = table.integer(key, default)
+        if not low <= value <= high:
+            raise table.error(key, f"must be between {low} and {high}, got {value}")
+        values[key] = value
+    if values["heartbeat_seconds"] >= values["idle_seconds"]:
+        raise table.error("heartbeat_seconds", "must be less than idle_seconds")
+    return WebConfig(port, host, base_url, status_port, **values)  # type: ignore[arg-type]
+
+
+def _base_url(table: _Table, key: str, url: str) -> str:
+    """An http(s) URL prefix without query or fragment, as links in mails will start."""
+    parts = urlsplit(url)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+        or any(char.isspace() or char in "\"'<>" for char in url)
+    ):
+        raise table.error(
+            key, f"must be an http or https URL prefix like https://renga.example, got {url!r}"
+        )
+    return url.rstrip("/")
+
+
+def _check_web_ports(
+    root: _Table, servers: Mapping[str, ServerConfig], web: WebConfig | None
+) -> None:
+    """Every server's web and status ports: given when the web is on, and clashing with no
+    other listener on the same host (a line port, another server's web or status port)."""
+    if web is None:
+        for server in servers.values():
+            for key in ("web_port", "web_base_url", "status_port"):
+                if getattr(server, key) is not None:
+                    raise ConfigError(
+                        root.path, f"servers.{server.name}.{key}", "needs a [web] table"
+                    )
+        return
+    used = {(_host_identity(s.host), s.port): f"{s.name} (port)" for s in servers.values()}
+    for server in servers.values():
+        port = server.web_port if server.web_port is not None else web.port
+        if port is None:
+            raise ConfigError(
+                root.path,
+                f"servers.{server.name}.web_port",
+                "is required when [web] has no port",
+            )
+        status = server.status_port if server.status_port is not None else web.status_port
+        listeners = [("web_port", _host_identity(web.host or server.host), port)]
+        if status is not None:
+            listeners.append(("status_port", _host_identity("127.0.0.1"), status))
+        for key, host, number in listeners:
+            other = used.setdefault((host, number), f"{server.name} ({key})")
+            if other != f"{server.name} ({key})":
+                raise ConfigError(
+                    root.path,
+                    f"servers.{server.name}.{key}",
+                    f"port {number} is already used by {other}; give each server its own {key}",
+                )
 
 
 def _places(table: _Table, env: Mapping[str, str]) -> PlacesConfig:
@@ -614,6 +775,14 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _url_host(host: str) -> str:
+    """A host as it stands in a URL: an IPv6 address in brackets; any address for 'all
+    interfaces' as 127.0.0.1, which a browser on this machine can open."""
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _host_identity(host: str) -> str:

@@ -1,19 +1,22 @@
 """`herd up`'s local services: a mail sink and a Prosody, for a config that has no `[smtp]` or
-`[xmpp]` of its own, and demo users to try the bot with (wiring, blocking code: it runs in the
-`herd up` process, never in a server).
+`[xmpp]` of its own, a web port for each server when it has no `[web]`, and demo users to try
+the bot with (wiring, blocking code: it runs in the `herd up` process, never in a server).
 
 The servers are then run with a derived config, written beside the user's (so every relative
 path in it still means the same), that adds the `[smtp]`/`[xmpp]` tables pointing at these
-services.
+services, and `[web]` with each server's `web_port`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import secrets
 import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ BOT_USER = "renga"
 SINK_START_SECONDS = 10.0
 XMPP_PORT = 5222  # the Jabber client port a newcomer's client tries first, when it is free
 SMTP_PORT = 2525  # the mail sink's port, when it is free
+WEB_PORT = 8001  # the first server's web port, when it is free; the next free ones after it
 
 
 @dataclass
@@ -40,6 +44,7 @@ class LocalServices:
     sink: subprocess.Popen[bytes] | None = None
     sink_port: int | None = None
     prosody: LocalProsody | None = None
+    web: dict[str, str] = field(default_factory=dict)  # server -> its site's URL
     _gone: set[str] = field(default_factory=set)
 
     def exited(self) -> list[str]:
@@ -85,12 +90,23 @@ def derived_config_path(config_path: Path) -> Path:
 
 
 def start_local_services(
-    config: HerdConfig, smtp_port: int = SMTP_PORT, xmpp_port: int = XMPP_PORT
+    config: HerdConfig,
+    smtp_port: int = SMTP_PORT,
+    xmpp_port: int = XMPP_PORT,
+    web_port: int = WEB_PORT,
 ) -> LocalServices:
     """Start what the config lacks, on the given ports when they are free (else on free ones;
     0: any free port), and write the derived config the servers run with."""
     extra: list[str] = []
     services = LocalServices(config.path)
+    web_ports: dict[str, int] = {}
+    if config.web is None:
+        web_ports = web_ports_from(config, web_port)
+    else:
+        for name in config.servers:
+            site = config.web_of(name)
+            if site is not None:
+                services.web[name] = site.base_url
     try:
         if config.smtp is None:
             port = port_or_free(smtp_port)
@@ -120,12 +136,16 @@ def start_local_services(
         if config.xmpp is None:
             services.prosody, table = _start_prosody(config.data_dir / "prosody", xmpp_port)
             extra.append(table)
-        if extra:
+        if extra or web_ports:
             derived = derived_config_path(config.path)
+            text = config.path.read_text(encoding="utf-8")
+            if web_ports:
+                text = with_web_ports(text, web_ports)
+                services.web = {
+                    name: f"http://127.0.0.1:{port}" for name, port in web_ports.items()
+                }
             derived.write_text(
-                config.path.read_text(encoding="utf-8")
-                + "\n# added by herd up, removed when it stops\n"
-                + "\n".join(extra),
+                text + "\n# added by herd up, removed when it stops\n" + "\n".join(extra),
                 encoding="utf-8",
             )
             services.derived = services.config_path = derived
@@ -133,6 +153,81 @@ def start_local_services(
         services.stop()
         raise
     return services
+
+
+def web_ports_from(config: HerdConfig, first: int = WEB_PORT) -> dict[str, int]:
+    """A web port for each server: the first free ones from `first` up (0: any free port),
+    none a port the herd itself uses."""
+    taken = {server.port for server in config.servers.values()}
+    ports: dict[str, int] = {}
+    candidate = first
+    for name, server in config.servers.items():
+        if not first:
+            ports[name] = _free_port()
+            continue
+        host = "127.0.0.1" if server.host in ("0.0.0.0", "", "localhost") else server.host
+        while candidate in taken or not port_is_free(candidate, host):
+            candidate += 1
+            if candidate > 65535:
+                raise RuntimeError(f"no free web port from {first} up")
+        ports[name] = candidate
+        taken.add(candidate)
+    return ports
+
+
+def with_web_ports(text: str, ports: dict[str, int]) -> str:
+    """The config `text` with `[web]` and each server's `web_port` added: read as TOML and
+    written out again whole, since keys cannot be added to a table already closed.  Comments
+    are not kept; this file is for the servers, and is removed when `herd up` stops."""
+    document = tomllib.loads(text)
+    servers = document.get("servers")
+    assert isinstance(servers, dict)  # the config loaded
+    for name, port in ports.items():
+        server = servers[name]
+        assert isinstance(server, dict)
+        server["web_port"] = port
+    document["web"] = {}
+    return "# derived by herd up from the config beside it\n" + _toml(document)
+
+
+def _toml(document: dict[str, object], prefix: str = "") -> str:
+    """TOML for what `tomllib` read from a herd config: strings, numbers, booleans, arrays of
+    those, tables (dates and times do not occur in a valid config)."""
+    plain = [
+        f"{_key(key)} = {_toml_value(value)}"
+        for key, value in document.items()
+        if not isinstance(value, dict)
+    ]
+    out = ""
+    if plain or (prefix and not any(isinstance(v, dict) for v in document.values())):
+        out = (f"[{prefix}]\n" if prefix else "") + "".join(line + "\n" for line in plain) + "\n"
+    for key, value in document.items():
+        if isinstance(value, dict):
+            out += _toml(value, f"{prefix}.{_key(key)}" if prefix else _key(key))
+    return out
+
+
+def _key(key: str) -> str:
+    bare = key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key)
+    return key if bare else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):  # JSON's escapes are TOML's, but for DEL, which TOML escapes
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise ValueError(f"cannot write {type(value).__name__} in a derived config")
 
 
 def _start_prosody(folder: Path, preferred_port: int) -> tuple[LocalProsody, str]:

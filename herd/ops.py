@@ -20,6 +20,7 @@ from herd.wire.grammar import WireError
 __all__ = [
     "MAX_COMMENT",
     "MAX_INVITES",
+    "MAX_LINK_GENERATION",
     "MAX_NAME",
     "MAX_POSIX",
     "MAX_TITLE",
@@ -36,6 +37,7 @@ __all__ = [
     "Decide",
     "DigestSent",
     "Invite",
+    "LinksRevoked",
     "Op",
     "Reopen",
     "SetDevice",
@@ -62,6 +64,7 @@ MAX_COMMENT: Final = 2000
 MAX_INVITES: Final = 50
 _MAX_VALUE: Final = 512
 _MAX_CLIENT: Final = 512
+MAX_LINK_GENERATION: Final = 2**53  # exact in every JSON reader
 MAX_POSIX: Final = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime can show
 
 
@@ -159,6 +162,24 @@ class SetUserField:
         if name not in UserField.__members__.values():
             raise WireError(f"unknown user field {name!r}")
         return cls(payload.ident("user"), UserField(name), payload.optional_text("value"))
+
+
+@dataclass(frozen=True, slots=True)
+class LinksRevoked:
+    """`links` `{"user": "alice", "generation": 3}`: the user revoked their personal web links
+    (`LINKS REVOKE`); a link made under an older generation no longer opens anything.  A max
+    register: the generation never goes back, whatever order the ops arrive in."""
+
+    KIND: ClassVar[str] = "links"
+    user: str
+    generation: int
+
+    @classmethod
+    def from_payload(cls, payload: _Payload) -> Self:
+        generation = payload.raw("generation")
+        if type(generation) is not int or not 0 < generation <= MAX_LINK_GENERATION:
+            raise WireError(f"generation must be an integer from 1 to {MAX_LINK_GENERATION}")
+        return cls(payload.ident("user"), generation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +383,7 @@ Body = (
     | Reopen
     | Cancel
     | DigestSent
+    | LinksRevoked
 )
 
 _BODIES: Final[dict[str, Callable[[_Payload], Body]]] = {
@@ -381,6 +403,7 @@ _BODIES: Final[dict[str, Callable[[_Payload], Body]]] = {
         Reopen,
         Cancel,
         DigestSent,
+        LinksRevoked,
     )
 }
 _HEADER: Final = ("id", "ns", "actor", "kind")

@@ -1,5 +1,5 @@
 """Planning replies, pure: what an accepted command answers, read from the state once its ops
-are applied (`USER {...}`, `EVENT {...}`, `EVENTS [...]`, `SUGGEST {...}`)."""
+are applied (`USER {...}`, `LINKS {...}`, `EVENT {...}`, `EVENTS [...]`, `SUGGEST {...}`)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from herd.wire.planning import (
     ProposeTime,
     RemoveDevice,
     ReopenEvent,
+    RevokeLinks,
     SetUser,
     ShowEvent,
+    ShowLinks,
     ShowUser,
     StateCommand,
     UninviteUsers,
@@ -49,6 +51,10 @@ def respond(
             return _user_reply(state, user, position_of)
         case WhoAmI() | ShowUser() | SetUser() | UnsetUser() | AddDevice() | RemoveDevice():
             return _user_reply(state, actor, position_of)
+        case ShowLinks() | RevokeLinks():
+            found = state.user(actor)
+            generation = 0 if found is None else found.link_generation
+            return format_reply(b"LINKS", {"user": actor, "generation": generation})
         case ListEvents():
             summaries = [
                 {"id": e.id, "title": e.title, "organiser": e.organiser, "status": e.status.value}

@@ -36,6 +36,7 @@ from herd.ops import (
     CreateEvent,
     Decide,
     Invite,
+    LinksRevoked,
     Op,
     Reopen,
     SetDevice,
@@ -74,8 +75,10 @@ from herd.wire.planning import (
     ProposeTime,
     RemoveDevice,
     ReopenEvent,
+    RevokeLinks,
     SetUser,
     ShowEvent,
+    ShowLinks,
     ShowUser,
     StateCommand,
     Suggest,
@@ -214,8 +217,12 @@ def execute(
         return PlanningError("not-authenticated", "AUTH <user> <token> first")
     context = _Context(state, actor, now_ns, new_op_id)
     match command:
-        case WhoAmI() | ShowUser() | ListEvents():
+        case WhoAmI() | ShowUser() | ListEvents() | ShowLinks():
             return []
+        case RevokeLinks():
+            user = state.user(actor)
+            generation = 0 if user is None else user.link_generation
+            return [context.op(LinksRevoked(actor, generation + 1))]
         case SetUser(field=name, value=value):
             canonical = _user_value(name, value)
             if isinstance(canonical, PlanningError):

@@ -260,10 +260,11 @@ class HerdServer:
 
     # --- planning operations -------------------------------------------------------------------
 
-    def run_as(self, user: str, line: bytes) -> Deferred[bytes]:
+    def run_as(self, user: str, line: bytes, channel: str = "bot") -> Deferred[bytes]:
         """Run one line as `user`, as if they had sent it on an authenticated connection;
-        fires with the reply."""
-        return run_as(partial(self.client_connection, LineConnection), user, line)
+        fires with the reply.  `channel` names the way it came in the log (`bot:alice`,
+        `web:alice`)."""
+        return run_as(partial(self.client_connection, LineConnection), user, line, channel)
 
     def new_op_id(self) -> str:
         return self.op_ids.new()

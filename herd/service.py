@@ -51,9 +51,13 @@ from notifier.channels.smtp import SmtpChannel
 from notifier.channels.xmpp import TlsMode, XmppChannel
 from notifier.feed import NotifierListener
 from notifier.outbox import Outbox
-from notifier.render import Templates, Unsubscribe
+from notifier.render import Templates, Unsubscribe, no_event_link
 from notifier.routing import Timing
 from notifier.tables import load as load_notifier
+from web.host import WebHost
+from web.links import PersonalLinks
+from web.site import build_site
+from web.templates import WebTemplates, read_static
 
 T = TypeVar("T")
 _log = Logger()
@@ -136,6 +140,7 @@ class HerdService(Service):
         self.server: HerdServer | None = None
         self.places: PlacesProvider | None = None
         self.port: IListeningPort | None = None
+        self.web_port: IListeningPort | None = None  # the web site's, when the herd has [web]
         self.factory: ClientFactory | None = None
         self.dialers: list[ClientService] = []
         self.started: Deferred[None] = Deferred()
@@ -206,9 +211,40 @@ class HerdService(Service):
             tls=" (TLS)" if tls is not None else "",
             count=len(replica.table),
         )
+        await self._start_web(server, replica)
         for peer in self.server_config.peers:
             if self.server_name < peer:
                 self._dial(server, peer)
+
+    async def _start_web(self, server: HerdServer, replica: Replica) -> None:
+        """The web site (`[web]`, docs/web.md) on this server's web port: pages read the
+        server's state, writes go through `run_as` like the Jabber bot's."""
+        web = self.config.web_of(self.server_name)
+        if web is None:
+            return
+        host = WebHost(
+            name=self.server_name,
+            web=web,
+            secret=self.config.secret,
+            state=replica.planning,
+            position_of=server.position_of,
+            run_as=partial(server.run_as, channel="web"),
+            clock=self.clock,
+            log=self.log.received,
+            templates=WebTemplates(),
+            static=read_static(),  # a few small files, read once
+        )
+        endpoint = TCP4ServerEndpoint(
+            self.reactor, web.port, backlog=self.config.limits.listen_backlog, interface=web.host
+        )
+        self.web_port = await endpoint.listen(build_site(host))
+        _log.info(
+            "{name} web on {host}:{port} ({url})",
+            name=self.server_name,
+            host=web.host,
+            port=web.port,
+            url=web.base_url,
+        )
 
     async def _start_notifier(
         self, server: HerdServer, committer: GroupCommitter, replica: Replica
@@ -241,7 +277,14 @@ class HerdService(Service):
                 # name too long for one encoded word, say): refused like any bad config key.
                 raise ConfigError(self.config.path, "smtp.sender", str(error)) from None
             sender_address = parseaddr(smtp.sender)[1] or sender_address
-        templates = Templates()
+        web = self.config.web_of(self.server_name)
+        templates = Templates(
+            event_link=no_event_link
+            if web is None
+            else PersonalLinks(
+                secret, web.base_url, web.settings.link_days, replica.planning, self.clock
+            ).event_link
+        )
         xmpp = self.config.xmpp
         bot: Callable[[BotGlue], Channel] | None = None
         if xmpp is not None:
@@ -392,6 +435,8 @@ class HerdService(Service):
         await DeferredList([dialer.stopService() for dialer in self.dialers])
         if self.port is not None:
             await maybeDeferred(self.port.stopListening)
+        if self.web_port is not None:
+            await maybeDeferred(self.web_port.stopListening)
         if self.factory is not None:
             for connection in self.factory.connections:
                 connection.stopProducing()

@@ -9,7 +9,8 @@ The state is a function of the *set* of ops applied, whatever their order or rep
   each event's status together with its decision (so a decision is never half applied);
 - add-only sets keyed by op id: users, events, proposed options and comments (an event's id and
   an option's id are the id of the op that created it, so they need no coordination);
-- max registers: when each user's digest was last sent and the newest change it covered.
+- max registers: when each user's digest was last sent and the newest change it covered; each
+  user's web link generation.
 
 `apply` never refuses a well-formed op: a rule checked on arrival would depend on what had
 arrived first, and replicas would diverge.  Rules are checked before an op exists (in
@@ -36,6 +37,7 @@ from herd.ops import (
     Decide,
     DigestSent,
     Invite,
+    LinksRevoked,
     Op,
     Reopen,
     SetDevice,
@@ -105,6 +107,7 @@ class PlanningState:
         self._clients_of: dict[str, set[str]] = {}
         self._events: dict[str, _EventRecord] = {}
         self._digests: dict[str, tuple[int, int]] = {}  # user -> (last sent, items up to), ns
+        self._link_generations: dict[str, int] = {}  # user -> their web links' generation
         self._involved: dict[str, set[str]] = {}  # user -> events they organise or are invited to
         # Built on read and dropped when an op touches them: the notifier reads one event and
         # its participants once per recipient of a change, and a digest run reads each event
@@ -216,6 +219,11 @@ class PlanningState:
             case Cancel(event=event_id):
                 cancelled: _StatusValue = Status.CANCELLED, None, None
                 return self._set_status(event_id, stamp, cancelled, ChangeKind.CANCELLED)
+            case LinksRevoked(user=user, generation=generation):
+                if generation <= self._link_generations.get(user, 0):
+                    return None
+                self._link_generations[user] = generation
+                return ChangeKind.USER_UPDATED, {user}
             case DigestSent(user=user, upto=upto):
                 sent, held = self._digests.get(user, (0, 0))
                 merged = max(sent, op.time_ns), max(held, upto)
@@ -265,6 +273,7 @@ class PlanningState:
             tz=fields.get(UserField.TZ),
             clients=self.clients_of(user_id),
             token_hash=fields.get(UserField.TOKEN),
+            link_generation=self._link_generations.get(user_id, 0),
         )
         return built
 
@@ -360,6 +369,7 @@ class PlanningState:
             "devices": dict(self._devices),
             "events": {event_id: _record_snapshot(r) for event_id, r in self._events.items()},
             "digests": dict(self._digests),
+            "link_generations": dict(self._link_generations),
         }
 
 
@@ -377,7 +387,7 @@ def _record_snapshot(record: _EventRecord) -> dict[str, object]:
 
 def _event_of(op: Op) -> str | None:
     match op.body:
-        case AddUser() | SetUserField() | SetDevice() | DigestSent():
+        case AddUser() | SetUserField() | SetDevice() | DigestSent() | LinksRevoked():
             return None
         case CreateEvent():
             return op.op_id

@@ -1,6 +1,6 @@
 """Every HMAC and scrypt use of the herd, so what a secret signs is written in one place: line
-tokens (scrypt hashes, the delay after failures), peer handshake MACs, unsubscribe tokens and
-Jabber link codes.
+tokens (scrypt hashes, the delay after failures), peer handshake MACs, unsubscribe tokens,
+Jabber link codes, and the web's personal links, sessions and CSRF tokens.
 """
 
 from __future__ import annotations
@@ -9,21 +9,32 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
-from herd.ops import client_bytes
+from herd.ops import client_bytes, is_id
 
 __all__ = [
     "LINK_WINDOW",
+    "MAX_SIGNED_TOKEN",
     "PROTOCOL_TAG",
+    "USER_SCOPE",
+    "WebClaim",
     "auth_delay",
+    "check_csrf",
     "check_link_code",
+    "csrf_token",
     "hash_token",
     "issue_link_code",
     "link_code",
+    "link_token",
     "new_nonce",
     "new_token",
+    "open_link",
+    "open_session",
     "peer_mac",
+    "session_token",
     "unsubscribe_token",
     "verify_token",
     "verify_unsubscribe",
@@ -162,3 +173,126 @@ def check_link_code(secret: bytes, user: str, jid: str, code: str, now_ns: int) 
         hmac.compare_digest(link_code(secret, user, jid, w), typed) for w in (window, window - 1)
     ]
     return any(matches)
+
+
+# --- the web: personal links, sessions, CSRF tokens ---------------------------------------------
+
+MAX_SIGNED_TOKEN: Final = 400
+"""The longest link or session token read (characters): a longer one is refused unread."""
+
+USER_SCOPE: Final = "*"
+"""The scope of a session good for all of a user's events (no event id can spell it)."""
+
+_LINK_KEY_LABEL: Final = b"renga-web-link-key-v1"
+_SESSION_KEY_LABEL: Final = b"renga-web-session-key-v1"
+_CSRF_KEY_LABEL: Final = b"renga-web-csrf-key-v1"
+_MAC_BYTES: Final = 16  # 128 bits: forging one is as hard as guessing a random 128-bit value
+
+
+def _derived_key(secret: bytes, label: bytes) -> bytes:
+    """A key of its own for each use, so no MAC made for one purpose is good for another (nor
+    for the peer handshake, the unsubscribe tokens or the link codes)."""
+    return hmac.new(secret, label, hashlib.sha256).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class WebClaim:
+    """What a valid link or session token says: who, for which event (`USER_SCOPE`: all of
+    theirs), until when (POSIX seconds), and the user's link generation when it was made."""
+
+    user: str
+    scope: str
+    expires: int
+    generation: int
+
+    def allows(self, event: str) -> bool:
+        return self.scope in (event, USER_SCOPE)
+
+
+def _sign(key: bytes, claim: WebClaim) -> str:
+    if not is_id(claim.user) or not (is_id(claim.scope) or claim.scope == USER_SCOPE):
+        raise ValueError("a web token names a user id and an event id or the user scope")
+    if claim.expires < 0 or claim.generation < 0:
+        raise ValueError("expiry and generation are non-negative")
+    payload = f"{claim.user}:{claim.scope}:{claim.expires}:{claim.generation}".encode("ascii")
+    mac = hmac.new(key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    return base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode("ascii")
+
+
+def _open(key: bytes, token: str, now_s: int) -> WebClaim | None:
+    """The claim of a token `_sign` made with `key`, not expired at `now_s`; None for anything
+    else.  The MAC is compared in constant time before any field is read; a token that is not
+    the one canonical spelling of its bytes (base64's spare bits) is refused, so no changed
+    character leaves a token valid."""
+    if not 0 < len(token) <= MAX_SIGNED_TOKEN or not token.isascii():
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except ValueError:
+        return None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+        return None
+    if len(raw) <= _MAC_BYTES:
+        return None
+    payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+    expected = hmac.new(key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    if not hmac.compare_digest(mac, expected):
+        return None
+    parts = payload.decode("ascii", "replace").split(":")
+    if len(parts) != 4 or not (parts[2].isdigit() and parts[3].isdigit()):
+        return None
+    claim = WebClaim(parts[0], parts[1], int(parts[2]), int(parts[3]))
+    return claim if now_s < claim.expires else None
+
+
+def link_token(secret: bytes, user: str, event: str, expires: int, generation: int) -> str:
+    """A personal link's token: `user` may open `event` (and vote and comment there as
+    themselves) until `expires` (POSIX seconds), as long as their link generation is still
+    `generation` (`LINKS REVOKE` bumps it).  base64url of the fields and a 128-bit HMAC-SHA256
+    under a key derived from the herd secret: any server of the herd checks it, none stores it."""
+    return _sign(_derived_key(secret, _LINK_KEY_LABEL), WebClaim(user, event, expires, generation))
+
+
+def open_link(
+    secret: bytes,
+    token: str,
+    event: str,
+    now_s: int,
+    generation_of: Callable[[str], int | None],
+) -> WebClaim | None:
+    """The claim of a personal link token for `event`, if it is genuine, unexpired, for that
+    event, and of its user's current link generation (`generation_of`: None for no such
+    user); else None, the same None whatever was wrong, so a page cannot tell a forged token
+    from a revoked one."""
+    claim = _open(_derived_key(secret, _LINK_KEY_LABEL), token, now_s)
+    if claim is None or claim.scope != event or claim.generation != generation_of(claim.user):
+        return None
+    return claim
+
+
+def session_token(secret: bytes, claim: WebClaim) -> str:
+    """The value of a web session cookie: the claim itself, signed under a key of its own, so
+    any server of the herd accepts it and none stores sessions."""
+    return _sign(_derived_key(secret, _SESSION_KEY_LABEL), claim)
+
+
+def open_session(secret: bytes, token: str, now_s: int) -> WebClaim | None:
+    """The claim of a session cookie, genuine and unexpired; the caller still checks the
+    user's current link generation (`WebClaim.generation`) and the scope."""
+    return _open(_derived_key(secret, _SESSION_KEY_LABEL), token, now_s)
+
+
+def csrf_token(secret: bytes, session: str) -> str:
+    """The CSRF token of a session: an HMAC of the session cookie's value under a key of its
+    own, put in a hidden field of every form; a page of another site can neither read it nor
+    make it."""
+    key = _derived_key(secret, _CSRF_KEY_LABEL)
+    mac = hmac.new(key, session.encode("ascii", "replace"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:_MAC_BYTES]).rstrip(b"=").decode("ascii")
+
+
+def check_csrf(secret: bytes, session: str, token: str) -> bool:
+    """Whether `token` is the CSRF token of `session`, compared in constant time."""
+    if not token.isascii():
+        return False
+    return hmac.compare_digest(csrf_token(secret, session), token)

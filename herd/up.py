@@ -28,6 +28,7 @@ from herd.config import HerdConfig, dial_host
 from herd.localdev import (
     BOT_USER,
     SMTP_PORT,
+    WEB_PORT,
     XMPP_PORT,
     LocalServices,
     create_demo_users,
@@ -60,10 +61,13 @@ def up(
     verbose: bool = False,
     smtp_port: int | None = None,
     xmpp_port: int | None = None,
+    web_port: int | None = None,
 ) -> int:
     """Run the herd until Ctrl-C, SIGTERM or SIGHUP (exit 0), or until every server has exited; exit
     1 if any server exited on its own.  However it ends, everything it started is stopped.  The
-    local mail sink and Prosody take the given ports (default 2525 and 5222) when they are free."""
+    local mail sink and Prosody take the given ports (default 2525 and 5222) when they are free;
+    without a `[web]` in the config, the servers' sites take the free ports from `web_port`
+    (default 8001) up."""
     out = sys.stdout
     stopping: list[int] = []
 
@@ -81,6 +85,7 @@ def up(
             config,
             SMTP_PORT if smtp_port is None else smtp_port,
             XMPP_PORT if xmpp_port is None else xmpp_port,
+            WEB_PORT if web_port is None else web_port,
         )
     except (OSError, RuntimeError) as error:
         print(f"herd: the local services could not start: {error}", file=sys.stderr)
@@ -187,7 +192,10 @@ def _banner(
     return Banner(
         config=shown(config.path),
         data_dir=shown(config.data_dir),
-        servers=tuple(ServerInfo(s.name, s.host, s.port, s.peers) for s in config.servers.values()),
+        servers=tuple(
+            ServerInfo(s.name, s.host, s.port, s.peers, services.web.get(s.name))
+            for s in config.servers.values()
+        ),
         mail=f"127.0.0.1:{services.sink_port}" if services.sink is not None else None,
         mail_dir=shown(config.data_dir / "mail"),
         jabber=f"{prosody.host}:{prosody.port}" if prosody is not None else None,

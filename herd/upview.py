@@ -25,6 +25,7 @@ class ServerInfo:
     host: str
     port: int
     peers: tuple[str, ...]
+    web: str | None = None  # the server's web site, when it has one
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,10 @@ def banner_lines(banner: Banner) -> list[str]:
     width = max((len(s.name) for s in banner.servers), default=4)
     for server in banner.servers:
         peers = ", ".join(server.peers) if server.peers else "none"
-        lines.append(f"  {server.name:{width}}  {server.host}:{server.port:<5}  peers {peers}")
+        site = f"  web {server.web:<22}" if server.web else ""
+        lines.append(
+            f"  {server.name:{width}}  {server.host}:{server.port:<5}{site}  peers {peers}"
+        )
     if banner.mail is not None:
         lines.append(f"mail sink   {banner.mail}  keeps every mail in {banner.mail_dir}")
         lines.append("            read them with: herd mail (the list), herd mail ID (one mail)")

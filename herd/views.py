@@ -41,6 +41,7 @@ class User:
     tz: str | None
     clients: tuple[str, ...]
     token_hash: str | None
+    link_generation: int = 0  # personal web links made under an older one are revoked
 
     def to_json(self, timezone: str) -> dict[str, object]:
         """The user as a line reply shows it: no token hash; `timezone` is the effective one

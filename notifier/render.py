@@ -21,7 +21,7 @@ it is.  Mails carry `List-Unsubscribe` with a token that only the server can mak
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,10 +39,12 @@ __all__ = [
     "EVENT_DURATION",
     "NAMES_SHOWN",
     "TEMPLATES",
+    "EventLink",
     "RenderCache",
     "Templates",
     "Unsubscribe",
     "names",
+    "no_event_link",
     "one_line",
     "render",
     "render_email",
@@ -52,6 +54,7 @@ TEMPLATES: Final = Path(__file__).resolve().parent.parent / "templates"
 EVENT_DURATION: Final = timedelta(hours=2)
 """Events have a start only; calendars get this length so they show a block, not a line."""
 
+_NO_LINK: Final = frozenset({Kind.UNINVITED, Kind.CANCELLED})  # nothing left to answer there
 _NOT_ONE_LINE: Final = re.compile(r"[\s\x00-\x1f\x7f]+")
 _ICS_EPOCH: Final = 1_577_836_800  # 2020-01-01: SEQUENCE counts seconds from here (fits 32 bits)
 
@@ -74,13 +77,23 @@ def one_line(text: str) -> str:
     return _NOT_ONE_LINE.sub(" ", text).strip()
 
 
+EventLink = Callable[[str, str], str | None]
+"""A personal web link to an event for a user, `(user, event id) -> URL`, or None (no web)."""
+
+
+def no_event_link(user: str, event_id: str) -> str | None:
+    return None
+
+
 class Templates(Environment):
     """The Jinja environment over `templates/`, built once by the wiring and passed to whatever
     renders: `StrictUndefined`, autoescape for `.html.j2` only, the `local` and `names`
-    filters.  It also keeps what it works out once per template (`names_recipient`), since
+    filters, and the `event_link(user, event_id)` function the wiring passes in (a personal
+    link to the event's web page, or None: templates then show no link).  It also keeps what
+    it works out once per template (`names_recipient`), since
     templates do not change while the process runs (`auto_reload` is off)."""
 
-    def __init__(self, directory: Path = TEMPLATES) -> None:
+    def __init__(self, directory: Path = TEMPLATES, event_link: EventLink = no_event_link) -> None:
         super().__init__(
             loader=FileSystemLoader(directory),
             undefined=StrictUndefined,
@@ -94,6 +107,8 @@ class Templates(Environment):
         )
         self.filters["local"] = local_time
         self.filters["names"] = names
+        self.globals["event_link"] = event_link
+        self.event_link = event_link
         self._names_recipient: dict[str, bool] = {}
 
     def getattr(self, obj: Any, attribute: str) -> Any:
@@ -297,6 +312,11 @@ def render(
             messages.append(email)
         elif medium is Medium.XMPP and recipient.jid is not None:
             text = cache.text(notification, event, f"xmpp/{kind}.body.txt.j2")
+            link = (
+                None if kind in _NO_LINK else cache.templates.event_link(recipient.user, event.id)
+            )
+            if link is not None:  # rendered apart, so the message stays shared by a zone
+                text += cache.templates.get_template("xmpp/_link.txt.j2").render(link=link)
             messages.append(Outgoing(key, medium.value, recipient.jid, "", text, thread=event.id))
         elif medium is Medium.LINE:
             line = one_line(cache.text(notification, event, f"line/{kind}.line.txt.j2"))

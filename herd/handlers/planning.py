@@ -1,6 +1,7 @@
 """Planning on the line: state commands become ops (new op ids made here), which are applied,
 stored, flooded and published to the change feed (`accept_op`); `SUGGEST` asks the places
-provider; `run_as` runs a line for a user without a connection of theirs (the Jabber bot)."""
+provider; `run_as` runs a line for a user without a connection of theirs (the Jabber bot, the
+web)."""
 
 from __future__ import annotations
 
@@ -145,12 +146,14 @@ class OpIds:
         return f"{self.prefix}{self._counter}"
 
 
-def run_as(connect: Callable[[str], LineConnection], user: str, line: bytes) -> Deferred[bytes]:
+def run_as(
+    connect: Callable[[str], LineConnection], user: str, line: bytes, channel: str = "bot"
+) -> Deferred[bytes]:
     """Run one line as `user` on a connection from `connect(label)`, as if they had sent it
-    on an authenticated connection (the Jabber bot speaks the line protocol for the people it
-    talks to); fires with the reply."""
+    on an authenticated connection (the Jabber bot and the web speak the line protocol for the
+    people they serve); fires with the reply."""
     answered: Deferred[bytes] = Deferred()
-    connection = connect(f"bot:{user}")
+    connection = connect(f"{channel}:{user}")
     handler = connection.handler
     assert isinstance(handler, ClientHandler)
     handler.user = user

@@ -1,5 +1,5 @@
 """Planning lines on the client port, sans I/O: one class per command (AUTH, WHOAMI, USER,
-DEVICE, PLAN ... SUGGEST), its parser, and the one-line replies `WORD <json>` and
+LINKS, DEVICE, PLAN ... SUGGEST), its parser, and the one-line replies `WORD <json>` and
 `ERR <code>: <message>` (`PlanningError`).
 
 A planning line is parsed like every client line (docs/protocol.md §1): a command word in
@@ -135,6 +135,33 @@ def parse_user(fields: list[bytes], line: bytes) -> ShowUser | SetUser | UnsetUs
     if fields[1] == b"UNSET" and len(fields) == 3:
         return UnsetUser(settable)
     raise WireError("USER takes SET <field> <value> or UNSET <field>")
+
+
+@dataclass(frozen=True, slots=True)
+class ShowLinks:
+    """`LINKS`: the generation of the user's personal web links.  Reply: `LINKS <json>`."""
+
+    def to_line(self) -> bytes:
+        return b"LINKS\n"
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeLinks:
+    """`LINKS REVOKE`: every personal web link made for the user so far (in mails, in Jabber
+    messages) stops working, and so does every web session opened with one; links in
+    notifications from now on work.  Reply: `LINKS <json>`."""
+
+    def to_line(self) -> bytes:
+        return b"LINKS REVOKE\n"
+
+
+def parse_links(fields: list[bytes], line: bytes) -> ShowLinks | RevokeLinks:
+    """`LINKS` or `LINKS REVOKE`."""
+    if len(fields) == 1:
+        return ShowLinks()
+    if len(fields) == 2 and fields[1] == b"REVOKE":
+        return RevokeLinks()
+    raise WireError("LINKS takes nothing or REVOKE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +422,8 @@ StateCommand = (
     | ShowUser
     | SetUser
     | UnsetUser
+    | ShowLinks
+    | RevokeLinks
     | AddDevice
     | RemoveDevice
     | PlanEvent
@@ -418,6 +447,7 @@ PLANNING_PARSERS: Final[dict[bytes, Callable[[list[bytes], bytes], PlanningComma
     b"AUTH": Login.parse,
     b"WHOAMI": WhoAmI.parse,
     b"USER": parse_user,
+    b"LINKS": parse_links,
     b"DEVICE": parse_device,
     b"PLAN": PlanEvent.parse,
     b"INVITE": InviteUsers.parse,

@@ -39,6 +39,13 @@ class RunningUp:
     xmpp_port: int
     output: Path  # stdout and stderr of `herd up`, as a terminal would show them
     started: float  # time.monotonic() when it was started
+    web_port: int = 0  # the first server's web port, when it was free (the next take the next)
+
+    def web_url(self, name: str) -> str:
+        """The server's site as the banner shows it."""
+        found = re.search(rf"^  {re.escape(name)} +\S+ +web (\S+)", self.text(), re.MULTILINE)
+        assert found is not None, self.text()
+        return found[1]
 
     def text(self) -> str:
         return self.output.read_bytes().decode("utf-8", "replace")
@@ -105,6 +112,8 @@ def up_config(folder: Path) -> tuple[Path, dict[str, int], tuple[int, int]]:
 def running_up(folder: Path, *extra: str) -> Iterator[RunningUp]:
     """`herd up --config folder/herd.toml` (plus `extra` arguments) until the block ends."""
     config, ports, (smtp_port, xmpp_port) = up_config(folder)
+    taken = {*ports.values(), smtp_port, xmpp_port}
+    web_port = next(port for port in free_ports(len(taken) + 1) if port not in taken)
     output = folder / "up.out"
     command = [
         sys.executable,
@@ -117,6 +126,8 @@ def running_up(folder: Path, *extra: str) -> Iterator[RunningUp]:
         str(smtp_port),
         "--xmpp-port",
         str(xmpp_port),
+        "--web-port",
+        str(web_port),
         *extra,
     ]
     with output.open("wb") as out:
@@ -133,6 +144,7 @@ def running_up(folder: Path, *extra: str) -> Iterator[RunningUp]:
         xmpp_port,
         output,
         time.monotonic(),
+        web_port,
     )
     try:
         up.wait_for("Ctrl-C stops everything", BANNER_SECONDS)

@@ -1,6 +1,7 @@
 """The shape of the code, read from the source with `ast`: no import cycle among the modules of
-`herd/` and `notifier/`; the notifier uses the herd only through `herd.api` (and `herd.config`,
-for the wiring); the pure modules reach no I/O library, directly or through what they import.
+`herd/`, `notifier/` and `web/`; the notifier and the web use the herd only through `herd.api`
+(and `herd.config`, for the wiring); the pure modules reach no I/O library, directly or through
+what they import.
 
 Only imports that run count: those under `if TYPE_CHECKING:` are for the type checker."""
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Final
 
 ROOT: Final = Path(__file__).resolve().parents[2]
-PACKAGES: Final = ("herd", "notifier")
+PACKAGES: Final = ("herd", "notifier", "web")
 
 PURE: Final = (
     "herd.wire",  # and, as a package, every module in it
@@ -55,10 +56,17 @@ PURE: Final = (
     "notifier.stanza",
     "notifier.contacts",
     "herd.clients.demoscript",
+    "web.model",
+    "web.svg",
+    "web.rules",
+    "web.templates",
+    "web.host",
+    "web.links",
 )
 
 IO: Final = frozenset({"twisted", "asyncio", "sqlite3", "socket", "slixmpp", "aiosmtplib"})
 NOTIFIER_MAY_USE: Final = frozenset({"herd.api", "herd.config"})
+"""What of the herd the notifier and the web may import."""
 
 
 def _module_name(path: Path) -> str:
@@ -162,6 +170,21 @@ def test_the_notifier_uses_only_the_herds_public_interface() -> None:
         for module in modules()
         if module.split(".")[0] == "notifier"
     }
+    assert {
+        module: names for module, names in reaching_in.items() if not set(names) <= NOTIFIER_MAY_USE
+    } == {}
+
+
+def test_the_web_uses_only_the_herds_public_interface() -> None:
+    """Like the notifier: `herd.api` (and `herd.config`); nothing of the notifier either."""
+    reaching_in = {
+        module: sorted(
+            name for name in imports(module) if name.split(".")[0] in ("herd", "notifier")
+        )
+        for module in modules()
+        if module.split(".")[0] == "web"
+    }
+    assert reaching_in, "the web package is not seen"
     assert {
         module: names for module, names in reaching_in.items() if not set(names) <= NOTIFIER_MAY_USE
     } == {}

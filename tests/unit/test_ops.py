@@ -27,6 +27,7 @@ from herd.ops import (
     Decide,
     DigestSent,
     Invite,
+    LinksRevoked,
     Op,
     Reopen,
     SetDevice,
@@ -119,6 +120,7 @@ EVERY_KIND = [
     op("s2", "alice", Reopen("e1")),
     op("s3", "alice", Cancel("e1")),
     op("g1", OPERATOR, DigestSent("alice", T0 - 5)),
+    op("l1", "alice", LinksRevoked("alice", 2)),
 ]
 
 

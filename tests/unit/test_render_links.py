@@ -1,0 +1,84 @@
+"""Personal web links in notifications: with a link function from the wiring, every mail and
+Jabber message about an event carries the recipient's own link (never another's), the uninvited
+none; without one (no `[web]`), the messages are exactly the golden ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from herd.api import Clock
+from herd.ops import OPERATOR, AddUser, LinksRevoked, Op
+from herd.state import PlanningState
+from herd.tokens import open_link
+from notifier.message import Kind, Medium
+from notifier.render import RenderCache, Templates, render
+from tests.unit.test_render import UNSUBSCRIBE, scene
+from web.links import PersonalLinks
+
+SECRET = b"link secret"
+
+
+class _Fixed:
+    def seconds(self) -> float:
+        return 1_796_385_600.0
+
+
+def links(state: PlanningState) -> PersonalLinks:
+    clock = Clock(_Fixed(), lambda: 1_796_385_600 * 10**9)  # type: ignore[arg-type]
+    return PersonalLinks(SECRET, "https://renga.example.org", 30, state, clock)
+
+
+def fake_link(user: str, event_id: str) -> str:
+    return f"https://renga.example.org/e/{event_id}?t=TOKEN-{user}"
+
+
+@pytest.mark.parametrize("kind", [k for k in Kind if k not in (Kind.UNINVITED, Kind.CANCELLED)])
+def test_every_message_about_an_event_carries_the_recipients_link(kind: Kind) -> None:
+    state, routed = scene(kind)
+    templates = Templates(event_link=fake_link)
+    messages = render(routed, state, UNSUBSCRIBE, RenderCache(templates, state))
+    user = routed.notification.recipient.user
+    link = fake_link(user, "e1")
+    by_channel = {m.channel: m for m in messages}
+    email = by_channel[Medium.EMAIL.value]
+    assert link in email.text
+    assert email.html is not None and link in email.html
+    assert link in by_channel[Medium.XMPP.value].text
+    assert (
+        "TOKEN" not in by_channel[Medium.LINE.value].text
+    )  # a line push goes to the user's own client
+
+
+@pytest.mark.parametrize("kind", [Kind.UNINVITED, Kind.CANCELLED])
+def test_the_uninvited_and_the_cancelled_get_no_link(kind: Kind) -> None:
+    state, routed = scene(kind)
+    templates = Templates(event_link=fake_link)
+    for message in render(routed, state, UNSUBSCRIBE, RenderCache(templates, state)):
+        assert "TOKEN" not in message.text and "TOKEN" not in (message.html or "")
+
+
+def test_a_link_in_a_mail_opens_the_event_for_that_user_until_revoked() -> None:
+    state, routed = scene(Kind.INVITED)
+    made = links(state)
+    templates = Templates(event_link=made.event_link)
+    email = render(routed, state, UNSUBSCRIBE, RenderCache(templates, state))[0]
+    line = next(line for line in email.text.splitlines() if "/e/e1?t=" in line)
+    token = line.rsplit("?t=", 1)[1]
+    now = 1_796_385_600
+
+    def generation(user: str) -> int | None:
+        found = state.user(user)
+        return None if found is None else found.link_generation
+
+    claim = open_link(SECRET, token, "e1", now, generation)
+    assert claim is not None and claim.user == "bob"
+    assert claim.expires == now + 30 * 86400
+    state.apply(Op("revoke", 10**19, "bob", LinksRevoked("bob", 1)))
+    assert open_link(SECRET, token, "e1", now, generation) is None
+
+
+def test_no_link_for_an_unknown_user() -> None:
+    state = PlanningState()
+    state.apply(Op("u", 1, OPERATOR, AddUser("alice")))
+    assert links(state).event_link("nobody", "e1") is None
+    assert links(state).event_link("alice", "e1") is not None
