@@ -12,7 +12,7 @@ from herd.state import PlanningState
 from herd.tokens import open_link
 from notifier.message import Kind, Medium
 from notifier.render import RenderCache, Templates, render
-from tests.unit.test_render import UNSUBSCRIBE, scene
+from tests.unit.test_render import T0, UNSUBSCRIBE, scene
 from web.links import PersonalLinks
 
 SECRET = b"link secret"
@@ -36,7 +36,7 @@ def fake_link(user: str, event_id: str) -> str:
 def test_every_message_about_an_event_carries_the_recipients_link(kind: Kind) -> None:
     state, routed = scene(kind)
     templates = Templates(event_link=fake_link)
-    messages = render(routed, state, UNSUBSCRIBE, RenderCache(templates, state))
+    messages = render(routed, state, UNSUBSCRIBE, RenderCache(templates, state, T0))
     user = routed.notification.recipient.user
     link = fake_link(user, "e1")
     by_channel = {m.channel: m for m in messages}
@@ -53,7 +53,7 @@ def test_every_message_about_an_event_carries_the_recipients_link(kind: Kind) ->
 def test_the_uninvited_and_the_cancelled_get_no_link(kind: Kind) -> None:
     state, routed = scene(kind)
     templates = Templates(event_link=fake_link)
-    for message in render(routed, state, UNSUBSCRIBE, RenderCache(templates, state)):
+    for message in render(routed, state, UNSUBSCRIBE, RenderCache(templates, state, T0)):
         assert "TOKEN" not in message.text and "TOKEN" not in (message.html or "")
 
 
@@ -61,7 +61,7 @@ def test_a_link_in_a_mail_opens_the_event_for_that_user_until_revoked() -> None:
     state, routed = scene(Kind.INVITED)
     made = links(state)
     templates = Templates(event_link=made.event_link)
-    email = render(routed, state, UNSUBSCRIBE, RenderCache(templates, state))[0]
+    email = render(routed, state, UNSUBSCRIBE, RenderCache(templates, state, T0))[0]
     line = next(line for line in email.text.splitlines() if "/e/e1?t=" in line)
     token = line.rsplit("?t=", 1)[1]
     now = 1_796_385_600
