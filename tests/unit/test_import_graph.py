@@ -63,6 +63,7 @@ PURE: Final = (
     "web.host",
     "web.links",
     "web.shapes",
+    "web.status",
 )
 
 IO: Final = frozenset({"twisted", "asyncio", "sqlite3", "socket", "slixmpp", "aiosmtplib"})
