@@ -18,6 +18,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.herd import REPO
 from tests.support.lines import Session
 from tests.support.polling import wait_until
 from tests.support.ports import free_ports
@@ -130,6 +131,23 @@ def test_metrics_parse_and_show_the_servers_figures(scene: StatusScene) -> None:
             "one more line connection",
         )
     assert samples(scene.port("Bona"))[("renga_server_info", (("server", "Bona"),))] == 1.0
+
+
+def test_the_docs_scrape_is_what_a_scrape_shows(scene: StatusScene) -> None:
+    """docs/web.md's sample scrape: each of its lines is a line of a real one (values aside)."""
+    text = (REPO / "docs" / "web.md").read_text(encoding="utf-8")
+    section = text[text.index("## Operator status and /metrics") :]
+    block = section[section.index("```text\n") + 8 :]
+    shown = [line for line in block[: block.index("```")].splitlines() if line != "…"]
+    assert len(shown) >= 9
+    _, _, real = get(scene.port(), "/metrics")
+    lines = real.splitlines()
+    for line in shown:
+        if line.startswith("#"):
+            assert line in lines
+        else:
+            name_labels = line.rpartition(" ")[0]
+            assert any(got.rpartition(" ")[0] == name_labels for got in lines), line
 
 
 def test_a_link_shows_0_while_its_peer_is_down_and_1_once_it_is_back(scene: StatusScene) -> None:
