@@ -4,11 +4,15 @@ for the client's address and the `Host` header."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.web.test.requesthelper import DummyRequest
 
+from herd.config import ConfigError, load_config
 from web.metrics import metrics_registry, metrics_text
 from web.status import PeerLink, ServerEntry, StatusFigures
 from web.status_site import _StatusResource, is_loopback_host
@@ -139,3 +143,24 @@ def test_a_request_from_outside_loopback_gets_nothing() -> None:
     assert code == 200 and b"renga_peer_link_up" in body
     code, body = render("127.0.0.1", b"localhost:9100", b"/")
     assert code == 200 and b"Campbell" in body and b"through others" in body
+
+
+def test_servers_on_other_hosts_may_share_a_status_port(tmp_path: Path) -> None:
+    """The listener is on each machine's own 127.0.0.1: one `[web] status_port` for a herd
+    spread over machines is fine; servers on one machine need their own."""
+    spread = (
+        '[herd]\nsecret = "s"\n[servers.A]\nhost = "10.0.0.1"\nport = 12000\n'
+        '[servers.B]\nhost = "10.0.0.2"\nport = 12000\n[web]\nport = 8001\nstatus_port = 9100\n'
+    )
+    path = tmp_path / "herd.toml"
+    path.write_text(spread)
+    config = load_config(path, {})
+    a, b = config.web_of("A"), config.web_of("B")
+    assert a is not None and b is not None and a.status_port == b.status_port == 9100
+    path.write_text(
+        '[herd]\nsecret = "s"\n[servers.A]\nport = 12000\nweb_port = 8001\n'
+        "[servers.B]\nport = 12001\nweb_port = 8002\n[web]\nstatus_port = 9100\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    assert caught.value.key == "servers.B.status_port" and "already used" in caught.value.problem
