@@ -50,6 +50,7 @@ from herd.tokens import (
     link_token,
     open_link,
     open_session,
+    read_link,
     session_token,
     unsubscribe_token,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "op_server",
     "open_link",
     "open_session",
+    "read_link",
     "session_token",
     "timezone_of",
     "unsubscribe_token",

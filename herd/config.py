@@ -550,7 +550,11 @@ def _check_web_ports(
         status = server.status_port if server.status_port is not None else web.status_port
         listeners = [("web_port", _host_identity(web.host or server.host), port)]
         if status is not None:
-            listeners.append(("status_port", _host_identity("127.0.0.1"), status))
+            # Always 127.0.0.1, but of the server's own machine: servers on other hosts may
+            # all use the same status_port.
+            local = _is_loopback(server.host) or server.host in ("0.0.0.0", "::", "")
+            loopback = "127.0.0.1" if local else f"127.0.0.1 of {_host_identity(server.host)}"
+            listeners.append(("status_port", loopback, status))
         for key, host, number in listeners:
             other = used.setdefault((host, number), f"{server.name} ({key})")
             if other != f"{server.name} ({key})":

@@ -38,6 +38,7 @@ from herd.places.wiring import make_provider
 from herd.protocol import LineConnection
 from herd.secretfile import choose_secret, read_or_create_secret
 from herd.server import HerdServer, Replica
+from herd.statusfigures import ServerFigures
 from herd.store import GroupCommitter, Store
 from herd.tls import TlsClientEndpoint, client_options, server_factory, server_options
 from herd.tokens import issue_link_code, verify_unsubscribe
@@ -51,12 +52,14 @@ from notifier.channels.smtp import SmtpChannel
 from notifier.channels.xmpp import TlsMode, XmppChannel
 from notifier.feed import NotifierListener
 from notifier.outbox import Outbox
+from notifier.outbox_admin import depth as outbox_depth
 from notifier.render import Templates, Unsubscribe, no_event_link
 from notifier.routing import Timing
 from notifier.tables import load as load_notifier
 from web.host import WebHost
 from web.links import PersonalLinks
 from web.site import build_site
+from web.status_site import build_status_site
 from web.templates import WebTemplates, read_static
 
 T = TypeVar("T")
@@ -141,6 +144,7 @@ class HerdService(Service):
         self.places: PlacesProvider | None = None
         self.port: IListeningPort | None = None
         self.web_port: IListeningPort | None = None  # the web site's, when the herd has [web]
+        self.status_port: IListeningPort | None = None  # the status listener's, on loopback
         self.factory: ClientFactory | None = None
         self.dialers: list[ClientService] = []
         self.started: Deferred[None] = Deferred()
@@ -222,6 +226,7 @@ class HerdService(Service):
         web = self.config.web_of(self.server_name)
         if web is None:
             return
+        templates = WebTemplates()
         host = WebHost(
             name=self.server_name,
             web=web,
@@ -231,7 +236,7 @@ class HerdService(Service):
             run_as=partial(server.run_as, channel="web"),
             clock=self.clock,
             log=self.log.received,
-            templates=WebTemplates(),
+            templates=templates,
             static=read_static(),  # a few small files, read once
         )
         endpoint = TCP4ServerEndpoint(
@@ -244,6 +249,31 @@ class HerdService(Service):
             host=web.host,
             port=web.port,
             url=web.base_url,
+        )
+        if web.status_port is not None:
+            await self._start_status(server, web.status_port, templates)
+
+    async def _start_status(self, server: HerdServer, port: int, templates: WebTemplates) -> None:
+        """The operator's status page and `/metrics` (docs/web.md), on 127.0.0.1 only: the
+        config has no interface for it to name."""
+        figures = ServerFigures(
+            name=self.server_name,
+            servers=list(self.config.servers),
+            peers=self.server_config.peers,
+            server=server,
+            connections=lambda: 0 if self.factory is None else len(self.factory.connections),
+            clock=self.clock,
+            database=self.store.path,
+            channels=lambda: sorted(self.channels),
+            count_outbox=outbox_depth,
+            run_blocking=self._on_thread(self._outbox_pool),
+        )
+        endpoint = TCP4ServerEndpoint(self.reactor, port, backlog=50, interface="127.0.0.1")
+        self.status_port = await endpoint.listen(build_status_site(figures, templates))
+        _log.info(
+            "{name} status page and /metrics on http://127.0.0.1:{port}/",
+            name=self.server_name,
+            port=port,
         )
 
     async def _start_notifier(
@@ -437,6 +467,8 @@ class HerdService(Service):
             await maybeDeferred(self.port.stopListening)
         if self.web_port is not None:
             await maybeDeferred(self.web_port.stopListening)
+        if self.status_port is not None:
+            await maybeDeferred(self.status_port.stopListening)
         if self.factory is not None:
             for connection in self.factory.connections:
                 connection.stopProducing()

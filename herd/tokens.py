@@ -270,6 +270,14 @@ def open_link(
     return claim
 
 
+def read_link(secret: bytes, token: str, now_s: int) -> WebClaim | None:
+    """The claim of a genuine, unexpired personal link token, whatever its event and
+    generation (None for anything else): for the JSON API, which tells a client whose token is
+    worthless (401) from one whose token is genuine but opens something else (403).  The
+    caller checks the scope and the user's current generation, as `open_link` does."""
+    return _open(_derived_key(secret, _LINK_KEY_LABEL), token, now_s)
+
+
 def session_token(secret: bytes, claim: WebClaim) -> str:
     """The value of a web session cookie: the claim itself, signed under a key of its own, so
     any server of the herd accepts it and none stores sessions."""

@@ -122,3 +122,14 @@ def _utc(seconds: float | None) -> str:
 def _printable(text: str) -> str:
     """One line, no control characters: a subject or error must not break the table."""
     return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
+def depth(path: Path) -> dict[tuple[str, str], int]:
+    """Rows not yet delivered, per (channel, state): `pending`, `sending` and `dead` (for the
+    operator's status page and `/metrics`; the `outbox_queue` index answers it)."""
+    with closing(_open_existing(path)) as db:
+        rows = db.execute(
+            "SELECT channel, state, COUNT(*) FROM outbox"
+            " WHERE state IN ('pending', 'sending', 'dead') GROUP BY channel, state"
+        ).fetchall()
+    return {(stored_text(channel), state): count for channel, state, count in rows}

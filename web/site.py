@@ -17,6 +17,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from web.api import ApiResource
 from web.host import WebHost
 from web.resources import EventsResource, RootResource, StaticResource
 from web.rules import SECURITY_HEADERS, access_line
@@ -30,6 +31,13 @@ _HEADERS_TOO_LARGE = (
 _TOO_LARGE = (
     b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n"
     b"Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n\r\n"
+)
+_API_TOO_LARGE_BODY = (
+    b'{"error":{"code":"body-too-large","message":"the body is over [web] body_bytes"}}\n'
+)
+_API_TOO_LARGE = (
+    b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_API_TOO_LARGE_BODY), _API_TOO_LARGE_BODY)
 )
 
 
@@ -78,7 +86,9 @@ class WebRequest(Request):
         channel = self.channel
         transport = None if channel is None else channel.transport
         if channel is not None and transport is not None:
-            transport.write(_TOO_LARGE)
+            # The channel has read the request line: the JSON API answers in JSON.
+            path: bytes = getattr(channel, "_path", b"") or b""
+            transport.write(_API_TOO_LARGE if path.startswith(b"/api/") else _TOO_LARGE)
             channel.loseConnection()
 
 
@@ -128,4 +138,5 @@ def build_site(host: WebHost) -> WebSite:
     root = RootResource(host)
     root.putChild(b"e", EventsResource(host))
     root.putChild(b"static", StaticResource(host.static))
+    root.putChild(b"api", ApiResource(host))
     return WebSite(root, host)

@@ -62,6 +62,8 @@ PURE: Final = (
     "web.templates",
     "web.host",
     "web.links",
+    "web.shapes",
+    "web.status",
 )
 
 IO: Final = frozenset({"twisted", "asyncio", "sqlite3", "socket", "slixmpp", "aiosmtplib"})
