@@ -128,7 +128,7 @@ class UnsubscribeResource(Resource):
             return _denied(self.host, request, BAD_UNSUBSCRIBE)
         user_id, token, user = claim
         if not is_one_click(request.args or {}):
-            context = {"state": "bad", "user": user_id, "email_on": True}
+            context = {"state": "bad", "user": user_id, "email_on": "email" in user.channels}
             return self._page(request, context, http.BAD_REQUEST)
         if "email" not in user.channels:  # already off: nothing to write (a retry, a replay)
             return self._page(request, {"state": "done", "user": user_id}, http.OK)
@@ -149,6 +149,7 @@ class UnsubscribeResource(Resource):
             )
 
         def failed(failure: Failure) -> bytes:
+            _log.failure("a one-click unsubscribe could not run", failure)
             return self._page(
                 request, {"state": "later", "user": user_id}, http.SERVICE_UNAVAILABLE
             )
@@ -284,6 +285,7 @@ class PrefsResource(Resource):
                 try:
                     answer = await host.run_as(user, command.to_line().rstrip(b"\n"))
                 except Exception:  # the server could not run it: say so, change nothing more
+                    _log.failure("a settings line could not run")
                     return _back(host, request, _NOT_NOW)
                 if not answer.startswith(b"USER "):
                     refused = (command.field, _refusal(answer))
@@ -323,6 +325,7 @@ class RevokeResource(Resource):
             return _redirect(request, f"{PREFS_PATH}/revoked".encode("ascii"))
 
         def failed(failure: Failure) -> bytes:
+            _log.failure("LINKS REVOKE from the settings page could not run", failure)
             return _back(host, request, "Not revoked: the server could not do it now.")
 
         return _answer_later(request, answered.addCallbacks(reply, failed))
