@@ -210,13 +210,10 @@ class PrefsResource(Resource):
         session = prefs_session(host, request)
         if session is None:
             return _denied(host, request)
-        flash = None
-        for value in cookie_values(
-            request.requestHeaders.getRawHeaders(b"cookie") or [], FLASH_COOKIE
-        ):
-            flash = read_flash(value)
+        flashes = cookie_values(request.requestHeaders.getRawHeaders(b"cookie") or [], FLASH_COOKIE)
+        if flashes:  # shown once: cleared with this answer
             request.setHeader(b"Set-Cookie", _flash_cookie(host, "", 0).header())
-            break
+        flash = read_flash(flashes[0]) if flashes else None
         user = session.user
         zone = timezone_of(user.tz, host.position_of(user.id))
         body = host.templates.page(
