@@ -4,7 +4,8 @@ without tokens) and `build_site`, the one place the URL tree is put together.
 
 URLs (docs/web.md): `/e/<event>?t=<link token>` (a personal link: a session cookie, then a
 redirect to `/e/<event>`), `/e/<event>` (the event page), `POST /e/<event>/vote` and
-`POST /e/<event>/comment` (the page's forms), `/static/<file>`.  Other parts of the web add
+`POST /e/<event>/comment` (the page's forms), `/static/<file>`, `/prefs` and `/unsubscribe`
+(`web.prefs_site`).  Other parts of the web add
 their own children in `build_site` (see `EventsResource.actions` for an event's sub-paths).
 """
 
@@ -19,6 +20,7 @@ from twisted.web.server import Request, Site
 
 from web.api import ApiResource
 from web.host import WebHost
+from web.prefs_site import add_prefs
 from web.resources import EventsResource, RootResource, StaticResource
 from web.rules import SECURITY_HEADERS, access_line
 
@@ -139,4 +141,5 @@ def build_site(host: WebHost) -> WebSite:
     root.putChild(b"e", EventsResource(host))
     root.putChild(b"static", StaticResource(host.static))
     root.putChild(b"api", ApiResource(host))
+    add_prefs(root, host)  # /prefs, /unsubscribe
     return WebSite(root, host)

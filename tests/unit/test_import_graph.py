@@ -64,6 +64,7 @@ PURE: Final = (
     "web.links",
     "web.shapes",
     "web.status",
+    "web.prefs",
 )
 
 IO: Final = frozenset({"twisted", "asyncio", "sqlite3", "socket", "slixmpp", "aiosmtplib"})
