@@ -24,7 +24,7 @@ from notifier.digest import compose_digest
 from notifier.message import Kind, Medium
 from notifier.render import RenderCache, Templates, Unsubscribe, render
 from tests.unit.test_digest import digest_story, folded
-from tests.unit.test_render import UNSUBSCRIBE, scene
+from tests.unit.test_render import T0, UNSUBSCRIBE, scene
 from web.links import PersonalLinks
 from web.prefs import (
     CHANNELS,
@@ -207,7 +207,7 @@ def fake_prefs(user: str) -> str:
 def test_every_mail_carries_its_recipients_prefs_link(kind: Kind) -> None:
     state, routed = scene(kind)
     templates = Templates(prefs_link=fake_prefs)
-    messages = render(routed, state, UNSUBSCRIBE, RenderCache(templates, state))
+    messages = render(routed, state, UNSUBSCRIBE, RenderCache(templates, state, T0))
     email = next(m for m in messages if m.channel == Medium.EMAIL.value)
     link = fake_prefs(routed.notification.recipient.user)
     assert f"Your settings (channels, quiet hours, digest): {link}" in email.text
@@ -224,7 +224,7 @@ def test_the_digest_carries_the_prefs_link_too() -> None:
     assert items
     templates = Templates(prefs_link=fake_prefs)
     digest = compose_digest(
-        bob, story.state, items, story.clock, UNSUBSCRIBE, RenderCache(templates, story.state)
+        bob, story.state, items, story.clock, UNSUBSCRIBE, RenderCache(templates, story.state, T0)
     )
     assert digest is not None
     assert fake_prefs("bob") in digest.text
