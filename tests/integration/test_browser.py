@@ -4,6 +4,7 @@ Server-Sent Events stream, screenshots, console errors, clean shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import struct
 from collections.abc import AsyncIterator
@@ -18,11 +19,16 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from tests.support import browser as browser_kit
 from tests.support.browser import (
     PHONE,
+    SCREENSHOTS,
     Browser,
     BrowserError,
+    BrowserUnavailable,
+    _failed,
     _per_test,
+    ensure_chromium,
     in_thread,
     wait_gone,
 )
@@ -331,7 +337,10 @@ def test_nothing_is_left_running_and_nothing_downloaded(
         own.open("data:text/html,<p>hello</p>")
         assert own.text == "hello"
         running = own.processes()
-        names = {process.name() for process in running}
+        names = set()
+        for process in running:
+            with contextlib.suppress(psutil.NoSuchProcess):  # a helper may come and go
+                names.add(process.name())
         assert {"chromedriver", "chromium"} <= names, names
     pids = [process.pid for process in running]
     assert wait_gone(pids, 0) == []
@@ -342,3 +351,31 @@ def test_nothing_is_left_running_and_nothing_downloaded(
         if any(marker in part for part in process.info["cmdline"] or [])
     ]
     assert left == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_test_leaves_a_screenshot(
+    browser: Browser, tiny: TinySite, request: pytest.FixtureRequest
+) -> None:
+    """What the fixture does after a test that failed (as pytest's report marks it)."""
+    check = _per_test(browser, request)
+    await in_thread(next, check)
+    await in_thread(browser.open, tiny.url("/form"))
+    request.node.stash[_failed] = True
+    try:
+        await in_thread(list, check)  # the fixture's end
+    finally:
+        del request.node.stash[_failed]
+    shot = SCREENSHOTS / "test_a_failed_test_leaves_a_screenshot-failure-1280.png"
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shot.unlink()
+
+
+def test_missing_binaries_without_root_say_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    absent = {tmp_path / "chromium": "chromium", tmp_path / "chromedriver": "chromium-driver"}
+    monkeypatch.setattr(browser_kit, "DEBIAN_PACKAGES", absent)
+    monkeypatch.setattr(browser_kit.os, "geteuid", lambda: 1000)
+    with pytest.raises(BrowserUnavailable, match=r"apt-get install -y chromium chromium-driver"):
+        ensure_chromium()

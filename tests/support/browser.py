@@ -91,6 +91,7 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--disable-extensions",
+    "--no-proxy-server",  # loopback only, whatever proxy the environment names
     # A page left must really unload (its streams close), not wait in the back-forward cache.
     "--disable-features=BackForwardCache",
 )
