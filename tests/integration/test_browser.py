@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import html
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +25,13 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from tests.support import browser as browser_kit
 from tests.support.browser import (
     PHONE,
+    REPO,
     SCREENSHOTS,
     Browser,
     BrowserError,
     BrowserUnavailable,
-    _failed,
-    _per_test,
     ensure_chromium,
+    finish_test,
     in_thread,
     wait_gone,
 )
@@ -271,21 +274,81 @@ async def test_a_timeout_shows_the_page(browser: Browser, tiny: TinySite) -> Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_console_errors_are_surfaced(
-    browser: Browser, tiny: TinySite, request: pytest.FixtureRequest
-) -> None:
+async def test_console_errors_are_surfaced(browser: Browser, tiny: TinySite) -> None:
     await in_thread(browser.open, tiny.url("/broken"))
     errors = await in_thread(browser.take_console_errors)
     assert [entry.source for entry in errors] == ["console-api", "javascript"]
     assert "logged on purpose" in errors[0].message
     assert "noSuchFunction is not defined" in errors[1].message
     assert await in_thread(browser.console_errors) == []
-    # errors left untaken fail the test that caused them, when its fixture ends
-    check = _per_test(browser, request)
-    await in_thread(next, check)
+    # what is left when the test's body ends is what fails it (pytest_runtest_call)
     await in_thread(browser.open, tiny.url("/broken"))
-    with pytest.raises(pytest.fail.Exception, match=r"noSuchFunction"):
-        await in_thread(next, check)
+    left = await in_thread(finish_test, browser, False)
+    assert [entry.source for entry in left] == ["console-api", "javascript"]
+    assert await in_thread(lambda: browser.url) == "about:blank"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_test_leaves_a_screenshot(browser: Browser, tiny: TinySite) -> None:
+    await in_thread(browser.open, tiny.url("/form"))
+    assert await in_thread(finish_test, browser, True) == []
+    shot = SCREENSHOTS / "test_a_failed_test_leaves_a_screenshot-failure-1280.png"
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shot.unlink()
+
+
+PROBE = """
+from tests.support.browser import Browser
+
+BROKEN = "data:text/html,<p>x</p><script>noSuchFunction()</script>"
+
+
+def test_kit_probe_passes_but_logged_errors(browser: Browser) -> None:
+    browser.open(BROKEN)
+
+
+def test_kit_probe_takes_its_errors(browser: Browser) -> None:
+    browser.open(BROKEN)
+    assert len(browser.take_console_errors()) == 1
+
+
+def test_kit_probe_fails(browser: Browser) -> None:
+    browser.open("data:text/html,<p>x</p>")
+    assert False, "on purpose"
+"""
+
+
+def test_the_plugin_fails_a_test_on_errors_and_shoots_a_failure(tmp_path: Path) -> None:
+    """The fixtures and hooks as a pytest run of its own uses them."""
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["tests.support.browser"]\n')
+    (tmp_path / "test_probe.py").write_text(PROBE)
+    shot = SCREENSHOTS / "test_kit_probe_fails-failure-1280.png"
+    shot.unlink(missing_ok=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-rfE",
+            "-q",
+            f"--basetemp={tmp_path / 'base'}",
+            str(tmp_path / "test_probe.py"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    out = run.stdout + run.stderr
+    assert "2 failed, 1 passed" in out, out
+    assert "FAILED test_probe.py::test_kit_probe_passes_but_logged_errors" in out
+    assert "the page logged errors" in out and "noSuchFunction" in out
+    assert "FAILED test_probe.py::test_kit_probe_fails" in out
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shot.unlink()
 
 
 @pytest_twisted.ensureDeferred
@@ -351,24 +414,6 @@ def test_nothing_is_left_running_and_nothing_downloaded(
         if any(marker in part for part in process.info["cmdline"] or [])
     ]
     assert left == []
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_failed_test_leaves_a_screenshot(
-    browser: Browser, tiny: TinySite, request: pytest.FixtureRequest
-) -> None:
-    """What the fixture does after a test that failed (as pytest's report marks it)."""
-    check = _per_test(browser, request)
-    await in_thread(next, check)
-    await in_thread(browser.open, tiny.url("/form"))
-    request.node.stash[_failed] = True
-    try:
-        await in_thread(list, check)  # the fixture's end
-    finally:
-        del request.node.stash[_failed]
-    shot = SCREENSHOTS / "test_a_failed_test_leaves_a_screenshot-failure-1280.png"
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    shot.unlink()
 
 
 def test_missing_binaries_without_root_say_what_to_install(

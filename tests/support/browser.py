@@ -35,11 +35,12 @@ The fixtures `browser` (JavaScript on) and `browser_without_js` (JavaScript off 
 Chromium's content settings, as a user who turned it off: `<script>` does not run,
 `<noscript>` shows) hand each test a browser that is started once per session and reset between
 tests: cookies, cache and the storage of every origin it visited cleared, extra windows closed,
-viewport back to desktop, time zone back to the host's.  After the test the browser leaves the
-page (open streams close), and a test that passed fails if its page logged errors it did not
-take; a test that failed leaves a `<test name>-failure.png`.  At the session's end each browser is
-shut down and every process it started (chromedriver, Chromium and Chromium's helpers) is
-waited for, killed by its id if it lingers.
+viewport back to desktop, time zone back to the host's.  Right after the test's body (a hook,
+`pytest_runtest_call`, so before the test's other fixtures stop its servers) the browser leaves
+the page, so its streams close; a test that passed fails if its pages logged errors it did not
+take, and a test that failed leaves `<test name>-failure-<width>.png`.  At the session's end each
+browser is shut down and every process it started (chromedriver, Chromium and Chromium's
+helpers) is waited for, killed by its id if it lingers.
 
 The calls block: with the server under test in other processes (`herd run`) a test calls them
 directly.  A test whose server runs on this process's reactor (`pytest_twisted`) runs each call
@@ -684,18 +685,43 @@ class Browser:
 
 # -- pytest fixtures (a plugin: tests/conftest.py loads it) ---------------------------------
 
-_failed = pytest.StashKey[bool]()
-
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Marks a test whose body failed, so its browser fixture keeps a screenshot of it."""
-    report = yield
-    if report.when == "call" and report.failed:
-        item.stash[_failed] = True
-    return report
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """Right after a test's body, before any fixture ends (so before its servers stop): each
+    browser it used leaves its page, after a screenshot if the test failed; a test that passed
+    fails if its pages logged errors it did not take."""
+    values = getattr(item, "funcargs", {}).values()
+    browsers = list({id(value): value for value in values if isinstance(value, Browser)}.values())
+    try:
+        result = yield
+    except pytest.skip.Exception:
+        for browser in browsers:
+            finish_test(browser, failed=False)
+        raise
+    except BaseException:
+        for browser in browsers:
+            finish_test(browser, failed=True)
+        raise
+    errors = [entry for browser in browsers for entry in finish_test(browser, failed=False)]
+    if errors:
+        listed = "\n  ".join(str(entry) for entry in errors)
+        pytest.fail(f"the page logged errors (take_console_errors() if expected):\n  {listed}")
+    return result
+
+
+def finish_test(browser: Browser, failed: bool) -> list[ConsoleEntry]:
+    """What a browser does when a test's body ends: a `<test>-failure-<width>.png` if it
+    `failed`; its console errors taken (returned); its page left, so its streams close."""
+    if not browser.alive():
+        return []
+    with contextlib.suppress(WebDriverException):
+        if failed:
+            browser.screenshot("failure")
+    errors = browser.take_console_errors()
+    with contextlib.suppress(WebDriverException):
+        browser.leave()
+    return errors
 
 
 def _session_browser(
@@ -729,17 +755,7 @@ def _per_test(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Brow
     browser.reset()
     browser.test_name = artifact_name(request.node.name)
     yield browser
-    failed = request.node.stash.get(_failed, False)
-    if failed:
-        with contextlib.suppress(WebDriverException):
-            browser.screenshot("failure")
-    errors = browser.take_console_errors() if browser.alive() else []
-    if browser.alive():
-        browser.leave()
     browser.test_name = "browser"
-    if errors and not failed:
-        listed = "\n  ".join(str(entry) for entry in errors)
-        pytest.fail(f"the page logged errors (take_console_errors() if expected):\n  {listed}")
 
 
 @pytest.fixture
