@@ -22,6 +22,7 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from notifier.localxmpp import port_is_free
 from tests.support import browser as browser_kit
 from tests.support.browser import (
     PHONE,
@@ -35,6 +36,9 @@ from tests.support.browser import (
     in_thread,
     wait_gone,
 )
+from tests.support.polling import wait_until
+from tests.support.ports import free_ports
+from tests.support.processes import Processes
 
 HEAD = (
     '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -424,3 +428,28 @@ def test_missing_binaries_without_root_say_what_to_install(
     monkeypatch.setattr(browser_kit.os, "geteuid", lambda: 1000)
     with pytest.raises(BrowserUnavailable, match=r"apt-get install -y chromium chromium-driver"):
         ensure_chromium()
+
+
+def test_a_server_in_another_process_is_driven_directly(browser: Browser, tmp_path: Path) -> None:
+    """As the web's end-to-end tests drive `herd run` processes: the calls block, no thread.
+    The server is twisted.web's own `twist web` serving a folder."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "script.html").write_text(SCRIPT)
+    [port] = free_ports(1)
+    with Processes() as children:
+        children.start(
+            "twist web",
+            [
+                str(Path(sys.executable).parent / "twist"),
+                "web",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--path",
+                str(tmp_path / "site"),
+            ],
+            log_path=tmp_path / "twist.log",
+        )
+        wait_until(lambda: not port_is_free(port), 15, "twist web listening")
+        browser.open(f"http://127.0.0.1:{port}/script.html")
+        browser.wait_for_text("changed by a script")
+        assert browser.title == "Script"
