@@ -200,7 +200,7 @@ class Browser:
         self._console: list[ConsoleEntry] = []
         self._origins: set[str] = set()
         self._size: tuple[int, int, bool] = (*DESKTOP, False)
-        self._pids: set[int] = set()
+        self._known: dict[int, psutil.Process] = {}  # every process seen, with its start time
         self.started_seconds = 0.0  # how long the last start() took
 
     # -- life ----------------------------------------------------------------------------
@@ -241,14 +241,14 @@ class Browser:
         )
         try:
             self._driver = webdriver.Chrome(options=options, service=self._service)
+            self._notice_processes()
+            self.driver.set_page_load_timeout(PAGE_LOAD_SECONDS)
+            self.driver.set_script_timeout(SCRIPT_SECONDS)
+            self._size = (*DESKTOP, False)
+            self._apply_size()
         except BaseException:
-            self._service.stop()
+            self.close()
             raise
-        self._pids = self._process_ids()
-        self.driver.set_page_load_timeout(PAGE_LOAD_SECONDS)
-        self.driver.set_script_timeout(SCRIPT_SECONDS)
-        self._size = (*DESKTOP, False)
-        self._apply_size()
         self.started_seconds = time.monotonic() - began
 
     def alive(self) -> bool:
@@ -262,41 +262,42 @@ class Browser:
 
     def processes(self) -> list[psutil.Process]:
         """What this browser runs now: chromedriver, Chromium and Chromium's helpers."""
-        self._pids |= self._process_ids()
+        self._notice_processes()
         found = []
-        for pid in sorted(self._pids):
-            try:
-                process = psutil.Process(pid)
-                if process.status() != psutil.STATUS_ZOMBIE:
+        for process in self._known.values():
+            try:  # is_running() is False for a pid reused by another process
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
                     found.append(process)
             except psutil.NoSuchProcess:
                 continue
         return found
 
-    def _process_ids(self) -> set[int]:
-        """The driver's process tree, and whatever runs on this profile (a helper Chromium
+    def _notice_processes(self) -> None:
+        """Remember the driver's process tree, and whatever runs on this profile (a helper
         forked off and re-parented)."""
-        pids: set[int] = set()
+        seen: list[psutil.Process] = []
         service = self._service
         process = getattr(service, "process", None) if service is not None else None
         if process is not None:
             try:
                 root = psutil.Process(process.pid)
-                pids.add(root.pid)
-                pids.update(child.pid for child in root.children(recursive=True))
+                seen.append(root)
+                seen.extend(root.children(recursive=True))
             except psutil.NoSuchProcess:
                 pass
-        marker = str(self.profile / "chromium")
+        marker = str(self.profile / "chromium")  # a fresh tmp path: only ours name it
         for candidate in psutil.process_iter(["cmdline"]):
-            cmdline = candidate.info["cmdline"] or []
-            if any(marker in part for part in cmdline):
-                pids.add(candidate.pid)
-        return pids
+            if any(marker in part for part in candidate.info["cmdline"] or []):
+                seen.append(candidate)
+        for found in seen:
+            known = self._known.get(found.pid)
+            if known is None or not known.is_running():
+                self._known[found.pid] = found
 
     def close(self) -> None:
         """Quit the browser and its driver; wait for every process of theirs, SIGKILL (by id)
         those that outlive STOP_SECONDS."""
-        self._pids |= self._process_ids()
+        self._notice_processes()
         try:
             if self._driver is not None:
                 self._driver.quit()
@@ -315,7 +316,7 @@ class Browser:
             except psutil.NoSuchProcess:
                 continue
         psutil.wait_procs(alive, timeout=STOP_SECONDS)
-        self._pids.clear()
+        self._known.clear()
 
     def reset(self) -> None:
         """A clean slate for the next test: restarted if it died; one window on about:blank;
