@@ -261,7 +261,7 @@ async def test_a_server_sent_event_updates_the_page_live(browser: Browser, tiny:
     assert len(tiny.events.open) == 1
     for text in ("first change", "second change"):
         tiny.events.push(text)
-        await in_thread(browser.wait_for_text, text)
+        await in_thread(browser.wait_for_text, text, within="#live")
     await in_thread(browser.leave)  # the stream closes with the page
     await in_thread(browser.wait_until, lambda: not tiny.events.open, "the stream closed")
 
@@ -275,6 +275,9 @@ async def test_a_timeout_shows_the_page(browser: Browser, tiny: TinySite) -> Non
     assert "'never there' on the page" in message
     assert tiny.url("/form") in message
     assert "Your name" in message
+    with pytest.raises(BrowserError, match=r"'Vote' in 'p'"):
+        await in_thread(browser.wait_for_text, "Vote", 0.2, within="p")  # in the h1
+    await in_thread(browser.wait_for_text, "Vote", 0.2, within="h1, p")
 
 
 @pytest_twisted.ensureDeferred

@@ -11,7 +11,8 @@ so its Selenium Manager is never run (and `SE_OFFLINE` is set in case it were).
 flags of a closed, GPU-less sandbox run as root (`CHROMIUM_FLAGS`).  What the tests call, all
 blocking and all bounded (`WAIT_SECONDS`):
 
-- `open(url)`, `url`, `title`, `text` (the body's rendered text), `html`, `cookies()`;
+- `open(url)`, `url`, `title`, `text` (the body's rendered text), `text_of(css)`, `html`,
+  `cookies()`;
 - finding, each waiting until exactly one element matches: `by_label(text)` (a form control by
   its label, `aria-label` or `aria-labelledby`), `by_role(role, name)` (Chromium's own
   accessibility tree: `button`, `link`, `heading`, `textbox`, `checkbox`, `combobox`…, by
@@ -20,9 +21,9 @@ blocking and all bounded (`WAIT_SECONDS`):
   (text fields, text areas, selects), `check(label)`, `submit(button)` (clicks a form's submit
   button and waits for the page that answers), `press(keys)` and `focused` (keyboard
   navigation);
-- waiting: `wait_for_text(text)`, `wait_for_no_text(text)`, `wait_until(condition, what)`: polls
-  with a deadline; a timeout raises `BrowserError` with the URL, the page's text and its console
-  errors;
+- waiting: `wait_for_text(text, within=css)`, `wait_for_no_text`, `wait_until(condition,
+  what)`: polls with a deadline; a timeout raises `BrowserError` with the URL, the page's text
+  and its console errors;
 - `console_errors()` (everything the page logged at error level: uncaught exceptions,
   `console.error`, failed loads; `take_console_errors()` also forgets them);
 - `set_size(width, height, mobile)`, `phone()` (390x844, a mobile viewport that honours
@@ -373,7 +374,17 @@ class Browser:
     @property
     def text(self) -> str:
         """The body's text as rendered (hidden elements left out)."""
-        text = self.driver.execute_script("return document.body ? document.body.innerText : ''")
+        return self.text_of(None)
+
+    def text_of(self, selector: str | None) -> str:
+        """The rendered text of the elements matching the CSS `selector` (one per line; the
+        body's if None; empty if nothing matches yet)."""
+        text = self.driver.execute_script(
+            "const found = arguments[0] === null ? [document.body]"
+            " : Array.from(document.querySelectorAll(arguments[0]));"
+            " return found.filter(e => e).map(e => e.innerText).join('\\n')",
+            selector,
+        )
         return str(text)
 
     @property
@@ -581,11 +592,18 @@ class Browser:
                 raise BrowserError(f"timed out after {timeout} s: {message}\n{self.describe()}")
             time.sleep(POLL_SECONDS)
 
-    def wait_for_text(self, text: str, timeout: float = WAIT_SECONDS) -> None:
-        self.wait_until(lambda: text in self.text, f"{text!r} on the page", timeout)
+    def wait_for_text(
+        self, text: str, timeout: float = WAIT_SECONDS, *, within: str | None = None
+    ) -> None:
+        """Until `text` shows on the page (or in the elements matching the CSS `within`)."""
+        where = f"in {within!r}" if within is not None else "on the page"
+        self.wait_until(lambda: text in self.text_of(within), f"{text!r} {where}", timeout)
 
-    def wait_for_no_text(self, text: str, timeout: float = WAIT_SECONDS) -> None:
-        self.wait_until(lambda: text not in self.text, f"{text!r} gone from the page", timeout)
+    def wait_for_no_text(
+        self, text: str, timeout: float = WAIT_SECONDS, *, within: str | None = None
+    ) -> None:
+        where = f"from {within!r}" if within is not None else "from the page"
+        self.wait_until(lambda: text not in self.text_of(within), f"{text!r} gone {where}", timeout)
 
     def describe(self) -> str:
         """The URL, the page's text and its console errors, for a failure message."""
