@@ -221,7 +221,7 @@ def test_the_link_in_a_mail_opens_the_event_page(scene: Scene) -> None:
     csp = headers["content-security-policy"]
     assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert headers["x-content-type-options"] == "nosniff"
-    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["referrer-policy"] == "same-origin"
     assert "Chez Paul" in page and "You are bob." in page
     assert "<script" not in page
     assert "Dinner &lt;script&gt;alert(&#39;title&#39;)&lt;/script&gt; &amp; co" in page
