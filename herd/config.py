@@ -202,6 +202,7 @@ class WebConfig:
     streams_per_user: int = 8  # open live streams of one user on one server
     streams_per_address: int = 64  # open live streams from one client address on one server
     heartbeat_seconds: float = 15.0  # a live stream gets a comment line this often when idle
+    writes_per_address: int = 8  # form posts from one client address waiting for their line
 
 
 WEB_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
@@ -213,6 +214,7 @@ WEB_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
     "streams_per_user": (1, 1 << 16),
     "streams_per_address": (1, 1 << 20),
     "heartbeat_seconds": (1.0, 3600.0),
+    "writes_per_address": (1, 1 << 16),
 }
 
 

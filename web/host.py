@@ -36,6 +36,7 @@ class WebHost:
     log: Callable[[str, list[bytes]], None]  # the server's traffic log: (who, lines)
     templates: WebTemplates
     static: Mapping[str, StaticFile] = field(default_factory=dict)
+    writes: dict[str, int] = field(default_factory=dict)  # client address -> posts in flight
 
     def now(self) -> int:
         """POSIX seconds, from the server's one clock."""

@@ -215,3 +215,47 @@ def test_the_access_log_shows_no_token(site: tuple[WebSite, Recorder]) -> None:
         assert who.startswith("web:")
         assert token.encode() not in line
     assert recorder.logged[0][1] == b"GET /e/E?t=... 303 0"
+
+
+def test_posts_waiting_for_their_line_are_bounded_per_address(
+    site: tuple[WebSite, Recorder],
+) -> None:
+    web, recorder = site
+    cookie, csrf = session_of(web)
+    waiting: list[Deferred[bytes]] = []
+
+    def slow(user: str, line: bytes) -> Deferred[bytes]:
+        recorder.lines.append((user, line))
+        waiting.append(Deferred())
+        return waiting[-1]
+
+    object.__setattr__(web.host, "run_as", slow)
+    vote = post("/e/E/vote", f"csrf={csrf}&option=t1&choice=yes".encode(), cookie)
+    limit = web.host.web.settings.writes_per_address
+    answers = [exchange(web, vote) for _ in range(limit + 1)]
+    assert all(answer == b"" for answer in answers[:limit])  # waiting for their line
+    assert answers[limit].startswith(b"HTTP/1.1 429 ")
+    assert len(recorder.lines) == limit
+    for each in waiting:
+        each.callback(b'EVENT {"id":"E"}\n')
+    assert web.host.writes == {}
+    assert exchange(web, vote) == b""  # room again
+
+
+def test_revoking_from_the_page_is_one_links_revoke_line(site: tuple[WebSite, Recorder]) -> None:
+    web, recorder = site
+    cookie, csrf = session_of(web)
+    recorder.answer = b'LINKS {"user":"bob","generation":1}\n'
+    answer = exchange(web, post("/e/E/revoke", f"csrf={csrf}".encode(), cookie))
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"Set-Cookie: renga_session=; Path=/e/E; Max-Age=0" in answer
+    assert b"Links revoked" in answer
+    assert recorder.lines == [("bob", b"LINKS REVOKE")]
+    # a cross-site page cannot make someone revoke their links
+    assert (
+        b" 403 "
+        in exchange(
+            web, post("/e/E/revoke", f"csrf={csrf}".encode(), cookie, "https://evil.example")
+        )[:20]
+    )
+    assert len(recorder.lines) == 1
