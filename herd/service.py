@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from herd.changes import Change
 from herd.clock import Clock
 from herd.config import ConfigError, HerdConfig
 from herd.extensions import JidLinks, LinePushes, OptOuts
@@ -37,7 +38,7 @@ from herd.places.offline import OfflinePlaces
 from herd.places.wiring import make_provider
 from herd.protocol import LineConnection
 from herd.secretfile import choose_secret, read_or_create_secret
-from herd.server import HerdServer, Replica
+from herd.server import RECENT_OPS, HerdServer, Replica
 from herd.store import GroupCommitter, Store
 from herd.tokens import issue_link_code, verify_unsubscribe
 from herd.traffic import TrafficLog
@@ -56,6 +57,7 @@ from notifier.tables import load as load_notifier
 from web.host import WebHost
 from web.links import PersonalLinks
 from web.site import build_site
+from web.stream import StreamHub
 from web.templates import WebTemplates, read_static
 
 T = TypeVar("T")
@@ -136,6 +138,7 @@ class HerdService(Service):
         self.places: PlacesProvider | None = None
         self.port: IListeningPort | None = None
         self.web_port: IListeningPort | None = None  # the web site's, when the herd has [web]
+        self.live: StreamHub | None = None  # the web's live streams, when the herd has [web]
         self.factory: ClientFactory | None = None
         self.dialers: list[ClientService] = []
         self.started: Deferred[None] = Deferred()
@@ -184,6 +187,9 @@ class HerdService(Service):
             venues.add_all(replica.planning)
             server.feed.subscribe(venues)
         self.server = server
+        # The web's live streams refill their history from the newest operations too.
+        replayed = replica.recent_changes
+        complete = len({change.op.op_id for change in replayed}) < RECENT_OPS
         await self._start_notifier(server, committer, replica)
         self.factory = ClientFactory(server)
         self.factory.noisy = False
@@ -201,17 +207,30 @@ class HerdService(Service):
             port=self.server_config.port,
             count=len(replica.table),
         )
-        await self._start_web(server, replica)
+        await self._start_web(server, replica, committer, replayed, complete)
         for peer in self.server_config.peers:
             if self.server_name < peer:
                 self._dial(server, peer)
 
-    async def _start_web(self, server: HerdServer, replica: Replica) -> None:
+    async def _start_web(
+        self,
+        server: HerdServer,
+        replica: Replica,
+        committer: GroupCommitter,
+        replayed: list[Change],
+        complete: bool,
+    ) -> None:
         """The web site (`[web]`, docs/web.md) on this server's web port: pages read the
-        server's state, writes go through `run_as` like the Jabber bot's."""
+        server's state, writes go through `run_as` like the Jabber bot's; the live streams
+        follow the change feed (the hub was made before the notifier, which asks it who is
+        watching)."""
         web = self.config.web_of(self.server_name)
         if web is None:
             return
+        live = self.live
+        assert live is not None
+        server.feed.subscribe(live)
+        live.start(replayed, complete)
         host = WebHost(
             name=self.server_name,
             web=web,
@@ -223,6 +242,7 @@ class HerdService(Service):
             log=self.log.received,
             templates=WebTemplates(),
             static=read_static(),  # a few small files, read once
+            live=live,
         )
         endpoint = TCP4ServerEndpoint(
             self.reactor, web.port, backlog=self.config.limits.listen_backlog, interface=web.host
@@ -267,6 +287,10 @@ class HerdService(Service):
                 raise ConfigError(self.config.path, "smtp.sender", str(error)) from None
             sender_address = parseaddr(smtp.sender)[1] or sender_address
         web = self.config.web_of(self.server_name)
+        if web is not None:
+            self.live = StreamHub(
+                replica.planning, self.clock, web.settings, secret, committer.after_commit
+            )
         templates = Templates(
             event_link=no_event_link
             if web is None
@@ -418,6 +442,8 @@ class HerdService(Service):
             await maybeDeferred(self.port.stopListening)
         if self.web_port is not None:
             await maybeDeferred(self.web_port.stopListening)
+        if self.live is not None:
+            self.live.stop()
         if self.factory is not None:
             for connection in self.factory.connections:
                 connection.stopProducing()

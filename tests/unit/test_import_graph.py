@@ -62,6 +62,7 @@ PURE: Final = (
     "web.templates",
     "web.host",
     "web.links",
+    "web.live",
 )
 
 IO: Final = frozenset({"twisted", "asyncio", "sqlite3", "socket", "slixmpp", "aiosmtplib"})
