@@ -37,6 +37,7 @@ from herd.ops import (
     Op,
     Stamp,
     Uninvite,
+    UserField,
     client_bytes,
     client_text,
     is_id,
@@ -52,10 +53,11 @@ from herd.tokens import (
     open_session,
     session_token,
     unsubscribe_token,
+    verify_unsubscribe,
 )
 from herd.views import Comment, Event, PlaceOption, Status, TimeOption, User, format_utc
 from herd.wire.grammar import WireError
-from herd.wire.planning import CommentOn, RevokeLinks, VoteOn
+from herd.wire.planning import CommentOn, OptOut, RevokeLinks, SetUser, UnsetUser, VoteOn
 from herd.zones import Position, PositionOf, timezone_of
 
 __all__ = [
@@ -84,17 +86,21 @@ __all__ = [
     "Leases",
     "LinePush",
     "Op",
+    "OptOut",
     "PlaceOption",
     "Position",
     "PositionOf",
     "RevokeLinks",
     "RunBlocking",
+    "SetUser",
     "Stamp",
     "StateView",
     "Status",
     "TimeOption",
     "Uninvite",
+    "UnsetUser",
     "User",
+    "UserField",
     "VoteOn",
     "WebClaim",
     "WireError",
@@ -113,6 +119,7 @@ __all__ = [
     "timezone_of",
     "unsubscribe_token",
     "user_additions",
+    "verify_unsubscribe",
 ]
 
 _USER_ADD: Final = b'"kind":"user_add"'  # as `Op.to_json` writes it: no op of another kind has it

@@ -51,11 +51,12 @@ from notifier.channels.smtp import SmtpChannel
 from notifier.channels.xmpp import TlsMode, XmppChannel
 from notifier.feed import NotifierListener
 from notifier.outbox import Outbox
-from notifier.render import Templates, Unsubscribe, no_event_link
+from notifier.render import Templates, Unsubscribe, no_event_link, no_prefs_link
 from notifier.routing import Timing
 from notifier.tables import load as load_notifier
 from web.host import WebHost
 from web.links import PersonalLinks
+from web.prefs import prefs_link, unsubscribe_url
 from web.site import build_site
 from web.stream import StreamHub
 from web.templates import WebTemplates, read_static
@@ -291,12 +292,16 @@ class HerdService(Service):
             self.live = StreamHub(
                 replica.planning, self.clock, web.settings, secret, committer.after_commit
             )
-        templates = Templates(
-            event_link=no_event_link
+        links = (
+            None
             if web is None
             else PersonalLinks(
                 secret, web.base_url, web.settings.link_days, replica.planning, self.clock
-            ).event_link
+            )
+        )
+        templates = Templates(
+            event_link=no_event_link if links is None else links.event_link,
+            prefs_link=no_prefs_link if links is None else partial(prefs_link, links),
         )
         xmpp = self.config.xmpp
         bot: Callable[[BotGlue], Channel] | None = None
@@ -351,7 +356,9 @@ class HerdService(Service):
             self.jitter,
             op_lines=(logged.line for logged in replica.ops.since(0)),
             unsubscribe=Unsubscribe(
-                secret, f"mailto:{sender_address}?subject=OPTOUT%20{{user}}%20{{token}}"
+                secret,
+                f"mailto:{sender_address}?subject=OPTOUT%20{{user}}%20{{token}}",
+                web=None if web is None else unsubscribe_url(web.base_url),
             ),
             templates=templates,
             settings=NotifierSettings(

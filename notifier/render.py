@@ -39,11 +39,13 @@ __all__ = [
     "NAMES_SHOWN",
     "TEMPLATES",
     "EventLink",
+    "PrefsLink",
     "RenderCache",
     "Templates",
     "Unsubscribe",
     "names",
     "no_event_link",
+    "no_prefs_link",
     "one_line",
     "render",
     "render_email",
@@ -84,15 +86,29 @@ def no_event_link(user: str, event_id: str) -> str | None:
     return None
 
 
+PrefsLink = Callable[[str], str | None]
+"""A personal web link to a user's preferences page, `user -> URL`, or None (no web)."""
+
+
+def no_prefs_link(user: str) -> str | None:
+    return None
+
+
 class Templates(Environment):
     """The Jinja environment over `templates/`, built once by the wiring and passed to whatever
     renders: `StrictUndefined`, autoescape for `.html.j2` only, the `local` and `names`
-    filters, and the `event_link(user, event_id)` function the wiring passes in (a personal
-    link to the event's web page, or None: templates then show no link).  It also keeps what
+    filters, and the `event_link(user, event_id)` and `prefs_link(user)` functions the wiring
+    passes in (a personal link to the event's web page or to the user's preferences page, or
+    None: templates then show no link).  It also keeps what
     it works out once per template (`names_recipient`), since
     templates do not change while the process runs (`auto_reload` is off)."""
 
-    def __init__(self, directory: Path = TEMPLATES, event_link: EventLink = no_event_link) -> None:
+    def __init__(
+        self,
+        directory: Path = TEMPLATES,
+        event_link: EventLink = no_event_link,
+        prefs_link: PrefsLink = no_prefs_link,
+    ) -> None:
         super().__init__(
             loader=FileSystemLoader(directory),
             undefined=StrictUndefined,
@@ -107,6 +123,7 @@ class Templates(Environment):
         self.filters["local"] = local_time
         self.filters["names"] = names
         self.globals["event_link"] = event_link
+        self.globals["prefs_link"] = prefs_link
         self.event_link = event_link
         self._names_recipient: dict[str, bool] = {}
 
@@ -148,31 +165,47 @@ class Templates(Environment):
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
     """How mails offer unsubscribing: `url` is a `mailto:` or `https:` URL with `{user}` and
-    `{token}` placeholders, filled per recipient (user ids are URL-safe, tokens base64url)."""
+    `{token}` placeholders, filled per recipient (user ids are URL-safe, tokens base64url).
+    `web`, when the herd has a web, is the sending server's one-click page
+    (`<base_url>/unsubscribe?u={user}&t={token}`, docs/web.md): `https://`, or `http://` for a
+    site only reached on a trusted network (`herd up` on loopback)."""
 
     secret: bytes
     url: str
+    web: str | None = None
 
     def __post_init__(self) -> None:
-        if "{token}" not in self.url or not self.url.startswith(("mailto:", "https://")):
-            raise ValueError("the unsubscribe URL is mailto: or https:// and has a {token}")
-        try:
-            self.url.format(user="u", token="t")  # any other placeholder fails now, not per mail
-        except (KeyError, IndexError) as error:
-            raise ValueError(f"the unsubscribe URL has an unknown placeholder {error}") from None
+        _check_url(self.url, ("mailto:", "https://"), "mailto: or https://")
+        if self.web is not None:
+            _check_url(self.web, ("https://", "http://"), "https:// or http://")
 
     def link(self, user: str) -> str:
-        return self.url.format(user=user, token=unsubscribe_token(self.secret, user))
+        """The link a mail's text shows: the web page when there is one (a person clicking it
+        gets a page with a button: opening a link changes nothing), else `url`."""
+        return self._fill(self.web or self.url, user)
 
     def headers(self, user: str) -> tuple[tuple[str, str], ...]:
-        """RFC 2369, plus RFC 8058 one-click for an https URL."""
-        link = self.link(user)
-        if link.startswith("https://"):
-            return ("List-Unsubscribe", f"<{link}>"), (
-                "List-Unsubscribe-Post",
-                "List-Unsubscribe=One-Click",
-            )
-        return (("List-Unsubscribe", f"<{link}>"),)
+        """RFC 2369 `List-Unsubscribe` with the web page first, then `url`; and RFC 8058's
+        `List-Unsubscribe-Post: List-Unsubscribe=One-Click` when one of them is https (RFC
+        8058 §3.1: the one-click header field MUST contain an HTTPS URI, so an http page is
+        offered as a plain RFC 2369 link, without the one-click header)."""
+        links = [self._fill(url, user) for url in (self.web, self.url) if url is not None]
+        listed = ("List-Unsubscribe", ", ".join(f"<{link}>" for link in links))
+        if any(link.startswith("https://") for link in links):
+            return listed, ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+        return (listed,)
+
+    def _fill(self, url: str, user: str) -> str:
+        return url.format(user=user, token=unsubscribe_token(self.secret, user))
+
+
+def _check_url(url: str, schemes: tuple[str, ...], spelt: str) -> None:
+    if "{token}" not in url or not url.startswith(schemes):
+        raise ValueError(f"the unsubscribe URL is {spelt} and has a {{token}}")
+    try:
+        url.format(user="u", token="t")  # any other placeholder fails now, not per mail
+    except (KeyError, IndexError) as error:
+        raise ValueError(f"the unsubscribe URL has an unknown placeholder {error}") from None
 
 
 # --- messages ---------------------------------------------------------------------------------

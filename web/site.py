@@ -5,7 +5,8 @@ without tokens) and `build_site`, the one place the URL tree is put together.
 URLs (docs/web.md): `/e/<event>?t=<link token>` (a personal link: a session cookie, then a
 redirect to `/e/<event>`), `/e/<event>` (the event page), `POST /e/<event>/vote` and
 `POST /e/<event>/comment` (the page's forms), `/static/<file>`, `/e/<event>/stream` and
-`/u/stream` (the live streams, `web.stream`).  Other parts of the web add
+`/u/stream` (the live streams, `web.stream`), `/prefs` and `/unsubscribe` (`web.prefs_site`).
+Other parts of the web add
 their own children in `build_site` (see `EventsResource.actions` for an event's sub-paths).
 """
 
@@ -19,6 +20,7 @@ from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 
 from web.host import WebHost
+from web.prefs_site import add_prefs
 from web.resources import EventResource, EventsResource, RootResource, StaticResource
 from web.rules import SECURITY_HEADERS, access_line
 from web.stream import EventStreamResource, UserStreamResource
@@ -135,6 +137,7 @@ def build_site(host: WebHost) -> WebSite:
         users = Resource()
         users.putChild(b"stream", UserStreamResource(host.live))
         root.putChild(b"u", users)
+    add_prefs(root, host)  # /prefs, /unsubscribe
     return WebSite(root, host)
 
 

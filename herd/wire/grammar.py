@@ -128,22 +128,23 @@ def hex_field(value: bytes) -> bytes:
     return value
 
 
-_SECRET_WORDS: Final = frozenset(("AUTH", "USER-ADD", "USER-TOKEN"))
+_SECRET_WORDS: Final = frozenset(("AUTH", "USER-ADD", "USER-TOKEN", "OPTOUT"))
 # Whitespace as any reader of the line might split it: ASCII whitespace (a line holds no \n),
 # \x1c-\x1f and Unicode's spaces (in UTF-8), so no spelling of the gaps hides a secret word.
 SECRET_LINE_START: Final = (
     rb"(?:[\t\x0b\x0c\r \x1c-\x1f]|\xc2[\x85\xa0]|\xe1\x9a\x80|\xe2\x80[\x80-\x8a\xa8\xa9\xaf]"
-    rb"|\xe2\x81\x9f|\xe3\x80\x80)*(?i:auth|user-add|user-token)"
+    rb"|\xe2\x81\x9f|\xe3\x80\x80)*(?i:auth|user-add|user-token|optout)"
 )
 _SECRET_START: Final = re.compile(SECRET_LINE_START)
 REDACTED: Final = b"<redacted>"
 
 
 def redact_secrets(line: bytes) -> bytes:
-    """A line as logged.  A line whose first field is `AUTH`, `USER-ADD` or `USER-TOKEN` in any
-    case shows nothing after its user field (with a single field after the word, not that one
-    either), whatever whitespace separates the fields and however many there are: a malformed
-    login or operator command carries its token or hash as well as a valid one does."""
+    """A line as logged.  A line whose first field is `AUTH`, `USER-ADD`, `USER-TOKEN` or
+    `OPTOUT` (its token, like a login's, works for whoever reads it) in any case shows nothing
+    after its user field (with a single field after the word, not that one either), whatever
+    whitespace separates the fields and however many there are: a malformed login or
+    operator command carries its token or hash as well as a valid one does."""
     if _SECRET_START.match(line) is None:
         return line
     fields = line.decode("utf-8", "surrogateescape").split()

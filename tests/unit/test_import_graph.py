@@ -63,6 +63,7 @@ PURE: Final = (
     "web.host",
     "web.links",
     "web.live",
+    "web.prefs",
 )
 
 IO: Final = frozenset({"twisted", "asyncio", "sqlite3", "socket", "slixmpp", "aiosmtplib"})

@@ -77,6 +77,8 @@ def test_no_spelling_of_a_login_shows_its_secret(case: tuple[bytes, bytes, list[
         (b"auth bob tok", b"auth bob <redacted>"),
         (b"USER-ADD bob scrypt$1$2 email=b@example.org", b"USER-ADD bob <redacted>"),
         (b"user-token bob scrypt$1$2", b"user-token bob <redacted>"),
+        (b"OPTOUT bob uAPH2Ty2ax7usQ6TNkTbjg", b"OPTOUT bob <redacted>"),
+        (b"optout uAPH2Ty2ax7usQ6TNkTbjg", b"optout <redacted>"),
         (b"AUTH", b"AUTH"),
         (b"AUTHOR x y", b"AUTHOR x y"),
         (b"IAMAT auth +1+1 1", b"IAMAT auth +1+1 1"),
