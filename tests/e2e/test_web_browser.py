@@ -241,6 +241,15 @@ def window_kept(browser: Browser) -> bool:
     return bool(browser.execute("return window.__rengaKept === 'kept'"))
 
 
+def live(browser: Browser) -> bool:
+    """Whether the page says it follows its stream (its script got the stream's `hello`)."""
+    return bool(
+        browser.execute(
+            "const i = document.getElementById('live-indicator'); return !!i && !i.hidden"
+        )
+    )
+
+
 def only_statuses(errors: list[ConsoleEntry], *codes: int) -> None:
     """The console errors are the browser's own note of answers with these status codes (a
     403 page loaded as a page is still logged as a failed load)."""
@@ -363,6 +372,7 @@ def test_labels_keyboard_and_headings(scene: Scene, browser: Browser) -> None:
 def test_the_event_page_on_a_phone_and_a_desktop(scene: Scene, browser: Browser) -> None:
     """Screenshots at both widths (artifacts); on a phone nothing is wider than the screen."""
     open_from_mail(scene, browser, "bob", scene.dinner)
+    browser.wait_until(lambda: live(browser), "the page following its stream")
     browser.phone()
     width = browser.execute("return document.documentElement.scrollWidth")
     assert width <= 390, f"the page is {width} px wide on a 390 px phone"
@@ -470,15 +480,6 @@ def comments_saying(browser: Browser, text: str) -> int:
     )
 
 
-def live(browser: Browser) -> bool:
-    """Whether the page says it follows its stream (its script got the stream's `hello`)."""
-    return bool(
-        browser.execute(
-            "const i = document.getElementById('live-indicator'); return !!i && !i.hidden"
-        )
-    )
-
-
 def test_a_vote_elsewhere_shows_live_and_the_page_catches_up_after_a_restart(
     scene: Scene, browser: Browser
 ) -> None:
@@ -565,8 +566,11 @@ def user_at(scene: Scene, user: str, server: str) -> dict[str, Any]:
 def test_one_click_unsubscribe_from_a_mail_stops_the_mails(scene: Scene) -> None:
     """hal unsubscribes with his invitation's header (a POST from the test, as a mail provider
     sends it: not a browser's doing); the next invitation reaches frank, not hal."""
-    mails = [m for m in mails_to(scene, "hal") if m.message["List-Unsubscribe"]]
-    assert mails, "hal's mail has no List-Unsubscribe"
+    mails = wait_until(
+        lambda: [m for m in mails_to(scene, "hal") if m.message["List-Unsubscribe"]],
+        MAIL_SECONDS,
+        "hal's mail with a List-Unsubscribe",
+    )
     url = list_unsubscribe(mails[0])
     assert url.startswith((f"{scene.site()}/unsubscribe?", f"{scene.site('Bona')}/unsubscribe?"))
     assert "email" in user_at(scene, "hal", "Bona")["channels"]
