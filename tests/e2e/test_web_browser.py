@@ -250,6 +250,65 @@ def live(browser: Browser) -> bool:
     )
 
 
+# WCAG 2 contrast of every piece of text on the page against the background it is drawn on:
+# [ratio, needed, the text, its colour, the background] for each that falls short (4.5:1, or
+# 3:1 for large text).  SVG text is drawn with `fill`, not `color`: left out.
+_CONTRAST = """
+function rgba(text) {
+  const m = text.match(/rgba?\\(([^)]+)\\)/);
+  if (!m) { return [0, 0, 0, 1]; }
+  const p = m[1].split(",").map(Number);
+  return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+}
+function over(top, bottom) {
+  const a = top[3];
+  return [0, 1, 2].map(i => top[i] * a + bottom[i] * (1 - a)).concat([1]);
+}
+function background(element) {
+  const layers = [];
+  for (let e = element; e; e = e.parentElement) {
+    const c = rgba(getComputedStyle(e).backgroundColor);
+    if (c[3] > 0) { layers.push(c); if (c[3] >= 1) { break; } }
+  }
+  let colour = [255, 255, 255, 1];
+  for (let i = layers.length - 1; i >= 0; i--) { colour = over(layers[i], colour); }
+  return colour;
+}
+function luminance(c) {
+  const l = c.slice(0, 3).map(v => { v /= 255; return v <= 0.03928 ? v / 12.92
+    : Math.pow((v + 0.055) / 1.055, 2.4); });
+  return 0.2126 * l[0] + 0.7152 * l[1] + 0.0722 * l[2];
+}
+const short = [];
+for (const e of document.body.querySelectorAll("*")) {
+  if (e.closest("svg")) { continue; }
+  const own = Array.from(e.childNodes).some(n => n.nodeType === 3 && n.textContent.trim());
+  const box = e.getBoundingClientRect();
+  if (!own || box.width === 0 || box.height === 0) { continue; }
+  const style = getComputedStyle(e);
+  if (style.visibility !== "visible" || Number(style.opacity) === 0) { continue; }
+  const back = background(e);
+  const fore = over(rgba(style.color), back);
+  const [a, b] = [luminance(fore), luminance(back)].sort((x, y) => y - x);
+  const ratio = (a + 0.05) / (b + 0.05);
+  const size = parseFloat(style.fontSize), bold = Number(style.fontWeight) >= 700;
+  const needed = size >= 24 || (size >= 18.66 && bold) ? 3 : 4.5;
+  if (ratio < needed) {
+    short.push([Math.round(ratio * 100) / 100, needed, e.textContent.trim().slice(0, 40),
+                style.color, "rgba(" + back.join(",") + ")"]);
+  }
+}
+return short;
+"""
+
+
+def low_contrast(browser: Browser) -> list[list[object]]:
+    """The text on the page whose contrast is below WCAG 2's AA level."""
+    found = browser.execute(_CONTRAST)
+    assert isinstance(found, list)
+    return found
+
+
 def only_statuses(errors: list[ConsoleEntry], *codes: int) -> None:
     """The console errors are the browser's own note of answers with these status codes (a
     403 page loaded as a page is still logged as a failed load)."""
@@ -354,6 +413,7 @@ def test_labels_keyboard_and_headings(scene: Scene, browser: Browser) -> None:
     for element in fields:
         assert element.accessible_name.strip(), element.get_attribute("outerHTML")
     assert browser.by_label("Your comment").tag_name == "textarea"
+    assert low_contrast(browser) == []
     # the vote form with the keyboard alone: Tab to "Maybe" on the second place, Enter
     target = scene.places[1]
     button = vote_button(browser, target, "maybe")
@@ -364,6 +424,10 @@ def test_labels_keyboard_and_headings(scene: Scene, browser: Browser) -> None:
             break
     else:
         raise AssertionError("Tab never reached the Maybe button of the second place")
+    ring = browser.execute(
+        "const s = getComputedStyle(arguments[0]); return [s.outlineStyle, s.outlineWidth]", button
+    )
+    assert ring[0] != "none" and ring[1] != "0px", f"no visible focus on the button: {ring}"
     browser.press(Keys.ENTER)
     browser.wait_until(lambda: shown_tally(browser, target) == (yes, maybe + 1, no), "the tally")
     browser.wait_for_text("Your answer: maybe", within=option(target))
@@ -376,6 +440,12 @@ def test_the_event_page_on_a_phone_and_a_desktop(scene: Scene, browser: Browser)
     browser.phone()
     width = browser.execute("return document.documentElement.scrollWidth")
     assert width <= 390, f"the page is {width} px wide on a 390 px phone"
+    small = browser.execute(
+        "return Array.from(document.querySelectorAll('button'))"
+        ".filter(b => b.getBoundingClientRect().height < 44).map(b => b.textContent)"
+    )
+    assert small == [], f"buttons under 44 px high on a phone: {small}"
+    assert low_contrast(browser) == []
     shots = browser.screenshots()
     assert [shot.name.rsplit("-", 1)[1] for shot in shots] == ["390.png", "1280.png"]
     for shot in shots:
@@ -621,6 +691,7 @@ def test_the_settings_page_from_a_mail_changes_a_setting(
     assert urllib.parse.urlsplit(page.url).path == "/prefs" and "t=" not in page.url
     assert page.by_role("heading", "Your settings").tag_name == "h1"
     assert len(page.all_by_css("h1")) == 1
+    assert low_contrast(page) == []
     for element in page.all_by_css("input:not([type=hidden]), select, textarea, button"):
         assert element.accessible_name.strip(), element.get_attribute("outerHTML")
     before = user_at(scene, "gina", "Bona")
