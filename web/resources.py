@@ -215,14 +215,10 @@ class EventResource(Resource):
         session = session_for(host, request, self.event_id) if self.event_id else None
         if session is None:
             return _denied(host, request)
-        flash = None
-        for value in cookie_values(
-            request.requestHeaders.getRawHeaders(b"cookie") or [], FLASH_COOKIE
-        ):
-            flash = read_flash(value)
+        flashes = cookie_values(request.requestHeaders.getRawHeaders(b"cookie") or [], FLASH_COOKIE)
+        if flashes:  # shown once: cleared with this answer
             request.setHeader(b"Set-Cookie", self._flash_cookie("", 0).header())
-            break
-        return _html(request, self.page(session, flash))
+        return _html(request, self.page(session, read_flash(flashes[0]) if flashes else None))
 
     def page(self, session: Session, flash: str | None) -> bytes:
         """The event page as the session's user sees it."""
