@@ -54,9 +54,10 @@
       var item = document.getElementById("option-" + option.id);
       ["yes", "maybe", "no"].forEach(function (choice) {
         setText(item.querySelector('[data-count="' + choice + '"]'), option[choice].length + " " + choice);
-        setText(item.querySelector('[data-who="' + choice + '"]'), who(option[choice]));
         option[choice].forEach(function (user) { answers[user + "\n" + option.id] = choice; });
       });
+      setText(item.querySelector(".who"), "Yes: " + who(option.yes) + ". Maybe: " +
+        who(option.maybe) + ". No: " + who(option.no) + ".");
       item.classList.toggle("leading", option.leading);
       setText(item.querySelector(".mark"), option.decided ? " (decided)" : option.leading ? " (leading)" : "");
       var mine = answers[viewer + "\n" + option.id] || null;
