@@ -78,11 +78,16 @@
   }
 
   function when(iso) {
+    // As the server writes times: "Sat 5 Dec 2026 19:00 CET", on the page's zone.
     try {
-      return new Intl.DateTimeFormat("en-GB", {
+      var parts = {};
+      new Intl.DateTimeFormat("en-GB", {
         timeZone: article.dataset.zone, weekday: "short", day: "numeric", month: "short",
-        year: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short"
-      }).format(new Date(iso));
+        year: "numeric", hour: "2-digit", minute: "2-digit", hourCycle: "h23",
+        timeZoneName: "short"
+      }).formatToParts(new Date(iso)).forEach(function (part) { parts[part.type] = part.value; });
+      return parts.weekday + " " + parts.day + " " + parts.month + " " + parts.year + " " +
+        parts.hour + ":" + parts.minute + " " + parts.timeZoneName;
     } catch (error) { return iso; }
   }
 
