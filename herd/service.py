@@ -52,7 +52,7 @@ from notifier.channels.xmpp import TlsMode, XmppChannel
 from notifier.feed import NotifierListener
 from notifier.outbox import Outbox
 from notifier.render import Templates, Unsubscribe, no_event_link, no_prefs_link
-from notifier.routing import Timing
+from notifier.routing import Timing, nobody_watching
 from notifier.tables import load as load_notifier
 from web.host import WebHost
 from web.links import PersonalLinks
@@ -370,6 +370,7 @@ class HerdService(Service):
                 concurrency={"email": OUTBOX_EMAIL_CONCURRENCY, "xmpp": 200},
             ),
             bot=bot,
+            watching=nobody_watching if self.live is None else self.live.watching,
         )
         self.channels = dict(notifier.channels)
         self.line_hub = notifier.hub

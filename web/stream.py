@@ -284,8 +284,8 @@ class StreamHub:
         address = str(getattr(peer, "host", "-"))
         if (
             len(self._streams) >= settings.streams
-            or self._per_user[user] >= settings.streams_per_user
-            or self._per_address[address] >= settings.streams_per_address
+            or self._per_user.get(user, 0) >= settings.streams_per_user
+            or self._per_address.get(address, 0) >= settings.streams_per_address
         ):
             self.refused += 1
             request.setResponseCode(429)

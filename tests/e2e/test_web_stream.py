@@ -300,3 +300,48 @@ def test_reconnecting_after_a_restart_gets_exactly_the_missed_changes(scene: Sce
     broken = open_stream(browser, f"/e/{scene.event_id}/stream", "not-a-checkpoint")
     assert broken.next(name="reset").json() == {"reload": True}
     broken.close()
+
+
+def _mails_about(scene: Scene, user: str, text: str) -> list[str]:
+    found = []
+    for mail in scene.smtp.mails():
+        if f"{user}@example.net" not in mail.rcpt_to:
+            continue
+        part = mail.message.get_body(("plain",))
+        body = "" if part is None else str(part.get_content())
+        if text in body:
+            found.append(mail.name)
+    return found
+
+
+def test_a_user_watching_live_gets_no_mail_for_the_change(scene: Scene) -> None:
+    herd = scene.herd
+    for user in ("bob", "carol"):
+        with Session(herd.ports["Bailey"], user, scene.tokens[user]) as line:
+            line.user_set("digest", "off")  # a comment is mailed at once, not in a digest
+    stream = open_stream(session(scene, "bob"), f"/e/{scene.event_id}/stream")
+    try:
+        with Session(herd.ports["Bailey"], "alice", scene.tokens["alice"]) as alice:
+            alice.event(f"COMMENT {scene.event_id} watched-live-1")
+        assert stream.next().json()["change"]["kind"] == "commented"  # type: ignore[index]
+        wait_until(
+            lambda: _mails_about(scene, "carol", "watched-live-1"), 15.0, "carol's comment mail"
+        )
+        time.sleep(1.0)  # bob's would have gone out with carol's, from the same outbox
+        assert _mails_about(scene, "bob", "watched-live-1") == []
+        # with web_quiet no, the page and the mail both tell him
+        with Session(herd.ports["Bailey"], "bob", scene.tokens["bob"]) as bob:
+            assert bob.user_set("web_quiet", "no")["web_quiet"] is False
+            with Session(herd.ports["Bailey"], "alice", scene.tokens["alice"]) as alice:
+                alice.event(f"COMMENT {scene.event_id} watched-live-2")
+            wait_until(
+                lambda: _mails_about(scene, "bob", "watched-live-2"), 15.0, "bob's comment mail"
+            )
+            bob.user_set("web_quiet", "yes")
+    finally:
+        stream.close()
+    # not watching any more (the server sees the closed connection at once): mailed again
+    time.sleep(0.5)
+    with Session(herd.ports["Bailey"], "alice", scene.tokens["alice"]) as alice:
+        alice.event(f"COMMENT {scene.event_id} watched-live-3")
+    wait_until(lambda: _mails_about(scene, "bob", "watched-live-3"), 15.0, "bob's comment mail")

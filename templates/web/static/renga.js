@@ -54,9 +54,10 @@
       var item = document.getElementById("option-" + option.id);
       ["yes", "maybe", "no"].forEach(function (choice) {
         setText(item.querySelector('[data-count="' + choice + '"]'), option[choice].length + " " + choice);
-        setText(item.querySelector('[data-who="' + choice + '"]'), who(option[choice]));
         option[choice].forEach(function (user) { answers[user + "\n" + option.id] = choice; });
       });
+      setText(item.querySelector(".who"), "Yes: " + who(option.yes) + ". Maybe: " +
+        who(option.maybe) + ". No: " + who(option.no) + ".");
       item.classList.toggle("leading", option.leading);
       setText(item.querySelector(".mark"), option.decided ? " (decided)" : option.leading ? " (leading)" : "");
       var mine = answers[viewer + "\n" + option.id] || null;
@@ -77,11 +78,16 @@
   }
 
   function when(iso) {
+    // As the server writes times: "Sat 5 Dec 2026 19:00 CET", on the page's zone.
     try {
-      return new Intl.DateTimeFormat("en-GB", {
+      var parts = {};
+      new Intl.DateTimeFormat("en-GB", {
         timeZone: article.dataset.zone, weekday: "short", day: "numeric", month: "short",
-        year: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short"
-      }).format(new Date(iso));
+        year: "numeric", hour: "2-digit", minute: "2-digit", hourCycle: "h23",
+        timeZoneName: "short"
+      }).formatToParts(new Date(iso)).forEach(function (part) { parts[part.type] = part.value; });
+      return parts.weekday + " " + parts.day + " " + parts.month + " " + parts.year + " " +
+        parts.hour + ":" + parts.minute + " " + parts.timeZoneName;
     } catch (error) { return iso; }
   }
 
