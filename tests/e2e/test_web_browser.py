@@ -203,13 +203,26 @@ def tally(browser: Browser, option_id: str) -> tuple[int, int, int]:
 
 
 def shown_tally(browser: Browser, option_id: str) -> tuple[int, int, int] | None:
-    """The tally, or None while the page shows none (between two documents)."""
+    """The tally (the page's `[data-count]` hooks), or None while the page shows none (between
+    two documents)."""
     try:
-        text = browser.text_of(f"{option(option_id)} .tally")
+        texts = browser.execute(
+            "const item = document.querySelector(arguments[0]); if (!item) { return null; }"
+            " return ['yes', 'maybe', 'no'].map(c =>"
+            " (item.querySelector('[data-count=' + c + ']') || {}).textContent || '')",
+            option(option_id),
+        )
     except WebDriverException:
         return None
-    match = re.fullmatch(r"\s*(\d+) yes · (\d+) maybe · (\d+) no\s*", text)
-    return None if match is None else (int(match[1]), int(match[2]), int(match[3]))
+    if not texts:
+        return None
+    counts = []
+    for text, choice in zip(texts, ("yes", "maybe", "no"), strict=True):
+        match = re.fullmatch(rf"(\d+) {choice}", text.strip())
+        if match is None:
+            return None
+        counts.append(int(match[1]))
+    return counts[0], counts[1], counts[2]
 
 
 def vote_button(browser: Browser, option_id: str, choice: str) -> WebElement:
