@@ -343,6 +343,10 @@ def _vote_through_the_form(scene: Scene, browser: Browser, user: str, *, reload:
     vote_button(browser, target, "yes").click()
     browser.wait_until(lambda: shown_tally(browser, target) == (yes + 1, maybe, no), "the tally")
     browser.wait_for_text("Your answer: yes", within=option(target))
+    if browser.javascript:  # the page (reloaded or not) follows its stream
+        browser.wait_until(lambda: live(browser), "the page following its stream")
+    else:
+        assert not live(browser)
     if reload:  # a plain form: a new document, which says what happened
         assert not window_kept(browser)
         browser.wait_for_text("Your vote is in.", within="[role=status]")
