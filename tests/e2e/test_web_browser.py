@@ -3,16 +3,17 @@ processes with `[web]`: what a person does with the pages, as they do it.
 
 One herd of two linked servers (Bailey, Bona) and a mail sink for the module.  Each person opens
 the personal link from the mail the sink caught (the link is read from the mail, never made by
-the test), so the path from a mail to a vote is the one a person takes.  Each test has people of
-its own, so the tests do not depend on each other's votes.
+the test), so the path from a mail to a vote is the one a person takes.  A test reads a tally
+before it votes and acts as people no other test votes as, so none depends on another's votes.
 
 - the link from the mail opens the event page; a vote through the page's form changes the
   tally, with JavaScript on and with it off (then the form posts and the page reloads);
 - markup and script in an event's title and in a comment show as text: no alert, no element
   made, nothing run, no console error;
-- every field has a label, the vote form is used with the keyboard alone, the page has one
-  heading with the event's title; it fits a phone's width; phone and desktop screenshots are
-  kept under test-artifacts/screenshots/ (docs/images/ has a copy of one of each);
+- every field has a label, the vote form is used with the keyboard alone (with a visible focus
+  ring), the page has one h1, the event's title, and every text WCAG AA contrast; on a phone
+  nothing is wider than the screen and every button is 44 px high; phone and desktop
+  screenshots are kept under test-artifacts/screenshots/ (docs/images/ has a copy of each);
 - a forged or expired link shows the "not available" page and nothing of the event; a form on
   another site that posts to the vote URL (served by a small HTTP server of the test's own, on
   another origin) changes nothing;
@@ -20,8 +21,9 @@ its own, so the tests do not depend on each other's votes.
   page within a second without a reload; the page catches up after its own server restarts,
   each change shown once;
 - one-click unsubscribe from a mail's `List-Unsubscribe` header (a POST, as a mail provider
-  sends it) stops that user's mails while another user still gets one; the preferences page
-  from a link in a mail changes a setting, and the line protocol at the other server sees it.
+  sends it) stops that user's mails while another user still gets one; the settings page from
+  the link in a mail changes settings through its form, and the line protocol at the other
+  server sees them.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -88,7 +90,6 @@ class Scene:
     hostile: str  # the event with markup in its title
     times: list[str]
     places: list[str]
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def site(self, server: str = "Bailey") -> str:
         assert self.herd.web_ports is not None
