@@ -212,14 +212,15 @@ class StreamHub:
         state = None if event is None else event_state(event)
         data = frame("change", change_data(event_id, record, state), mark)
         participants = frozenset(() if event is None else event.participants)
+        valid = self._validity()
         for stream in tuple(self._by_event.get(event_id, ())):
-            if stream.user in participants and self._still_valid(stream):
+            if stream.user in participants and valid(stream):
                 stream.write(data)
             else:
                 stream.close()  # uninvited, or the links revoked: the session is over
         for user in participants:
             for stream in tuple(self._by_user.get(user, ())):
-                if self._still_valid(stream):
+                if valid(stream):
                     stream.write(data)
                 else:
                     stream.close()
@@ -232,21 +233,35 @@ class StreamHub:
                     stream.close()
 
     def _still_valid(self, stream: _Stream) -> bool:
-        user = self.state.user(stream.user)
-        return (
-            user is not None
-            and user.link_generation == stream.generation
-            and self.clock.now_ns() // 10**9 < stream.expires
-        )
+        return self._validity()(stream)
+
+    def _validity(self) -> Callable[[_Stream], bool]:
+        """Whether a stream's session still holds (unexpired, of its user's current link
+        generation): the time read once and each user looked up once, for a fan-out."""
+        now = self.clock.now_ns() // 10**9
+        generations: dict[str, int | None] = {}
+
+        def valid(stream: _Stream) -> bool:
+            if stream.user in generations:
+                generation = generations[stream.user]
+            else:
+                user = self.state.user(stream.user)
+                generation = generations[stream.user] = (
+                    None if user is None else user.link_generation
+                )
+            return generation == stream.generation and now < stream.expires
+
+        return valid
 
     def _beat(self) -> None:
         now = self.clock.seconds()
         stall = self.settings.idle_seconds
+        valid = self._validity()
         for stream in tuple(self._streams):
             if stream.paused_at is not None and now - stream.paused_at > stall:
                 self.dropped += 1
                 stream.close()
-            elif not self._still_valid(stream):
+            elif not valid(stream):
                 stream.close()
             else:
                 stream.write(HEARTBEAT)

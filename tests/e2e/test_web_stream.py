@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from herd.tokens import link_token
+from herd.tokens import USER_SCOPE, WebClaim, link_token, session_token
 from tests.support.herd import SECRET
 from tests.support.lines import Session, option_ids
 from tests.support.polling import wait_until
@@ -258,6 +258,29 @@ def test_a_user_holds_at_most_streams_per_user(scene: Scene) -> None:
     finally:
         for stream in streams:
             stream.close()
+
+
+def test_a_user_stream_follows_every_event_of_the_user(scene: Scene) -> None:
+    with Session(scene.herd.ports["Bailey"], "alice", scene.tokens["alice"]) as alice:
+        other = alice.event("PLAN Lunch")["id"]
+        alice.event(f"INVITE {other} carol")
+    browser = Browser(scene.herd.web_ports["Bona"])
+    claim = WebClaim("carol", USER_SCOPE, int(time.time()) + 3600, 0)
+    browser.cookies["renga_session"] = session_token(SECRET.encode(), claim)
+    stream = open_stream(browser, "/u/stream")
+    try:
+        vote(scene, "Bailey", "bob", scene.times[0], "NO")
+        with Session(scene.herd.ports["Bailey"], "alice", scene.tokens["alice"]) as alice:
+            alice.event(f"COMMENT {other} soup?")
+        got = [stream.next().json(), stream.next().json()]
+        assert [(data["event"], data["change"]["kind"]) for data in got] == [  # type: ignore[index]
+            (scene.event_id, "voted"),
+            (other, "commented"),
+        ]
+    finally:
+        stream.close()
+    # the same cookie opens any one of carol's event streams too
+    open_stream(browser, f"/e/{other}/stream").close()
 
 
 def test_reconnecting_after_a_restart_gets_exactly_the_missed_changes(scene: Scene) -> None:
