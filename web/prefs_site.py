@@ -14,9 +14,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -53,7 +53,7 @@ from web.prefs import (
     result_message,
     unsubscribe_query,
 )
-from web.resources import DENIED, _denied, _html, _redirect
+from web.resources import _TOO_MANY_REQUESTS, DENIED, _denied, _html, _redirect
 from web.rules import (
     FLASH_COOKIE,
     SESSION_COOKIE,
@@ -68,6 +68,7 @@ from web.rules import (
 __all__ = ["PrefsResource", "UnsubscribeResource", "add_prefs"]
 
 _log = Logger()
+_T = TypeVar("_T")
 
 _FORM: Final = b"application/x-www-form-urlencoded"
 _NOT_NOW: Final = "Not saved: the server could not do it now. Try again in a minute."
@@ -125,12 +126,18 @@ class UnsubscribeResource(Resource):
         claim = self._claim(request)
         if claim is None:
             return _denied(self.host, request, BAD_UNSUBSCRIBE)
-        user_id, token, _ = claim
+        user_id, token, user = claim
         if not is_one_click(request.args or {}):
-            context = {"state": "bad", "user": user_id, "email_on": True}
+            context = {"state": "bad", "user": user_id, "email_on": "email" in user.channels}
             return self._page(request, context, http.BAD_REQUEST)
+        if "email" not in user.channels:  # already off: nothing to write (a retry, a replay)
+            return self._page(request, {"state": "done", "user": user_id}, http.OK)
+        release = _start_write(self.host, request)
+        if release is None:
+            return _too_many(request)
         line = OptOut(user_id, token).to_line().rstrip(b"\n")
         answered = self.host.run_as(user_id, line)
+        answered.addBoth(release)
 
         def reply(answer: bytes) -> bytes:
             if answer.startswith(b"OPTOUT "):
@@ -142,6 +149,7 @@ class UnsubscribeResource(Resource):
             )
 
         def failed(failure: Failure) -> bytes:
+            _log.failure("a one-click unsubscribe could not run", failure)
             return self._page(
                 request, {"state": "later", "user": user_id}, http.SERVICE_UNAVAILABLE
             )
@@ -202,13 +210,10 @@ class PrefsResource(Resource):
         session = prefs_session(host, request)
         if session is None:
             return _denied(host, request)
-        flash = None
-        for value in cookie_values(
-            request.requestHeaders.getRawHeaders(b"cookie") or [], FLASH_COOKIE
-        ):
-            flash = read_flash(value)
+        flashes = cookie_values(request.requestHeaders.getRawHeaders(b"cookie") or [], FLASH_COOKIE)
+        if flashes:  # shown once: cleared with this answer
             request.setHeader(b"Set-Cookie", _flash_cookie(host, "", 0).header())
-            break
+        flash = read_flash(flashes[0]) if flashes else None
         user = session.user
         zone = timezone_of(user.tz, host.position_of(user.id))
         body = host.templates.page(
@@ -258,7 +263,13 @@ class PrefsResource(Resource):
         commands = prefs_changes(session.user, form)
         if isinstance(commands, str):
             return _back(host, request, commands)
-        return _answer_later(request, self._run(request, session.user.id, commands))
+        if not commands:
+            return _back(host, request, result_message([], None))
+        release = _start_write(host, request)
+        if release is None:
+            return _too_many(request)
+        ran = self._run(request, session.user.id, commands)
+        return _answer_later(request, ran.addBoth(release))
 
     def _run(self, request: Request, user: str, commands: Sequence[UserCommand]) -> Deferred[bytes]:
         """The commands as lines run as `user` one after the other, stopping at the first the
@@ -271,6 +282,7 @@ class PrefsResource(Resource):
                 try:
                     answer = await host.run_as(user, command.to_line().rstrip(b"\n"))
                 except Exception:  # the server could not run it: say so, change nothing more
+                    _log.failure("a settings line could not run")
                     return _back(host, request, _NOT_NOW)
                 if not answer.startswith(b"USER "):
                     refused = (command.field, _refusal(answer))
@@ -296,7 +308,11 @@ class RevokeResource(Resource):
         if isinstance(checked, bytes):
             return checked
         session, _ = checked
+        release = _start_write(host, request)
+        if release is None:
+            return _too_many(request)
         answered = host.run_as(session.user.id, RevokeLinks().to_line().rstrip(b"\n"))
+        answered.addBoth(release)
 
         def reply(answer: bytes) -> bytes:
             if not answer.startswith(b"LINKS "):
@@ -306,6 +322,7 @@ class RevokeResource(Resource):
             return _redirect(request, f"{PREFS_PATH}/revoked".encode("ascii"))
 
         def failed(failure: Failure) -> bytes:
+            _log.failure("LINKS REVOKE from the settings page could not run", failure)
             return _back(host, request, "Not revoked: the server could not do it now.")
 
         return _answer_later(request, answered.addCallbacks(reply, failed))
@@ -358,6 +375,34 @@ def _checked_form(
     if len(csrf) != 1 or not check_csrf(host.secret, session.cookie, csrf[0]):
         return _denied(host, request, "This form has expired: reload the page and try again.")
     return session, form
+
+
+def _start_write(host: WebHost, request: Request) -> Callable[[_T], _T] | None:
+    """Count a write from the request's client address (`[web] writes_per_address` at once,
+    as for the event page's forms); the function to pass the outcome through when its lines
+    are done, or None when the address has as many running as it may."""
+    address = str(getattr(request.getClientAddress(), "host", "-"))
+    in_flight = host.writes.get(address, 0)
+    if in_flight >= host.web.settings.writes_per_address:
+        return None
+    host.writes[address] = in_flight + 1
+
+    def release(outcome: _T) -> _T:
+        left = host.writes.get(address, 1) - 1
+        if left > 0:
+            host.writes[address] = left
+        else:
+            host.writes.pop(address, None)
+        return outcome
+
+    return release
+
+
+def _too_many(request: Request) -> bytes:
+    request.setResponseCode(_TOO_MANY_REQUESTS)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"Retry-After", b"1")
+    return b"too many at once: try again\n"
 
 
 def _flash_cookie(host: WebHost, message: str, max_age: int) -> Cookie:

@@ -7,7 +7,8 @@ plain HTTP port under it), so its mails carry RFC 8058's one-click headers.  A m
 tokens change nothing; a one-click POST from another site, with no cookie, stops the mails to
 that user and no one else's; the settings link at the foot of a mail opens the preferences
 page, whose changes show in `WHOAMI` on the other server; cross-site posts are refused;
-revoking the links ends the page; no token reaches a log.
+revoking the links ends the page; no token reaches a log.  A one-server herd on a plain http
+site lists its page without the one-click header.
 """
 
 from __future__ import annotations
@@ -385,6 +386,49 @@ def test_revoking_all_links_from_the_page_ends_them(scene: Scene) -> None:
     for name in NAMES:
         status, _, page = Browser(scene.herd.web_ports[name]).get(prefs_path)
         assert status == 403 and "dave" not in page
+
+
+def test_an_http_site_lists_its_page_without_claiming_one_click(
+    tmp_path: Path, places_seed: Path
+) -> None:
+    """A herd whose site is plain http (as `herd up` gives on loopback): its mails list the
+    http page and the mailto, and no `List-Unsubscribe-Post` (RFC 8058 §3.1 asks for an https
+    URI); the page itself works the same for a person who opens it."""
+    herd = WebHerd(tmp_path / "herd", smtp_port=0, seed=places_seed, names=("Bailey",), links=())
+    spare = [port for port in free_ports(3) if port not in herd.ports.values()]
+    herd.smtp_port, herd.web_ports = spare[0], {"Bailey": spare[1]}
+    herd.write_config(herd.config_path, herd.links)
+    smtp = SmtpProcess(tmp_path / "smtp", herd.smtp_port)
+    try:
+        herd.start()
+        smtp.start()
+        herd.wait_answering()
+        tokens = {
+            user: add_user(herd.config_path, user, f"{user}@example.net") for user in ("ann", "ben")
+        }
+        with Session(herd.ports["Bailey"], "ann", tokens["ann"]) as ann:
+            event_id = ann.event("PLAN Tea")["id"]
+            ann.event(f"INVITE {event_id} ben")
+
+        def invitation() -> Mail | None:
+            return next(iter(smtp.mails()), None)
+
+        mail = wait_until(invitation, 15.0, "ben's invitation")
+        token = unsubscribe_token(SECRET.encode(), "ben")
+        page = f"http://127.0.0.1:{spare[1]}/unsubscribe?u=ben&t={token}"
+        header = str(mail.message["List-Unsubscribe"])
+        assert header.startswith(f"<{page}>, <mailto:") and token in header.split(",")[1]
+        assert mail.message["List-Unsubscribe-Post"] is None
+        browser = Browser(spare[1])
+        status, _ = one_click(browser, f"/unsubscribe?u=ben&t={token}")
+        assert status == 200
+        with Session(herd.ports["Bailey"], "ben", tokens["ben"]) as ben:
+            assert b'"channels":["line","xmpp"]' in ben.request(b"WHOAMI")
+    finally:
+        try:
+            herd.close()
+        finally:
+            smtp.close()
 
 
 def test_no_token_reaches_a_log(scene: Scene) -> None:
