@@ -729,3 +729,44 @@ def test_the_settings_page_from_a_mail_changes_a_setting(
     assert page.by_label("Off: every notice on its own").is_selected()
     assert page.by_label("Time zone").get_attribute("value") == "Asia/Tokyo"
     assert user_at(scene, "gina", "Bona")["channels"] == before["channels"]
+
+
+# --- revoking, last: dave's links stop working ---------------------------------------------------
+
+
+def test_revoking_from_the_page_ends_every_link_and_open_page(
+    scene: Scene, browser: Browser
+) -> None:
+    """dave has the dinner open in one window and revokes his links from the picnic's page in
+    another: the dinner's open page loses its stream, and the links in his mails open nothing
+    at either server."""
+    dinner_link = mail_link(scene, "dave", scene.dinner)
+    picnic_link = mail_link(scene, "dave", scene.hostile)
+    open_from_mail(scene, browser, "dave", scene.dinner)
+    browser.wait_until(lambda: live(browser), "the dinner page following its stream")
+    dinner_window = browser.driver.current_window_handle
+    browser.driver.switch_to.new_window("tab")
+    try:
+        open_from_mail(scene, browser, "dave", scene.hostile)
+        browser.submit("Revoke my links")
+        assert browser.by_role("heading", "Links revoked").tag_name == "h1"
+        browser.wait_for_text("no longer open anything", within="main")
+    finally:
+        browser.driver.close()
+        browser.driver.switch_to.window(dinner_window)
+    browser.wait_until(lambda: not live(browser), "the dinner page's stream ended", 10)
+    for link in (dinner_link, picnic_link):
+        for site in (scene.site("Bailey"), scene.site("Bona")):
+            parts = urllib.parse.urlsplit(link)
+            browser.open(f"{site}{parts.path}?{parts.query}")
+            assert browser.by_role("heading", "Not available").tag_name == "h1"
+            assert DINNER not in browser.text and "Picnic" not in browser.text
+    browser.open(f"{scene.site('Bona')}/e/{scene.dinner}")
+    assert browser.by_role("heading", "Not available").tag_name == "h1"
+    for entry in browser.take_console_errors():
+        assert entry.source == "network", entry
+        # the denial pages (403), and the stream the server ended: it drops the connection
+        # without ending the chunked body, which Chromium notes as an incomplete response
+        assert "status of 403" in entry.message or (
+            "/stream" in entry.message and "ERR_INCOMPLETE_CHUNKED_ENCODING" in entry.message
+        ), entry
