@@ -239,6 +239,9 @@ class WebConfig:
     streams_per_address: int = 64  # open live streams from one client address on one server
     heartbeat_seconds: float = 15.0  # a live stream gets a comment line this often when idle
     writes_per_address: int = 8  # form posts from one client address waiting for their line
+    streams: int = 20_000  # open live streams on one server, in all
+    stream_buffer_bytes: int = 256 * 1024  # waiting for a stalled stream's reader, then dropped
+    stream_history: int = 200  # changes kept per event for streams that reconnect
 
 
 WEB_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
@@ -251,6 +254,9 @@ WEB_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
     "streams_per_address": (1, 1 << 20),
     "heartbeat_seconds": (1.0, 3600.0),
     "writes_per_address": (1, 1 << 16),
+    "streams": (1, 1 << 20),
+    "stream_buffer_bytes": (1024, 1 << 26),
+    "stream_history": (1, 1 << 16),
 }
 
 

@@ -130,6 +130,7 @@ class UserField(StrEnum):
     QUIET = "quiet"  # "HH:MM-HH:MM", local time
     TZ = "tz"  # an IANA zone set explicitly
     TOKEN = "token"  # the hash of the user's line token, never shown
+    WEB_QUIET = "web_quiet"  # "yes" (the default) or "no": no message for what a page shows live
 
 
 # --- op bodies: one class per kind; its JSON payload is its fields ---------------------------

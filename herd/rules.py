@@ -167,6 +167,8 @@ def _user_value(name: UserField, value: str) -> str | PlanningError:
             return PlanningError("bad-value", "quiet hours are HH:MM-HH:MM, e.g. 22:00-07:00")
         case UserField.DIGEST if value not in _DIGESTS:
             return PlanningError("bad-value", "digest is daily, weekly or off")
+        case UserField.WEB_QUIET if value not in ("yes", "no"):
+            return PlanningError("bad-value", "web_quiet is yes or no")
         case UserField.CHANNELS:
             if value == "none":
                 return ""

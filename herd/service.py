@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from herd.changes import Change
 from herd.clock import Clock
 from herd.config import ConfigError, HerdConfig
 from herd.extensions import JidLinks, LinePushes, OptOuts
@@ -37,7 +38,7 @@ from herd.places.offline import OfflinePlaces
 from herd.places.wiring import make_provider
 from herd.protocol import LineConnection
 from herd.secretfile import choose_secret, read_or_create_secret
-from herd.server import HerdServer, Replica
+from herd.server import RECENT_OPS, HerdServer, Replica
 from herd.statusfigures import ServerFigures
 from herd.store import GroupCommitter, Store
 from herd.tls import TlsClientEndpoint, client_options, server_factory, server_options
@@ -54,13 +55,14 @@ from notifier.feed import NotifierListener
 from notifier.outbox import Outbox
 from notifier.outbox_admin import depth as outbox_depth
 from notifier.render import Templates, Unsubscribe, no_event_link, no_prefs_link
-from notifier.routing import Timing
+from notifier.routing import Timing, nobody_watching
 from notifier.tables import load as load_notifier
 from web.host import WebHost
 from web.links import PersonalLinks
 from web.prefs import prefs_link, unsubscribe_url
 from web.site import build_site
 from web.status_site import build_status_site
+from web.stream import StreamHub
 from web.templates import WebTemplates, read_static
 
 T = TypeVar("T")
@@ -146,6 +148,7 @@ class HerdService(Service):
         self.port: IListeningPort | None = None
         self.web_port: IListeningPort | None = None  # the web site's, when the herd has [web]
         self.status_port: IListeningPort | None = None  # the status listener's, on loopback
+        self.live: StreamHub | None = None  # the web's live streams, when the herd has [web]
         self.factory: ClientFactory | None = None
         self.dialers: list[ClientService] = []
         self.started: Deferred[None] = Deferred()
@@ -194,6 +197,9 @@ class HerdService(Service):
             venues.add_all(replica.planning)
             server.feed.subscribe(venues)
         self.server = server
+        # The web's live streams refill their history from the newest operations too.
+        replayed = replica.recent_changes
+        complete = len({change.op.op_id for change in replayed}) < RECENT_OPS
         await self._start_notifier(server, committer, replica)
         self.factory = ClientFactory(server)
         self.factory.noisy = False
@@ -216,18 +222,31 @@ class HerdService(Service):
             tls=" (TLS)" if tls is not None else "",
             count=len(replica.table),
         )
-        await self._start_web(server, replica)
+        await self._start_web(server, replica, committer, replayed, complete)
         for peer in self.server_config.peers:
             if self.server_name < peer:
                 self._dial(server, peer)
 
-    async def _start_web(self, server: HerdServer, replica: Replica) -> None:
+    async def _start_web(
+        self,
+        server: HerdServer,
+        replica: Replica,
+        committer: GroupCommitter,
+        replayed: list[Change],
+        complete: bool,
+    ) -> None:
         """The web site (`[web]`, docs/web.md) on this server's web port: pages read the
-        server's state, writes go through `run_as` like the Jabber bot's."""
+        server's state, writes go through `run_as` like the Jabber bot's; the live streams
+        follow the change feed (the hub was made before the notifier, which asks it who is
+        watching)."""
         web = self.config.web_of(self.server_name)
         if web is None:
             return
         templates = WebTemplates()
+        live = self.live
+        assert live is not None
+        server.feed.subscribe(live)
+        live.start(replayed, complete)
         host = WebHost(
             name=self.server_name,
             web=web,
@@ -239,6 +258,7 @@ class HerdService(Service):
             log=self.log.received,
             templates=templates,
             static=read_static(),  # a few small files, read once
+            live=live,
         )
         endpoint = TCP4ServerEndpoint(
             self.reactor, web.port, backlog=self.config.limits.listen_backlog, interface=web.host
@@ -268,6 +288,7 @@ class HerdService(Service):
             channels=lambda: sorted(self.channels),
             count_outbox=outbox_depth,
             run_blocking=self._on_thread(self._outbox_pool),
+            web_streams=None if self.live is None else self.live.count,
         )
         endpoint = TCP4ServerEndpoint(self.reactor, port, backlog=50, interface="127.0.0.1")
         self.status_port = await endpoint.listen(build_status_site(figures, templates))
@@ -309,6 +330,10 @@ class HerdService(Service):
                 raise ConfigError(self.config.path, "smtp.sender", str(error)) from None
             sender_address = parseaddr(smtp.sender)[1] or sender_address
         web = self.config.web_of(self.server_name)
+        if web is not None:
+            self.live = StreamHub(
+                replica.planning, self.clock, web.settings, secret, committer.after_commit
+            )
         links = (
             None
             if web is None
@@ -388,6 +413,7 @@ class HerdService(Service):
                 concurrency={"email": OUTBOX_EMAIL_CONCURRENCY, "xmpp": 200},
             ),
             bot=bot,
+            watching=nobody_watching if self.live is None else self.live.watching,
         )
         self.channels = dict(notifier.channels)
         self.line_hub = notifier.hub
@@ -476,6 +502,8 @@ class HerdService(Service):
             await maybeDeferred(self.web_port.stopListening)
         if self.status_port is not None:
             await maybeDeferred(self.status_port.stopListening)
+        if self.live is not None:
+            self.live.stop()
         if self.factory is not None:
             for connection in self.factory.connections:
                 connection.stopProducing()

@@ -274,6 +274,7 @@ class PlanningState:
             clients=self.clients_of(user_id),
             token_hash=fields.get(UserField.TOKEN),
             link_generation=self._link_generations.get(user_id, 0),
+            web_quiet=fields.get(UserField.WEB_QUIET) != "no",
         )
         return built
 

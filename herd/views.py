@@ -42,6 +42,7 @@ class User:
     clients: tuple[str, ...]
     token_hash: str | None
     link_generation: int = 0  # personal web links made under an older one are revoked
+    web_quiet: bool = True  # no mail or chat message for a change the user watches live
 
     def to_json(self, timezone: str) -> dict[str, object]:
         """The user as a line reply shows it: no token hash; `timezone` is the effective one
@@ -55,6 +56,7 @@ class User:
             "quiet": self.quiet,
             "tz": timezone,
             "tz_set": self.tz is not None,
+            "web_quiet": self.web_quiet,
             "clients": list(self.clients),
         }
 

@@ -28,7 +28,7 @@ from notifier.channels.line import LineHub
 from notifier.feed import TICK, NotifierListener
 from notifier.outbox import Outbox
 from notifier.render import Templates, Unsubscribe
-from notifier.routing import Presence, Timing, offline
+from notifier.routing import Presence, Timing, Watching, nobody_watching, offline
 from notifier.tables import Saved
 
 __all__ = ["Host", "Notifier", "NotifierSettings", "build_notifier"]
@@ -99,15 +99,17 @@ def build_notifier(
     templates: Templates | None = None,
     settings: NotifierSettings = NotifierSettings(),
     presence: Presence = offline,
+    watching: Watching = nobody_watching,
     bot: Callable[[BotGlue], Channel] | None = None,
     listener_clock: Clock | None = None,
 ) -> Notifier:
     """Assemble the notifier of `host` over `channels` (by name: "email", ...).  With `bot`,
     the Jabber bot's glue is made and `bot(glue)` is the "xmpp" channel, whose presence the
-    routing then follows.  `saved` is what `notifier.tables.load` read back from `host.store`,
-    `op_lines` the op log's JSON lines as restored (read once: who added each user);
-    `listener_clock` times the listener's loops and leases if not `clock` (a test that steps the
-    notifier's turns apart from the server's)."""
+    routing then follows; `watching` says who has an event open live here (the web's
+    streams: no mail or chat message then, for users with `web_quiet`).  `saved` is what
+    `notifier.tables.load` read back from `host.store`, `op_lines` the op log's JSON lines as
+    restored (read once: who added each user); `listener_clock` times the listener's loops and
+    leases if not `clock` (a test that steps the notifier's turns apart from the server's)."""
     templates = Templates() if templates is None else templates
     glue: BotGlue | None = None
     channels = dict(channels)
@@ -140,5 +142,6 @@ def build_notifier(
         accept=host.accept,
         timing=settings.timing,
         look_every=settings.look_every,
+        watching=watching,
     )
     return Notifier(listener, hub, outbox, channels, leases, glue, templates, host.subscribe)

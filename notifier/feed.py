@@ -61,7 +61,15 @@ from notifier.held_digests import HeldDigests
 from notifier.message import Medium, Outgoing, Routed
 from notifier.outbox_table import enqueue
 from notifier.render import RenderCache, Templates, Unsubscribe, render
-from notifier.routing import Presence, Timing, due_reminders, offline, route
+from notifier.routing import (
+    Presence,
+    Timing,
+    Watching,
+    due_reminders,
+    nobody_watching,
+    offline,
+    route,
+)
 from notifier.tables import Saved, forget_items, hold_items, mark, record_digests
 
 __all__ = ["DIGESTS_PER_TURN", "TICK", "NotifierListener"]
@@ -120,6 +128,7 @@ class NotifierListener:
         accept: Callable[[Body], None],
         timing: Timing,
         look_every: float,
+        watching: Watching = nobody_watching,
     ) -> None:
         self._state = state
         self._position_of = position_of
@@ -130,6 +139,7 @@ class NotifierListener:
         self._unsubscribe = unsubscribe
         self._clock = clock
         self._presence = presence
+        self._watching = watching
         self._templates = templates
         self._leases = leases
         self._renew = renew
@@ -174,11 +184,25 @@ class NotifierListener:
         made_ns = change.op.time_ns
 
         def sends(placed: Routed) -> bool:
+            if self._watched(placed):
+                return False
             if placed.coalesce is None:
                 return accepted_here
             return self._duties.owes(placed.notification.recipient.user, made_ns, now_ns)
 
         self._dispatch(routed, now_ns, sends, context.add_write)
+
+    def _watched(self, placed: Routed) -> bool:
+        """Whether the recipient watches the event live here (the web's streams) and asked
+        not to be told twice (`web_quiet`): then no mail or chat message goes out for it.  The
+        change is still recorded (the page shows it), pushed on the line feed and, for a
+        digest reader, folded into the digest (every server folds the same)."""
+        notification = placed.notification
+        user_id = notification.recipient.user
+        if notification.event_id is None or not self._watching(user_id, notification.event_id):
+            return False
+        user = self._state.user(user_id)
+        return user is not None and user.web_quiet
 
     def _route(self, change: Change, now_ns: int) -> list[Routed]:
         return route(

@@ -70,8 +70,10 @@ __all__ = [
     "REMINDER_LEAD_NS",
     "Presence",
     "Timing",
+    "Watching",
     "ZoneOf",
     "due_reminders",
+    "nobody_watching",
     "offline",
     "route",
     "utc_unless_set",
@@ -86,6 +88,10 @@ NUDGE_LEAD_NS: Final = 48 * 3600 * SECOND
 Presence = Callable[[str], str | None]
 """A bare JID's XMPP presence: None when offline or unknown, else its show value
 (`""` or `"available"`, `"chat"`, `"away"`, `"xa"`, `"dnd"`)."""
+
+Watching = Callable[[str, str], bool]
+"""Whether a user (first) has an event (second) open live on this server: the web's live streams
+tell it, through the wiring (the notifier does not import the web)."""
 
 ZoneOf = Callable[[User], str]
 """A user's effective IANA zone; the wiring passes `timezone_of(user.tz, position_of(user.id))`."""
@@ -106,6 +112,11 @@ _COALESCED: Final = frozenset({Kind.VOTES})
 def offline(jid: str) -> str | None:
     """The presence of everyone when nobody tracks it."""
     return None
+
+
+def nobody_watching(user: str, event_id: str) -> bool:
+    """Nobody watches a page live where no web runs."""
+    return False
 
 
 def utc_unless_set(user: User) -> str:

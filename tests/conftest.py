@@ -9,7 +9,7 @@ import pytest
 
 from herd import zones
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.browser"]
 
 
 @pytest.fixture(scope="session", autouse=True)

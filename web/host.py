@@ -14,6 +14,8 @@ from web.templates import StaticFile, WebTemplates
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from web.stream import StreamHub
+
 __all__ = ["RunAs", "WebHost"]
 
 RunAs = Callable[[str, bytes], "Deferred[bytes]"]
@@ -24,7 +26,7 @@ RunAs = Callable[[str, bytes], "Deferred[bytes]"]
 class WebHost:
     """The server's name, its resolved `[web]` settings, the herd secret, a read-only view of
     the state, where users are, how to run a line as a user, the clock, the traffic log, and
-    the templates and static files read at start."""
+    the templates and static files read at start, and the live streams."""
 
     name: str
     web: ServerWeb
@@ -37,6 +39,7 @@ class WebHost:
     templates: WebTemplates
     static: Mapping[str, StaticFile] = field(default_factory=dict)
     writes: dict[str, int] = field(default_factory=dict)  # client address -> posts in flight
+    live: StreamHub | None = None  # the live streams (`web.stream`), when the wiring runs them
 
     def now(self) -> int:
         """POSIX seconds, from the server's one clock."""

@@ -235,6 +235,8 @@ class EventResource(Resource):
                 "csrf": csrf_token(host.secret, session.cookie),
                 "flash": flash,
                 "server": host.name,
+                # where the page's live stream resumes from (web.stream); None: no stream
+                "live": None if host.live is None else host.live.latest() or "",
             },
         )
 

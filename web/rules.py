@@ -37,7 +37,7 @@ SECURITY_HEADERS: Final[Mapping[bytes, bytes]] = {
         b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     ),
     b"X-Content-Type-Options": b"nosniff",
-    b"Referrer-Policy": b"no-referrer",
+    b"Referrer-Policy": b"same-origin",
     b"X-Frame-Options": b"DENY",
     b"Cross-Origin-Opener-Policy": b"same-origin",
     b"Cross-Origin-Resource-Policy": b"same-origin",

@@ -4,8 +4,9 @@ without tokens) and `build_site`, the one place the URL tree is put together.
 
 URLs (docs/web.md): `/e/<event>?t=<link token>` (a personal link: a session cookie, then a
 redirect to `/e/<event>`), `/e/<event>` (the event page), `POST /e/<event>/vote` and
-`POST /e/<event>/comment` (the page's forms), `/static/<file>`, `/prefs` and `/unsubscribe`
-(`web.prefs_site`).  Other parts of the web add
+`POST /e/<event>/comment` (the page's forms), `/static/<file>`, `/e/<event>/stream` and
+`/u/stream` (the live streams, `web.stream`), `/prefs` and `/unsubscribe` (`web.prefs_site`).
+Other parts of the web add
 their own children in `build_site` (see `EventsResource.actions` for an event's sub-paths).
 """
 
@@ -15,14 +16,15 @@ import io
 from typing import Any
 
 from twisted.web import http
-from twisted.web.resource import Resource
+from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 
 from web.api import ApiResource
 from web.host import WebHost
 from web.prefs_site import add_prefs
-from web.resources import EventsResource, RootResource, StaticResource
+from web.resources import EventResource, EventsResource, RootResource, StaticResource
 from web.rules import SECURITY_HEADERS, access_line
+from web.stream import EventStreamResource, UserStreamResource
 
 __all__ = ["WebRequest", "WebSite", "build_site"]
 
@@ -141,5 +143,17 @@ def build_site(host: WebHost) -> WebSite:
     root.putChild(b"e", EventsResource(host))
     root.putChild(b"static", StaticResource(host.static))
     root.putChild(b"api", ApiResource(host))
+    if host.live is not None:
+        EventResource.actions[b"stream"] = _event_stream
+        users = Resource()
+        users.putChild(b"stream", UserStreamResource(host.live))
+        root.putChild(b"u", users)
     add_prefs(root, host)  # /prefs, /unsubscribe
     return WebSite(root, host)
+
+
+def _event_stream(host: WebHost, event_id: str) -> Resource:
+    """`/e/<event>/stream` (`web.stream`); not found on a site without live streams."""
+    if host.live is None:
+        return NoResource()
+    return EventStreamResource(host.live, event_id)

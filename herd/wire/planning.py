@@ -92,8 +92,8 @@ class ShowUser:
 @dataclass(frozen=True, slots=True)
 class SetUser:
     """`USER SET <field> <value…>`: field is `email`, `jid`, `quiet` (`22:00-07:00`), `digest`
-    (`daily|weekly|off`), `channels` (comma-separated of `email,line,xmpp`, or `none`) or `tz`
-    (an IANA zone).  Reply: `USER <json>`."""
+    (`daily|weekly|off`), `channels` (comma-separated of `email,line,xmpp`, or `none`), `tz`
+    (an IANA zone) or `web_quiet` (`yes|no`).  Reply: `USER <json>`."""
 
     field: UserField
     value: str
@@ -120,6 +120,7 @@ _SETTABLE: Final = {
     b"digest": UserField.DIGEST,
     b"channels": UserField.CHANNELS,
     b"tz": UserField.TZ,
+    b"web_quiet": UserField.WEB_QUIET,
 }
 
 

@@ -18,7 +18,7 @@ from notifier.channels.line import LineHub
 from notifier.feed import NotifierListener
 from notifier.outbox import Outbox
 from notifier.render import Templates, Unsubscribe
-from notifier.routing import Presence, offline
+from notifier.routing import Presence, Watching, nobody_watching, offline
 from notifier.tables import load
 from tests.protocol.harness import SECRET, Node, inline, token
 from tests.support.channels import RecordingChannel
@@ -60,9 +60,14 @@ class Notified:
         self.node.close()
 
 
-def attach(node: Node, presence: Presence = offline, clock: Clock | None = None) -> Notified:
+def attach(
+    node: Node,
+    presence: Presence = offline,
+    clock: Clock | None = None,
+    watching: Watching = nobody_watching,
+) -> Notified:
     """Wire a notifier into `node` as `herd/service.py` does, and start it; `clock` is the
-    listener's, if not the node's."""
+    listener's, if not the node's; `watching` stands for the web's live streams."""
     server = node.server
     email, xmpp = RecordingChannel("email"), RecordingChannel("xmpp")
     host = Host(
@@ -90,6 +95,7 @@ def attach(node: Node, presence: Presence = offline, clock: Clock | None = None)
         unsubscribe=UNSUBSCRIBE,
         templates=TEMPLATES,
         presence=presence,
+        watching=watching,
         listener_clock=None if clock is None else HerdClock.following(clock),
     )
     server.leases = notifier.leases

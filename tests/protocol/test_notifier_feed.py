@@ -252,6 +252,36 @@ def test_users_online_in_jabber_are_told_there(tmp_path: Path) -> None:
     node.close()
 
 
+def test_a_change_a_quiet_user_watches_live_is_not_also_sent(tmp_path: Path) -> None:
+    clock = start_clock()
+    live: set[tuple[str, str]] = set()  # (user, event) with a page open, as the web says
+    node = attach(
+        make_node(tmp_path, "A", (), clock), watching=lambda user, event: (user, event) in live
+    )
+    add_user(node.node, "alice", f"email={ALICE}")
+    add_user(node.node, "bob", f"email={BOB}")
+    alice, bob = Session(node.node, "alice"), Session(node.node, "bob")
+    for session in (alice, bob):
+        session.json("USER SET digest off", b"USER")
+    event_id = alice.json("PLAN Picnic")["id"]
+    alice.json(f"INVITE {event_id} bob")
+    on_line = node.subscribe("bob")
+    live.add(("bob", event_id))
+    alice.json(f"COMMENT {event_id} Sunny!")
+    assert [mail.subject for mail in node.email.to(BOB)] == ["alice invited you to Picnic"]
+    assert any(b"Sunny!" in push for push in on_line)  # still pushed on the line feed
+    bob.json(f"COMMENT {event_id} Rainy?")
+    assert "Rainy?" in node.email.to(ALICE)[-1].text  # alice is not watching
+    bob.json("USER SET web_quiet no", b"USER")
+    alice.json(f"COMMENT {event_id} Cloudy.")
+    assert "Cloudy." in node.email.to(BOB)[-1].text  # watching, but not quiet
+    bob.json("USER SET web_quiet yes", b"USER")
+    live.clear()
+    alice.json(f"COMMENT {event_id} Windy.")
+    assert "Windy." in node.email.to(BOB)[-1].text  # quiet, but not watching
+    node.close()
+
+
 def digests(notified: Notified) -> list[Outgoing]:
     return [mail for mail in notified.email.sent if mail.key.startswith("digest-")]
 

@@ -180,7 +180,7 @@ def test_every_answer_carries_the_security_headers(site: tuple[WebSite, Recorder
         head = answer.split(b"\r\n\r\n")[0]
         assert b"Content-Security-Policy: default-src 'self'" in head
         assert b"X-Content-Type-Options: nosniff" in head
-        assert b"Referrer-Policy: no-referrer" in head
+        assert b"Referrer-Policy: same-origin" in head
         assert b"Server: Renga" in head and b"Twisted" not in head
 
 

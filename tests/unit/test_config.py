@@ -762,3 +762,29 @@ def test_refused_notifications(tmp_path: Path, table: str, key: str, problem: st
     error = refusal(tmp_path, ONE_SERVER + "[notifications]\n" + table)
     assert error.key == key
     assert problem in error.problem
+
+
+# [web]: the live streams' limits
+
+
+def test_the_live_streams_limits_have_defaults(tmp_path: Path) -> None:
+    web = load(tmp_path, ONE_SERVER + "\n[web]\nport = 12002\n").web
+    assert web is not None
+    assert (web.streams, web.stream_buffer_bytes, web.stream_history) == (20_000, 262_144, 200)
+    assert (web.streams_per_user, web.streams_per_address, web.heartbeat_seconds) == (8, 64, 15.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("streams", "0"),
+        ("streams", '"many"'),
+        ("stream_buffer_bytes", "1023"),
+        ("stream_history", "0"),
+        ("stream_history", "65537"),
+        ("heartbeat_seconds", "0.5"),
+    ],
+)
+def test_a_live_stream_limit_out_of_range_is_refused(tmp_path: Path, key: str, value: str) -> None:
+    error = refusal(tmp_path, ONE_SERVER + f"\n[web]\nport = 12002\n{key} = {value}\n")
+    assert error.key == f"web.{key}"

@@ -64,6 +64,7 @@ PURE: Final = (
     "web.links",
     "web.shapes",
     "web.status",
+    "web.live",
     "web.prefs",
 )
 

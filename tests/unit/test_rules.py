@@ -170,6 +170,7 @@ def test_user_settings(world: World) -> None:
         "quiet": "22:00-07:00",
         "tz": "Europe/Paris",
         "tz_set": True,
+        "web_quiet": True,
         "clients": [],
     }
     assert world.reply("alice", "USER SET channels none", b"USER")["channels"] == []

@@ -171,6 +171,7 @@ def test_users_and_their_fields() -> None:
         "quiet": None,
         "tz": "Europe/Paris",
         "tz_set": True,
+        "web_quiet": True,
         "clients": [],
     }
     assert state.users() == ["alice"]

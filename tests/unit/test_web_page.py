@@ -228,7 +228,7 @@ def test_the_security_headers() -> None:
     policy = SECURITY_HEADERS[b"Content-Security-Policy"]
     assert b"default-src 'self'" in policy and b"frame-ancestors 'none'" in policy
     assert b"unsafe-inline" not in policy
-    assert SECURITY_HEADERS[b"Referrer-Policy"] == b"no-referrer"
+    assert SECURITY_HEADERS[b"Referrer-Policy"] == b"same-origin"
     assert SECURITY_HEADERS[b"X-Content-Type-Options"] == b"nosniff"
 
 

@@ -1,0 +1,152 @@
+/* Renga's live page: follows the event's stream (Server-Sent Events) and updates the tallies,
+   who answered what, the leading options and the comments in place. Without JavaScript the
+   page is the same, with forms and reloads. No build step, no inline script (CSP: 'self'). */
+(function () {
+  "use strict";
+  var article = document.getElementById("event");
+  if (!article || !article.dataset.stream || !window.EventSource) { return; }
+  var indicator = document.getElementById("live-indicator");
+  var announce = document.getElementById("live-updates");
+  var viewer = article.dataset.viewer;
+  var lastId = article.dataset.since || "";
+  var source = null;
+  var reloading = false;
+
+  function reload() {
+    if (!reloading) { reloading = true; window.location.reload(); }
+  }
+
+  function who(users) { return users.length ? users.join(", ") : "nobody"; }
+
+  function setText(node, text) { if (node && node.textContent !== text) { node.textContent = text; } }
+
+  function labelOf(id) {
+    var label = document.querySelector("#option-" + CSS.escape(id) + " .label");
+    if (!label) { return null; }
+    var time = label.querySelector("time");
+    return time ? time.textContent : label.firstChild ? label.firstChild.textContent : "";
+  }
+
+  function summary(id, cell, none) {
+    var dd = document.getElementById(cell);
+    if (!dd) { return; }
+    var label = id ? labelOf(id) : null;
+    setText(dd, label === null ? none : label);
+  }
+
+  function needsReload(state) {
+    if (state.status !== article.dataset.status) { return true; }
+    for (var i = 0; i < state.options.length; i++) {
+      if (!document.getElementById("option-" + state.options[i].id)) { return true; }
+    }
+    var rows = document.querySelectorAll("tr[data-user]");
+    if (state.options.length && rows.length !== state.participants.length) { return true; }
+    for (var j = 0; j < rows.length; j++) {
+      if (state.participants.indexOf(rows[j].dataset.user) < 0) { return true; }
+    }
+    return false;
+  }
+
+  function applyState(state) {
+    if (needsReload(state)) { reload(); return; }
+    var answers = {};
+    state.options.forEach(function (option) {
+      var item = document.getElementById("option-" + option.id);
+      ["yes", "maybe", "no"].forEach(function (choice) {
+        setText(item.querySelector('[data-count="' + choice + '"]'), option[choice].length + " " + choice);
+        option[choice].forEach(function (user) { answers[user + "\n" + option.id] = choice; });
+      });
+      setText(item.querySelector(".who"), "Yes: " + who(option.yes) + ". Maybe: " +
+        who(option.maybe) + ". No: " + who(option.no) + ".");
+      item.classList.toggle("leading", option.leading);
+      setText(item.querySelector(".mark"), option.decided ? " (decided)" : option.leading ? " (leading)" : "");
+      var mine = answers[viewer + "\n" + option.id] || null;
+      setText(item.querySelector(".yours"), "Your answer: " + (mine || "none yet"));
+      item.querySelectorAll("form.vote button[name=choice]").forEach(function (button) {
+        if (button.value === mine) { button.setAttribute("aria-pressed", "true"); }
+        else { button.removeAttribute("aria-pressed"); }
+      });
+    });
+    document.querySelectorAll("tr[data-user] td[data-option]").forEach(function (cell) {
+      var user = cell.parentNode.dataset.user;
+      var answer = answers[user + "\n" + cell.dataset.option] || "";
+      cell.className = answer || "none";
+      setText(cell, answer || "\u2013");
+    });
+    summary(state.leading_time, "leading-time", "no time has a yes yet");
+    summary(state.leading_place, "leading-place", "no place has a yes yet");
+  }
+
+  function when(iso) {
+    // As the server writes times: "Sat 5 Dec 2026 19:00 CET", on the page's zone.
+    try {
+      var parts = {};
+      new Intl.DateTimeFormat("en-GB", {
+        timeZone: article.dataset.zone, weekday: "short", day: "numeric", month: "short",
+        year: "numeric", hour: "2-digit", minute: "2-digit", hourCycle: "h23",
+        timeZoneName: "short"
+      }).formatToParts(new Date(iso)).forEach(function (part) { parts[part.type] = part.value; });
+      return parts.weekday + " " + parts.day + " " + parts.month + " " + parts.year + " " +
+        parts.hour + ":" + parts.minute + " " + parts.timeZoneName;
+    } catch (error) { return iso; }
+  }
+
+  function addComment(comment) {
+    var list = document.getElementById("comment-list");
+    if (!list || document.getElementById("comment-" + comment.id)) { return; }
+    var item = document.createElement("li");
+    item.id = "comment-" + comment.id;
+    var by = document.createElement("p");
+    by.className = "by";
+    by.appendChild(document.createTextNode(comment.by + " \u00b7 "));
+    var time = document.createElement("time");
+    time.setAttribute("datetime", comment.iso);
+    time.textContent = when(comment.iso);
+    by.appendChild(time);
+    var text = document.createElement("p");
+    text.className = "text";
+    text.textContent = comment.text;
+    item.appendChild(by);
+    item.appendChild(text);
+    list.appendChild(item);
+    var none = document.getElementById("no-comments");
+    if (none) { none.parentNode.removeChild(none); }
+  }
+
+  function tell(change) {
+    if (!announce || change.by === viewer) { return; }
+    var what = {
+      voted: "voted", commented: "commented", option_added: "proposed an option",
+      decided: "decided", reopened: "reopened the event", cancelled: "cancelled the event"
+    }[change.kind];
+    if (what) { announce.textContent = change.by + " " + what + "."; }
+  }
+
+  function onChange(message) {
+    lastId = message.lastEventId || lastId;
+    var data;
+    try { data = JSON.parse(message.data); } catch (error) { return; }
+    if (data.event !== article.dataset.event) { return; }
+    if (data.change && data.change.comment) { addComment(data.change.comment); }
+    if (data.state) { applyState(data.state); }
+    if (data.change) { tell(data.change); }
+  }
+
+  function connect() {
+    var url = article.dataset.stream + (lastId ? "?since=" + encodeURIComponent(lastId) : "");
+    source = new EventSource(url);
+    source.addEventListener("hello", function () { if (indicator) { indicator.hidden = false; } });
+    source.addEventListener("change", onChange);
+    source.addEventListener("reset", reload);
+    source.onerror = function () {
+      if (indicator) { indicator.hidden = true; }
+      if (source.readyState === EventSource.CLOSED) {
+        // Refused (a limit, or the session is over): try again later from where we were.
+        source = null;
+        window.setTimeout(connect, 10000 + Math.random() * 20000);
+      }
+    };
+  }
+
+  connect();
+})();
