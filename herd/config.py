@@ -205,6 +205,7 @@ class WebConfig:
     streams: int = 20_000  # open live streams on one server, in all
     stream_buffer_bytes: int = 256 * 1024  # waiting for a stalled stream's reader, then dropped
     stream_history: int = 200  # changes kept per event for streams that reconnect
+    writes_per_address: int = 8  # form posts from one client address waiting for their line
 
 
 WEB_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
@@ -219,6 +220,7 @@ WEB_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
     "streams": (1, 1 << 20),
     "stream_buffer_bytes": (1024, 1 << 26),
     "stream_history": (1, 1 << 16),
+    "writes_per_address": (1, 1 << 16),
 }
 
 

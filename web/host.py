@@ -39,6 +39,7 @@ class WebHost:
     templates: WebTemplates
     static: Mapping[str, StaticFile] = field(default_factory=dict)
     live: StreamHub | None = None  # the live streams (`web.stream`), when the wiring runs them
+    writes: dict[str, int] = field(default_factory=dict)  # client address -> posts in flight
 
     def now(self) -> int:
         """POSIX seconds, from the server's one clock."""

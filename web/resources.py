@@ -26,6 +26,7 @@ from herd.api import (
     Choice,
     CommentOn,
     Event,
+    RevokeLinks,
     VoteOn,
     WebClaim,
     check_csrf,
@@ -61,6 +62,7 @@ __all__ = [
 ]
 
 _FORM: Final = b"application/x-www-form-urlencoded"
+_TOO_MANY_REQUESTS: Final = 429  # RFC 6585; twisted.web.http has no name for it
 _LINE_BREAKS: Final = re.compile(r"[\r\n\t]+")
 _CHOICES: Final = {"yes": Choice.YES, "maybe": Choice.MAYBE, "no": Choice.NO}
 DENIED: Final = (
@@ -198,6 +200,8 @@ class EventResource(Resource):
             return VoteResource(self.host, self.event_id)
         if path == b"comment":
             return CommentResource(self.host, self.event_id)
+        if path == b"revoke":
+            return RevokeResource(self.host, self.event_id)
         factory = self.actions.get(path)
         if factory is not None:
             return factory(self.host, self.event_id)
@@ -211,14 +215,10 @@ class EventResource(Resource):
         session = session_for(host, request, self.event_id) if self.event_id else None
         if session is None:
             return _denied(host, request)
-        flash = None
-        for value in cookie_values(
-            request.requestHeaders.getRawHeaders(b"cookie") or [], FLASH_COOKIE
-        ):
-            flash = read_flash(value)
+        flashes = cookie_values(request.requestHeaders.getRawHeaders(b"cookie") or [], FLASH_COOKIE)
+        if flashes:  # shown once: cleared with this answer
             request.setHeader(b"Set-Cookie", self._flash_cookie("", 0).header())
-            break
-        return _html(request, self.page(session, flash))
+        return _html(request, self.page(session, read_flash(flashes[0]) if flashes else None))
 
     def page(self, session: Session, flash: str | None) -> bytes:
         """The event page as the session's user sees it."""
@@ -325,7 +325,25 @@ class _FormResource(Resource):
         line = self.line(form)
         if isinstance(line, str):
             return self._back(request, line)
+        address = str(getattr(request.getClientAddress(), "host", "-"))
+        in_flight = host.writes.get(address, 0)
+        if in_flight >= host.web.settings.writes_per_address:
+            request.setResponseCode(_TOO_MANY_REQUESTS)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            request.setHeader(b"Retry-After", b"1")
+            return b"too many at once: try again\n"
+        host.writes[address] = in_flight + 1
+
+        def done(result: object) -> object:
+            left = host.writes.get(address, 1) - 1
+            if left > 0:
+                host.writes[address] = left
+            else:
+                host.writes.pop(address, None)
+            return result
+
         answered = host.run_as(session.claim.user, line.rstrip(b"\n"))
+        answered.addBoth(done)
         finished = request.notifyFinish()
         gone: list[bool] = []
         finished.addErrback(lambda _: gone.append(True))
@@ -379,6 +397,34 @@ class CommentResource(_FormResource):
         if not text:
             return "Not done: the comment is empty."
         return CommentOn(self.event_id, text).to_line()
+
+
+class RevokeResource(_FormResource):
+    """`POST /e/<event>/revoke`: `csrf`.  `LINKS REVOKE` as the user: every link sent so far,
+    and this page's own session, stop working; the answer says so (there is no page to go
+    back to)."""
+
+    done = (
+        "Your links are revoked: the links in the messages Renga sent you so far, and every page "
+        "opened with one, no longer open anything. The next messages carry new links."
+    )
+
+    def line(self, form: Mapping[str, str]) -> bytes | str:
+        return RevokeLinks().to_line()
+
+    def _back(self, request: Request, message: str) -> bytes:
+        cleared = Cookie(SESSION_COOKIE, "", f"/e/{self.event_id}", 0, self.host.web.secure)
+        request.setHeader(b"Set-Cookie", cleared.header())
+        revoked = message == self.done
+        page = self.host.templates.page(
+            "denied",
+            {
+                "heading": "Links revoked" if revoked else "Not done",
+                "message": message,
+                "server": self.host.name,
+            },
+        )
+        return _html(request, page)
 
 
 def _form(args: Mapping[bytes, list[bytes]]) -> dict[str, str]:

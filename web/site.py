@@ -25,6 +25,10 @@ from web.stream import EventStreamResource, UserStreamResource
 
 __all__ = ["WebRequest", "WebSite", "build_site"]
 
+_HEADERS_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
 _TOO_LARGE = (
     b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n"
     b"Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n\r\n"
@@ -36,10 +40,19 @@ class WebRequest(Request):
     errors carry them too), a body over `[web] body_bytes` is refused with 413 before it is
     read, and the access log gets one line per request with no query value in it."""
 
+    _refused = False
+
     def process(self) -> None:
+        if self._refused:  # answered 413 already; the connection is closing
+            return
         for name, value in SECURITY_HEADERS.items():
             self.setHeader(name, value)  # type: ignore[no-untyped-call]
         super().process()  # type: ignore[no-untyped-call]
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            self.setHeader(b"Server", b"Renga")  # type: ignore[no-untyped-call]
+        super().write(data)  # type: ignore[no-untyped-call]
 
     def gotLength(self, length: int | None) -> None:
         self._body_seen = 0
@@ -71,6 +84,15 @@ class WebRequest(Request):
             channel.loseConnection()
 
 
+class _WebChannel(http.HTTPChannel):
+    """HTTP/1.1 whose over-long request line or header line is answered 431, not dropped."""
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(_HEADERS_TOO_LARGE)
+        self.loseConnection()  # type: ignore[no-untyped-call]
+
+
 class WebSite(Site):
     """A `Site` whose header limits and idle timeout come from `[web]`, and whose access log
     is the server's traffic log, tokens redacted (`web.rules.access_line`)."""
@@ -80,6 +102,9 @@ class WebSite(Site):
         super().__init__(root, timeout=settings.idle_seconds)  # type: ignore[no-untyped-call]
         self.host = host
         self.requestFactory = WebRequest
+        # The plain HTTP/1.1 channel rather than Twisted's wrapper that may switch to HTTP/2
+        # (only over TLS, which the site does not do itself): its limits are set below.
+        self.protocol = _WebChannel  # type: ignore[assignment]
         self.displayTracebacks = False
         self.noisy = False
 

@@ -362,6 +362,22 @@ def test_revoked_links_and_their_sessions_open_nothing(scene: Scene) -> None:
     assert_denied(*Browser(port).get(path)[::2])
 
 
+def test_revoking_from_the_page(scene: Scene) -> None:
+    browser = open_page(scene, "carol", "Bona")
+    elsewhere = Browser(scene.herd.web_ports["Bailey"], dict(browser.cookies))
+    _, _, page = browser.get(f"/e/{scene.event_id}")
+    status, _, page = browser.post(f"/e/{scene.event_id}/revoke", {"csrf": csrf_of(page)})
+    assert status == 200 and "Links revoked" in page
+    assert "renga_session" not in browser.cookies
+    wait_until(
+        lambda: elsewhere.get(f"/e/{scene.event_id}")[0] == 403,
+        5.0,
+        "carol's old session refused at Bailey",
+    )
+    with Session(scene.herd.ports["Bailey"], "carol", scene.tokens["carol"]) as carol:
+        assert json.loads(carol.request(b"LINKS")[6:])["generation"] == 1
+
+
 def test_no_token_reaches_a_log(scene: Scene) -> None:
     """Last in the module: every link and session the tests used, looked for in every log."""
     assert scene.seen_tokens
