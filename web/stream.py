@@ -91,10 +91,12 @@ class _Stream:
         self.waiting_bytes += len(data)
         if self.waiting_bytes > self.hub.settings.stream_buffer_bytes:
             self.hub.dropped += 1
-            self.close()
+            self.close(abort=True)
 
-    def close(self) -> None:
-        """End the response (the connection closes: the browser reconnects)."""
+    def close(self, abort: bool = False) -> None:
+        """End the response (the connection closes: the browser reconnects).  `abort`: at
+        once, dropping what the socket still holds (a reader that stalled would otherwise
+        keep it, and its buffer, until TCP gives up)."""
         if self.closed:
             return
         self.closed = True
@@ -104,7 +106,8 @@ class _Stream:
             self.request.unregisterProducer()
             transport = self.request.channel.transport if self.request.channel else None
             if transport is not None:
-                transport.loseConnection()
+                abort_now = getattr(transport, "abortConnection", None) if abort else None
+                (abort_now or transport.loseConnection)()
         except Exception:
             _log.failure("closing a live stream")
 
@@ -260,7 +263,7 @@ class StreamHub:
         for stream in tuple(self._streams):
             if stream.paused_at is not None and now - stream.paused_at > stall:
                 self.dropped += 1
-                stream.close()
+                stream.close(abort=True)
             elif not valid(stream):
                 stream.close()
             else:
