@@ -13,10 +13,15 @@
     push         one change pushed to 1,000 line subscribers (SUBSCRIBE)
     xmpp_fanout  one decision to 1,000 XMPP users through Prosody, vs bare slixmpp
     chat         bot command round trips (user -> bot -> reply) under 100 chatting users
+    web_page     server CPU per event page (50 invitees, 20 options), vs bare Jinja and twisted.web
+    web_streams  one vote to 10,000 open event streams (SSE), vs a bare asyncio SSE fan-out
     floor        the baseline server alone (until SIGTERM)
     twisted_floor  the same on Twisted's asyncio reactor (until SIGTERM)
+    web_floor    twisted.web serving one fixed page (until SIGTERM)
+    sse_floor    a bare asyncio SSE fan-out server (until SIGTERM)
     loadgen      the load generator alone (prints JSON)
     holder       holds idle connections open (used by `idle`)
+    sseclients   holds event streams open and times one event's arrival (used by `web_streams`)
 
 `python -m bench NAME --help` lists each one's options.  The benchmarks live in bench/suites/,
 the baselines in bench/baselines/, the tools in bench/tools/.  Results are printed and saved as JSON
@@ -29,9 +34,9 @@ import importlib
 import sys
 
 BENCHMARKS = ("iamat", "propagation", "idle", "catchup", "hostile")
-EXTRA = ("planning", "digests", "compose", "push", "xmpp_fanout", "chat")
-BASELINES = ("floor", "twisted_floor")
-TOOLS = ("loadgen", "holder", "smtpsink", "xmppclients")
+EXTRA = ("planning", "digests", "compose", "push", "xmpp_fanout", "chat", "web_page", "web_streams")
+BASELINES = ("floor", "twisted_floor", "web_floor", "sse_floor")
+TOOLS = ("loadgen", "holder", "smtpsink", "xmppclients", "sseclients")
 
 
 def module_of(name: str) -> str:
