@@ -14,8 +14,9 @@ It talks to the benchmark on stdin/stdout, one JSON object a line:
 - at start, once every stream is open (or failed): `{"ready": n, "failed": m, "open_s": …}`;
 - `arm <timeout_s>` on stdin: the next event on each stream is timed from now on; answered
   `{"armed": n}` at once, then, when every open stream has had one (or at the timeout),
-  `{"arrivals": [perf_counter_ns …], "bytes": …, "closed": …}` — absolute `time.perf_counter_ns()`
-  values (CLOCK_MONOTONIC, the same clock in every process of this machine);
+  `{"arrivals": [perf_counter_ns …], "bytes": …, "closed": …, "cpu_ms": …}` — absolute
+  `time.perf_counter_ns()` values (CLOCK_MONOTONIC, the same clock in every process of this
+  machine), and the CPU this client spent from arming to then;
 - `quit`: close everything and exit.
 """
 
@@ -218,6 +219,7 @@ async def run(options: argparse.Namespace) -> int:
             for stream in live:
                 stream.armed = True
             say({"armed": len(live)})
+            cpu_before = time.process_time_ns()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(fanout.done), timeout)
             for stream in live:
@@ -228,6 +230,7 @@ async def run(options: argparse.Namespace) -> int:
                     "arrivals": fanout.arrivals,
                     "bytes": sizes[len(sizes) // 2] if sizes else 0,
                     "closed": fanout.closed,
+                    "cpu_ms": (time.process_time_ns() - cpu_before) / 1e6,
                 }
             )
     for stream in streams:
