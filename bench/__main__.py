@@ -5,6 +5,8 @@
     idle         memory per idle client connection (19,000 held), and IAMAT latency meanwhile
     catchup      time for a SIGKILLed server to learn the 10,000 updates it missed
     hostile      a normal client's IAMAT and AUTH while 30 connections flood one server
+    web_page     server CPU per event page (50 invitees, 20 options), vs bare Jinja and twisted.web
+    web_streams  one vote to 10,000 open event streams (SSE), vs a bare asyncio SSE fan-out
 
   Not in the default suite (each takes minutes, or needs Prosody):
     planning     10,000 events x 10 invitees, 100,000 votes: convergence, commands/s
@@ -13,8 +15,6 @@
     push         one change pushed to 1,000 line subscribers (SUBSCRIBE)
     xmpp_fanout  one decision to 1,000 XMPP users through Prosody, vs bare slixmpp
     chat         bot command round trips (user -> bot -> reply) under 100 chatting users
-    web_page     server CPU per event page (50 invitees, 20 options), vs bare Jinja and twisted.web
-    web_streams  one vote to 10,000 open event streams (SSE), vs a bare asyncio SSE fan-out
     floor        the baseline server alone (until SIGTERM)
     twisted_floor  the same on Twisted's asyncio reactor (until SIGTERM)
     web_floor    twisted.web serving one fixed page (until SIGTERM)
@@ -33,8 +33,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("iamat", "propagation", "idle", "catchup", "hostile")
-EXTRA = ("planning", "digests", "compose", "push", "xmpp_fanout", "chat", "web_page", "web_streams")
+BENCHMARKS = ("iamat", "propagation", "idle", "catchup", "hostile", "web_page", "web_streams")
+EXTRA = ("planning", "digests", "compose", "push", "xmpp_fanout", "chat")
 BASELINES = ("floor", "twisted_floor", "web_floor", "sse_floor")
 TOOLS = ("loadgen", "holder", "smtpsink", "xmppclients", "sseclients")
 

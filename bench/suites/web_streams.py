@@ -42,6 +42,7 @@ from typing import Any
 from bench.harness import (
     BenchError,
     HerdLayout,
+    bailey_profiled,
     cpu_count,
     cpu_seconds,
     median,
@@ -229,6 +230,7 @@ def renga_phase(
         HerdLayout.single(),
         directory / "herd",
         cpus={"Bailey": cpus["server"]},
+        launchers=bailey_profiled(options.cprofile),
         web_settings={
             # All the streams come from one client address, 127.0.0.1: an operator behind
             # a proxy raises this the same way.
@@ -358,6 +360,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--clients", type=int, default=1, help="client processes")
     parser.add_argument("--floor-only", action="store_true", help="only the baseline")
+    parser.add_argument(
+        "--cprofile", type=Path, default=None, help="run the server under cProfile, to this file"
+    )
     options = parser.parse_args(argv)
     limit = raise_open_files_limit()
     if options.streams // options.clients + 100 > limit:
