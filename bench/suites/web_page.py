@@ -42,6 +42,7 @@ import psutil
 from bench.harness import (
     BenchError,
     HerdLayout,
+    bailey_profiled,
     cpu_count,
     median,
     percentile,
@@ -317,6 +318,7 @@ def end_to_end(scene: PageScene, options: argparse.Namespace) -> dict[str, Any]:
             HerdLayout.single(),
             directory / "herd",
             cpus={"Bailey": server_cpu},
+            launchers=bailey_profiled(options.cprofile),
         )
         herd.start()
         herd.wait_ready()
@@ -375,6 +377,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="end-to-end rounds (pairs)")
     parser.add_argument("--requests", type=int, default=200, help="GETs per round")
     parser.add_argument("--skip-e2e", action="store_true", help="only the in-process figures")
+    parser.add_argument(
+        "--cprofile", type=Path, default=None, help="run the server under cProfile, to this file"
+    )
     options = parser.parse_args(argv)
     scene = page_scene()
     load_before = os.getloadavg()
