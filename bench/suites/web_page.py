@@ -243,7 +243,14 @@ def bare_template(resource: Any, session: Any) -> tuple[Any, dict[str, Any]]:
         ],
         "labels": [row.label for row in model.options],
         "answers": [
-            (row.user, [cell or "\u2013" for cell in row.answers]) for row in model.answers
+            (
+                row.user,
+                [
+                    (option.id, cell or "\u2013")
+                    for option, cell in zip(model.options, row.answers, strict=True)
+                ],
+            )
+            for row in model.answers
         ],
         "svg": figure.svg if figure else "",
         "distances": [
