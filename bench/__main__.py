@@ -19,6 +19,7 @@
     twisted_floor  the same on Twisted's asyncio reactor (until SIGTERM)
     web_floor    twisted.web serving one fixed page (until SIGTERM)
     sse_floor    a bare asyncio SSE fan-out server (until SIGTERM)
+    sse_twisted_floor  the same on twisted.web (until SIGTERM)
     loadgen      the load generator alone (prints JSON)
     holder       holds idle connections open (used by `idle`)
     sseclients   holds event streams open and times one event's arrival (used by `web_streams`)
@@ -35,7 +36,7 @@ import sys
 
 BENCHMARKS = ("iamat", "propagation", "idle", "catchup", "hostile", "web_page", "web_streams")
 EXTRA = ("planning", "digests", "compose", "push", "xmpp_fanout", "chat")
-BASELINES = ("floor", "twisted_floor", "web_floor", "sse_floor")
+BASELINES = ("floor", "twisted_floor", "web_floor", "sse_floor", "sse_twisted_floor")
 TOOLS = ("loadgen", "holder", "smtpsink", "xmppclients", "sseclients")
 
 

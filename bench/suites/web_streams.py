@@ -16,9 +16,11 @@ YES` (NO the next trial, so each is a change) over the line protocol to the same
 figure is the time from writing the vote to the last stream receiving its event (every process
 reads the same monotonic clock), with the median stream and the vote's reply beside it.
 
-Baseline in the same run, right after: a bare asyncio SSE fan-out
-(`bench/baselines/sse_floor.py`) on the same core, the same clients, the same number of
-streams, the same trials; its event is as big as the event Renga sent.
+Baselines in the same run, right after, each on the same core with the same clients, the same
+number of streams and trials, and an event as big as the one Renga sent: a bare asyncio SSE
+fan-out (`bench/baselines/sse_floor.py`), and the same on twisted.web
+(`bench/baselines/sse_twisted_floor.py`: `Request.write` to every held request, on the asyncio
+reactor as `herd` installs it), which tells the framework's share from Renga's.
 
 Goal: all 10,000 streams have the change within 200 ms.
 
@@ -298,9 +300,12 @@ def floor_phase(
     directory: Path,
     cpus: dict[str, Any],
     data_bytes: int,
+    kind: str = "sse_floor",
 ) -> dict[str, Any]:
+    """A baseline (`sse_floor`: plain asyncio; `sse_twisted_floor`: twisted.web) through the
+    same clients and trials."""
     http_port, line_port = free_ports(2)
-    command = [sys.executable, "-m", "bench", "sse_floor", "--port", str(http_port)]
+    command = [sys.executable, "-m", "bench", kind, "--port", str(http_port)]
     command += ["--line-port", str(line_port), "--data-bytes", str(data_bytes)]
     if cpus["server"] is not None:
         command = ["taskset", "-c", str(cpus["server"]), *command]
@@ -313,7 +318,7 @@ def floor_phase(
     loop = new_event_loop("asyncio")
     try:
         opened = clients.ready()
-        log(f"floor: {opened['ready']} streams open in {opened['open_s']:.1f} s")
+        log(f"{kind}: {opened['ready']} streams open in {opened['open_s']:.1f} s")
         wait_quiet([floor.pid], 0.5, 0.02, 60)
         rss_held = rss_bytes(floor.pid)
         voter = loop.run_until_complete(LineClient.open(line_port))
@@ -359,7 +364,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--users", type=int, default=0, help="default: one user per stream")
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--clients", type=int, default=1, help="client processes")
-    parser.add_argument("--floor-only", action="store_true", help="only the baseline")
+    parser.add_argument("--floor-only", action="store_true", help="only the baselines")
+    parser.add_argument(
+        "--no-twisted-floor", action="store_true", help="without the twisted.web baseline"
+    )
     parser.add_argument(
         "--cprofile", type=Path, default=None, help="run the server under cProfile, to this file"
     )
@@ -380,8 +388,14 @@ def main(argv: list[str]) -> int:
                 int(median([t["event_bytes"] for t in results["renga"]["trials"]])) - 30, 1
             )
         results["floor"] = floor_phase(options, processes, directory, cpus, data_bytes)
+        if not options.no_twisted_floor:
+            results["twisted"] = floor_phase(
+                options, processes, directory, cpus, data_bytes, "sse_twisted_floor"
+            )
     results["load_after"] = os.getloadavg()
-    results["summary"] = {k: summary(results[k]) for k in ("renga", "floor") if k in results}
+    results["summary"] = {
+        k: summary(results[k]) for k in ("renga", "floor", "twisted") if k in results
+    }
     lines = [
         f"web_streams: one vote to {options.streams} event streams, {options.trials} trials, "
         f"load average {results['load_before'][0]:.1f} -> {results['load_after'][0]:.1f}"
@@ -400,6 +414,13 @@ def main(argv: list[str]) -> int:
             f"  ratio Renga / floor: last stream {renga['last_ms'] / floor['last_ms']:.1f}, "
             f"server CPU {renga['server_cpu_ms'] / max(floor['server_cpu_ms'], 1):.1f}"
         )
+        twisted = results["summary"].get("twisted")
+        if twisted is not None:
+            lines.append(
+                f"  ratio Renga / twisted.web floor: last stream "
+                f"{renga['last_ms'] / twisted['last_ms']:.1f}, server CPU "
+                f"{renga['server_cpu_ms'] / max(twisted['server_cpu_ms'], 1):.1f}"
+            )
         last = renga["last_ms"]
         verdict = "met" if last < GOAL_MS else f"NOT met ({last:.0f} ms)"
         lines.append(f"  goal: all streams within {GOAL_MS:.0f} ms: {verdict}")
