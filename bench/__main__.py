@@ -5,6 +5,8 @@
     idle         memory per idle client connection (19,000 held), and IAMAT latency meanwhile
     catchup      time for a SIGKILLed server to learn the 10,000 updates it missed
     hostile      a normal client's IAMAT and AUTH while 30 connections flood one server
+    web_page     server CPU per event page (50 invitees, 20 options), vs bare Jinja and twisted.web
+    web_streams  one vote to 10,000 open event streams (SSE), vs a bare asyncio SSE fan-out
 
   Not in the default suite (each takes minutes, or needs Prosody):
     planning     10,000 events x 10 invitees, 100,000 votes: convergence, commands/s
@@ -15,8 +17,12 @@
     chat         bot command round trips (user -> bot -> reply) under 100 chatting users
     floor        the baseline server alone (until SIGTERM)
     twisted_floor  the same on Twisted's asyncio reactor (until SIGTERM)
+    web_floor    twisted.web serving one fixed page (until SIGTERM)
+    sse_floor    a bare asyncio SSE fan-out server (until SIGTERM)
+    sse_twisted_floor  the same on twisted.web (until SIGTERM)
     loadgen      the load generator alone (prints JSON)
     holder       holds idle connections open (used by `idle`)
+    sseclients   holds event streams open and times one event's arrival (used by `web_streams`)
 
 `python -m bench NAME --help` lists each one's options.  The benchmarks live in bench/suites/,
 the baselines in bench/baselines/, the tools in bench/tools/.  Results are printed and saved as JSON
@@ -28,10 +34,10 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("iamat", "propagation", "idle", "catchup", "hostile")
+BENCHMARKS = ("iamat", "propagation", "idle", "catchup", "hostile", "web_page", "web_streams")
 EXTRA = ("planning", "digests", "compose", "push", "xmpp_fanout", "chat")
-BASELINES = ("floor", "twisted_floor")
-TOOLS = ("loadgen", "holder", "smtpsink", "xmppclients")
+BASELINES = ("floor", "twisted_floor", "web_floor", "sse_floor", "sse_twisted_floor")
+TOOLS = ("loadgen", "holder", "smtpsink", "xmppclients", "sseclients")
 
 
 def module_of(name: str) -> str:
