@@ -131,6 +131,7 @@ class UserField(StrEnum):
     TZ = "tz"  # an IANA zone set explicitly
     TOKEN = "token"  # the hash of the user's line token, never shown
     WEB_QUIET = "web_quiet"  # "yes" (the default) or "no": no message for what a page shows live
+    DIGEST_AT = "digest_at"  # "HH:MM", local time: the user's digest hour (unset: the herd's)
 
 
 # --- op bodies: one class per kind; its JSON payload is its fields ---------------------------

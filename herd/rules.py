@@ -108,6 +108,7 @@ _RADIUS: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?\Z")
 _BREAKS: Final = re.compile("[\x80-\x9f\u2028\u2029]")
 _MAX_USER_VALUE: Final = 254
 _QUIET: Final = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]\Z")
+_CLOCK_TIME: Final = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 _CHANNELS: Final = frozenset({"email", "line", "xmpp"})
 _DIGESTS: Final = frozenset({"daily", "weekly", "off"})
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -169,6 +170,8 @@ def _user_value(name: UserField, value: str) -> str | PlanningError:
             return PlanningError("bad-value", "digest is daily, weekly or off")
         case UserField.WEB_QUIET if value not in ("yes", "no"):
             return PlanningError("bad-value", "web_quiet is yes or no")
+        case UserField.DIGEST_AT if _CLOCK_TIME.match(value) is None:
+            return PlanningError("bad-value", "digest_at is a local time HH:MM, e.g. 19:30")
         case UserField.CHANNELS:
             if value == "none":
                 return ""

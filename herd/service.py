@@ -259,6 +259,7 @@ class HerdService(Service):
             templates=templates,
             static=read_static(),  # a few small files, read once
             live=live,
+            digest_at=self.config.notifications.digest_at,
         )
         endpoint = TCP4ServerEndpoint(
             self.reactor, web.port, backlog=self.config.limits.listen_backlog, interface=web.host

@@ -269,6 +269,7 @@ class PlanningState:
             if channels is None
             else tuple(filter(None, channels.split(","))),
             digest=fields.get(UserField.DIGEST) or DEFAULT_DIGEST,
+            digest_at=fields.get(UserField.DIGEST_AT),
             quiet=fields.get(UserField.QUIET),
             tz=fields.get(UserField.TZ),
             clients=self.clients_of(user_id),

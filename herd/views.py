@@ -43,6 +43,7 @@ class User:
     token_hash: str | None
     link_generation: int = 0  # personal web links made under an older one are revoked
     web_quiet: bool = True  # no mail or chat message for a change the user watches live
+    digest_at: str | None = None  # "HH:MM" local; None: the herd's `[notifications] digest_at`
 
     def to_json(self, timezone: str) -> dict[str, object]:
         """The user as a line reply shows it: no token hash; `timezone` is the effective one
@@ -53,6 +54,7 @@ class User:
             "email": self.email,
             "channels": list(self.channels),
             "digest": self.digest,
+            "digest_at": self.digest_at,
             "quiet": self.quiet,
             "tz": timezone,
             "tz_set": self.tz is not None,

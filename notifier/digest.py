@@ -1,11 +1,12 @@
 """Digests, pure: when each user's is due, and what it says.
 
 Routing folds a digest reader's non-urgent notifications into `DigestItem`s, which
-`notifier.held_digests` holds until the user's next digest time (`next_digest_at`: 08:00 on
-their wall clock, daily or on Mondays, moved to the end of their quiet hours if those cover
-it).  `compose_digest` turns the items gathered since the last digest into one message: what
-changed, per event (votes folded into one line per event), then the current state of each of
-the user's open events.
+`notifier.held_digests` holds until the user's next digest time (`next_digest_at`: their own
+`digest_at`, else the herd's, 08:00 unless configured, on their wall clock, daily or on
+Mondays, moved to the end of their quiet hours if those cover it; never a second one on a
+local day that had one).  `compose_digest` turns the items gathered since the last digest
+into one message: what changed, per event (votes folded into one line per event), then the
+current state of each of the user's open events.
 No items, no digest.
 """
 
@@ -28,19 +29,33 @@ DIGEST_AT: Final = time(8, 0)
 _SECOND: Final = 10**9
 
 
-def next_digest_at(recipient: Recipient, after_ns: int, at_time: time = DIGEST_AT) -> int:
-    """The first digest time strictly after `after_ns` (ns): the next `at_time` local (08:00
-    unless the operator set `[notifications] digest_at`; a Monday's for weekly digests), or the
-    end of quiet hours that cover it.  Wall-clock arithmetic in the user's zone, so it stays
-    08:00 across DST changes."""
+def next_digest_at(
+    recipient: Recipient, after_ns: int, at_time: time = DIGEST_AT, *, last_ns: int = 0
+) -> int:
+    """The first digest time strictly after `after_ns` (ns): the next digest hour local (the
+    user's own `digest_at`, else `at_time`: 08:00 unless the operator set `[notifications]
+    digest_at`; a Monday's for weekly digests), or the end of quiet hours that cover it.
+    Wall-clock arithmetic in the user's zone, so it stays at that hour across DST changes (an
+    hour that a spring-forward skips is read before the gap, so it comes an hour later on the
+    wall clock; one that occurs twice in autumn is the first).
+
+    `last_ns` is when the user's last digest went out (0: never).  One digest per local day:
+    the time returned is never on the local calendar day of `last_ns`.  So a user who moves
+    their hour later on a day that had its digest gets the next one tomorrow, and one who moves
+    it earlier, past today's new hour, on a day that had none, gets a time already passed: due
+    at once, rather than the day skipped."""
     if recipient.digest is Digest.OFF:
         raise ValueError(f"{recipient.user} takes no digest")
     zone = recipient.zone
+    hour = recipient.digest_at or at_time
+    last_day = datetime.fromtimestamp(last_ns // _SECOND, zone).date() if last_ns > 0 else None
     day = datetime.fromtimestamp(after_ns // _SECOND, zone).date()
     while True:
-        at = int(datetime.combine(day, at_time, tzinfo=zone).timestamp()) * _SECOND
+        at = int(datetime.combine(day, hour, tzinfo=zone).timestamp()) * _SECOND
         if at > after_ns and (recipient.digest is Digest.DAILY or day.weekday() == 0):
-            return recipient.out_of_quiet(at)
+            out = recipient.out_of_quiet(at)
+            if last_day is None or datetime.fromtimestamp(out // _SECOND, zone).date() > last_day:
+                return out
         day += timedelta(days=1)
 
 

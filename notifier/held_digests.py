@@ -104,9 +104,12 @@ class HeldDigests:
         return recipient, self._items[user_id].values()
 
     def _schedule(self, user_id: str) -> tuple[Recipient, int] | None:
-        """The user as their digest is addressed, and its time: the first digest hour after
-        both their last digest and their oldest held item.  Items held for a user who has
-        since turned digests off go out at the next daily hour rather than never."""
+        """The user as their digest is addressed, and its time: the first digest hour (theirs,
+        else the herd's) after both their last digest and their oldest held item, on a local
+        day after their last digest's (`next_digest_at`: one a day, whatever hour they move
+        to; a new hour already past on a day without one is due at once).  Items held for a
+        user who has since turned digests off go out at the next daily hour rather than
+        never."""
         user = self._state.user(user_id)
         if user is None:
             return None
@@ -115,7 +118,8 @@ class HeldDigests:
             recipient = replace(recipient, digest=Digest.DAILY)
         oldest = min(item.at_ns for item in self._items[user_id].values())
         sent = max(self._sent.get(user_id, 0), self._state.digest_sent(user_id)[0])
-        return recipient, next_digest_at(recipient, max(sent, oldest), self._digest_at)
+        due = next_digest_at(recipient, max(sent, oldest), self._digest_at, last_ns=sent)
+        return recipient, due
 
     def _zone_of_id(self, user_id: str) -> str:
         user = self._state.user(user_id)

@@ -132,6 +132,7 @@ class Recipient:
     digest: Digest
     quiet: QuietHours | None
     tz: str
+    digest_at: time | None = None  # their own digest hour (local); None: the herd's
 
     @classmethod
     def of(cls, user: User, tz: str) -> Recipient:
@@ -145,6 +146,7 @@ class Recipient:
             digest=_DIGESTS.get(user.digest, Digest.DAILY),
             quiet=_quiet(user.quiet),
             tz=tz if _is_zone(tz) else "UTC",
+            digest_at=_clock_time(user.digest_at),
         )
 
     @property
@@ -192,6 +194,16 @@ def _channels(names: tuple[str, ...]) -> frozenset[Medium]:
 @functools.lru_cache(maxsize=1024)
 def _quiet(text: str | None) -> QuietHours | None:
     return QuietHours.parse(text)
+
+
+_CLOCK_TIME: Final = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])\Z")
+
+
+def _clock_time(text: str | None) -> time | None:
+    """A user's `HH:MM` digest hour; None (the herd's hour) when unset or not of that form
+    (the rules check it, but a bad value must not stop the digest)."""
+    match = _CLOCK_TIME.match(text or "")
+    return None if match is None else time(int(match[1]), int(match[2]))
 
 
 def notification_id(cause: str, user: str, kind: Kind) -> str:

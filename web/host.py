@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import time
 from typing import TYPE_CHECKING
 
 from herd.api import Clock, PositionOf, StateView
 from herd.config import ServerWeb
+from web.prefs import HERD_DIGEST_AT
 from web.templates import StaticFile, WebTemplates
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ class WebHost:
     static: Mapping[str, StaticFile] = field(default_factory=dict)
     writes: dict[str, int] = field(default_factory=dict)  # client address -> posts in flight
     live: StreamHub | None = None  # the live streams (`web.stream`), when the wiring runs them
+    digest_at: time = HERD_DIGEST_AT  # `[notifications] digest_at`: users without their own
 
     def now(self) -> int:
         """POSIX seconds, from the server's one clock."""

@@ -18,16 +18,19 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import time
 from typing import Final
 from urllib.parse import parse_qs
 
 from herd.api import USER_SCOPE, SetUser, UnsetUser, User, UserField, is_id, link_token
+from herd.config import NotificationsConfig
 from web.links import DAY, PersonalLinks
 
 __all__ = [
     "CHANNELS",
     "DIGESTS",
     "FIELD_LABELS",
+    "HERD_DIGEST_AT",
     "MAX_VALUE",
     "ONE_CLICK",
     "PREFS_PATH",
@@ -61,11 +64,14 @@ DIGESTS: Final = (
 FIELD_LABELS: Final[Mapping[UserField, str]] = {
     UserField.CHANNELS: "channels",
     UserField.DIGEST: "digest",
+    UserField.DIGEST_AT: "digest time",
     UserField.QUIET: "quiet hours",
     UserField.TZ: "time zone",
     UserField.EMAIL: "email address",
     UserField.JID: "Jabber address",
 }
+HERD_DIGEST_AT: Final = NotificationsConfig().digest_at
+"""The herd's digest hour unless `[notifications] digest_at` says otherwise."""
 MAX_VALUE: Final = 254
 """The longest value a field of the form may hold (an email address or a JID, at most)."""
 
@@ -134,13 +140,17 @@ class PrefsPage:
     jid: str
     channels: frozenset[str]
     digest: str
+    digest_at: str  # the user's own digest hour, or "" (then the herd's, `herd_digest_at`)
     quiet_from: str
     quiet_to: str
     tz: str  # the zone the user set, or "" (then `zone` comes from their position)
     zone: str  # the zone their times are shown in now
+    herd_digest_at: str  # `[notifications] digest_at`, HH:MM: the hour of users without one
 
 
-def prefs_page(user: User, zone: str) -> PrefsPage:
+def prefs_page(user: User, zone: str, herd_digest_at: time = HERD_DIGEST_AT) -> PrefsPage:
+    """The form's values for `user`; `herd_digest_at` is the herd's digest hour, shown as what
+    an empty digest time means."""
     quiet_from, _, quiet_to = (user.quiet or "").partition("-")
     return PrefsPage(
         user=user.id,
@@ -148,10 +158,12 @@ def prefs_page(user: User, zone: str) -> PrefsPage:
         jid=user.jid or "",
         channels=frozenset(user.channels),
         digest=user.digest,
+        digest_at=user.digest_at or "",
         quiet_from=quiet_from,
         quiet_to=quiet_to,
         tz=user.tz or "",
         zone=zone,
+        herd_digest_at=herd_digest_at.strftime("%H:%M"),
     )
 
 
@@ -165,7 +177,7 @@ def prefs_changes(user: User, form: Mapping[str, Sequence[str]]) -> list[UserCom
     is; `channels` is carried by a hidden empty value beside its checkboxes, so that no box
     ticked (no channel) differs from a form without the field."""
     values: dict[str, str] = {}
-    for name in ("email", "jid", "digest", "quiet_from", "quiet_to", "tz"):
+    for name in ("email", "jid", "digest", "digest_at", "quiet_from", "quiet_to", "tz"):
         given = form.get(name)
         if given is None:
             continue
@@ -192,6 +204,11 @@ def prefs_changes(user: User, form: Mapping[str, Sequence[str]]) -> list[UserCom
             return "Not saved: the digest is daily, weekly or off."
         if digest != user.digest:
             commands.append(SetUser(UserField.DIGEST, digest))
+    if "digest_at" in values:
+        digest_at, problem = _digest_at(values["digest_at"])
+        if problem is not None:
+            return f"Not saved: {problem}."
+        commands.extend(_register(UserField.DIGEST_AT, user.digest_at, digest_at))
     if "quiet_from" in values or "quiet_to" in values:
         quiet, problem = _quiet(values.get("quiet_from", ""), values.get("quiet_to", ""))
         if problem is not None:
@@ -228,6 +245,17 @@ def _quiet(start: str, end: str) -> tuple[str | None, str | None]:
     return f"{first[1]}:{first[2]}-{last[1]}:{last[2]}", None
 
 
+def _digest_at(text: str) -> tuple[str | None, str | None]:
+    """(`HH:MM` or None for the herd's hour, None) or (None, what is wrong).  Empty is the
+    herd's hour; seconds a browser may add are dropped, as for quiet hours."""
+    if not text:
+        return None, None
+    match = _TIME.match(text)
+    if match is None:
+        return None, "the digest time is a time like 19:30 (or empty for the usual hour)"
+    return f"{match[1]}:{match[2]}", None
+
+
 def _text_problem(text: str) -> str | None:
     if len(text) > MAX_VALUE:
         return f"is at most {MAX_VALUE} characters"
@@ -240,6 +268,7 @@ def _label(name: str) -> str:
     return {
         "email": "email address",
         "jid": "Jabber address",
+        "digest_at": "digest time",
         "quiet_from": "start of the quiet hours",
         "quiet_to": "end of the quiet hours",
         "tz": "time zone",

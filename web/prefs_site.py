@@ -219,7 +219,7 @@ class PrefsResource(Resource):
         body = host.templates.page(
             "prefs",
             {
-                "page": prefs_page(user, zone),
+                "page": prefs_page(user, zone, host.digest_at),
                 "channels": CHANNELS,
                 "digests": DIGESTS,
                 "csrf": csrf_token(host.secret, session.cookie),

@@ -92,8 +92,9 @@ class ShowUser:
 @dataclass(frozen=True, slots=True)
 class SetUser:
     """`USER SET <field> <value…>`: field is `email`, `jid`, `quiet` (`22:00-07:00`), `digest`
-    (`daily|weekly|off`), `channels` (comma-separated of `email,line,xmpp`, or `none`), `tz`
-    (an IANA zone) or `web_quiet` (`yes|no`).  Reply: `USER <json>`."""
+    (`daily|weekly|off`), `digest_at` (`19:30`, local), `channels` (comma-separated of
+    `email,line,xmpp`, or `none`), `tz` (an IANA zone) or `web_quiet` (`yes|no`).
+    Reply: `USER <json>`."""
 
     field: UserField
     value: str
@@ -104,8 +105,8 @@ class SetUser:
 
 @dataclass(frozen=True, slots=True)
 class UnsetUser:
-    """`USER UNSET <field>`: back to the default (no address; all channels; daily digest; no
-    quiet hours; time zone from the position).  Reply: `USER <json>`."""
+    """`USER UNSET <field>`: back to the default (no address; all channels; daily digest at the
+    herd's hour; no quiet hours; time zone from the position).  Reply: `USER <json>`."""
 
     field: UserField
 
@@ -121,6 +122,7 @@ _SETTABLE: Final = {
     b"channels": UserField.CHANNELS,
     b"tz": UserField.TZ,
     b"web_quiet": UserField.WEB_QUIET,
+    b"digest_at": UserField.DIGEST_AT,
 }
 
 

@@ -46,7 +46,7 @@ from notifier.chat.phrases import (
 from notifier.chat.replies import chat_text, mistake
 from notifier.chat.steps import BotStep, Conversation, Reply, RunLine, Say, SetPosition
 from notifier.chat.turn import Turn
-from notifier.naturaltime import Moment, NotATime, parse_when
+from notifier.naturaltime import Moment, NotATime, parse_clock, parse_when
 from notifier.render import Templates
 
 __all__ = ["interpret"]
@@ -327,9 +327,28 @@ def _digest(turn: Turn, rest: str) -> BotStep:
     if not rest:
         return _settings(turn, rest)
     value = digest_named(rest)
-    if value is None:
-        return mistake(turn.templates, "Digests are daily, weekly or off.", "digest weekly")
-    return RunLine(_line("USER", "SET", "digest", value), Say.SETTINGS, subject=("digest",))
+    if value is not None:
+        return RunLine(_line("USER", "SET", "digest", value), Say.SETTINGS, subject=("digest",))
+    first, _, when = rest.partition(" ")
+    if first.lower() == "at":
+        return _digest_at(turn, when.strip())
+    if parse_clock(rest) is not None:  # `digest 19:30`
+        return _digest_at(turn, rest)
+    return mistake(turn.templates, "Digests are daily, weekly or off.", "digest weekly")
+
+
+def _digest_at(turn: Turn, when: str) -> BotStep:
+    """`digest at 19:30` (`7pm`, `19h30`): the hour the digest comes, in the user's zone;
+    `digest at usual` (`off`, `auto` …) goes back to the herd's."""
+    subject = ("digest_at",)
+    if turns_off(when) or when.lower() in ("usual", "default"):
+        return RunLine(b"USER UNSET digest_at", Say.SETTINGS, subject=subject)
+    clock = parse_clock(when)
+    if clock is None:
+        problem = "At what time? A clock time, in your zone."
+        return mistake(turn.templates, problem, "digest at 19:30")
+    value = f"{clock[0]:02d}:{clock[1]:02d}"
+    return RunLine(_line("USER", "SET", "digest_at", value), Say.SETTINGS, subject=subject)
 
 
 def _quiet(turn: Turn, rest: str) -> BotStep:
@@ -425,7 +444,11 @@ _COMMANDS: Final[dict[str, _Command]] = {
     "events": _Command(_PLANNING, "my events", "my events", "your events, numbered", _events),
     "settings": _Command(_SETTINGS, "settings", "settings", "your settings", _settings),
     "digest": _Command(
-        _SETTINGS, "digest daily|weekly|off", "digest weekly", "how often digests come", _digest
+        _SETTINGS,
+        "digest daily|weekly|off|at <time>",
+        "digest weekly",
+        "how often and when digests come",
+        _digest,
     ),
     "quiet": _Command(
         _SETTINGS, "quiet <from>-<to>|off", "quiet 22:00-07:00", "no messages then", _quiet

@@ -703,7 +703,8 @@ def test_the_settings_page_from_a_mail_changes_a_setting(
     scene: Scene, browser_without_js: Browser
 ) -> None:
     """gina opens the settings link in her mail (scripts off: a plain form), sets her digest
-    off and her time zone; the line protocol at the other server shows both."""
+    off, her digest time in the browser's own time control and her time zone; the line
+    protocol at the other server shows all three."""
     page = browser_without_js
     page.open(prefs_link(scene, "gina"))
     assert urllib.parse.urlsplit(page.url).path == "/prefs" and "t=" not in page.url
@@ -712,10 +713,13 @@ def test_the_settings_page_from_a_mail_changes_a_setting(
     assert low_contrast(page) == []
     for element in page.all_by_css("input:not([type=hidden]), select, textarea, button"):
         assert element.accessible_name.strip(), element.get_attribute("outerHTML")
+    digest_at = page.by_label("Digest time")  # the browser's own time control, empty: usual
+    assert (digest_at.get_attribute("type"), digest_at.get_attribute("value")) == ("time", "")
     before = user_at(scene, "gina", "Bona")
     assert before["digest"] != "off" and before["tz"] != "Asia/Tokyo"
     page.check("Off: every notice on its own")
     page.fill("Time zone", "Asia/Tokyo")
+    page.by_label("Digest time").send_keys("0730P")  # as typed into Chromium's en-US control
     page.submit("Save")
     page.wait_for_text("Saved:", within="[role=status]")
     wait_until(
@@ -729,6 +733,7 @@ def test_the_settings_page_from_a_mail_changes_a_setting(
     assert page.by_label("Off: every notice on its own").is_selected()
     assert page.by_label("Time zone").get_attribute("value") == "Asia/Tokyo"
     assert user_at(scene, "gina", "Bona")["channels"] == before["channels"]
+    assert user_at(scene, "gina", "Bona")["digest_at"] == "19:30"
 
 
 # --- revoking, last: dave's links stop working ---------------------------------------------------

@@ -367,6 +367,40 @@ def test_a_cross_site_post_to_prefs_is_refused(scene: Scene) -> None:
         assert whoami(scene, server, "dave")["quiet"] == "22:00-07:30"
 
 
+def test_the_page_sets_the_digest_time_and_says_what_is_wrong_with_a_bad_one(
+    scene: Scene,
+) -> None:
+    browser, origin, page = open_prefs(scene, "carol")
+    form = prefs_form(page)
+    assert form["digest_at"] == [""]  # none of her own: the herd's hour
+    assert '<input type="time" id="digest-at" name="digest_at" value=""' in page
+    assert '<label for="digest-at">Digest time</label>' in page
+    assert "Empty: the usual hour, 08:00." in page
+    form.update(digest_at=["19:30"])
+    status, headers, _ = post_form(browser, "/prefs", form, origin)
+    assert status == 303 and headers["location"] == "/prefs"
+    page = browser.get("/prefs")[2]
+    assert "Saved: digest time." in page and 'name="digest_at" value="19:30"' in page
+
+    def set_everywhere(value: str | None) -> bool:
+        return all(whoami(scene, name, "carol")["digest_at"] == value for name in NAMES)
+
+    wait_until(lambda: set_everywhere("19:30"), 10.0, "carol's digest time on every server")
+    # what a browser without a time control lets a person type: refused, nothing runs
+    form = prefs_form(page)
+    form.update(digest_at=["7pm"], digest=["weekly"])
+    post_form(browser, "/prefs", form, origin)
+    page = browser.get("/prefs")[2]
+    assert "Not saved: the digest time is a time like 19:30 (or empty for the usual hour)." in page
+    assert whoami(scene, "Bailey", "carol")["digest"] == "daily"
+    # emptied: back to the herd's hour
+    form = prefs_form(page)
+    form.update(digest_at=[""])
+    post_form(browser, "/prefs", form, origin)
+    assert "Saved: digest time." in browser.get("/prefs")[2]
+    wait_until(lambda: set_everywhere(None), 10.0, "carol's digest time unset on every server")
+
+
 def test_revoking_all_links_from_the_page_ends_them(scene: Scene) -> None:
     browser, origin, page = open_prefs(scene, "dave")
     mail = wait_mail(scene, "dave", "invited you")

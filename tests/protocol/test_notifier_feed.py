@@ -150,6 +150,34 @@ def test_digest_readers_get_one_digest_at_eight_local_from_their_server(herd: He
     assert digests == []
 
 
+def test_a_user_with_a_digest_hour_of_their_own_gets_it_then_once_a_day(herd: Herd) -> None:
+    plan = dinner(herd, "tz Europe/Paris", "digest_at 19:30")
+    bob = Session(herd.b.node, "bob")
+    bob.json(f"COMMENT {plan.event} I'll bring wine")
+    herd.settle()
+    herd.until("2023-11-15T07:00")  # 08:00 in Paris, the herd's hour: not alice's
+    assert herd.a.email.to(ALICE) == herd.b.email.to(ALICE) == []
+    herd.until("2023-11-15T08:00")
+    assert [m.subject for m in herd.b.email.to(BOB)] == ["Your daily Renga digest: 2 updates"]
+    herd.until("2023-11-15T18:29", past=0)
+    assert herd.a.email.to(ALICE) == []
+    herd.until("2023-11-15T18:30")  # 19:30 in Paris
+    [digest] = herd.a.email.to(ALICE)
+    assert digest.subject == "Your daily Renga digest: 1 update"
+    assert "wine" in digest.text
+    assert herd.b.email.to(ALICE) == []  # from her server alone
+    # Moved later the evening she had one: the next is tomorrow's, not a second today.
+    bob.json(f"COMMENT {plan.event} And cheese")
+    Session(herd.b.node, "alice").json("USER SET digest_at 21:00", b"USER")  # through B
+    herd.settle()
+    herd.until("2023-11-15T20:00")
+    assert len(herd.a.email.to(ALICE)) == 1
+    herd.until("2023-11-16T20:00")  # 21:00 in Paris the next day
+    assert [m.subject for m in herd.a.email.to(ALICE)][1:] == ["Your daily Renga digest: 1 update"]
+    assert "cheese" in herd.a.email.to(ALICE)[1].text
+    assert herd.b.email.to(ALICE) == []
+
+
 def test_reminders_are_sent_by_each_recipients_home_server(herd: Herd) -> None:
     plan = dinner(herd, "digest off")
     bob_lines = herd.b.subscribe("bob")

@@ -230,6 +230,12 @@ def ids(server: Server) -> dict[str, str]:
         ("digest", "USER"),
         ("digest weekly", "USER SET digest weekly"),
         ("digest never", "USER SET digest off"),
+        ("digest at 19:30", "USER SET digest_at 19:30"),
+        ("digest at 7pm", "USER SET digest_at 19:00"),
+        ("Digest AT 6h05", "USER SET digest_at 06:05"),
+        ("digest 0:00", "USER SET digest_at 00:00"),
+        ("digest at usual", "USER UNSET digest_at"),
+        ("digest at auto", "USER UNSET digest_at"),
         ("quiet 22:00-07:00", "USER SET quiet 22:00-07:00"),
         ("quiet hours 22-7", "USER SET quiet 22:00-07:00"),
         ("quiet 10pm to 7:30am", "USER SET quiet 22:00-07:30"),
@@ -326,6 +332,9 @@ def test_misspellings_get_a_suggestion_not_a_guess(server: Server, text: str, an
         ("status 7", "You have one event; my events lists them. For example: status 1"),
         ("status the picnic", "I can't find an event “the picnic”; my events lists yours."),
         ("digest hourly", "Digests are daily, weekly or off. For example: digest weekly"),
+        ("digest at", "At what time? A clock time, in your zone. For example: digest at 19:30"),
+        ("digest at 25:00", "At what time? A clock time, in your zone."),
+        ("digest at dawn", "At what time? A clock time, in your zone."),
         ("quiet 22:00", "Quiet hours go from one time to another. For example: quiet 22:00-07:00"),
         ("quiet 7-7", "Quiet hours go from one time to another."),
         (
@@ -629,6 +638,14 @@ def test_settings(server: Server) -> None:
     assert server.chat("alice", "digest weekly").startswith("OK: digests come weekly.\n")
     assert server.chat("alice", "quiet 22-7").startswith("OK: quiet from 22:00 to 07:00 (UTC).\n")
     assert server.chat("alice", "quiet off").startswith("OK: no quiet hours.\n")
+    assert server.chat("alice", "digest at 7pm") == (
+        "OK: your digest comes at 19:00 (UTC).\nSettings for alice: notifications by email, "
+        "line, xmpp; digest weekly at 19:00; quiet hours none; time zone UTC (from where you are)."
+    )
+    assert server.chat("alice", "digest at usual").startswith(
+        "OK: your digest comes at the usual hour.\nSettings for alice: notifications by email, "
+        "line, xmpp; digest weekly; quiet"
+    )
     assert server.chat("alice", "unsubscribe").startswith("OK: I'll notify you by email, line.\n")
     assert server.chat("alice", "timezone Europe/Paris").startswith(
         "OK: times are in Europe/Paris.\nSettings for alice: notifications by email, line; "

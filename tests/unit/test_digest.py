@@ -4,7 +4,7 @@ each reader until theirs is due."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, time
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -47,9 +47,16 @@ def at(text: str, tz: str) -> int:
 
 
 def reader(
-    digest: Digest = Digest.DAILY, tz: str = "Europe/Paris", quiet: QuietHours | None = None
+    digest: Digest = Digest.DAILY,
+    tz: str = "Europe/Paris",
+    quiet: QuietHours | None = None,
+    digest_at: time | None = None,
 ) -> Recipient:
-    return Recipient("bob", "bob@example.org", None, frozenset(), digest, quiet, tz)
+    return Recipient("bob", "bob@example.org", None, frozenset(), digest, quiet, tz, digest_at)
+
+
+def utc(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()) * S
 
 
 # --- schedule -------------------------------------------------------------------------------
@@ -80,6 +87,75 @@ def test_the_eight_oclock_digest_waits_for_the_end_of_quiet_hours() -> None:
     late_riser = reader(tz="Asia/Tokyo", quiet=QuietHours(23 * 60, 9 * 60 + 30))
     after = at("2026-12-04 12:00", "Asia/Tokyo")
     assert next_digest_at(late_riser, after) == at("2026-12-05 09:30", "Asia/Tokyo")
+
+
+@pytest.mark.parametrize(
+    ("tz", "hour", "digest", "after", "expected_utc"),
+    [
+        ("Europe/Paris", time(19, 30), Digest.DAILY, "2026-12-04 09:00", "2026-12-04 18:30"),
+        ("Asia/Tokyo", time(19, 30), Digest.DAILY, "2026-12-04 20:00", "2026-12-05 10:30"),
+        ("America/New_York", time(6, 0), Digest.DAILY, "2026-12-04 05:00", "2026-12-04 11:00"),
+        ("America/New_York", time(0, 0), Digest.WEEKLY, "2026-12-04 05:00", "2026-12-07 05:00"),
+        ("UTC", time(23, 59), Digest.DAILY, "2026-12-04 23:59", "2026-12-05 23:59"),
+        # New York's DST starts Sunday 14 March 2027: 19:30 on the wall clock both days
+        ("America/New_York", time(19, 30), Digest.DAILY, "2027-03-13 20:00", "2027-03-14 23:30"),
+        ("America/New_York", time(19, 30), Digest.DAILY, "2027-03-13 12:00", "2027-03-14 00:30"),
+        # 02:30 does not exist in Paris on 28 March 2027: read before the gap, 03:30 CEST
+        ("Europe/Paris", time(2, 30), Digest.DAILY, "2027-03-27 12:00", "2027-03-28 01:30"),
+        # 02:30 happens twice in Paris on 25 October 2026: the first, still CEST
+        ("Europe/Paris", time(2, 30), Digest.DAILY, "2026-10-24 12:00", "2026-10-25 00:30"),
+    ],
+)
+def test_a_users_own_digest_hour_on_their_wall_clock(
+    tz: str, hour: time, digest: Digest, after: str, expected_utc: str
+) -> None:
+    own = reader(digest, tz, digest_at=hour)
+    assert next_digest_at(own, at(after, tz)) == utc(expected_utc)
+    assert next_digest_at(own, at(after, tz), time(8, 0)) == utc(expected_utc)  # not the herd's
+
+
+def test_without_an_hour_of_their_own_a_user_gets_the_herds() -> None:
+    after = at("2026-12-04 09:00", "Europe/Paris")
+    assert next_digest_at(reader(), after, time(21, 15)) == at("2026-12-04 21:15", "Europe/Paris")
+    user = User("bob", None, None, ("email",), "daily", None, None, (), None, digest_at="7:30")
+    assert Recipient.of(user, "UTC").digest_at is None  # not HH:MM: the herd's, not a crash
+    user = replace(user, digest_at="19:05")
+    assert Recipient.of(user, "UTC").digest_at == time(19, 5)
+
+
+PARIS = "Europe/Paris"
+
+
+@pytest.mark.parametrize(
+    ("hour", "last", "after", "expected", "why"),
+    [
+        # the 08:00 digest went out; moved to 19:30 the same morning: tomorrow's, not a second
+        ("19:30", "2026-12-04 08:00", "2026-12-04 09:00", "2026-12-05 19:30", "one a day"),
+        # yesterday's 19:30 went out; moved to 07:00 at 10:00 today: today's is due at once
+        ("07:00", "2026-12-03 19:30", "2026-12-03 20:00", "2026-12-04 07:00", "not skipped"),
+        # moved later on a day that had no digest yet: today at the new hour
+        ("21:00", "2026-12-03 08:00", "2026-12-03 09:00", "2026-12-04 21:00", "today"),
+        # moved to a later hour the day after a digest: that day's, as usual
+        ("19:30", "2026-12-03 08:00", "2026-12-04 09:00", "2026-12-04 19:30", "as usual"),
+        # a digest sent just before midnight, hour moved to just after: the next day's is fine
+        ("00:05", "2026-12-03 23:59", "2026-12-03 23:59", "2026-12-04 00:05", "next day"),
+    ],
+)
+def test_one_digest_a_day_whatever_hour_the_user_moves_to(
+    hour: str, last: str, after: str, expected: str, why: str
+) -> None:
+    moved = reader(digest_at=time.fromisoformat(hour))
+    due = next_digest_at(moved, at(after, PARIS), last_ns=at(last, PARIS))
+    assert due == at(expected, PARIS), why
+
+
+def test_one_a_day_counts_the_day_a_digest_went_out_after_quiet_hours() -> None:
+    """23:30 in quiet hours 23:00-01:00: each goes out at 01:00 the next day, every day."""
+    owl = reader(quiet=QuietHours(23 * 60, 60), digest_at=time(23, 30))
+    first = next_digest_at(owl, at("2026-12-03 12:00", PARIS))
+    assert first == at("2026-12-04 01:00", PARIS)
+    second = next_digest_at(owl, first, last_ns=first)
+    assert second == at("2026-12-05 01:00", PARIS)
 
 
 def test_no_schedule_without_a_digest() -> None:
@@ -295,6 +371,27 @@ def test_who_may_be_due_is_asked_of_the_duties_and_goes_by_zone() -> None:
     later = at("2026-12-09 08:00", "Europe/Paris")
     assert held.maybe_due(later, lambda user: True) == ["alice", "bob"]  # New York < Paris
     assert held.maybe_due(later, lambda user: user == "bob") == ["bob"]
+
+
+def test_a_moved_digest_hour_gives_one_digest_a_day_neither_two_nor_none() -> None:
+    story, held, _ = held_for_bob()
+    eight = at("2026-12-05 08:00", PARIS)
+    assert held.take_due("bob", eight) is not None  # the 08:00 digest of the 5th
+    story.apply("dave", AddComment("e1", "See you"), "c11")
+    for item in folded(story):
+        held.hold("bob", item)
+    story.apply("bob", SetUserField("bob", UserField.DIGEST_AT, "19:30"), "bob-1930")
+    held.reschedule("bob")
+    assert held.take_due("bob", at("2026-12-05 19:30", PARIS)) is None  # not twice on the 5th
+    assert held.take_due("bob", at("2026-12-06 19:29", PARIS)) is None
+    assert held.take_due("bob", at("2026-12-06 19:30", PARIS)) is not None  # the 6th's
+    story.apply("carol", AddComment("e1", "Late"), "c12")
+    for item in folded(story):
+        held.hold("bob", item)
+    story.apply("bob", SetUserField("bob", UserField.DIGEST_AT, "07:00"), "bob-0700")
+    held.reschedule("bob")
+    ten = at("2026-12-07 10:00", PARIS)
+    assert held.take_due("bob", ten) is not None  # 07:00 passed with none on the 7th: now
 
 
 def test_items_held_for_a_user_who_turned_digests_off_go_out_daily() -> None:

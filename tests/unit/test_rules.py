@@ -167,6 +167,7 @@ def test_user_settings(world: World) -> None:
         "email": "alice@example.org",
         "channels": ["email", "xmpp"],
         "digest": "weekly",
+        "digest_at": None,
         "quiet": "22:00-07:00",
         "tz": "Europe/Paris",
         "tz_set": True,
@@ -181,6 +182,24 @@ def test_user_settings(world: World) -> None:
     ]
     assert world.reply("alice", "USER UNSET email", b"USER")["email"] is None
     assert world.reply("alice", "USER", b"USER") == world.reply("alice", "WHOAMI", b"USER")
+
+
+def test_digest_time(world: World) -> None:
+    assert world.reply("alice", "USER", b"USER")["digest_at"] is None  # the herd's hour
+    for value in ("19:30", "00:00", "23:59"):
+        assert world.reply("alice", f"USER SET digest_at {value}", b"USER")["digest_at"] == value
+    assert world.reply("alice", "USER UNSET digest_at", b"USER")["digest_at"] is None
+    assert world.reply("bob", "USER", b"USER")["digest_at"] is None  # alice's alone
+
+
+@pytest.mark.parametrize(
+    "value", ["24:00", "7:30", "07:60", "07:30:00", "0730", "07:30+01:00", "19:30 pm", "١٩:٣٠"]
+)
+def test_digest_time_refused(world: World, value: str) -> None:
+    assert world.send("alice", f"USER SET digest_at {value}") == (
+        b"ERR bad-value: digest_at is a local time HH:MM, e.g. 19:30\n"
+    )
+    assert world.reply("alice", "USER", b"USER")["digest_at"] is None
 
 
 @pytest.mark.parametrize(

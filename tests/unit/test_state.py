@@ -6,6 +6,7 @@ duplicates, and require identical state; the reference is the same ops applied i
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +34,7 @@ from herd.ops import (
 )
 from herd.state import PlanningState
 from herd.views import Status, format_utc
+from herd.wire.grammar import WireError
 
 T0 = 1_780_000_000_000_000_000  # ns, 2026-05-28
 
@@ -168,6 +170,7 @@ def test_users_and_their_fields() -> None:
         "email": "a@b.c",
         "channels": [],
         "digest": "weekly",
+        "digest_at": None,
         "quiet": None,
         "tz": "Europe/Paris",
         "tz_set": True,
@@ -179,6 +182,31 @@ def test_users_and_their_fields() -> None:
     state.apply(op("u6", "alice", SetUserField("alice", UserField.CHANNELS, None), T0 + 2))
     user = state.user("alice")
     assert user is not None and user.channels == ("email", "line", "xmpp")
+
+
+def test_digest_time_is_a_register_merged_alike_in_any_order() -> None:
+    ops = [
+        op("u1", OPERATOR, AddUser("alice")),
+        op("u2", "alice", SetUserField("alice", UserField.DIGEST_AT, "19:30"), T0 + 1),
+        op("u3", "alice", SetUserField("alice", UserField.DIGEST_AT, "06:15"), T0 + 2),
+    ]
+    for order in (ops, ops[::-1], [ops[1], ops[0], ops[2]], [ops[2], ops[1], ops[0]]):
+        user = state_of(*order).user("alice")
+        assert user is not None and user.digest_at == "06:15"
+        assert user.to_json("UTC")["digest_at"] == "06:15"
+    unset = op("u4", "alice", SetUserField("alice", UserField.DIGEST_AT, None), T0 + 3)
+    for order in ([*ops, unset], [unset, *ops]):
+        user = state_of(*order).user("alice")
+        assert user is not None and user.digest_at is None  # the herd's hour again
+
+
+def test_a_user_field_this_server_does_not_know_is_refused_whole() -> None:
+    """What a server from before a field does with an op setting it: the op does not parse, so
+    the flooding layer skips it (logged, counted) and the user keeps that server's default."""
+    line = op("u9", "alice", SetUserField("alice", UserField.DIGEST_AT, "19:30"), T0).to_json()
+    assert Op.from_json(line).body == SetUserField("alice", UserField.DIGEST_AT, "19:30")
+    with pytest.raises(WireError, match="unknown user field 'digest_hour'"):
+        Op.from_json(line.replace(b"digest_at", b"digest_hour"))
 
 
 def test_next_time_is_after_everything_seen() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import time
 from html.parser import HTMLParser
 
 import pytest
@@ -43,6 +44,7 @@ from web.templates import WebTemplates
 SECRET = b"prefs secret"
 NOW = 1_796_385_600
 NOT_TEXT = "holds a line break or another character that is not text."
+BAD_DIGEST_AT = "the digest time is a time like 19:30 (or empty for the usual hour)."
 MAILTO = "mailto:renga@example.org?subject=OPTOUT%20{user}%20{token}"
 
 
@@ -259,6 +261,7 @@ def as_sent(page_user: User, **changes: list[str]) -> dict[str, list[str]]:
     form = {
         "channels": ["", *sorted(page.channels)],
         "digest": [page.digest],
+        "digest_at": [page.digest_at],
         "quiet_from": [page.quiet_from],
         "quiet_to": [page.quiet_to],
         "tz": [page.tz],
@@ -278,6 +281,7 @@ def test_each_changed_field_is_one_line_in_a_fixed_order() -> None:
         BOB,
         channels=["", "xmpp", "email"],
         digest=["weekly"],
+        digest_at=["19:30"],
         quiet_from=["22:00"],
         quiet_to=["07:00:00"],
         tz=["Europe/Paris"],
@@ -287,11 +291,29 @@ def test_each_changed_field_is_one_line_in_a_fixed_order() -> None:
     assert lines(prefs_changes(BOB, form)) == [
         b"USER SET channels email,xmpp\n",
         b"USER SET digest weekly\n",
+        b"USER SET digest_at 19:30\n",
         b"USER SET quiet 22:00-07:00\n",
         b"USER SET tz Europe/Paris\n",
         b"USER UNSET email\n",
         b"USER SET jid bob@chat.example.org\n",
     ]
+
+
+def test_the_digest_time_is_the_users_own_or_empty_for_the_herds() -> None:
+    page = prefs_page(BOB, "Europe/Paris", time(7, 30, 15))
+    assert (page.digest_at, page.herd_digest_at) == ("", "07:30")
+    assert prefs_page(BOB, "UTC").herd_digest_at == "08:00"  # the configuration's default
+    own = replace(BOB, digest_at="19:30")
+    assert prefs_page(own, "UTC").digest_at == "19:30"
+    assert prefs_changes(own, as_sent(own)) == []
+    assert prefs_changes(own, as_sent(own, digest_at=[""])) == [UnsetUser(UserField.DIGEST_AT)]
+    assert prefs_changes(own, as_sent(own, digest_at=["06:05:00"])) == [
+        SetUser(UserField.DIGEST_AT, "06:05")  # a browser's seconds dropped
+    ]
+    assert prefs_changes(BOB, as_sent(BOB, digest_at=["00:00"])) == [
+        SetUser(UserField.DIGEST_AT, "00:00")
+    ]
+    assert prefs_changes(BOB, as_sent(BOB, digest_at=[" "])) == []
 
 
 def test_no_channel_ticked_is_channels_none_and_empty_fields_unset() -> None:
@@ -344,6 +366,12 @@ def test_a_form_without_a_field_leaves_it_alone() -> None:
             f"Not saved: the time zone {NOT_TEXT}",
         ),
         ({"jid": ["x" * 255]}, "Not saved: the Jabber address is at most 254 characters."),
+        *(
+            ({"digest_at": [bad]}, f"Not saved: {BAD_DIGEST_AT}")
+            for bad in ("7pm", "24:00", "7:30", "19:60", "19:30+01:00", "19h30", "\u0661\u0669:30")
+        ),
+        ({"digest_at": ["19:30", "20:00"]}, "Not saved: the form sent digest_at 2 times."),
+        ({"digest_at": ["19:30\x00"]}, f"Not saved: the digest time {NOT_TEXT}"),
     ],
 )
 def test_bad_input_is_refused_with_a_message_and_nothing_to_run(
@@ -354,7 +382,9 @@ def test_bad_input_is_refused_with_a_message_and_nothing_to_run(
 
 @given(
     st.dictionaries(
-        st.sampled_from(["channels", "digest", "quiet_from", "quiet_to", "tz", "email", "jid"]),
+        st.sampled_from(
+            ["channels", "digest", "digest_at", "quiet_from", "quiet_to", "tz", "email", "jid"]
+        ),
         st.lists(st.text(max_size=40), min_size=0, max_size=3),
     )
 )
@@ -426,7 +456,10 @@ def test_the_prefs_page_labels_every_control_and_escapes_every_value() -> None:
     parser = _Inputs()
     parser.feed(body)
     visible = [c for c in parser.controls if c.get("type") != "hidden"]
-    assert len(visible) == len(CHANNELS) + len(DIGESTS) + 5
+    assert len(visible) == len(CHANNELS) + len(DIGESTS) + 6
+    [digest_at] = [c for c in visible if c.get("name") == "digest_at"]
+    assert digest_at.get("type") == "time" and digest_at.get("value") == ""
+    assert "Empty: the usual hour, 08:00." in body
     for control in visible:
         assert control.get("id") in parser.labelled, control
     assert sum(1 for c in parser.controls if c.get("name") == "csrf") == 2  # save and revoke
