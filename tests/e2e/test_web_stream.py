@@ -1,5 +1,5 @@
 """The live streams end to end, against real `herd run` processes with `[web]` (plain
-http.client reading the Server-Sent Events; the browser tests are tests/e2e/test_browser*.py).
+http.client reading the Server-Sent Events; the browser tests are tests/e2e/test_web_browser.py).
 
 One herd of two linked servers and a mail sink for the module: a vote cast on one server over
 the line protocol reaches a stream open on the other within a second; a stream that reconnects
@@ -288,6 +288,31 @@ def test_a_user_stream_follows_every_event_of_the_user(scene: Scene) -> None:
         stream.close()
     # the same cookie opens any one of carol's event streams too
     open_stream(browser, f"/e/{other}/stream").close()
+
+
+def test_a_stream_the_server_ends_says_why_and_ends_its_body(scene: Scene) -> None:
+    """bob is uninvited while his page follows the event: the stream's last event is `end`
+    (the session is over, with the sentence the page shows), then the chunked body ends
+    properly (its last chunk: no incomplete response) and the connection closes."""
+    with Session(scene.herd.ports["Bailey"], "alice", scene.tokens["alice"]) as alice:
+        brunch = alice.event("PLAN Brunch")["id"]
+        alice.event(f"INVITE {brunch} bob")
+    browser = Browser(scene.herd.web_ports["Bona"])
+    token = link_token(SECRET.encode(), "bob", brunch, int(time.time()) + 3600, 0)
+    wait_until(lambda: browser.get(f"/e/{brunch}?t={token}")[0] == 303, 5.0, "the brunch at Bona")
+    stream = open_stream(browser, f"/e/{brunch}/stream")
+    try:
+        with Session(scene.herd.ports["Bailey"], "alice", scene.tokens["alice"]) as alice:
+            alice.event(f"UNINVITE {brunch} bob")
+        end = stream.next(name="end").json()
+        assert end["reason"] == "session"
+        assert "no longer updates itself" in str(end["message"])
+        # the body's last chunk, then the end of the connection: http.client raises
+        # IncompleteRead (not ConnectionError) for a chunked body cut short
+        with pytest.raises(ConnectionError, match="the stream ended"):
+            stream.read_for(5.0)
+    finally:
+        stream.close()
 
 
 def test_reconnecting_after_a_restart_gets_exactly_the_missed_changes(scene: Scene) -> None:

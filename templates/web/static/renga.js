@@ -132,12 +132,31 @@
     if (data.change) { tell(data.change); }
   }
 
+  function ended(message, which) {
+    // The server ended the stream and says why: show it. After "session" (revoked, expired,
+    // no longer invited) a new stream would be refused: stop; else the browser reconnects.
+    var data = {};
+    try { data = JSON.parse(message.data); } catch (error) { data = {}; }
+    if (indicator) { indicator.hidden = true; }
+    var note = document.getElementById("live-ended");
+    if (note && data.message) { note.textContent = data.message; note.hidden = false; }
+    if (data.reason === "session") {
+      which.close();
+      if (source === which) { source = null; }
+    }
+  }
+
   function connect() {
     var url = article.dataset.stream + (lastId ? "?since=" + encodeURIComponent(lastId) : "");
     source = new EventSource(url);
-    source.addEventListener("hello", function () { if (indicator) { indicator.hidden = false; } });
+    source.addEventListener("hello", function () {
+      if (indicator) { indicator.hidden = false; }
+      var note = document.getElementById("live-ended");
+      if (note) { note.hidden = true; }
+    });
     source.addEventListener("change", onChange);
     source.addEventListener("reset", reload);
+    source.addEventListener("end", function (message) { ended(message, source); });
     source.onerror = function () {
       if (indicator) { indicator.hidden = true; }
       if (source.readyState === EventSource.CLOSED) {
