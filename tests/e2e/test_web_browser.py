@@ -758,6 +758,41 @@ def test_the_settings_page_from_a_mail_changes_a_setting(
     assert user_at(scene, "gina", "Bona")["channels"] == before["channels"]
 
 
+def test_my_events_from_the_settings_link_updates_live(scene: Scene, browser: Browser) -> None:
+    """erin opens the settings link in her mail, goes to "My events" (her dinner and her
+    picnic, each with its link) and keeps it open on Bailey; hal, who had not answered the
+    dinner, votes over the line at Bona: erin's row of the dinner counts him within a second,
+    without a reload.  The row's link opens the dinner's page."""
+    browser.open(prefs_link(scene, "erin"))
+    browser.click_link("My events")
+    browser.wait_until(lambda: urllib.parse.urlsplit(browser.url).path == "/u", "the /u page")
+    assert browser.by_role("heading", "Your events").tag_name == "h1"
+    assert len(browser.all_by_css("h1")) == 1
+    assert browser.by_role("link", DINNER) and browser.by_role("link", HOSTILE)
+    assert low_contrast(browser) == []
+    row = f'li[id="event-{scene.dinner}"] [data-field="answered"]'
+    browser.wait_until(lambda: live(browser), "the page following /u/stream")
+    mark_window(browser)
+    event = line_event(scene, scene.dinner)
+    assert all(answer_of(event, o, "hal") is None for o in (*scene.times, *scene.places))
+    answered, people = map(int, re.findall(r"\d+", browser.text_of(row)))
+    with scene.line("hal", "Bona") as hal:
+        hal.event(f"VOTE {scene.dinner} {scene.times[0]} YES")
+        voted = time.monotonic()
+    browser.wait_until(
+        lambda: browser.text_of(row) == f"{answered + 1} of {people} answered", "the live row", 5
+    )
+    took = time.monotonic() - voted
+    print(f"a vote at Bona showed on /u at Bailey after {took:.3f} s")
+    assert took < LIVE_SECONDS, f"the vote showed {took:.2f} s after it was cast"
+    assert window_kept(browser), "the page was reloaded"
+    browser.click_link(DINNER)
+    browser.wait_for_text("You are erin.")
+    assert urllib.parse.urlsplit(browser.url).path == f"/e/{scene.dinner}"
+    assert "t=" not in browser.url
+    assert browser.take_console_errors() == []
+
+
 # --- revoking, last: dave's links stop working ---------------------------------------------------
 
 
