@@ -11,6 +11,7 @@ import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 from herd.ops import client_bytes, is_id
@@ -189,9 +190,12 @@ _CSRF_KEY_LABEL: Final = b"renga-web-csrf-key-v1"
 _MAC_BYTES: Final = 16  # 128 bits: forging one is as hard as guessing a random 128-bit value
 
 
+@lru_cache(maxsize=32)
 def _derived_key(secret: bytes, label: bytes) -> bytes:
     """A key of its own for each use, so no MAC made for one purpose is good for another (nor
-    for the peer handshake, the unsubscribe tokens or the link codes)."""
+    for the peer handshake, the unsubscribe tokens or the link codes).  Derived once per
+    (secret, label): every link of every notification, every session and CSRF check, needs
+    one, and the HMAC that derives it cost as much as the token's own."""
     return hmac.new(secret, label, hashlib.sha256).digest()
 
 

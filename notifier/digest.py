@@ -115,6 +115,8 @@ def compose_digest(
             if _open(event, now_ns)
         ],
         "partial": cache.partial,
+        "event_link": cache.event_link,  # once per (user, event) for the run's cache
+        "prefs_link": cache.prefs_link,
     }
     ids = "\n".join(sorted(item.id for item in unique))
     key = "digest-" + hashlib.sha256(f"{recipient.user}\n{ids}".encode()).hexdigest()[:32]

@@ -31,7 +31,7 @@ import icalendar
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, meta, select_autoescape
 from markupsafe import Markup
 
-from herd.api import Event, StateView, unsubscribe_token
+from herd.api import Event, StateView, User, unsubscribe_token
 from notifier.event_views import EventView, event_view, local_time
 from notifier.message import Attachment, Kind, Medium, Notification, Outgoing, Recipient, Routed
 
@@ -95,6 +95,9 @@ def no_prefs_link(user: str) -> str | None:
     return None
 
 
+_LINK_MARK: Final = "\x00renga-link\x00"
+
+
 class Templates(Environment):
     """The Jinja environment over `templates/`, built once by the wiring and passed to whatever
     renders: `StrictUndefined`, autoescape for `.html.j2` only, the `local` and `names`
@@ -126,7 +129,24 @@ class Templates(Environment):
         self.globals["event_link"] = event_link
         self.globals["prefs_link"] = prefs_link
         self.event_link = event_link
+        self.prefs_link = prefs_link
         self._names_recipient: dict[str, bool] = {}
+        self._link_parts: tuple[str, ...] | None = None
+
+    def link_text(self, link: str) -> str:
+        """`xmpp/_link.txt.j2` for `link`: rendered once around a marker and then joined with
+        each link, as the template only puts the link in (a text template: nothing escaped);
+        were the link ever transformed there, so that the marker does not come out, the
+        template is rendered for each link."""
+        parts = self._link_parts
+        if parts is None:
+            rendered = self.get_template("xmpp/_link.txt.j2").render(link=_LINK_MARK)
+            parts = self._link_parts = (
+                tuple(rendered.split(_LINK_MARK)) if _LINK_MARK in rendered else ()
+            )
+        if not parts:
+            return self.get_template("xmpp/_link.txt.j2").render(link=link)
+        return link.join(parts)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         """Looks up `a.b` on a dict as `a["b"]` first.  Templates see views as dicts, and
@@ -243,6 +263,31 @@ class RenderCache:
         self._block_chars = 0
         self._contexts: dict[_ContextKey, tuple[Event, dict[str, object]]] = {}
         self._texts: dict[tuple[str, _ContextKey], tuple[Event, str]] = {}
+        self._links: dict[tuple[str, str | None], tuple[User | None, str | None]] = {}
+
+    def event_link(self, user: str, event_id: str) -> str | None:
+        """`templates.event_link`, once per (user, event) for this cache: a mail's text and
+        HTML and its Jabber message carry the same link.  A link is made anew when the user
+        changed since (a revoked generation gives a new token)."""
+        return self._link(user, event_id)
+
+    def prefs_link(self, user: str) -> str | None:
+        """`templates.prefs_link`, once per user for this cache (as `event_link`)."""
+        return self._link(user, None)
+
+    def _link(self, user: str, event_id: str | None) -> str | None:
+        found = self._state.user(user)
+        held = self._links.get((user, event_id))
+        if held is not None and held[0] is found:
+            return held[1]
+        if len(self._links) >= self._most_views:
+            self._links.clear()
+        templates = self.templates
+        link = (
+            templates.prefs_link(user) if event_id is None else templates.event_link(user, event_id)
+        )
+        self._links[(user, event_id)] = found, link
+        return link
 
     def view(self, event: Event, recipient: Recipient) -> EventView:
         held = self._views.get((event.id, recipient.tz))
@@ -345,11 +390,9 @@ def render(
             messages.append(email)
         elif medium is Medium.XMPP and recipient.jid is not None:
             text = cache.text(notification, event, f"xmpp/{kind}.body.txt.j2")
-            link = (
-                None if kind in _NO_LINK else cache.templates.event_link(recipient.user, event.id)
-            )
+            link = None if kind in _NO_LINK else cache.event_link(recipient.user, event.id)
             if link is not None:  # rendered apart, so the message stays shared by a zone
-                text += cache.templates.get_template("xmpp/_link.txt.j2").render(link=link)
+                text += cache.templates.link_text(link)
             messages.append(Outgoing(key, medium.value, recipient.jid, "", text, thread=event.id))
         elif medium is Medium.LINE:
             line = one_line(cache.text(notification, event, f"line/{kind}.line.txt.j2"))
@@ -408,6 +451,9 @@ def _context(
         "comment": comment,
         "now": cache.now_ns // 10**9,  # for `local`
         "partial": cache.partial,
+        # the links, made once per (user, event) for the cache (they shadow the globals)
+        "event_link": cache.event_link,
+        "prefs_link": cache.prefs_link,
     }
 
 

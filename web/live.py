@@ -17,7 +17,9 @@ the event's id, what changed (`change`), and, on live frames and the last frame 
 the event's current state (`state`: its options with who said what, the leading and decided
 options, its participants): the page updates itself from that.  The state is the same for every
 viewer (what depends on the viewer — their own answers, their clock — the page works out), so
-a change is serialised once and the same bytes go to every stream.
+a change is serialised once and the same bytes go to every stream.  A stream the server ends
+gets a last `end` event (`end_frame`: why, and the sentence the page shows) and a properly
+ended response; only a reader that stalled is dropped without one.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "change_data",
     "change_record",
     "checkpoint",
+    "end_frame",
     "event_state",
     "frame",
     "is_checkpoint",
@@ -98,6 +101,24 @@ def reset_frame() -> bytes:
 
 
 RESET: Final = reset_frame()
+
+END_REASONS: Final[Mapping[str, str]] = {
+    "session": (
+        "This page no longer updates itself: your session is over (the links were revoked, "
+        "the session expired, or you no longer take part). Open the link in your most recent "
+        "Renga message."
+    ),
+    "stopping": "The server is restarting: this page reconnects by itself.",
+}
+"""Why the server ends a stream, and what the page tells the reader (`end` events)."""
+
+
+def end_frame(reason: str) -> bytes:
+    """The last event of a stream the server ends: `reason` (a key of `END_REASONS`) and the
+    sentence the page shows.  After "session" the page stops following (a new stream would be
+    refused); after "stopping" the browser reconnects, as after any dropped stream."""
+    message = END_REASONS[reason]
+    return frame("end", json.dumps({"reason": reason, "message": message}, sort_keys=True))
 
 
 def change_record(change: Change) -> dict[str, object]:

@@ -8,6 +8,8 @@
 - `/prefs?t=<user-scope link token>`: a session cookie for `/prefs`, then a redirect to
   `/prefs`, the form (session, same origin, CSRF token); what it changes runs as `USER SET` /
   `USER UNSET` lines as the user, one after the other, and the result shows after a 303.
+  The link's session is also set for `/u` (the "my events" page and its live stream,
+  `web.user_site`).
 - `POST /prefs/revoke`: `LINKS REVOKE` as the user (this page's session ends with the rest),
   then `/prefs/revoked`, a page that needs no session.
 """
@@ -57,6 +59,7 @@ from web.resources import _TOO_MANY_REQUESTS, DENIED, _denied, _html, _redirect
 from web.rules import (
     FLASH_COOKIE,
     SESSION_COOKIE,
+    USER_PATH,
     Cookie,
     cookie_values,
     origin_of,
@@ -251,7 +254,10 @@ class PrefsResource(Resource):
             session.expires - now,
             host.web.secure,
         )
-        request.setHeader(b"Set-Cookie", cookie.header())
+        # the same session for the user's own pages ("my events", `/u/stream`: web.user_site)
+        mine = Cookie(SESSION_COOKIE, cookie.value, USER_PATH, cookie.max_age, cookie.secure)
+        request.setHeader(b"Set-Cookie", mine.header())
+        request.responseHeaders.addRawHeader(b"Set-Cookie", cookie.header())
         return _redirect(request, PREFS_PATH.encode("ascii"))
 
     def render_POST(self, request: Request) -> bytes | int:
@@ -317,8 +323,9 @@ class RevokeResource(Resource):
         def reply(answer: bytes) -> bytes:
             if not answer.startswith(b"LINKS "):
                 return _back(host, request, f"Not revoked: {_refusal(answer)}")
-            ended = Cookie(SESSION_COOKIE, "", PREFS_PATH, 0, host.web.secure)
-            request.setHeader(b"Set-Cookie", ended.header())
+            for path in (USER_PATH, PREFS_PATH):
+                ended = Cookie(SESSION_COOKIE, "", path, 0, host.web.secure)
+                request.responseHeaders.addRawHeader(b"Set-Cookie", ended.header())
             return _redirect(request, f"{PREFS_PATH}/revoked".encode("ascii"))
 
         def failed(failure: Failure) -> bytes:

@@ -18,6 +18,7 @@ __all__ = [
     "MAX_FLASH",
     "SECURITY_HEADERS",
     "SESSION_COOKIE",
+    "USER_PATH",
     "Cookie",
     "access_line",
     "cookie_values",
@@ -29,6 +30,9 @@ __all__ = [
 
 SESSION_COOKIE: Final = "renga_session"
 FLASH_COOKIE: Final = "renga_flash"
+USER_PATH: Final = "/u"
+"""Where a session good for all the user's events is sent besides `/prefs` (the settings
+link sets it for both): the "my events" page and its live stream."""
 MAX_FLASH: Final = 300  # characters of a result message carried to the next page
 
 SECURITY_HEADERS: Final[Mapping[bytes, bytes]] = {

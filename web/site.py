@@ -5,7 +5,8 @@ without tokens) and `build_site`, the one place the URL tree is put together.
 URLs (docs/web.md): `/e/<event>?t=<link token>` (a personal link: a session cookie, then a
 redirect to `/e/<event>`), `/e/<event>` (the event page), `POST /e/<event>/vote` and
 `POST /e/<event>/comment` (the page's forms), `/static/<file>`, `/e/<event>/stream` and
-`/u/stream` (the live streams, `web.stream`), `/prefs` and `/unsubscribe` (`web.prefs_site`).
+`/u/stream` (the live streams, `web.stream`), `/u` (the user's "my events" page,
+`web.user_site`), `/prefs` and `/unsubscribe` (`web.prefs_site`).
 Other parts of the web add
 their own children in `build_site` (see `EventsResource.actions` for an event's sub-paths).
 """
@@ -24,7 +25,8 @@ from web.host import WebHost
 from web.prefs_site import add_prefs
 from web.resources import EventResource, EventsResource, RootResource, StaticResource
 from web.rules import SECURITY_HEADERS, access_line
-from web.stream import EventStreamResource, UserStreamResource
+from web.stream import EventStreamResource
+from web.user_site import UserResource
 
 __all__ = ["WebRequest", "WebSite", "build_site"]
 
@@ -145,9 +147,7 @@ def build_site(host: WebHost) -> WebSite:
     root.putChild(b"api", ApiResource(host))
     if host.live is not None:
         EventResource.actions[b"stream"] = _event_stream
-        users = Resource()
-        users.putChild(b"stream", UserStreamResource(host.live))
-        root.putChild(b"u", users)
+    root.putChild(b"u", UserResource(host))  # /u, /u/stream
     add_prefs(root, host)  # /prefs, /unsubscribe
     return WebSite(root, host)
 

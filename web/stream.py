@@ -40,6 +40,7 @@ from web.live import (
     change_data,
     change_record,
     checkpoint,
+    end_frame,
     event_state,
     frame,
     is_checkpoint,
@@ -91,25 +92,53 @@ class _Stream:
         self.waiting_bytes += len(data)
         if self.waiting_bytes > self.hub.settings.stream_buffer_bytes:
             self.hub.dropped += 1
-            self.close(abort=True)
+            self.drop()
 
-    def close(self, abort: bool = False) -> None:
-        """End the response (the connection closes: the browser reconnects).  `abort`: at
-        once, dropping what the socket still holds (a reader that stalled would otherwise
-        keep it, and its buffer, until TCP gives up)."""
+    def end(self, reason: str) -> None:
+        """The server ends the stream (`reason`: a key of `web.live.END_REASONS`): a last
+        `end` event telling the page why, then the response is finished properly (the chunked
+        body's last chunk) and the connection closed.  What waits for a paused socket is
+        dropped: the page reloads or reconnects and gets the state anew."""
         if self.closed:
             return
-        self.closed = True
-        self.hub.forget(self)
-        self.waiting.clear()
+        self._forget()
+        try:
+            request = self.request
+            request.unregisterProducer()
+            if not request.finished and not getattr(request, "_disconnected", False):
+                request.write(end_frame(reason))
+                request.finish()
+            transport = request.channel.transport if request.channel else None
+            if transport is not None:
+                transport.loseConnection()  # after what it holds: the end is sent first
+        except Exception:
+            _log.failure("ending a live stream")
+
+    def drop(self) -> None:
+        """At once, dropping what the socket still holds: a reader that stalled would
+        otherwise keep the connection, and its buffer, until TCP gives up."""
+        if self.closed:
+            return
+        self._forget()
         try:
             self.request.unregisterProducer()
             transport = self.request.channel.transport if self.request.channel else None
             if transport is not None:
-                abort_now = getattr(transport, "abortConnection", None) if abort else None
+                abort_now = getattr(transport, "abortConnection", None)
                 (abort_now or transport.loseConnection)()
         except Exception:
-            _log.failure("closing a live stream")
+            _log.failure("dropping a live stream")
+
+    def gone(self) -> None:
+        """The reader left (or the connection failed): forget the stream."""
+        if not self.closed:
+            self._forget()
+
+    def _forget(self) -> None:
+        self.closed = True
+        self.hub.forget(self)
+        self.waiting.clear()
+        self.waiting_bytes = 0
 
     # IPushProducer: the HTTP channel pauses us when the socket's buffer is full.
     def pauseProducing(self) -> None:
@@ -123,7 +152,7 @@ class _Stream:
             self.request.write(b"".join(waiting))
 
     def stopProducing(self) -> None:
-        self.close()
+        self.gone()
 
 
 class StreamHub:
@@ -177,7 +206,7 @@ class StreamHub:
         if self._heartbeat.running:
             self._heartbeat.stop()
         for stream in list(self._streams):
-            stream.close()
+            stream.end("stopping")
 
     # --- the change feed -------------------------------------------------------------------
 
@@ -220,20 +249,20 @@ class StreamHub:
             if stream.user in participants and valid(stream):
                 stream.write(data)
             else:
-                stream.close()  # uninvited, or the links revoked: the session is over
+                stream.end("session")  # uninvited, or the links revoked: the session is over
         for user in participants:
             for stream in tuple(self._by_user.get(user, ())):
                 if valid(stream):
                     stream.write(data)
                 else:
-                    stream.close()
+                    stream.end("session")
 
     def _recheck(self, users: Iterable[str]) -> None:
         """A user's fields changed: their streams end if their links were revoked."""
         for user in users:
             for stream in [s for s in self._streams if s.user == user]:
                 if not self._still_valid(stream):
-                    stream.close()
+                    stream.end("session")
 
     def _still_valid(self, stream: _Stream) -> bool:
         return self._validity()(stream)
@@ -263,9 +292,9 @@ class StreamHub:
         for stream in tuple(self._streams):
             if stream.paused_at is not None and now - stream.paused_at > stall:
                 self.dropped += 1
-                stream.close(abort=True)
+                stream.drop()
             elif not valid(stream):
-                stream.close()
+                stream.end("session")
             else:
                 stream.write(HEARTBEAT)
 
@@ -331,7 +360,7 @@ class StreamHub:
         self._per_user[user] += 1
         self._per_address[address] += 1
         request.registerProducer(stream, True)
-        request.notifyFinish().addBoth(lambda _: stream.close())
+        request.notifyFinish().addBoth(lambda _: stream.gone())
         first = [start_frame()]
         if start.reset:
             first.append(RESET)

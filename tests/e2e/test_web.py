@@ -1,5 +1,5 @@
 """The web end to end, against real `herd run` processes with `[web]` (plain HTTP clients: the
-browser tests are tests/e2e/test_browser*.py).
+browser tests are tests/e2e/test_web_browser.py).
 
 One herd of two linked servers and a mail sink for the module: a personal link from a mail the
 sink caught opens the event page; a vote through the page's form shows on the other server's

@@ -1,5 +1,5 @@
 """The live streams end to end, against real `herd run` processes with `[web]` (plain
-http.client reading the Server-Sent Events; the browser tests are tests/e2e/test_browser*.py).
+http.client reading the Server-Sent Events; the browser tests are tests/e2e/test_web_browser.py).
 
 One herd of two linked servers and a mail sink for the module: a vote cast on one server over
 the line protocol reaches a stream open on the other within a second; a stream that reconnects
@@ -10,8 +10,10 @@ one who is not watching does.
 
 from __future__ import annotations
 
+import html
 import http.client
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -288,6 +290,83 @@ def test_a_user_stream_follows_every_event_of_the_user(scene: Scene) -> None:
         stream.close()
     # the same cookie opens any one of carol's event streams too
     open_stream(browser, f"/e/{other}/stream").close()
+
+
+def test_a_stream_the_server_ends_says_why_and_ends_its_body(scene: Scene) -> None:
+    """bob is uninvited while his page follows the event: the stream's last event is `end`
+    (the session is over, with the sentence the page shows), then the chunked body ends
+    properly (its last chunk: no incomplete response) and the connection closes."""
+    with Session(scene.herd.ports["Bailey"], "alice", scene.tokens["alice"]) as alice:
+        brunch = alice.event("PLAN Brunch")["id"]
+        alice.event(f"INVITE {brunch} bob")
+    browser = Browser(scene.herd.web_ports["Bona"])
+    token = link_token(SECRET.encode(), "bob", brunch, int(time.time()) + 3600, 0)
+    wait_until(lambda: browser.get(f"/e/{brunch}?t={token}")[0] == 303, 5.0, "the brunch at Bona")
+    stream = open_stream(browser, f"/e/{brunch}/stream")
+    try:
+        with Session(scene.herd.ports["Bailey"], "alice", scene.tokens["alice"]) as alice:
+            alice.event(f"UNINVITE {brunch} bob")
+        end = stream.next(name="end").json()
+        assert end["reason"] == "session"
+        assert "no longer updates itself" in str(end["message"])
+        # the body's last chunk, then the end of the connection: http.client raises
+        # IncompleteRead (not ConnectionError) for a chunked body cut short
+        with pytest.raises(ConnectionError, match="the stream ended"):
+            stream.read_for(5.0)
+    finally:
+        stream.close()
+
+
+def test_the_settings_link_opens_my_events_and_its_stream(scene: Scene) -> None:
+    """The settings link in a mail sets the user-scope session for `/prefs` and for `/u`:
+    with it, `GET /u` lists every event of the user, each with a link that opens its page, and
+    `/u/stream` follows them all.  No session (or an event's only): 403, and nothing shown."""
+    port = scene.herd.web_ports["Bona"]
+    token = link_token(SECRET.encode(), "carol", USER_SCOPE, int(time.time()) + 3600, 0)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", f"/prefs?t={token}")
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    assert response.status == 303
+    cookies = response.headers.get_all("Set-Cookie") or []
+    paths = {}
+    for header in cookies:
+        name, _, rest = header.partition("=")
+        value, _, attributes = rest.partition(";")
+        assert name == "renga_session" and "HttpOnly" in attributes and "SameSite=Lax" in attributes
+        paths[attributes.split("Path=")[1].split(";")[0]] = value
+    assert set(paths) == {"/prefs", "/u"} and len(set(paths.values())) == 1, cookies
+    browser = Browser(port, {"renga_session": paths["/u"]})
+    status, headers, page = browser.get("/u")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert "Your events" in page and "Live dinner" in page and 'data-stream="/u/stream"' in page
+    links = re.findall(rf'href="(/e/{re.escape(scene.event_id)}\?t=[\w-]+)"', page)
+    assert len(links) == 1, page
+    # the row's link opens the event page in a browser holding nothing else
+    fresh = Browser(port)
+    assert fresh.get(html.unescape(links[0]))[0] == 303
+    status, _, event_page = fresh.get(f"/e/{scene.event_id}")
+    assert status == 200 and "You are carol." in event_page
+    # an event's session, or none: no list, no stream
+    for other in (Browser(port), session(scene, "carol", "Bona")):
+        status, _, denied = other.get("/u")
+        assert status == 403 and "Live dinner" not in denied
+        open_stream(other, "/u/stream", None, 403).close()
+    # the page's stream: a vote at the other server arrives
+    stream = open_stream(browser, "/u/stream")
+    try:
+        vote(scene, "Bailey", "bob", scene.times[1], "MAYBE")
+        data = stream.next().json()
+        assert data["event"] == scene.event_id
+        assert data["change"] == {
+            "kind": "voted",
+            "by": "bob",
+            "option": scene.times[1],
+            "choice": "maybe",
+        }
+    finally:
+        stream.close()
 
 
 def test_reconnecting_after_a_restart_gets_exactly_the_missed_changes(scene: Scene) -> None:

@@ -66,6 +66,7 @@ PURE: Final = (
     "web.status",
     "web.live",
     "web.prefs",
+    "web.mine",
 )
 
 IO: Final = frozenset({"twisted", "asyncio", "sqlite3", "socket", "slixmpp", "aiosmtplib"})

@@ -82,3 +82,48 @@ def test_no_link_for_an_unknown_user() -> None:
     state.apply(Op("u", 1, OPERATOR, AddUser("alice")))
     assert links(state).event_link("nobody", "e1") is None
     assert links(state).event_link("alice", "e1") is not None
+
+
+def test_one_change_makes_each_link_once_and_anew_after_a_revoke() -> None:
+    """A mail's text and HTML and the Jabber message of one change carry one link, made once
+    for the `RenderCache` (signing is most of what a link costs); after the user revoked their
+    links, the same cache makes a new one (of the new generation), never the old."""
+    state, routed = scene(Kind.VOTES)
+    made = links(state)
+    calls: list[tuple[str, str | None]] = []
+
+    def event_link(user: str, event_id: str) -> str | None:
+        calls.append((user, event_id))
+        return made.event_link(user, event_id)
+
+    def prefs_link(user: str) -> str | None:
+        calls.append((user, None))
+        return f"https://renga.example.org/prefs?t=P-{user}"
+
+    cache = RenderCache(Templates(event_link=event_link, prefs_link=prefs_link), state, T0)
+    messages = render(routed, state, UNSUBSCRIBE, cache)
+    user = routed.notification.recipient.user
+    assert sorted(calls, key=repr) == sorted([(user, None), (user, "e1")], key=repr)
+    first = made.event_link(user, "e1")
+    assert first is not None
+    by_channel = {m.channel: m for m in messages}
+    for message in (by_channel["email"], by_channel["xmpp"]):
+        assert first in message.text
+    assert first in (by_channel["email"].html or "")
+    render(routed, state, UNSUBSCRIBE, cache)
+    assert len(calls) == 2  # the same cache: nothing made again
+    state.apply(Op("revoke", 10**19, user, LinksRevoked(user, 1)))
+    again = render(routed, state, UNSUBSCRIBE, cache)
+    assert len(calls) == 4
+    token = next(m for m in again if m.channel == "xmpp").text.rsplit("?t=", 1)[1].strip()
+    claim = open_link(SECRET, token, "e1", 1_796_385_600, lambda _: 1)
+    assert claim is not None and claim.generation == 1
+
+
+def test_the_jabber_link_line_is_the_templates() -> None:
+    """`Templates.link_text` (the template rendered once around a marker) says exactly what
+    rendering `xmpp/_link.txt.j2` for the link says."""
+    templates = Templates()
+    for link in ("https://renga.example.org/e/B.1?t=abc", "http://h:1/e/x?t=a&b<c>"):
+        expected = templates.get_template("xmpp/_link.txt.j2").render(link=link)
+        assert templates.link_text(link) == expected

@@ -317,3 +317,46 @@ def test_a_user_stream_follows_every_event_of_the_user_and_resumes_across_them()
     assert [event["id"] for event in resumed if event.get("event") == "change"] == [
         checkpoint(T0 + 201, "vy")
     ]
+
+
+def test_my_events_rows_say_what_the_live_state_says() -> None:
+    """`web.mine`'s rows (the "my events" page) count the participants who answered as the
+    page's script does from `event_state`; planning events first, newest first."""
+    from herd.ops import Decide
+    from web.mine import my_events
+
+    state = PlanningState()
+    ops = [Op(f"u{n}", T0, OPERATOR, AddUser(user)) for n, user in enumerate("abc")]
+    for number, (event_id, title) in enumerate((("E1", "Old dinner"), ("E2", "New lunch"))):
+        at = T0 + 10 * (number + 1)
+        ops += [
+            Op(event_id, at, "a", CreateEvent(title)),
+            Op(f"{event_id}t", at + 1, "a", AddTime(event_id, 1_893_524_400)),
+            Op(f"{event_id}i", at + 2, "a", Invite(event_id, ("b", "c"))),
+        ]
+    ops += [
+        Op("v1", T0 + 30, "b", CastVote("E1", "E1t", Choice.YES)),
+        Op("d1", T0 + 31, "a", Decide("E1", "E1t", "")),
+    ]
+    for op in ops:
+        state.apply(op)
+    rows = my_events(state.events_of("b"), "b", "Europe/Paris", lambda e: f"/e/{e}?t=x")
+    assert [(row.id, row.status, row.link) for row in rows] == [
+        ("E2", "planning", "/e/E2?t=x"),
+        ("E1", "decided", "/e/E1?t=x"),
+    ]
+    old = rows[1]
+    assert (old.answered, old.people, old.leading_place) == (1, 3, None)
+    assert old.leading_time is not None and old.leading_time.endswith("CET")
+    assert old.leading_time_iso == "2030-01-01T19:00:00Z"
+    event = state.event("E1")
+    assert event is not None
+    live = event_state(event)
+    options = live["options"]
+    assert isinstance(options, list)
+    said = {
+        user for option in options for choice in ("yes", "no", "maybe") for user in option[choice]
+    }
+    participants = live["participants"]
+    assert isinstance(participants, list)
+    assert sum(1 for user in participants if user in said) == old.answered

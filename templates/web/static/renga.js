@@ -1,6 +1,7 @@
-/* Renga's live page: follows the event's stream (Server-Sent Events) and updates the tallies,
-   who answered what, the leading options and the comments in place. Without JavaScript the
-   page is the same, with forms and reloads. No build step, no inline script (CSP: 'self'). */
+/* Renga's live pages: the event page follows the event's stream (Server-Sent Events) and
+   updates the tallies, who answered what, the leading options and the comments in place; the
+   "my events" page follows /u/stream and updates each event's row. Without JavaScript the
+   pages are the same, with forms and reloads. No build step, no inline script (CSP: 'self'). */
 (function () {
   "use strict";
   var article = document.getElementById("event");
@@ -132,15 +133,152 @@
     if (data.change) { tell(data.change); }
   }
 
+  function ended(message, which) {
+    // The server ended the stream and says why: show it. After "session" (revoked, expired,
+    // no longer invited) a new stream would be refused: stop; else the browser reconnects.
+    var data = {};
+    try { data = JSON.parse(message.data); } catch (error) { data = {}; }
+    if (indicator) { indicator.hidden = true; }
+    var note = document.getElementById("live-ended");
+    if (note && data.message) { note.textContent = data.message; note.hidden = false; }
+    if (data.reason === "session") {
+      which.close();
+      if (source === which) { source = null; }
+    }
+  }
+
   function connect() {
     var url = article.dataset.stream + (lastId ? "?since=" + encodeURIComponent(lastId) : "");
     source = new EventSource(url);
-    source.addEventListener("hello", function () { if (indicator) { indicator.hidden = false; } });
+    source.addEventListener("hello", function () {
+      if (indicator) { indicator.hidden = false; }
+      var note = document.getElementById("live-ended");
+      if (note) { note.hidden = true; }
+    });
     source.addEventListener("change", onChange);
     source.addEventListener("reset", reload);
+    source.addEventListener("end", function (message) { ended(message, source); });
     source.onerror = function () {
       if (indicator) { indicator.hidden = true; }
-      if (source.readyState === EventSource.CLOSED) {
+      if (source && source.readyState === EventSource.CLOSED) {
+        // Refused (a limit, or the session is over): try again later from where we were.
+        source = null;
+        window.setTimeout(connect, 10000 + Math.random() * 20000);
+      }
+    };
+  }
+
+  connect();
+})();
+
+/* "My events" (/u): every event of the user, each row updated from /u/stream. */
+(function () {
+  "use strict";
+  var list = document.getElementById("my-events");
+  if (!list || !list.dataset.stream || !window.EventSource) { return; }
+  var indicator = document.getElementById("live-indicator");
+  var announce = document.getElementById("live-updates");
+  var viewer = list.dataset.viewer;
+  var lastId = list.dataset.since || "";
+  var source = null;
+  var reloading = false;
+
+  function reload() {
+    if (!reloading) { reloading = true; window.location.reload(); }
+  }
+
+  function setText(node, text) { if (node && node.textContent !== text) { node.textContent = text; } }
+
+  function when(iso) {
+    // As the server writes times: "Sat 5 Dec 2026 19:00 CET", on the page's zone.
+    try {
+      var parts = {};
+      new Intl.DateTimeFormat("en-GB", {
+        timeZone: list.dataset.zone, weekday: "short", day: "numeric", month: "short",
+        year: "numeric", hour: "2-digit", minute: "2-digit", hourCycle: "h23",
+        timeZoneName: "short"
+      }).formatToParts(new Date(iso)).forEach(function (part) { parts[part.type] = part.value; });
+      return parts.weekday + " " + parts.day + " " + parts.month + " " + parts.year + " " +
+        parts.hour + ":" + parts.minute + " " + parts.timeZoneName;
+    } catch (error) { return iso; }
+  }
+
+  function optionOf(state, id) {
+    for (var i = 0; i < state.options.length; i++) {
+      if (state.options[i].id === id) { return state.options[i]; }
+    }
+    return null;
+  }
+
+  function applyState(row, state) {
+    var time = state.leading_time ? optionOf(state, state.leading_time) : null;
+    var cell = row.querySelector('[data-field="time"]');
+    if (!time) { setText(cell, "no time has a yes yet"); }
+    else if (!cell.querySelector("time") || cell.querySelector("time").getAttribute("datetime") !== time.iso) {
+      var stamp = document.createElement("time");
+      stamp.setAttribute("datetime", time.iso);
+      stamp.textContent = when(time.iso);
+      cell.textContent = "";
+      cell.appendChild(stamp);
+    }
+    var place = state.leading_place ? optionOf(state, state.leading_place) : null;
+    setText(row.querySelector('[data-field="place"]'), place ? place.label : "no place has a yes yet");
+    var said = {};
+    state.options.forEach(function (option) {
+      ["yes", "maybe", "no"].forEach(function (choice) {
+        option[choice].forEach(function (user) { said[user] = true; });
+      });
+    });
+    var answered = state.participants.filter(function (user) { return said[user]; }).length;
+    setText(row.querySelector('[data-field="answered"]'),
+      answered + " of " + state.participants.length + " answered");
+  }
+
+  function onChange(message) {
+    lastId = message.lastEventId || lastId;
+    var data;
+    try { data = JSON.parse(message.data); } catch (error) { return; }
+    var row = document.getElementById("event-" + data.event);
+    var state = data.state;
+    if (!state) { return; }
+    // an event new to the page, one the user left, or a new status: the server draws it anew
+    if (!row || state.participants.indexOf(viewer) < 0 || state.status !== row.dataset.status) {
+      reload();
+      return;
+    }
+    applyState(row, state);
+    if (announce && data.change && data.change.by !== viewer) {
+      announce.textContent = data.change.by + " changed " + state.title + ".";
+    }
+  }
+
+  function ended(message, which) {
+    var data = {};
+    try { data = JSON.parse(message.data); } catch (error) { data = {}; }
+    if (indicator) { indicator.hidden = true; }
+    var note = document.getElementById("live-ended");
+    if (note && data.message) { note.textContent = data.message; note.hidden = false; }
+    if (data.reason === "session") {
+      which.close();
+      if (source === which) { source = null; }
+    }
+  }
+
+  function connect() {
+    var url = list.dataset.stream + (lastId ? "?since=" + encodeURIComponent(lastId) : "");
+    var which = new EventSource(url);
+    source = which;
+    which.addEventListener("hello", function () {
+      if (indicator) { indicator.hidden = false; }
+      var note = document.getElementById("live-ended");
+      if (note) { note.hidden = true; }
+    });
+    which.addEventListener("change", onChange);
+    which.addEventListener("reset", reload);
+    which.addEventListener("end", function (message) { ended(message, which); });
+    which.onerror = function () {
+      if (indicator) { indicator.hidden = true; }
+      if (which.readyState === EventSource.CLOSED && source === which) {
         // Refused (a limit, or the session is over): try again later from where we were.
         source = null;
         window.setTimeout(connect, 10000 + Math.random() * 20000);
