@@ -42,6 +42,7 @@ __all__ = [
     "change_data",
     "change_record",
     "checkpoint",
+    "chunk",
     "event_state",
     "frame",
     "is_checkpoint",
@@ -83,6 +84,14 @@ def frame(name: str, data: str, event_id: str | None = None) -> bytes:
     parts.extend(f"data: {line}\n" for line in _LINE_BREAK.split(data))
     parts.append("\n")
     return "".join(parts).encode("utf-8", "surrogateescape")
+
+
+def chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk (RFC 9112 7.1: its size in hex, CRLF, the data, CRLF), as
+    `twisted.web`'s `Request.write` frames it: made once per change for every stream."""
+    if not data:
+        raise ValueError("an empty chunk ends the body")
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 def start_frame() -> bytes:
