@@ -13,11 +13,13 @@ start, the changes of the newest operations the herd replayed).  A stream that c
 is retained (or not a checkpoint at all), it gets one `reset` event instead: the page reloads.
 
 Frames.  Every change is one `change` event whose data is one JSON object (`change_data`):
-the event's id, what changed (`change`), and, on live frames and the last frame of a resume,
-the event's current state (`state`: its options with who said what, the leading and decided
-options, its participants): the page updates itself from that.  The state is the same for every
-viewer (what depends on the viewer — their own answers, their clock — the page works out), so
-a change is serialised once and the same bytes go to every stream.
+the event's id, what changed (`change`: for a vote, who said what to which option; a comment
+in full), and, on live frames and the last frame of a resume, a summary of the event now
+(`state`, see `event_state`: tallies and the leading options, no list of names, so a frame
+stays small however many are invited): the page applies the change to itself and checks it
+against the summary.  Both are the same for every viewer (what depends on the viewer — their
+own answers, their clock — the page works out), so a change is serialised once and the same
+bytes go to every stream.
 """
 
 from __future__ import annotations
@@ -131,31 +133,23 @@ def change_record(change: Change) -> dict[str, object]:
 
 
 def event_state(event: Event) -> dict[str, object]:
-    """The event as every viewer's page sees it (the viewer-dependent parts left out): status,
-    title, options with who said what, the leading and decided options, the participants."""
+    """What a page needs, beside the change itself, to bring itself up to date — the same for
+    every viewer, and as small for 10,000 invitees as for 5 (no list of names): the status, the
+    number of participants and comments, every option's tallies (`[yes, maybe, no]` by option
+    id), the leading time and place, the decided options.  Only participants' answers count
+    (`herd.api.Event.votes`), and each has a row in the page's grid, from which the page
+    rebuilds an option's "who said what"; a page that finds an option it does not show, a
+    participant count it does not list, or a grid that does not add up to the tallies of an
+    option it was told about reloads."""
     page: EventPage = event_page(event, "", "UTC")
     return {
-        "title": page.title,
         "status": page.status,
-        "organiser": page.organiser,
-        "options": [
-            {
-                "id": row.id,
-                "kind": row.kind,
-                "iso": row.iso,
-                "label": row.label if row.kind == "place" else None,
-                "yes": list(row.yes),
-                "maybe": list(row.maybe),
-                "no": list(row.no),
-                "leading": row.leading,
-                "decided": row.decided,
-            }
-            for row in page.options
-        ],
+        "participants": len(page.answers),
+        "comments": len(page.comments),
+        "tallies": {row.id: [len(row.yes), len(row.maybe), len(row.no)] for row in page.options},
         "leading_time": None if page.leading_time is None else page.leading_time.id,
         "leading_place": None if page.leading_place is None else page.leading_place.id,
-        "participants": [row.user for row in page.answers],
-        "comments": len(page.comments),
+        "decided": [row.id for row in page.options if row.decided],
     }
 
 
