@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import zoneinfo
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from heapq import merge
 from typing import Final
 
 from herd.api import AddComment, AddPlace, AddTime, CastVote, Change, Choice, Event
-from web.model import EventPage, event_page
+from web.model import option_rows
 
 __all__ = [
     "HEARTBEAT",
@@ -60,6 +61,7 @@ _CHECKPOINT: Final = re.compile(r"[0-9]{20}\.[A-Za-z0-9._-]{1,200}\Z")
 _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 _NAME: Final = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _MARKS: Final = {Choice.YES: "yes", Choice.MAYBE: "maybe", Choice.NO: "no"}
+_UTC: Final = zoneinfo.ZoneInfo("UTC")
 
 
 def checkpoint(time_ns: int, op_id: str) -> str:
@@ -141,15 +143,16 @@ def event_state(event: Event) -> dict[str, object]:
     rebuilds an option's "who said what"; a page that finds an option it does not show, a
     participant count it does not list, or a grid that does not add up to the tallies of an
     option it was told about reloads."""
-    page: EventPage = event_page(event, "", "UTC")
+    times, places = option_rows(event, "", _UTC)  # not the whole page: no grid of answers
+    options = times + places
     return {
-        "status": page.status,
-        "participants": len(page.answers),
-        "comments": len(page.comments),
-        "tallies": {row.id: [len(row.yes), len(row.maybe), len(row.no)] for row in page.options},
-        "leading_time": None if page.leading_time is None else page.leading_time.id,
-        "leading_place": None if page.leading_place is None else page.leading_place.id,
-        "decided": [row.id for row in page.options if row.decided],
+        "status": event.status.value,
+        "participants": len(event.participants),
+        "comments": len(event.comments),
+        "tallies": {row.id: [len(row.yes), len(row.maybe), len(row.no)] for row in options},
+        "leading_time": next((row.id for row in times if row.leading), None),
+        "leading_place": next((row.id for row in places if row.leading), None),
+        "decided": [row.id for row in options if row.decided],
     }
 
 
