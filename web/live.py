@@ -13,19 +13,22 @@ start, the changes of the newest operations the herd replayed).  A stream that c
 is retained (or not a checkpoint at all), it gets one `reset` event instead: the page reloads.
 
 Frames.  Every change is one `change` event whose data is one JSON object (`change_data`):
-the event's id, what changed (`change`), and, on live frames and the last frame of a resume,
-the event's current state (`state`: its options with who said what, the leading and decided
-options, its participants): the page updates itself from that.  The state is the same for every
-viewer (what depends on the viewer — their own answers, their clock — the page works out), so
-a change is serialised once and the same bytes go to every stream.  A stream the server ends
-gets a last `end` event (`end_frame`: why, and the sentence the page shows) and a properly
-ended response; only a reader that stalled is dropped without one.
+the event's id, what changed (`change`: for a vote, who said what to which option; a comment
+in full), and, on live frames and the last frame of a resume, a summary of the event now
+(`state`, see `event_state`: tallies and the leading options, no list of names, so a frame
+stays small however many are invited): the page applies the change to itself and checks it
+against the summary.  Both are the same for every viewer (what depends on the viewer — their
+own answers, their clock — the page works out), so a change is serialised once and the same
+bytes go to every stream.  A stream the server ends gets a last `end` event (`end_frame`: why,
+and the sentence the page shows) and a properly ended response; only a reader that stalled is
+dropped without one.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import zoneinfo
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ from heapq import merge
 from typing import Final
 
 from herd.api import AddComment, AddPlace, AddTime, CastVote, Change, Choice, Event
-from web.model import EventPage, event_page
+from web.model import option_rows
 
 __all__ = [
     "HEARTBEAT",
@@ -44,6 +47,7 @@ __all__ = [
     "change_data",
     "change_record",
     "checkpoint",
+    "chunk",
     "end_frame",
     "event_state",
     "frame",
@@ -60,6 +64,7 @@ _CHECKPOINT: Final = re.compile(r"[0-9]{20}\.[A-Za-z0-9._-]{1,200}\Z")
 _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 _NAME: Final = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _MARKS: Final = {Choice.YES: "yes", Choice.MAYBE: "maybe", Choice.NO: "no"}
+_UTC: Final = zoneinfo.ZoneInfo("UTC")
 
 
 def checkpoint(time_ns: int, op_id: str) -> str:
@@ -86,6 +91,14 @@ def frame(name: str, data: str, event_id: str | None = None) -> bytes:
     parts.extend(f"data: {line}\n" for line in _LINE_BREAK.split(data))
     parts.append("\n")
     return "".join(parts).encode("utf-8", "surrogateescape")
+
+
+def chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk (RFC 9112 7.1: its size in hex, CRLF, the data, CRLF), as
+    `twisted.web`'s `Request.write` frames it: made once per change for every stream."""
+    if not data:
+        raise ValueError("an empty chunk ends the body")
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 def start_frame() -> bytes:
@@ -143,31 +156,24 @@ def change_record(change: Change) -> dict[str, object]:
 
 
 def event_state(event: Event) -> dict[str, object]:
-    """The event as every viewer's page sees it (the viewer-dependent parts left out): status,
-    title, options with who said what, the leading and decided options, the participants."""
-    page: EventPage = event_page(event, "", "UTC")
+    """What a page needs, beside the change itself, to bring itself up to date — the same for
+    every viewer, and as small for 10,000 invitees as for 5 (no list of names): the status, the
+    number of participants and comments, every option's tallies (`[yes, maybe, no]` by option
+    id), the leading time and place, the decided options.  Only participants' answers count
+    (`herd.api.Event.votes`), and each has a row in the page's grid, from which the page
+    rebuilds an option's "who said what"; a page that finds an option it does not show, a
+    participant count it does not list, or a grid that does not add up to the tallies of an
+    option it was told about reloads."""
+    times, places = option_rows(event, "", _UTC)  # not the whole page: no grid of answers
+    options = times + places
     return {
-        "title": page.title,
-        "status": page.status,
-        "organiser": page.organiser,
-        "options": [
-            {
-                "id": row.id,
-                "kind": row.kind,
-                "iso": row.iso,
-                "label": row.label if row.kind == "place" else None,
-                "yes": list(row.yes),
-                "maybe": list(row.maybe),
-                "no": list(row.no),
-                "leading": row.leading,
-                "decided": row.decided,
-            }
-            for row in page.options
-        ],
-        "leading_time": None if page.leading_time is None else page.leading_time.id,
-        "leading_place": None if page.leading_place is None else page.leading_place.id,
-        "participants": [row.user for row in page.answers],
-        "comments": len(page.comments),
+        "status": event.status.value,
+        "participants": len(event.participants),
+        "comments": len(event.comments),
+        "tallies": {row.id: [len(row.yes), len(row.maybe), len(row.no)] for row in options},
+        "leading_time": next((row.id for row in times if row.leading), None),
+        "leading_place": next((row.id for row in places if row.leading), None),
+        "decided": [row.id for row in options if row.decided],
     }
 
 

@@ -126,13 +126,7 @@ class EventPage:
 def event_page(event: Event, viewer: str, zone_name: str) -> EventPage:
     """The page of `event` as `viewer` sees it, times in `zone_name` (UTC when unknown)."""
     zone = zone_or_utc(zone_name)
-    decided = event.decision or ("", "")
-    times = [_row(event, option, viewer, zone, option.id == decided[0]) for option in event.times]
-    places = [_row(event, option, viewer, zone, option.id == decided[1]) for option in event.places]
-    leading_time = _leading(times, event.decision is not None)
-    leading_place = _leading(places, event.decision is not None)
-    times = [_mark(row, leading_time) for row in times]
-    places = [_mark(row, leading_place) for row in places]
+    times, places = option_rows(event, viewer, zone)
     options = times + places
     people = (event.organiser, *(user for user in event.invitees if user != event.organiser))
     answers = tuple(
@@ -169,6 +163,22 @@ def event_page(event: Event, viewer: str, zone_name: str) -> EventPage:
             )
             for comment in event.comments
         ),
+    )
+
+
+def option_rows(
+    event: Event, viewer: str, zone: zoneinfo.ZoneInfo
+) -> tuple[list[OptionRow], list[OptionRow]]:
+    """The event's times and places as the page shows them (`leading` and `decided` marked),
+    without the rest of the page: what the live streams' summary of a change needs."""
+    decided = event.decision or ("", "")
+    times = [_row(event, option, viewer, zone, option.id == decided[0]) for option in event.times]
+    places = [_row(event, option, viewer, zone, option.id == decided[1]) for option in event.places]
+    leading_time = _leading(times, event.decision is not None)
+    leading_place = _leading(places, event.decision is not None)
+    return (
+        [_mark(row, leading_time) for row in times],
+        [_mark(row, leading_place) for row in places],
     )
 
 

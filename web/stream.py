@@ -8,10 +8,15 @@ open stream of the event (`GET /e/<event>/stream`) and of its participants (`GET
 
 Limits (`[web]`): open streams per user, per client address and in all on this server (a stream
 over a limit is refused with 429 and `Retry-After`); a stream whose reader stalls keeps at most
-`stream_buffer_bytes` waiting beyond the socket's own buffer, and at most `idle_seconds` of
-stall, then it is dropped (the browser reconnects with `Last-Event-ID` and misses nothing that
-is still retained).  One heartbeat timer for all streams writes a comment line to each every
-`heartbeat_seconds`.
+`stream_buffer_bytes` waiting beyond the socket's own buffer (on a plain TCP connection, that
+buffer is bounded by it too), and at most `idle_seconds` of stall, then it is dropped (the
+browser reconnects with `Last-Event-ID` and misses nothing that is still retained).
+
+Writing.  A change is framed once (the SSE event and its HTTP/1.1 chunk) and the same bytes go
+to every stream; on a plain TCP connection with nothing buffered they go straight to the socket
+(`_send`), so a fan-out does not register and unregister every socket with the reactor.
+
+One heartbeat timer for all streams writes a comment line to each every `heartbeat_seconds`.
 
 A stream also says the user is watching the event (`watching`): the notifier's routing asks it,
 through the wiring, before it sends a mail or a chat message for a change the user sees live.
@@ -19,10 +24,12 @@ through the wiring, before it sends a mail or a chat message for a change the us
 
 from __future__ import annotations
 
+import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -40,6 +47,7 @@ from web.live import (
     change_data,
     change_record,
     checkpoint,
+    chunk,
     end_frame,
     event_state,
     frame,
@@ -54,6 +62,52 @@ __all__ = ["EventStreamResource", "StreamHub", "UserStreamResource"]
 _log = Logger()
 _RETRY_AFTER: Final = b"10"
 _LAST_EVENT_ID: Final = b"last-event-id"
+_HEARTBEAT_CHUNK: Final = chunk(HEARTBEAT)
+
+
+def _plain_tcp(request: Request) -> tcp.Server | None:
+    """The request's transport when it is a plain TCP connection (what `_send` may write
+    below), else None (TLS, or anything else: the stream writes through `Request.write`)."""
+    transport = getattr(request.channel, "transport", None)
+    return transport if type(transport) is tcp.Server else None
+
+
+def _cap_send_buffer(transport: tcp.Server, size: int) -> None:
+    """Bound what the kernel keeps for a stalled reader (Linux would grow a loopback socket's
+    send buffer to megabytes): `stream_buffer_bytes` is also the socket's send buffer, so what
+    waits for a stream that stopped reading is at most that (twice: the kernel doubles it for
+    its bookkeeping), the transport's own buffer, and `stream_buffer_bytes` in `_Stream`."""
+    try:
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError:
+        _log.failure("could not bound a live stream's send buffer")
+
+
+def _send(transport: tcp.Server, framed: bytes) -> None:
+    """Write one chunk-framed frame on a plain TCP connection, in order and reliably, as
+    `transport.write` would, but without registering the socket for writing when it can take
+    the frame at once: when the transport holds nothing (both its buffers empty, its producer
+    not paused, not closing), one non-blocking `send`; what the kernel did not take goes to
+    `transport.write` (buffered behind nothing, so the order holds, and counted by its buffer
+    and producer pause as any write is).  An error (`EAGAIN`, or a broken connection) leaves
+    the whole frame to `transport.write`, whose own send meets the error and closes."""
+    if (
+        transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport.producerPaused
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.send(framed)
+        except OSError:
+            sent = 0
+        if sent >= len(framed):
+            return
+        if sent > 0:
+            framed = framed[sent:]
+    transport.write(framed)
 
 
 @implementer(IPushProducer)
@@ -81,12 +135,27 @@ class _Stream:
         self.waiting: list[bytes] = []
         self.waiting_bytes = 0
         self.closed = False
+        self.direct: tcp.Server | None = None  # set once the headers are out (`open`)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, framed: bytes | None = None) -> None:
+        """Send `data` (`framed`: the same bytes in an HTTP/1.1 chunk, made once per change
+        for every stream), or keep it while the reader is paused."""
         if self.closed:
             return
         if self.paused_at is None:
-            self.request.write(data)
+            request = self.request
+            direct = self.direct
+            if (
+                framed is not None
+                and direct is not None
+                and request.chunked
+                and not request.finished
+                and not request._disconnected
+            ):
+                request.sentLength += len(data)
+                _send(direct, framed)
+            else:
+                request.write(data)
             return
         self.waiting.append(data)
         self.waiting_bytes += len(data)
@@ -243,17 +312,18 @@ class StreamHub:
         event = self.state.event(event_id)
         state = None if event is None else event_state(event)
         data = frame("change", change_data(event_id, record, state), mark)
+        framed = chunk(data)
         participants = frozenset(() if event is None else event.participants)
         valid = self._validity()
         for stream in tuple(self._by_event.get(event_id, ())):
             if stream.user in participants and valid(stream):
-                stream.write(data)
+                stream.write(data, framed)
             else:
                 stream.end("session")  # uninvited, or the links revoked: the session is over
         for user in participants:
             for stream in tuple(self._by_user.get(user, ())):
                 if valid(stream):
-                    stream.write(data)
+                    stream.write(data, framed)
                 else:
                     stream.end("session")
 
@@ -296,7 +366,7 @@ class StreamHub:
             elif not valid(stream):
                 stream.end("session")
             else:
-                stream.write(HEARTBEAT)
+                stream.write(HEARTBEAT, _HEARTBEAT_CHUNK)
 
     # --- what the pages and the notifier ask -------------------------------------------------
 
@@ -372,7 +442,10 @@ class StreamHub:
                     current = self.state.event(event)
                     state = None if current is None else event_state(current)
                 first.append(frame("change", change_data(event, record, state), mark))
-        stream.write(b"".join(first))
+        stream.write(b"".join(first))  # through `Request.write`: the headers go first
+        stream.direct = _plain_tcp(request)
+        if stream.direct is not None:
+            _cap_send_buffer(stream.direct, settings.stream_buffer_bytes)
         return NOT_DONE_YET
 
     def forget(self, stream: _Stream) -> None:

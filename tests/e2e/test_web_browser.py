@@ -615,6 +615,17 @@ def test_a_vote_elsewhere_shows_live_and_the_page_catches_up_after_a_restart(
     print(f"a vote at Bona showed on the page at Bailey after {took:.3f} s")
     assert took < LIVE_SECONDS, f"the vote showed {took:.2f} s after it was cast"
     assert window_kept(browser), "the page was reloaded"
+    # the frame has no names: who said what and the grid are the page's own, from the vote
+    said = browser.execute(
+        "const item = document.querySelector(arguments[0]);"
+        ' const row = document.querySelector(\'tr[data-user="alice"] td[data-option="\''
+        " + arguments[1] + '\"]');"
+        " return [item.querySelector('.who').textContent, row ? row.textContent : null]",
+        option(target),
+        target,
+    )
+    assert said[1] == "yes", said
+    assert "alice" in said[0].split(". Maybe:")[0], said
     # a live comment with markup is text too
     said = "Live from Bona <img src=x onerror=\"window.__pwned='live'\"><b>bold</b>"
     with scene.line("alice", "Bona") as alice:

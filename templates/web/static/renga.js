@@ -35,45 +35,77 @@
     setText(dd, label === null ? none : label);
   }
 
+  var CHOICES = ["yes", "maybe", "no"];
+  var pending = {};  // options voted on since the last summary: their "who said what" is redone
+
+  function options() { return document.querySelectorAll("li.option[data-option]"); }
+
   function needsReload(state) {
     if (state.status !== article.dataset.status) { return true; }
-    for (var i = 0; i < state.options.length; i++) {
-      if (!document.getElementById("option-" + state.options[i].id)) { return true; }
+    var shown = options();
+    if (shown.length !== Object.keys(state.tallies).length) { return true; }
+    for (var i = 0; i < shown.length; i++) {
+      if (!state.tallies[shown[i].dataset.option]) { return true; }
     }
     var rows = document.querySelectorAll("tr[data-user]");
-    if (state.options.length && rows.length !== state.participants.length) { return true; }
-    for (var j = 0; j < rows.length; j++) {
-      if (state.participants.indexOf(rows[j].dataset.user) < 0) { return true; }
+    return shown.length > 0 && rows.length !== state.participants;
+  }
+
+  function cellOf(user, option) {
+    var row = document.querySelector('tr[data-user="' + CSS.escape(user) + '"]');
+    return row ? row.querySelector('td[data-option="' + CSS.escape(option) + '"]') : null;
+  }
+
+  function applyVote(change) {
+    // One answer: the grid's cell, and the viewer's own buttons when it is theirs.
+    var item = document.getElementById("option-" + change.option);
+    if (!item) { reload(); return; }
+    pending[change.option] = true;
+    var cell = cellOf(change.by, change.option);
+    if (cell) { cell.className = change.choice; setText(cell, change.choice); }
+    if (change.by !== viewer) { return; }
+    setText(item.querySelector(".yours"), "Your answer: " + change.choice);
+    item.querySelectorAll("form.vote button[name=choice]").forEach(function (button) {
+      if (button.value === change.choice) { button.setAttribute("aria-pressed", "true"); }
+      else { button.removeAttribute("aria-pressed"); }
+    });
+  }
+
+  function redoWho(id, item, tally) {
+    // "Who said what" of an option from its column of the grid (only participants' answers
+    // count, and each participant has a row); false when it does not add up to the tallies.
+    var said = { yes: [], maybe: [], no: [] };
+    document.querySelectorAll('tr[data-user] td[data-option="' + CSS.escape(id) + '"]')
+      .forEach(function (cell) {
+        var answer = cell.textContent;
+        if (said[answer]) { said[answer].push(cell.parentNode.dataset.user); }
+      });
+    for (var i = 0; i < CHOICES.length; i++) {
+      if (said[CHOICES[i]].length !== tally[i]) { return false; }
+      said[CHOICES[i]].sort();
     }
-    return false;
+    setText(item.querySelector(".who"), "Yes: " + who(said.yes) + ". Maybe: " +
+      who(said.maybe) + ". No: " + who(said.no) + ".");
+    return true;
   }
 
   function applyState(state) {
     if (needsReload(state)) { reload(); return; }
-    var answers = {};
-    state.options.forEach(function (option) {
-      var item = document.getElementById("option-" + option.id);
-      ["yes", "maybe", "no"].forEach(function (choice) {
-        setText(item.querySelector('[data-count="' + choice + '"]'), option[choice].length + " " + choice);
-        option[choice].forEach(function (user) { answers[user + "\n" + option.id] = choice; });
+    var shown = options();
+    for (var i = 0; i < shown.length; i++) {
+      var item = shown[i];
+      var id = item.dataset.option;
+      var tally = state.tallies[id];
+      CHOICES.forEach(function (choice, index) {
+        setText(item.querySelector('[data-count="' + choice + '"]'), tally[index] + " " + choice);
       });
-      setText(item.querySelector(".who"), "Yes: " + who(option.yes) + ". Maybe: " +
-        who(option.maybe) + ". No: " + who(option.no) + ".");
-      item.classList.toggle("leading", option.leading);
-      setText(item.querySelector(".mark"), option.decided ? " (decided)" : option.leading ? " (leading)" : "");
-      var mine = answers[viewer + "\n" + option.id] || null;
-      setText(item.querySelector(".yours"), "Your answer: " + (mine || "none yet"));
-      item.querySelectorAll("form.vote button[name=choice]").forEach(function (button) {
-        if (button.value === mine) { button.setAttribute("aria-pressed", "true"); }
-        else { button.removeAttribute("aria-pressed"); }
-      });
-    });
-    document.querySelectorAll("tr[data-user] td[data-option]").forEach(function (cell) {
-      var user = cell.parentNode.dataset.user;
-      var answer = answers[user + "\n" + cell.dataset.option] || "";
-      cell.className = answer || "none";
-      setText(cell, answer || "\u2013");
-    });
+      var leading = id === state.leading_time || id === state.leading_place;
+      item.classList.toggle("leading", leading);
+      setText(item.querySelector(".mark"), state.decided.indexOf(id) >= 0 ? " (decided)" :
+        leading ? " (leading)" : "");
+      if (pending[id] && !redoWho(id, item, tally)) { reload(); return; }
+    }
+    pending = {};
     summary(state.leading_time, "leading-time", "no time has a yes yet");
     summary(state.leading_place, "leading-place", "no place has a yes yet");
   }
@@ -128,7 +160,9 @@
     var data;
     try { data = JSON.parse(message.data); } catch (error) { return; }
     if (data.event !== article.dataset.event) { return; }
-    if (data.change && data.change.comment) { addComment(data.change.comment); }
+    var change = data.change || {};
+    if (change.comment) { addComment(change.comment); }
+    if (change.kind === "voted" && change.option) { applyVote(change); }
     if (data.state) { applyState(data.state); }
     if (data.change) { tell(data.change); }
   }
