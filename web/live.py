@@ -157,22 +157,30 @@ def change_record(change: Change) -> dict[str, object]:
 
 def event_state(event: Event) -> dict[str, object]:
     """What a page needs, beside the change itself, to bring itself up to date — the same for
-    every viewer, and as small for 10,000 invitees as for 5 (no list of names): the status, the
-    number of participants and comments, every option's tallies (`[yes, maybe, no]` by option
-    id), the leading time and place, the decided options.  Only participants' answers count
+    every viewer, and as small for 10,000 invitees as for 5 (no list of names): the title and
+    status, the number of participants, of those who answered and of comments, every option's
+    tallies (`[yes, maybe, no]` by option id), the leading time (with its instant) and place
+    (with its name), the decided options.  Only participants' answers count
     (`herd.api.Event.votes`), and each has a row in the page's grid, from which the page
     rebuilds an option's "who said what"; a page that finds an option it does not show, a
     participant count it does not list, or a grid that does not add up to the tallies of an
     option it was told about reloads."""
     times, places = option_rows(event, "", _UTC)  # not the whole page: no grid of answers
     options = times + places
+    leading_time = next((row for row in times if row.leading), None)
+    leading_place = next((row for row in places if row.leading), None)
+    said = {voter for votes in event.votes.values() for voter in votes}
     return {
+        "title": event.title,
         "status": event.status.value,
         "participants": len(event.participants),
+        "answered": len(said),
         "comments": len(event.comments),
         "tallies": {row.id: [len(row.yes), len(row.maybe), len(row.no)] for row in options},
-        "leading_time": next((row.id for row in times if row.leading), None),
-        "leading_place": next((row.id for row in places if row.leading), None),
+        "leading_time": None if leading_time is None else leading_time.id,
+        "leading_time_at": None if leading_time is None else leading_time.iso,
+        "leading_place": None if leading_place is None else leading_place.id,
+        "leading_place_name": None if leading_place is None else leading_place.label,
         "decided": [row.id for row in options if row.decided],
     }
 

@@ -237,35 +237,21 @@
     } catch (error) { return iso; }
   }
 
-  function optionOf(state, id) {
-    for (var i = 0; i < state.options.length; i++) {
-      if (state.options[i].id === id) { return state.options[i]; }
-    }
-    return null;
-  }
-
   function applyState(row, state) {
-    var time = state.leading_time ? optionOf(state, state.leading_time) : null;
     var cell = row.querySelector('[data-field="time"]');
-    if (!time) { setText(cell, "no time has a yes yet"); }
-    else if (!cell.querySelector("time") || cell.querySelector("time").getAttribute("datetime") !== time.iso) {
+    var at = state.leading_time_at;
+    if (!at) { setText(cell, "no time has a yes yet"); }
+    else if (!cell.querySelector("time") || cell.querySelector("time").getAttribute("datetime") !== at) {
       var stamp = document.createElement("time");
-      stamp.setAttribute("datetime", time.iso);
-      stamp.textContent = when(time.iso);
+      stamp.setAttribute("datetime", at);
+      stamp.textContent = when(at);
       cell.textContent = "";
       cell.appendChild(stamp);
     }
-    var place = state.leading_place ? optionOf(state, state.leading_place) : null;
-    setText(row.querySelector('[data-field="place"]'), place ? place.label : "no place has a yes yet");
-    var said = {};
-    state.options.forEach(function (option) {
-      ["yes", "maybe", "no"].forEach(function (choice) {
-        option[choice].forEach(function (user) { said[user] = true; });
-      });
-    });
-    var answered = state.participants.filter(function (user) { return said[user]; }).length;
+    setText(row.querySelector('[data-field="place"]'),
+      state.leading_place_name || "no place has a yes yet");
     setText(row.querySelector('[data-field="answered"]'),
-      answered + " of " + state.participants.length + " answered");
+      state.answered + " of " + state.participants + " answered");
   }
 
   function onChange(message) {
@@ -275,8 +261,9 @@
     var row = document.getElementById("event-" + data.event);
     var state = data.state;
     if (!state) { return; }
-    // an event new to the page, one the user left, or a new status: the server draws it anew
-    if (!row || state.participants.indexOf(viewer) < 0 || state.status !== row.dataset.status) {
+    // an event new to the page, or a new status: the server draws it anew (a stream gets no
+    // frame of an event its user left: the row goes at the next reload)
+    if (!row || state.status !== row.dataset.status) {
       reload();
       return;
     }
