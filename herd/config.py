@@ -498,17 +498,7 @@ def _web(table: _Table) -> WebConfig:
     if base_url is not None:
         base_url = _base_url(table, "base_url", base_url)
     status_port = None if "status_port" not in table.data else table.port("status_port", None)
-    defaults = WebConfig()
-    values: dict[str, float] = {}
-    for key, (low, high) in WEB_RANGES.items():
-        default = getattr(defaults, key)
-        if isinstance(default, float):
-            value: float = table.number(key, default)
-        else:
-            value = table.integer(key, default)
-        if not low <= value <= high:
-            raise table.error(key, f"must be between {low} and {high}, got {value}")
-        values[key] = value
+    values = _in_ranges(table, WebConfig(), WEB_RANGES)
     if values["heartbeat_seconds"] >= values["idle_seconds"]:
         raise table.error("heartbeat_seconds", "must be less than idle_seconds")
     return WebConfig(port, host, base_url, status_port, **values)  # type: ignore[arg-type]
@@ -717,12 +707,13 @@ def _log(table: _Table) -> LogConfig:
     return LogConfig(max_bytes, backups, rate, line_bytes)
 
 
-def _limits(table: _Table) -> LimitsConfig:
-    """Each limit a number in its range: 0 or a negative would switch a protection off."""
-    table.only(*LIMIT_RANGES)
-    defaults = LimitsConfig()
+def _in_ranges(
+    table: _Table, defaults: object, ranges: Mapping[str, tuple[int, int] | tuple[float, float]]
+) -> dict[str, float]:
+    """Each key of `ranges` from the table (else its default in `defaults`), an integer or a
+    number as its default is, within its range."""
     values: dict[str, float] = {}
-    for key, (low, high) in LIMIT_RANGES.items():
+    for key, (low, high) in ranges.items():
         default = getattr(defaults, key)
         if isinstance(default, float):
             value: float = table.number(key, default)
@@ -731,6 +722,13 @@ def _limits(table: _Table) -> LimitsConfig:
         if not low <= value <= high:
             raise table.error(key, f"must be between {low} and {high}, got {value}")
         values[key] = value
+    return values
+
+
+def _limits(table: _Table) -> LimitsConfig:
+    """Each limit a number in its range: 0 or a negative would switch a protection off."""
+    table.only(*LIMIT_RANGES)
+    values = _in_ranges(table, LimitsConfig(), LIMIT_RANGES)
     if values["slice_ms"] > values["turn_ms"]:
         raise table.error("slice_ms", "must not be more than turn_ms")
     return LimitsConfig(**values)  # type: ignore[arg-type]

@@ -16,9 +16,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -55,7 +55,7 @@ from web.prefs import (
     result_message,
     unsubscribe_query,
 )
-from web.resources import _TOO_MANY_REQUESTS, DENIED, _denied, _html, _redirect
+from web.resources import DENIED, _denied, _html, _redirect, start_write, too_many
 from web.rules import (
     FLASH_COOKIE,
     SESSION_COOKIE,
@@ -71,7 +71,6 @@ from web.rules import (
 __all__ = ["PrefsResource", "UnsubscribeResource", "add_prefs"]
 
 _log = Logger()
-_T = TypeVar("_T")
 
 _FORM: Final = b"application/x-www-form-urlencoded"
 _NOT_NOW: Final = "Not saved: the server could not do it now. Try again in a minute."
@@ -135,9 +134,9 @@ class UnsubscribeResource(Resource):
             return self._page(request, context, http.BAD_REQUEST)
         if "email" not in user.channels:  # already off: nothing to write (a retry, a replay)
             return self._page(request, {"state": "done", "user": user_id}, http.OK)
-        release = _start_write(self.host, request)
+        release = start_write(self.host, request)
         if release is None:
-            return _too_many(request)
+            return too_many(request)
         line = OptOut(user_id, token).to_line().rstrip(b"\n")
         answered = self.host.run_as(user_id, line)
         answered.addBoth(release)
@@ -271,9 +270,9 @@ class PrefsResource(Resource):
             return _back(host, request, commands)
         if not commands:
             return _back(host, request, result_message([], None))
-        release = _start_write(host, request)
+        release = start_write(host, request)
         if release is None:
-            return _too_many(request)
+            return too_many(request)
         ran = self._run(request, session.user.id, commands)
         return _answer_later(request, ran.addBoth(release))
 
@@ -314,9 +313,9 @@ class RevokeResource(Resource):
         if isinstance(checked, bytes):
             return checked
         session, _ = checked
-        release = _start_write(host, request)
+        release = start_write(host, request)
         if release is None:
-            return _too_many(request)
+            return too_many(request)
         answered = host.run_as(session.user.id, RevokeLinks().to_line().rstrip(b"\n"))
         answered.addBoth(release)
 
@@ -382,34 +381,6 @@ def _checked_form(
     if len(csrf) != 1 or not check_csrf(host.secret, session.cookie, csrf[0]):
         return _denied(host, request, "This form has expired: reload the page and try again.")
     return session, form
-
-
-def _start_write(host: WebHost, request: Request) -> Callable[[_T], _T] | None:
-    """Count a write from the request's client address (`[web] writes_per_address` at once,
-    as for the event page's forms); the function to pass the outcome through when its lines
-    are done, or None when the address has as many running as it may."""
-    address = str(getattr(request.getClientAddress(), "host", "-"))
-    in_flight = host.writes.get(address, 0)
-    if in_flight >= host.web.settings.writes_per_address:
-        return None
-    host.writes[address] = in_flight + 1
-
-    def release(outcome: _T) -> _T:
-        left = host.writes.get(address, 1) - 1
-        if left > 0:
-            host.writes[address] = left
-        else:
-            host.writes.pop(address, None)
-        return outcome
-
-    return release
-
-
-def _too_many(request: Request) -> bytes:
-    request.setResponseCode(_TOO_MANY_REQUESTS)
-    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    request.setHeader(b"Retry-After", b"1")
-    return b"too many at once: try again\n"
 
 
 def _flash_cookie(host: WebHost, message: str, max_age: int) -> Cookie:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import ClassVar, Final, TypeVar
 
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -325,25 +325,11 @@ class _FormResource(Resource):
         line = self.line(form)
         if isinstance(line, str):
             return self._back(request, line)
-        address = str(getattr(request.getClientAddress(), "host", "-"))
-        in_flight = host.writes.get(address, 0)
-        if in_flight >= host.web.settings.writes_per_address:
-            request.setResponseCode(_TOO_MANY_REQUESTS)
-            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            request.setHeader(b"Retry-After", b"1")
-            return b"too many at once: try again\n"
-        host.writes[address] = in_flight + 1
-
-        def done(result: object) -> object:
-            left = host.writes.get(address, 1) - 1
-            if left > 0:
-                host.writes[address] = left
-            else:
-                host.writes.pop(address, None)
-            return result
-
+        release = start_write(host, request)
+        if release is None:
+            return too_many(request)
         answered = host.run_as(session.claim.user, line.rstrip(b"\n"))
-        answered.addBoth(done)
+        answered.addBoth(release)
         finished = request.notifyFinish()
         gone: list[bool] = []
         finished.addErrback(lambda _: gone.append(True))
@@ -444,3 +430,35 @@ def _result(answer: bytes, done: str) -> str:
     if answer.startswith(b"? "):
         return "Not done: the server did not understand that."
     return done
+
+
+_T = TypeVar("_T")
+
+
+def start_write(host: WebHost, request: Request) -> Callable[[_T], _T] | None:
+    """Count a write from the request's client address (`[web] writes_per_address` at once,
+    over every form and page); the function to pass the outcome through when its lines are
+    done, or None when the address has as many running as it may."""
+    address = str(getattr(request.getClientAddress(), "host", "-"))
+    in_flight = host.writes.get(address, 0)
+    if in_flight >= host.web.settings.writes_per_address:
+        return None
+    host.writes[address] = in_flight + 1
+
+    def release(outcome: _T) -> _T:
+        left = host.writes.get(address, 1) - 1
+        if left > 0:
+            host.writes[address] = left
+        else:
+            host.writes.pop(address, None)
+        return outcome
+
+    return release
+
+
+def too_many(request: Request) -> bytes:
+    """The answer to a write over `writes_per_address`."""
+    request.setResponseCode(_TOO_MANY_REQUESTS)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"Retry-After", b"1")
+    return b"too many at once: try again\n"
