@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 
 # Debian's packages, as `command:package`: Prosody (the XMPP server the bot talks to) for running
 # a herd; for the tests also Chromium and its ChromeDriver (the headless browser of the web tests,
-# tests/support/browser.py).  Only what is missing is installed: with everything there, no
+# tests/support/browser.py) and iproute2 (`ip`, for the hosts in network namespaces of
+# tests/e2e/test_netns.py).  Only what is missing is installed: with everything there, no
 # apt-get runs at all.
 RUN_DEPS := prosody:prosody
-TEST_DEPS := $(RUN_DEPS) chromium:chromium chromedriver:chromium-driver
+TEST_DEPS := $(RUN_DEPS) chromium:chromium chromedriver:chromium-driver ip:iproute2
 
 define install_missing
 	@missing=""; for dep in $(1); do \
