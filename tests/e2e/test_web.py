@@ -16,6 +16,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,10 +118,13 @@ class Scene:
     seen_tokens: set[str] = field(default_factory=set)  # every token a test used: never logged
 
 
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory, places_seed: Path) -> Iterator[Scene]:
-    root = tmp_path_factory.mktemp("web")
-    herd = WebHerd(root / "herd", smtp_port=0, seed=places_seed, names=NAMES, links=LINKS)
+@contextmanager
+def web_herd(
+    root: Path, seed: Path, kind: type[WebHerd] = WebHerd
+) -> Iterator[tuple[WebHerd, SmtpProcess, dict[str, str]]]:
+    """Bailey and Bona with `[web]` and a mail sink, on ports of their own, linked, with alice,
+    bob and carol and their tokens; stopped however the block ends."""
+    herd = kind(root / "herd", smtp_port=0, seed=seed, names=NAMES, links=LINKS)
     taken = set(herd.ports.values())
     spare = [port for port in free_ports(len(taken) + 3) if port not in taken]
     herd.smtp_port = spare[0]
@@ -136,6 +140,18 @@ def scene(tmp_path_factory: pytest.TempPathFactory, places_seed: Path) -> Iterat
             user: add_user(herd.config_path, user, f"{user}@example.net")
             for user in ("alice", "bob", "carol")
         }
+        yield herd, smtp, tokens
+    finally:
+        try:
+            herd.close()
+        finally:
+            smtp.close()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory, places_seed: Path) -> Iterator[Scene]:
+    root = tmp_path_factory.mktemp("web")
+    with web_herd(root, places_seed) as (herd, smtp, tokens):
         with Session(herd.ports["Bailey"], "alice", tokens["alice"]) as alice:
             event = alice.event(f"PLAN {TITLE}")
             event_id = event["id"]
@@ -153,11 +169,6 @@ def scene(tmp_path_factory: pytest.TempPathFactory, places_seed: Path) -> Iterat
             option_ids(event, "times"),
             option_ids(event, "places"),
         )
-    finally:
-        try:
-            herd.close()
-        finally:
-            smtp.close()
 
 
 def mail_link(scene: Scene, user: str, event_id: str) -> tuple[int, str, str]:

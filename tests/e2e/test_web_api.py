@@ -23,11 +23,9 @@ from herd.tokens import link_token
 from tests.support.doc_sessions import Bindings, match
 from tests.support.herd import REPO, SECRET
 from tests.support.lines import Session, option_ids
-from tests.support.ports import free_ports
 from tests.support.smtp import SmtpProcess
-from tests.support.users import add_user
 
-from .test_web import WebHerd, mail_link
+from .test_web import WebHerd, mail_link, web_herd
 
 DOC = REPO / "docs" / "web.md"
 NAMES = ("Bailey", "Bona")
@@ -60,22 +58,7 @@ class ApiScene:
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory, places_seed: Path) -> Iterator[ApiScene]:
     root = tmp_path_factory.mktemp("web-api")
-    herd = WebHerd(root / "herd", smtp_port=0, seed=places_seed, names=NAMES, links=LINKS)
-    taken = set(herd.ports.values())
-    spare = [port for port in free_ports(len(taken) + 3) if port not in taken]
-    herd.smtp_port = spare[0]
-    herd.web_ports = dict(zip(NAMES, spare[1:3], strict=True))
-    herd.write_config(herd.config_path, herd.links)
-    smtp = SmtpProcess(root / "smtp", herd.smtp_port)
-    try:
-        herd.start()
-        smtp.start()
-        herd.wait_answering()
-        herd.wait_links()
-        tokens = {
-            user: add_user(herd.config_path, user, f"{user}@example.net")
-            for user in ("alice", "bob", "carol")
-        }
+    with web_herd(root, places_seed) as (herd, smtp, tokens):
         with Session(herd.ports["Bailey"], "alice", tokens["alice"]) as alice:
             event = alice.event("PLAN Dinner")["id"]
             alice.event(f"PROPOSE {event} TIME 2031-06-01T18:00Z")
@@ -92,11 +75,6 @@ def scene(tmp_path_factory: pytest.TempPathFactory, places_seed: Path) -> Iterat
             "Bailey.e3ce36.22": other,
         }
         yield ApiScene(herd, smtp, tokens, ids)
-    finally:
-        try:
-            herd.close()
-        finally:
-            smtp.close()
 
 
 # --- the doc's examples ------------------------------------------------------------------------

@@ -26,11 +26,9 @@ from herd.tokens import USER_SCOPE, WebClaim, link_token, session_token
 from tests.support.herd import SECRET
 from tests.support.lines import Session, option_ids
 from tests.support.polling import wait_until
-from tests.support.ports import free_ports
 from tests.support.smtp import SmtpProcess
-from tests.support.users import add_user
 
-from .test_web import Browser, WebHerd
+from .test_web import Browser, WebHerd, web_herd
 
 NAMES = ("Bailey", "Bona")
 LINKS = (("Bailey", "Bona"),)
@@ -142,33 +140,13 @@ class Scene:
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory, places_seed: Path) -> Iterator[Scene]:
     root = tmp_path_factory.mktemp("stream")
-    herd = StreamHerd(root / "herd", smtp_port=0, seed=places_seed, names=NAMES, links=LINKS)
-    taken = set(herd.ports.values())
-    spare = [port for port in free_ports(len(taken) + 3) if port not in taken]
-    herd.smtp_port = spare[0]
-    herd.web_ports = dict(zip(NAMES, spare[1:3], strict=True))
-    herd.write_config(herd.config_path, herd.links)
-    smtp = SmtpProcess(root / "smtp", herd.smtp_port)
-    try:
-        herd.start()
-        smtp.start()
-        herd.wait_answering()
-        herd.wait_links()
-        tokens = {
-            user: add_user(herd.config_path, user, f"{user}@example.net")
-            for user in ("alice", "bob", "carol")
-        }
+    with web_herd(root, places_seed, StreamHerd) as (herd, smtp, tokens):
         with Session(herd.ports["Bailey"], "alice", tokens["alice"]) as alice:
             event_id = alice.event("PLAN Live dinner")["id"]
             alice.event(f"PROPOSE {event_id} TIME 2031-06-01T18:00Z")
             alice.event(f"PROPOSE {event_id} TIME 2031-06-02T18:00Z")
             event = alice.event(f"INVITE {event_id} bob carol")
         yield Scene(herd, smtp, tokens, event_id, option_ids(event, "times"))
-    finally:
-        try:
-            herd.close()
-        finally:
-            smtp.close()
 
 
 def session(scene: Scene, user: str, server: str = "Bailey") -> Browser:
